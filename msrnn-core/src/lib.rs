@@ -1,0 +1,34 @@
+//! # msrnn-core
+//!
+//! A decoder-only transformer is a multi-state RNN whose state (one key/value pair per token and
+//! layer) grows without bound; capping it at C tokens per layer, with a *compression policy* choosing
+//! what to drop, makes it a finite RNN (Oren et al., 2024, "Transformers are Multi-State RNNs").
+//!
+//! This crate knows no model family. It holds:
+//! - the state ([`MsrnnState`], [`LayerState`]): fixed slot buffers updated in place;
+//! - the step ([`attend`]): update, attention over live slots, compress;
+//! - the policy contract ([`Policy`], [`Observation`], [`Decision`]) and its [`PolicyRegistry`];
+//! - what adapters implement ([`CausalLm`]) and what they get for free ([`perplexity`], [`generate`]).
+
+mod attend;
+mod error;
+pub mod eval;
+pub mod generate;
+mod model;
+pub mod policy;
+mod registry;
+mod spec;
+mod state;
+
+pub use attend::attend;
+pub use error::{Error, Result};
+pub use eval::{perplexity, EvalMode, Perplexity};
+pub use generate::{generate, GenerateOptions, Generation, Sampler, Sampling, StopReason};
+pub use model::{new_state, CausalLm, ModelInfo};
+pub use policy::{Decision, Needs, Observation, Policy, Rows};
+pub use registry::{BuiltinPolicy, Entry, Factory, ParamInfo, PolicyContext, PolicyRegistry, Source};
+pub use spec::{ParamValue, PolicySpec};
+pub use state::{Capacity, LayerState, MsrnnState, StateConfig};
+
+/// Re-exported so policy crates can `inventory::submit!` without naming the dependency.
+pub use inventory;
