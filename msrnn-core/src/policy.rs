@@ -111,6 +111,19 @@ pub trait Policy: Send {
     fn step(&mut self, obs: &Observation<'_>, budget: usize) -> Result<Decision>;
     /// Forget all bookkeeping (a new sequence starts).
     fn reset(&mut self) {}
+    /// The policy's bookkeeping as numbers, so a saved state resumes exactly (H2O's scores, a
+    /// generator's state). Stateless policies keep the default.
+    fn save_state(&self) -> Vec<f64> {
+        Vec::new()
+    }
+    /// Restores what [`Policy::save_state`] gave.
+    fn load_state(&mut self, data: &[f64]) -> Result<()> {
+        if data.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::StateFile(format!("policy `{}` keeps no state but the file has {} values", self.name(), data.len())))
+        }
+    }
 }
 
 /// Checks a decision against the observation: in range, live, no duplicates, exactly `live - budget`

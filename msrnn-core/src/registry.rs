@@ -145,17 +145,19 @@ impl PolicyRegistry {
         Ok(())
     }
 
-    /// Registers a policy from any factory (plugins use this).
+    /// Registers a policy from any factory (plugins use this). `params` is the schema as
+    /// `(name, default, help)`; `None` means the policy declares none and accepts any keys.
     pub fn register(
         &mut self,
         name: &str,
         description: &str,
-        params: Vec<(String, String, String)>,
+        params: Option<Vec<(String, String, String)>>,
         source: Source,
         factory: Factory,
         replace: bool,
     ) -> Result<()> {
-        let strict_params = !params.is_empty();
+        let strict_params = params.is_some();
+        let params = params.unwrap_or_default();
         self.insert(
             Entry {
                 name: name.into(),
@@ -286,10 +288,10 @@ mod tests {
     fn reg() -> PolicyRegistry {
         let mut r = PolicyRegistry::new();
         let f: Factory = Arc::new(|_, _| Ok(Box::new(Nop)));
-        let p = vec![("sinks".into(), "4".into(), "".into())];
-        r.register("window", "w", vec![], Source::Builtin, f.clone(), false).unwrap();
+        let p = Some(vec![("sinks".into(), "4".into(), "".into())]);
+        r.register("window", "w", Some(vec![]), Source::Builtin, f.clone(), false).unwrap();
         r.register("window+i", "w", p, Source::Builtin, f.clone(), false).unwrap();
-        r.register("tova", "t", vec![], Source::Builtin, f, false).unwrap();
+        r.register("tova", "t", Some(vec![]), Source::Builtin, f, false).unwrap();
         r
     }
 
@@ -305,9 +307,11 @@ mod tests {
     fn duplicate_names_need_replace_and_params_are_checked() {
         let mut r = reg();
         let f: Factory = Arc::new(|_, _| Ok(Box::new(Nop)));
-        let e = r.register("tova", "x", vec![], Source::Plugin("p.so".into()), f.clone(), false).unwrap_err();
+        let e = r.register("tova", "x", None, Source::Plugin("p.so".into()), f.clone(), false).unwrap_err();
         assert!(e.to_string().contains("already taken"), "{e}");
-        r.register("tova", "x", vec![], Source::Plugin("p.so".into()), f, true).unwrap();
+        r.register("tova", "x", None, Source::Plugin("p.so".into()), f, true).unwrap();
+        // no schema: any keys pass
+        r.check_params(&"tova:whatever=1".parse().unwrap()).unwrap();
         assert_eq!(r.get("tova").unwrap().source, Source::Plugin("p.so".into()));
         let bad: PolicySpec = "window+i:snks=3".parse().unwrap();
         let e = r.check_params(&bad).unwrap_err().to_string();

@@ -1,0 +1,208 @@
+//! Property tests over every registered policy, driven through the real `attend` on random
+//! tensors (so on random attention rows) and random step sequences (chunks of 1..=4 tokens).
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Tensor};
+use msrnn_core::{attend, Capacity, Decision, Entry, LayerState, Needs, Observation, Policy, PolicyContext, PolicySpec, Result};
+use proptest::prelude::*;
+
+/// What the spy saw at one step: (position, head-mean of the last row) per live slot, before eviction.
+type Seen = Vec<(u64, f64)>;
+
+/// Wraps a policy and records what it saw, so properties can be checked against the real inputs.
+struct Spy {
+    inner: Box<dyn Policy>,
+    log: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Policy for Spy {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn needs(&self) -> Needs {
+        let mut n = self.inner.needs();
+        if n.rows == msrnn_core::Rows::None {
+            n.rows = msrnn_core::Rows::Last;
+        }
+        n
+    }
+    fn step(&mut self, obs: &Observation<'_>, budget: usize) -> Result<Decision> {
+        let mean = obs.head_mean(obs.rows - 1);
+        self.log.lock().unwrap().push(obs.live_slots().map(|s| (obs.positions[s], mean[s])).collect());
+        // Hand the inner policy exactly the rows it asked for.
+        let mut o = *obs;
+        match self.inner.needs().rows {
+            msrnn_core::Rows::None => {
+                o.rows = 0;
+                o.probs = &[];
+            }
+            msrnn_core::Rows::Last => {
+                let per = obs.num_heads * obs.num_slots;
+                o.probs = &obs.probs[(obs.rows - 1) * per..];
+                o.rows = 1;
+            }
+            msrnn_core::Rows::All => {}
+        }
+        self.inner.step(&o, budget)
+    }
+}
+
+fn spec_for(e: &Entry, cap: usize, seed: u64) -> PolicySpec {
+    let mut s = PolicySpec::new(e.name.clone());
+    if e.params.iter().any(|p| p.0 == "sinks") {
+        s = s.with("sinks", msrnn_core::ParamValue::Int(cap.saturating_sub(1).min(3) as i64));
+    }
+    if e.params.iter().any(|p| p.0 == "seed") {
+        s = s.with("seed", msrnn_core::ParamValue::Int(seed as i64));
+    }
+    s
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    heads: usize,
+    kv: usize,
+    cap: usize,
+    chunks: Vec<usize>,
+    data_seed: u64,
+    policy_seed: u64,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (1usize..=2, 1usize..=2, 1usize..=10, prop::collection::vec(1usize..=4, 1..20), any::<u64>(), any::<u64>())
+        .prop_map(|(kv, g, cap, chunks, data_seed, policy_seed)| Case {
+            heads: kv * g,
+            kv,
+            cap,
+            chunks,
+            data_seed,
+            policy_seed: policy_seed % 1000,
+        })
+}
+
+/// Runs one policy over the case; returns the live positions after every step and the spy's log.
+fn run(e: &Entry, c: &Case) -> (Vec<Vec<u64>>, Vec<Seen>, Vec<Vec<u64>>) {
+    let dev = Device::Cpu;
+    let full = e.name == "full";
+    let capacity = if full { Capacity::Unbounded } else { Capacity::Bounded(c.cap) };
+    let reg = msrnn_policies::registry();
+    let ctx = PolicyContext { layer: 0, num_layers: 1, num_heads: c.heads, num_kv_heads: c.kv, capacity };
+    let inner = reg.create(&spec_for(e, c.cap, c.policy_seed), &ctx).expect("policy creation");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut spy = Spy { inner, log: log.clone() };
+    let mut layer = LayerState::new(c.kv, 4, DType::F32, &dev, capacity, None, 1).unwrap();
+    let mut next = 0u64;
+    let mut after = Vec::new();
+    let mut new_positions = Vec::new();
+    let mut x = c.data_seed | 1;
+    let mut rnd = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as f32 / (1u64 << 24) as f32) * 6.0 - 3.0
+            })
+            .collect()
+    };
+    for &t in &c.chunks {
+        let q = Tensor::from_vec(rnd(c.heads * t * 4), (c.heads, t, 4), &dev).unwrap();
+        let k = Tensor::from_vec(rnd(c.kv * t * 4), (c.kv, t, 4), &dev).unwrap();
+        let v = Tensor::from_vec(rnd(c.kv * t * 4), (c.kv, t, 4), &dev).unwrap();
+        let pos: Vec<u64> = (next..next + t as u64).collect();
+        next += t as u64;
+        attend(&q, &k, &v, &pos, &mut layer, &mut spy, 0.5).unwrap();
+        after.push(layer.live_positions());
+        new_positions.push(pos);
+    }
+    let log = log.lock().unwrap().clone();
+    (after, log, new_positions)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_registered_policy_keeps_the_state_invariants(c in case()) {
+        let reg = msrnn_policies::registry();
+        let entries: Vec<Entry> = reg.entries().cloned().collect();
+        prop_assert!(entries.len() >= 6);
+        for e in &entries {
+            let (after, log, news) = run(e, &c);
+            let mut seen = 0usize;
+            let mut prev: Vec<u64> = Vec::new();
+            for (step, live) in after.iter().enumerate() {
+                seen += c.chunks[step];
+                let bound = if e.name == "full" { seen } else { seen.min(c.cap) };
+                prop_assert_eq!(live.len(), bound, "{}: live size at step {}", e.name, step);
+                let mut u = live.clone();
+                u.dedup();
+                prop_assert_eq!(u.len(), live.len(), "{}: duplicate positions", e.name);
+                for p in live {
+                    prop_assert!(prev.contains(p) || news[step].contains(p), "{}: position {} came from nowhere", e.name, p);
+                }
+                prev = live.clone();
+            }
+            // Same seed, same result.
+            let (again, _, _) = run(e, &c);
+            prop_assert_eq!(&after, &again, "{} is not deterministic", e.name);
+
+            match e.name.as_str() {
+                "window" => {
+                    for (step, live) in after.iter().enumerate() {
+                        let n: u64 = c.chunks[..=step].iter().sum::<usize>() as u64;
+                        let want: Vec<u64> = (n.saturating_sub(c.cap as u64)..n).collect();
+                        prop_assert_eq!(live, &want, "window keeps exactly the newest");
+                    }
+                }
+                "tova" => {
+                    // Each compress call saw the averaged last row; the survivors are its top-C
+                    // (ties to the newer). Steps within budget do not call the policy.
+                    let mut calls = log.iter();
+                    for (step, live) in after.iter().enumerate() {
+                        let prev_live = if step == 0 { 0 } else { after[step - 1].len() };
+                        if prev_live + c.chunks[step] <= c.cap { continue; }
+                        let seen = calls.next().expect("tova was called when over budget");
+                        let mut s = seen.clone();
+                        s.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
+                        let mut want: Vec<u64> = s.iter().take(c.cap).map(|x| x.0).collect();
+                        want.sort();
+                        prop_assert_eq!(live, &want, "tova keeps exactly the top-C of the averaged row");
+                    }
+                    prop_assert!(calls.next().is_none());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn full_never_evicts_over_a_long_run() {
+    let reg = msrnn_policies::registry();
+    let e = reg.get("full").unwrap().clone();
+    let c = Case { heads: 2, kv: 1, cap: 1, chunks: vec![3; 200], data_seed: 9, policy_seed: 0 };
+    let (after, _, _) = run(&e, &c);
+    assert_eq!(after.last().unwrap().len(), 600);
+}
+
+/// TOVA after a chunk scores by the chunk's last row: a chunk of 3 where only the last query
+/// attends strongly to an old entry keeps that entry.
+#[test]
+fn tova_scores_a_chunk_by_its_last_row() {
+    let dev = Device::Cpu;
+    let reg = msrnn_policies::registry();
+    let ctx = PolicyContext { layer: 0, num_layers: 1, num_heads: 1, num_kv_heads: 1, capacity: Capacity::Bounded(2) };
+    let mut p = reg.create(&"tova".parse().unwrap(), &ctx).unwrap();
+    let mut layer = LayerState::new(1, 2, DType::F32, &dev, Capacity::Bounded(2), None, 4).unwrap();
+    // Two old tokens: keys e0 and e1.
+    let k0 = Tensor::new(&[[[1f32, 0.], [0., 1.]]], &dev).unwrap();
+    attend(&k0, &k0, &k0, &[0, 1], &mut layer, p.as_mut(), 1.0).unwrap();
+    // Chunk of 3 with zero keys; the first two queries look at e1, the last one at e0 (strongly).
+    let q = Tensor::new(&[[[0f32, 20.], [0., 20.], [20., 0.]]], &dev).unwrap();
+    let k = Tensor::zeros((1, 3, 2), DType::F32, &dev).unwrap();
+    attend(&q, &k, &k, &[2, 3, 4], &mut layer, p.as_mut(), 1.0).unwrap();
+    // Last row: e0 gets ~1, the rest ~0 (ties among the zero keys keep the newest, position 4).
+    assert_eq!(layer.live_positions(), vec![0, 4]);
+}

@@ -1,0 +1,85 @@
+//! A saved state resumes with exactly the outputs of an uninterrupted run, and a state from another
+//! model, policy or capacity is refused.
+
+use candle_core::{DType, Device, Tensor};
+use msrnn_core::{Capacity, MsrnnState, PolicySpec, StateConfig};
+
+fn cfg(capacity: Capacity) -> StateConfig {
+    StateConfig {
+        num_layers: 2,
+        num_kv_heads: 2,
+        head_dim: 4,
+        dtype: DType::F32,
+        device: Device::Cpu,
+        capacity,
+        windows: vec![None, Some(5)],
+        max_chunk: 3,
+    }
+}
+
+fn state(spec: &PolicySpec, capacity: Capacity) -> MsrnnState {
+    let r = msrnn_policies::registry();
+    MsrnnState::new(&cfg(capacity), r.create_layers(spec, 2, 4, 2, capacity).unwrap()).unwrap()
+}
+
+/// Feeds `steps` chunks of pseudo-random q/k/v (seeded by step index) and returns every output.
+fn feed(s: &mut MsrnnState, steps: std::ops::Range<usize>) -> Vec<Vec<f32>> {
+    let dev = Device::Cpu;
+    let mut outs = Vec::new();
+    for step in steps {
+        let t = 1 + step % 3;
+        let mk = |h: usize, salt: u64| {
+            let v: Vec<f32> = (0..h * t * 4)
+                .map(|i| (((i as u64 + 1) * 2654435761 + step as u64 * 97 + salt) % 1000) as f32 / 250.0 - 2.0)
+                .collect();
+            Tensor::from_vec(v, (h, t, 4), &dev).unwrap()
+        };
+        let pos = s.next_positions(t);
+        for layer in 0..2 {
+            let (q, k, v) = (mk(4, 1 + layer as u64), mk(2, 2), mk(2, 3));
+            let o = s.attend(layer, &q, &k, &v, &pos, 0.5).unwrap();
+            outs.push(o.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+        s.advance(t);
+    }
+    outs
+}
+
+#[test]
+fn resuming_a_saved_state_gives_identical_outputs() {
+    let dir = std::env::temp_dir().join(format!("msrnn-state-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for spec in ["h2o:recent=0.25", "random:seed=5", "tova", "window+i:sinks=2"] {
+        let spec: PolicySpec = spec.parse().unwrap();
+        let cap = Capacity::Bounded(6);
+        let mut a = state(&spec, cap);
+        feed(&mut a, 0..12);
+        let path = dir.join("s.safetensors");
+        a.save(&path, "tiny-model", &spec).unwrap();
+        let uninterrupted = feed(&mut a, 12..30);
+
+        let mut b = state(&spec, cap);
+        let h = b.load(&path, "tiny-model", &spec).unwrap();
+        assert_eq!(h.tokens_seen, a.tokens_seen() - feed_len(12..30));
+        let resumed = feed(&mut b, 12..30);
+        assert_eq!(uninterrupted, resumed, "{spec}: resumed outputs differ");
+        assert_eq!(a.tokens_seen(), b.tokens_seen());
+
+        // Refusals name what differs.
+        let e = state(&spec, cap).load(&path, "other-model", &spec).unwrap_err().to_string();
+        assert!(e.contains("model `tiny-model`") && e.contains("other-model"), "{e}");
+        let other: PolicySpec = "window".parse().unwrap();
+        let e = state(&other, cap).load(&path, "tiny-model", &other).unwrap_err().to_string();
+        assert!(e.contains("policy"), "{e}");
+        let e = state(&spec, Capacity::Bounded(7)).load(&path, "tiny-model", &spec).unwrap_err().to_string();
+        assert!(e.contains("capacity `6`"), "{e}");
+    }
+    let junk = dir.join("junk.safetensors");
+    std::fs::write(&junk, b"not a state").unwrap();
+    assert!(MsrnnState::read_header(&junk).unwrap_err().to_string().contains("not a state file"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn feed_len(r: std::ops::Range<usize>) -> u64 {
+    r.map(|s| 1 + s as u64 % 3).sum()
+}
