@@ -163,8 +163,15 @@ pub fn validate(decision: Decision, obs: &Observation<'_>, budget: usize, policy
 pub fn lowest_scored(obs: &Observation<'_>, score: &[f64], protected: impl Fn(usize) -> bool, count: usize) -> Vec<usize> {
     let mut cands: Vec<usize> = obs.live_slots().filter(|&s| !protected(s)).collect();
     let key = |s: usize| if score[s].is_nan() { f64::NEG_INFINITY } else { score[s] };
-    cands.sort_by(|&a, &b| key(a).total_cmp(&key(b)).then(obs.positions[a].cmp(&obs.positions[b])));
-    cands.truncate(count);
+    let order = |a: &usize, b: &usize| key(*a).total_cmp(&key(*b)).then(obs.positions[*a].cmp(&obs.positions[*b]));
+    // Decode evicts one entry per step: a linear selection, not a sort of the whole layer.
+    if count < cands.len() {
+        if count > 0 {
+            cands.select_nth_unstable_by(count - 1, order);
+        }
+        cands.truncate(count);
+    }
+    cands.sort_by(order);
     cands
 }
 
