@@ -8,6 +8,7 @@
 //! - the state ([`MsrnnState`], [`LayerState`]): fixed slot buffers updated in place;
 //! - the step ([`attend`]): update, attention over live slots, compress;
 //! - the policy contract ([`Policy`], [`Observation`], [`Decision`]) and its [`PolicyRegistry`];
+//! - policies as shared-library plugins ([`plugin`]: [`PolicyRegistry::load_plugin`], `MSRNN_PLUGINS`);
 //! - what adapters implement ([`CausalLm`]) and what they get for free ([`perplexity`], [`generate`]).
 
 mod attend;
@@ -15,6 +16,8 @@ mod error;
 pub mod eval;
 pub mod generate;
 mod model;
+mod persist;
+pub mod plugin;
 pub mod policy;
 mod registry;
 mod spec;
@@ -25,6 +28,8 @@ pub use error::{Error, Result};
 pub use eval::{perplexity, EvalMode, Perplexity};
 pub use generate::{generate, GenerateOptions, Generation, Sampler, Sampling, StopReason};
 pub use model::{new_state, CausalLm, ModelInfo};
+pub use persist::StateHeader;
+pub use plugin::{Plugin, PLUGINS_ENV};
 pub use policy::{Decision, Needs, Observation, Policy, Rows};
 pub use registry::{BuiltinPolicy, Entry, Factory, ParamInfo, PolicyContext, PolicyRegistry, Source};
 pub use spec::{ParamValue, PolicySpec};

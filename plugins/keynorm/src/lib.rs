@@ -1,0 +1,91 @@
+//! `keynorm`: key-norm eviction as an msrnn policy plugin (a `cdylib` loaded at run time).
+//!
+//! After Devoto et al. 2024, "A Simple and Effective L2 Norm-Based Strategy for KV Cache
+//! Compression": keys with a *low* L2 norm draw *high* attention, so the cache keeps the entries whose
+//! keys have the smallest norm.
+//!
+//! The rule, exactly: whenever more than `budget` slots are live, evict the `live - budget` live
+//! entries whose key L2 norm, averaged over the KV heads (the paper scores each head; msrnn decides per
+//! token, so the heads' norms are averaged), is the **largest**. Ties evict the older entry (lower
+//! absolute position), so ties keep the newer one; a NaN norm counts as the largest. Nothing is
+//! protected: the token just written competes like any other, as in the paper (and as in TOVA), and
+//! no layer is exempt (the paper leaves the first layers uncompressed, which a per-layer capacity C
+//! does not allow). Needs: key norms only; called only when over budget. No parameters.
+//!
+//! Build: `cargo build --release -p msrnn-plugin-keynorm` -> `target/release/libmsrnn_keynorm.so`;
+//! use: `msrnn ppl --plugin target/release/libmsrnn_keynorm.so --policies keynorm ...`.
+
+use msrnn_plugin_abi::{export_policy, lowest_scored, Context, Decision, Needs, Observation, Params, PluginPolicy};
+
+pub struct KeyNorm;
+
+impl PluginPolicy for KeyNorm {
+    const NAME: &'static str = "keynorm";
+    const DESCRIPTION: &'static str =
+        "keep the entries whose keys have the smallest L2 norm, averaged over KV heads (Devoto et al. 2024)";
+
+    fn create(_params: &Params, _ctx: &Context) -> Result<Self, String> {
+        // The glue has already refused any parameter (the schema is empty).
+        Ok(KeyNorm)
+    }
+
+    fn needs(&self) -> Needs {
+        Needs { key_norms: true, ..Needs::default() }
+    }
+
+    fn step(&mut self, obs: &Observation<'_>, budget: usize) -> Result<Decision, String> {
+        let live = obs.live_count();
+        if live <= budget {
+            return Ok(Decision::Keep);
+        }
+        let norms = obs.mean_key_norms();
+        if norms.is_empty() {
+            return Err(format!(
+                "the observation has no key norms ({} values for {} KV heads x {} slots)",
+                obs.key_norms.len(),
+                obs.num_kv_heads,
+                obs.num_slots
+            ));
+        }
+        // Lowest score goes first: score = -norm, so the largest norm goes first; NaN stays NaN,
+        // which `lowest_scored` evicts first; ties evict the lower position.
+        let score: Vec<f64> = norms.iter().map(|n| -n).collect();
+        Ok(Decision::Evict(lowest_scored(obs, &score, |_| false, live - budget)))
+    }
+}
+
+export_policy!(KeyNorm);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_largest_mean_norm_ties_keep_newer() {
+        // 2 KV heads, 6 slots; slot 5 is dead (its huge norm must not matter).
+        // means: [2, 3, 2, 3, 4, 100]; positions make slot 3 older than slot 1.
+        let norms = [1.0f32, 5.0, 2.0, 5.0, 3.0, 100.0, 3.0, 1.0, 2.0, 1.0, 5.0, 100.0];
+        let positions = [0u64, 7, 2, 4, 5, 6];
+        let live = [true, true, true, true, true, false];
+        let o = Observation {
+            layer: 0,
+            tokens_seen: 8,
+            num_slots: 6,
+            positions: &positions,
+            live: &live,
+            new_slots: &[1],
+            num_heads: 2,
+            num_kv_heads: 2,
+            rows: 0,
+            probs: &[],
+            key_norms: &norms,
+        };
+        let mut p = KeyNorm;
+        // over by 2: slot 4 (mean 4) then the tie at 3 between slot 1 (pos 7) and slot 3 (pos 4): the
+        // older, slot 3, goes.
+        assert_eq!(p.step(&o, 3).unwrap(), Decision::Evict(vec![4, 3]));
+        assert_eq!(p.step(&o, 5).unwrap(), Decision::Keep);
+        let bare = Observation { key_norms: &[], ..o };
+        assert!(p.step(&bare, 3).unwrap_err().contains("no key norms"));
+    }
+}
