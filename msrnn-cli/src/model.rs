@@ -1,0 +1,226 @@
+//! Finding and loading the model, and naming it for state files.
+//!
+//! A model family is one arm of [`Family`]: detect it, load it, and implement [`Lm`] for its type.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use msrnn_core::{CausalLm, ModelInfo};
+use msrnn_llama::{Llama, LoadOptions, Tokenizer, WeightFormat};
+use serde_json::json;
+
+use crate::Global;
+
+/// The reference model fetched by `scripts/fetch-model.sh`; preferred when models/ holds several.
+pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const FETCH_HINT: &str = "fetch the reference model (SmolLM2-135M-Instruct, 98 MB) with ./scripts/fetch-model.sh, \
+     or pass --model PATH (a .gguf file or a Hugging Face model directory)";
+
+/// What the CLI needs from a loaded model beyond [`CausalLm`].
+pub trait Lm: CausalLm {
+    fn tokenizer(&self) -> &Tokenizer;
+    /// How the matrices are held (e.g. `Q8_0`), for reports.
+    fn weight_kinds(&self) -> String;
+}
+
+impl Lm for Llama {
+    fn tokenizer(&self) -> &Tokenizer {
+        Llama::tokenizer(self)
+    }
+    fn weight_kinds(&self) -> String {
+        let (m, h) = Llama::weight_kinds(self);
+        if m == h {
+            m
+        } else {
+            format!("{m} (head {h})")
+        }
+    }
+}
+
+/// The model families the CLI can load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+}
+
+/// A loaded model with everything the subcommands report about it.
+pub struct LoadedModel {
+    pub lm: Box<dyn Lm>,
+    pub family: Family,
+    pub path: PathBuf,
+    /// Identifies the weights for state files: file name, size, a digest of its first bytes, and
+    /// the weight format (the cached keys/values depend on it).
+    pub id: String,
+    pub weights: WeightFormat,
+    pub load_time: Duration,
+}
+
+impl LoadedModel {
+    pub fn model(&self) -> &dyn CausalLm {
+        &*self.lm
+    }
+    pub fn tokenizer(&self) -> &Tokenizer {
+        self.lm.tokenizer()
+    }
+    pub fn info(&self) -> &ModelInfo {
+        self.lm.info()
+    }
+    /// The file name without `.gguf` (or the directory name): what the user knows the model by.
+    pub fn short_name(&self) -> String {
+        let p = if self.path.is_file() && self.path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            self.path.file_stem()
+        } else {
+            self.path.file_name()
+        };
+        p.map_or_else(|| self.info().name.clone(), |n| n.to_string_lossy().into_owned())
+    }
+    /// A short description for headings: `SmolLM2-135M-Instruct.Q4_1 (llama, Q8_0)`.
+    pub fn describe(&self) -> String {
+        format!("{} ({}, {})", self.short_name(), self.info().family, self.lm.weight_kinds())
+    }
+    /// Everything about the model a result file needs to be reproduced.
+    pub fn to_json(&self) -> serde_json::Value {
+        let i = self.info();
+        json!({
+            "path": self.path.display().to_string(),
+            "id": self.id,
+            "name": i.name,
+            "family": i.family,
+            "weights": self.weights.to_string(),
+            "matmul": self.lm.weight_kinds(),
+            "layers": i.num_layers,
+            "heads": i.num_heads,
+            "kv_heads": i.num_kv_heads,
+            "head_dim": i.head_dim,
+            "vocab": i.vocab_size,
+            "max_context": i.max_context,
+            "kv_bytes_per_token": i.kv_bytes_per_token(),
+        })
+    }
+}
+
+/// The model path: `--model` (or MSRNN_MODEL), else the one in models/.
+pub fn resolve(global: &Global) -> Result<(PathBuf, bool)> {
+    if let Some(p) = &global.model {
+        return Ok((p.clone(), true));
+    }
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let mut looked = Vec::new();
+    for dir in cwd.ancestors() {
+        let models = dir.join("models");
+        if !models.is_dir() {
+            continue;
+        }
+        looked.push(models.display().to_string());
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&models)
+            .with_context(|| format!("cannot list {}", models.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                (p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")))
+                    || (p.is_dir() && p.join("config.json").is_file())
+            })
+            .collect();
+        found.sort();
+        if let Some(p) = found.iter().find(|p| p.file_name().is_some_and(|n| n == DEFAULT_MODEL)).or(found.first()) {
+            if found.len() > 1 {
+                tracing::info!(chosen = %p.display(), candidates = found.len(), "several models in models/; pass --model to pick another");
+            }
+            return Ok((p.clone(), false));
+        }
+    }
+    let where_ = if looked.is_empty() {
+        format!("no models/ directory in {} or any parent", cwd.display())
+    } else {
+        format!("{} holds no .gguf file or model directory", looked.join(", "))
+    };
+    bail!("no model found ({where_}); {FETCH_HINT}")
+}
+
+fn detect_family(path: &Path) -> Result<Family> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read it", path.display()))?;
+    if meta.is_dir() || path.extension().is_some_and(|e| e == "safetensors") {
+        let dir = if meta.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+        let cfg = dir.join("config.json");
+        let json: serde_json::Value = match std::fs::read_to_string(&cfg) {
+            // The loader reports a missing config.json with the full story.
+            Err(_) => return Ok(Family::Llama),
+            Ok(s) => serde_json::from_str(&s).with_context(|| format!("{}: not valid JSON", cfg.display()))?,
+        };
+        return match json.get("model_type").and_then(|v| v.as_str()) {
+            None | Some("llama") => Ok(Family::Llama),
+            Some(other) => bail!("{}: model_type `{other}` is not supported (supported: llama)", cfg.display()),
+        };
+    }
+    let arch = msrnn_llama::gguf_architecture(path)?;
+    match arch.as_str() {
+        "llama" => Ok(Family::Llama),
+        other => bail!("{}: GGUF architecture `{other}` is not supported (supported: llama)", path.display()),
+    }
+}
+
+/// Loads the model `global` names (or the default one).
+pub fn load(global: &Global) -> Result<LoadedModel> {
+    let (path, explicit) = resolve(global)?;
+    let what = if explicit { "--model".to_string() } else { format!("the default model {}", path.display()) };
+    load_path(&path, global.weights).with_context(|| format!("cannot load {what}"))
+}
+
+pub fn load_path(path: &Path, weights: WeightFormat) -> Result<LoadedModel> {
+    let t0 = Instant::now();
+    let family = detect_family(path)?;
+    let opts = LoadOptions { weights, device: candle_core::Device::Cpu };
+    let lm: Box<dyn Lm> = match family {
+        Family::Llama => Box::new(Llama::load(path, &opts)?),
+    };
+    let id = model_id(path, weights)?;
+    let load_time = t0.elapsed();
+    tracing::info!(path = %path.display(), ?family, %id, secs = load_time.as_secs_f64(), "model loaded");
+    Ok(LoadedModel { lm, family, path: path.to_path_buf(), id, weights, load_time })
+}
+
+/// 64-bit FNV-1a: enough to tell two model files apart, no dependency.
+pub fn fnv64(bytes: &[u8], mut h: u64) -> u64 {
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a of the first `limit` bytes of a file.
+pub fn digest_head(path: &Path, limit: u64, h: u64) -> Result<u64> {
+    let mut buf = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit).read_to_end(&mut buf))
+        .with_context(|| format!("{}: cannot read it", path.display()))?;
+    Ok(fnv64(&buf, h))
+}
+
+/// `name [size bytes, head fnv64 digest, weights format]`: the digest covers the first 4 MiB (the
+/// GGUF header and metadata, and the first tensors), which is cheap and tells files apart.
+fn model_id(path: &Path, weights: WeightFormat) -> Result<String> {
+    const HEAD: u64 = 4 << 20;
+    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let (size, digest) = if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot list {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors" || e == "json"))
+            .collect();
+        files.sort();
+        let mut size = 0;
+        let mut h = FNV_OFFSET;
+        for f in &files {
+            size += std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+            h = digest_head(f, HEAD, h)?;
+        }
+        (size, h)
+    } else {
+        let size = std::fs::metadata(path).with_context(|| format!("{}: cannot read it", path.display()))?.len();
+        (size, digest_head(path, HEAD, FNV_OFFSET)?)
+    };
+    Ok(format!("{name} [{size} bytes, head fnv64 {digest:016x}, weights {weights}]"))
+}

@@ -1,0 +1,300 @@
+//! Line charts with plotters, as SVG or PNG (chosen by the file's extension).
+//!
+//! The x axis is logarithmic (capacities and context lengths double) with a tick at every measured
+//! value; the y axis is logarithmic or linear, ticked at round numbers.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use plotters::coord::ranged1d::{KeyPointHint, Ranged};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+pub struct Chart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub log_y: bool,
+    pub series: Vec<Series>,
+    /// Horizontal reference lines (the full cache), dashed.
+    pub hlines: Vec<(String, f64)>,
+}
+
+#[derive(Clone, Copy)]
+enum Format {
+    Svg,
+    Png,
+}
+
+fn format_of(path: &Path) -> Option<Format> {
+    match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+        "svg" => Some(Format::Svg),
+        "png" => Some(Format::Png),
+        _ => None,
+    }
+}
+
+/// Fails early (before a long run) on a plot path whose format is unknown.
+pub fn check_paths(paths: &[PathBuf], flag: &str) -> Result<()> {
+    for p in paths {
+        if format_of(p).is_none() {
+            bail!("{flag} {}: the file must end in .svg or .png", p.display());
+        }
+    }
+    Ok(())
+}
+
+pub fn draw(path: &Path, chart: &Chart) -> Result<()> {
+    draw_panels(path, std::slice::from_ref(chart))
+}
+
+/// Charts side by side in one picture.
+pub fn draw_panels(path: &Path, charts: &[Chart]) -> Result<()> {
+    crate::report::create_parent(path, "--plot")?;
+    let size = (900 * charts.len() as u32, 500);
+    match format_of(path) {
+        Some(Format::Svg) => render(SVGBackend::new(path, size).into_drawing_area(), charts),
+        Some(Format::Png) => render(BitMapBackend::new(path, size).into_drawing_area(), charts),
+        None => bail!("{}: the file must end in .svg or .png", path.display()),
+    }
+}
+
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("cannot draw the chart: {e:?}")
+}
+
+fn render<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, charts: &[Chart]) -> Result<()> {
+    root.fill(&WHITE).map_err(err)?;
+    let panels = root.split_evenly((1, charts.len()));
+    for (area, c) in panels.iter().zip(charts) {
+        panel(area, c)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// An axis with its ticks chosen here: exactly at the measured x values, at round numbers for y.
+#[derive(Clone)]
+struct Axis {
+    lo: f64,
+    hi: f64,
+    log: bool,
+    ticks: Vec<f64>,
+}
+
+impl Axis {
+    fn t(&self, v: f64) -> f64 {
+        if self.log {
+            v.max(f64::MIN_POSITIVE).ln()
+        } else {
+            v
+        }
+    }
+
+    /// The x axis: logarithmic, ticks at the distinct x values, a margin on both sides.
+    fn x(xs: &[f64]) -> Self {
+        let mut ticks: Vec<f64> = xs.iter().copied().filter(|x| *x > 0.0 && x.is_finite()).collect();
+        ticks.sort_by(f64::total_cmp);
+        ticks.dedup();
+        let (lo, hi) = match (ticks.first(), ticks.last()) {
+            (Some(&a), Some(&b)) if b > a => (a, b),
+            (Some(&a), _) => (a / 2.0, a * 2.0),
+            _ => (1.0, 2.0),
+        };
+        let m = (hi / lo).powf(0.06).max(1.15);
+        Axis { lo: lo / m, hi: hi * m, log: true, ticks }
+    }
+
+    /// The y axis: logarithmic when asked and possible, else linear from zero when the data is
+    /// positive.
+    fn y(ys: &[f64], log: bool) -> Self {
+        let (mut lo, mut hi) = ys.iter().filter(|y| y.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
+        if !lo.is_finite() {
+            (lo, hi) = (0.0, 1.0);
+        }
+        if log && lo > 0.0 {
+            let (lo, hi) = if hi / lo < 1.2 { (lo / 1.1, hi * 1.1) } else { (lo / 1.08, hi * 1.08) };
+            return Axis { lo, hi, log: true, ticks: log_ticks(lo, hi) };
+        }
+        let lo = if lo >= 0.0 { 0.0 } else { lo };
+        let hi = if hi > lo { hi * 1.08 } else { lo + 1.0 };
+        Axis { lo, hi, log: false, ticks: linear_ticks(lo, hi) }
+    }
+}
+
+impl Ranged for Axis {
+    type FormatOption = plotters::coord::ranged1d::DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, v: &f64, limit: (i32, i32)) -> i32 {
+        let (a, b) = (self.t(self.lo), self.t(self.hi));
+        let f = (self.t(*v) - a) / (b - a);
+        (limit.0 as f64 + f * (limit.1 - limit.0) as f64).round() as i32
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, _hint: Hint) -> Vec<f64> {
+        self.ticks.iter().copied().filter(|t| *t >= self.lo && *t <= self.hi).collect()
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.lo..self.hi
+    }
+}
+
+/// Room right of each plot for the legend.
+const LEGEND_W: u32 = 190;
+
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
+];
+
+fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Chart) -> Result<()> {
+    let xs: Vec<f64> = c.series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
+    let ys: Vec<f64> = c.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).chain(c.hlines.iter().map(|h| h.1)).collect();
+    let (x, y) = (Axis::x(&xs), Axis::y(&ys, c.log_y));
+    let (x0, x1) = (x.lo, x.hi);
+
+    let (w, _) = area.dim_in_pixel();
+    let (left, right) = area.split_horizontally(w.saturating_sub(LEGEND_W));
+    let mut chart = ChartBuilder::on(&left)
+        .caption(&c.title, ("sans-serif", 18))
+        .margin(14)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x, y)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(&c.x_label)
+        .y_desc(&c.y_label)
+        .x_label_formatter(&|v| significant(*v))
+        .y_label_formatter(&|v| significant(*v))
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 15))
+        .draw()
+        .map_err(err)?;
+
+    for (i, (_, yv)) in c.hlines.iter().enumerate() {
+        let color = RGBColor(60, 60, 60).mix(0.9 - 0.2 * i as f64);
+        let style = ShapeStyle { color, filled: false, stroke_width: 2 };
+        chart
+            .draw_series(DashedLineSeries::new(vec![(x0, *yv), (x1, *yv)], 8, 5, style))
+            .map_err(err)?;
+    }
+    for (i, s) in c.series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.0 > 0.0 && p.1.is_finite()).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(err)?;
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(err)?;
+    }
+    // The legend, right of the plot where it hides no data.
+    let mut entries: Vec<(String, ShapeStyle, bool)> = Vec::new();
+    for (i, (name, _)) in c.hlines.iter().enumerate() {
+        entries.push((name.clone(), ShapeStyle { color: RGBColor(60, 60, 60).mix(0.9 - 0.2 * i as f64), filled: false, stroke_width: 2 }, true));
+    }
+    for (i, s) in c.series.iter().enumerate() {
+        entries.push((s.name.clone(), COLORS[i % COLORS.len()].stroke_width(2), false));
+    }
+    let font = ("sans-serif", 14).into_font().color(&BLACK);
+    for (i, (name, style, dashed)) in entries.iter().enumerate() {
+        let y = 52 + 24 * i as i32;
+        if *dashed {
+            for x in [4, 15, 26] {
+                right.draw(&PathElement::new(vec![(x, y), (x + 7, y)], *style)).map_err(err)?;
+            }
+        } else {
+            right.draw(&PathElement::new(vec![(4, y), (32, y)], *style)).map_err(err)?;
+            right.draw(&Circle::new((18, y), 4, style.color.filled())).map_err(err)?;
+        }
+        right.draw(&Text::new(name.clone(), (40, y - 8), font.clone())).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Five to eight round ticks (1, 2 or 5 times a power of ten apart) over [lo, hi].
+fn linear_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let raw = (hi - lo) / 6.0;
+    let p = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * p).find(|s| *s >= raw).unwrap_or(10.0 * p);
+    let mut t = Vec::new();
+    let mut v = (lo / step).ceil() * step;
+    while v <= hi + step * 1e-9 {
+        t.push(if v.abs() < step * 1e-9 { 0.0 } else { v });
+        v += step;
+    }
+    t
+}
+
+/// Round numbers inside [lo, hi] for a log axis: 1-2-5 steps per decade, finer when the range is
+/// narrow, so that at least four ticks show.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let steps: [&[f64]; 3] = [
+        &[1.0, 2.0, 5.0],
+        &[1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+        &[1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0, 2.2, 2.4, 2.6, 2.8, 3.0, 3.3, 3.6, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 8.0, 8.5, 9.0, 9.5],
+    ];
+    let mut best = Vec::new();
+    for ms in steps {
+        let mut t = Vec::new();
+        let mut e = lo.log10().floor() as i32 - 1;
+        while 10f64.powi(e) <= hi * 10.0 {
+            for m in ms {
+                let v = m * 10f64.powi(e);
+                if v >= lo / 1.1 && v <= hi * 1.1 {
+                    t.push(v);
+                }
+            }
+            e += 1;
+        }
+        best = t;
+        if best.len() >= 4 {
+            break;
+        }
+    }
+    best
+}
+
+/// Up to three significant digits, no trailing zeros: 12.5, 40, 0.25, 1200.
+fn significant(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+    let s = format!("{v:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_and_labels_are_round() {
+        assert_eq!(log_ticks(12.0, 600.0), vec![20.0, 50.0, 100.0, 200.0, 500.0]);
+        let t = log_ticks(36.0, 80.0);
+        assert!(t.len() >= 4 && t.iter().all(|&v| (32.0..=88.0).contains(&v)), "{t:?}");
+        assert_eq!(significant(12.5), "12.5");
+        assert_eq!(significant(40.0), "40");
+        assert_eq!(significant(1234.0), "1234");
+        assert_eq!(significant(0.25), "0.25");
+        assert_eq!(linear_ticks(0.0, 10.8), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+    }
+}
