@@ -5,5 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-model.sh
+./scripts/fetch-gemma.sh
 ./scripts/fetch-data.sh
+# candle's CPU matmul pool spin-waits: with the test harness already running two tests at once on
+# a 2-core machine, more than one candle thread per test makes everything crawl.
+export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-1}" CANDLE_NUM_THREADS="${CANDLE_NUM_THREADS:-1}"
 cargo test --workspace "$@"

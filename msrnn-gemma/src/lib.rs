@@ -1,0 +1,51 @@
+//! # msrnn-gemma
+//!
+//! Gemma 3 text decoders (tested on Gemma 3 270M, GGUF) as multi-state RNNs: every layer's
+//! attention runs through [`msrnn_core::MsrnnState::attend`], so any compression policy bounds its
+//! key/value cache.
+//!
+//! Gemma 3 interleaves two kinds of layers. Five of every six are *local*: they attend through a
+//! sliding window of 512 keys (RoPE base 1e4). Every sixth is *global* (RoPE base 1e6, the whole
+//! context). The window belongs to the model, so the adapter declares it in
+//! [`msrnn_core::ModelInfo::layer_windows`] and the core's state enforces it; a user's capacity C
+//! then bounds the global layers, and the local ones hold `min(C, 511)` tokens after each step.
+//!
+//! - Weights from a GGUF file through candle's `QMatMul`, in any of msrnn-llama's
+//!   [`WeightFormat`]s (re-quantizing to Q8_0 is the fast choice on CPU: the file's Q5_0 blocks have
+//!   no SIMD kernel in candle).
+//! - The tokenizer rebuilt from GGUF metadata (SentencePiece BPE with byte fallback), and
+//!   [`TokenStream`] for streaming text.
+//!
+//! ```no_run
+//! use msrnn_core::{generate, new_state, Capacity, CausalLm, GenerateOptions, PolicySpec};
+//! use msrnn_gemma::{Gemma, LoadOptions, WeightFormat};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let opts = LoadOptions { weights: WeightFormat::Q8_0, ..Default::default() };
+//! let model = Gemma::load("models/gemma-3-270m-q4_k_m.gguf".as_ref(), &opts)?;
+//! let registry = msrnn_policies::registry();
+//! let mut state = new_state(&model, &registry, &"tova".parse::<PolicySpec>()?, Capacity::bounded(256)?, 64)?;
+//! let tok = model.tokenizer();
+//! let prompt = tok.encode("To be, or not to be, that is the", tok.wants_bos())?;
+//! let opts = GenerateOptions { stop_tokens: tok.eos_tokens().to_vec(), ..Default::default() };
+//! let out = generate(&model, &mut state, &prompt, &opts, &mut |_| true)?;
+//! println!("{}", tok.decode(&out.tokens)?);
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod error;
+mod loader;
+mod meta;
+mod model;
+mod rope;
+mod tokenizer;
+mod weights;
+
+pub use config::{GemmaConfig, ARCH, GLOBAL_EVERY, LOCAL_ROPE_THETA};
+pub use error::{Error, Result};
+pub use model::{Attention, Block, Gemma, Mlp, RmsNorm};
+/// Re-exported from msrnn-llama so that every family loads with the same options.
+pub use msrnn_llama::{LoadOptions, WeightFormat};
+pub use rope::Rope;
+pub use tokenizer::{TokenStream, Tokenizer};
+pub use weights::Linear;

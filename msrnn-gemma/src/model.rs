@@ -1,0 +1,324 @@
+//! The Gemma 3 forward pass with attention delegated to the multi-state ([`MsrnnState::attend`]).
+//!
+//! What Gemma adds to a LLaMA block, each in its own struct below: RMS-normalised queries and keys
+//! before RoPE, norms after attention and after the MLP (on the branch, before the residual add),
+//! embeddings scaled by `sqrt(hidden)`, a GELU-tanh gated MLP, a head tied to the embeddings, and
+//! two kinds of layers: local ones (RoPE base 1e4, a sliding window of 512 keys) and global ones
+//! (RoPE base 1e6, the whole context). The window is the model's, so it is declared in
+//! [`ModelInfo::layer_windows`] and the core's state enforces it; the user's policy and capacity
+//! act on top.
+//!
+//! Norm weights: Gemma's RMSNorm multiplies by `1 + w`; llama.cpp's converter already stores
+//! `1 + w` in the GGUF, so the stored weight is used as is (checked on Gemma 3 270M: adding 1 again
+//! takes the perplexity of BOS + 256 Hamlet tokens from 13.3 to 3.6e8; as stored it matches
+//! llama.cpp's 23.2 on 1024 tokens, which the `real_model` tests check).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use msrnn_core::{CausalLm, ModelInfo, MsrnnState};
+use msrnn_llama::WeightFormat;
+
+use crate::config::GemmaConfig;
+use crate::error::Result;
+use crate::rope::Rope;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{GgufWeights, Linear};
+
+/// RMS normalisation over the last dimension, times the stored weight.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub(crate) fn load(w: &GgufWeights, name: &str, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: w.dense(name, &[size])?, eps: eps as f32 })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+    }
+}
+
+/// Grouped-query attention with normalised queries and keys; the keys/values live in the state.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+}
+
+impl Attention {
+    pub(crate) fn load(w: &GgufWeights, layer: usize, cfg: &GemmaConfig) -> Result<Self> {
+        let (h, kvh, d, hid) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size);
+        let n = |s: &str| format!("blk.{layer}.{s}.weight");
+        Ok(Self {
+            q: w.linear(&n("attn_q"), h * d, hid)?,
+            k: w.linear(&n("attn_k"), kvh * d, hid)?,
+            v: w.linear(&n("attn_v"), kvh * d, hid)?,
+            o: w.linear(&n("attn_output"), hid, h * d)?,
+            q_norm: RmsNorm::load(w, &n("attn_q_norm"), d, cfg.rms_norm_eps)?,
+            k_norm: RmsNorm::load(w, &n("attn_k_norm"), d, cfg.rms_norm_eps)?,
+            num_heads: h,
+            num_kv_heads: kvh,
+            head_dim: d,
+            scale: cfg.attn_scale,
+        })
+    }
+
+    /// `x`: `[t, hidden]` -> `[t, hidden]`, reading and updating layer `layer` of `state`.
+    /// `cos`/`sin` are this layer's RoPE tables (local or global base).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        state: &mut MsrnnState,
+        positions: &[u64],
+        (cos, sin): (&Tensor, &Tensor),
+    ) -> msrnn_core::Result<Tensor> {
+        let t = x.dim(0)?;
+        let heads = |y: Tensor, n: usize| -> candle_core::Result<Tensor> {
+            y.reshape((t, n, self.head_dim))?.transpose(0, 1)?.contiguous()
+        };
+        let q = Rope::apply(&self.q_norm.forward(&heads(self.q.forward(x)?, self.num_heads)?)?, cos, sin)?;
+        let k = Rope::apply(&self.k_norm.forward(&heads(self.k.forward(x)?, self.num_kv_heads)?)?, cos, sin)?;
+        let v = heads(self.v.forward(x)?, self.num_kv_heads)?;
+        let y = state.attend(layer, &q, &k, &v, positions, self.scale)?;
+        let y = y.transpose(0, 1)?.reshape((t, self.num_heads * self.head_dim))?;
+        Ok(self.o.forward(&y)?)
+    }
+}
+
+/// Gated feed-forward with GELU (tanh approximation): `down(gelu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    pub(crate) fn load(w: &GgufWeights, layer: usize, cfg: &GemmaConfig) -> Result<Self> {
+        let (hid, ffn) = (cfg.hidden_size, cfg.intermediate_size);
+        let n = |s: &str| format!("blk.{layer}.{s}.weight");
+        Ok(Self {
+            gate: w.linear(&n("ffn_gate"), ffn, hid)?,
+            up: w.linear(&n("ffn_up"), ffn, hid)?,
+            down: w.linear(&n("ffn_down"), hid, ffn)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // candle's `gelu` is the tanh approximation (`gelu_erf` is the exact one).
+        let g = self.gate.forward(x)?.gelu()?;
+        self.down.forward(&(g * self.up.forward(x)?)?)
+    }
+}
+
+/// One Gemma block: `x += post_attn_norm(attn(attn_norm(x)))`, then
+/// `x += post_ffw_norm(mlp(ffn_norm(x)))`.
+#[derive(Debug, Clone)]
+pub struct Block {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    post_attn_norm: RmsNorm,
+    ffn_norm: RmsNorm,
+    mlp: Mlp,
+    post_ffn_norm: RmsNorm,
+    global: bool,
+}
+
+impl Block {
+    pub(crate) fn load(w: &GgufWeights, layer: usize, cfg: &GemmaConfig) -> Result<Self> {
+        let n = |s: &str| format!("blk.{layer}.{s}.weight");
+        let norm = |s: &str| RmsNorm::load(w, &n(s), cfg.hidden_size, cfg.rms_norm_eps);
+        Ok(Self {
+            attn_norm: norm("attn_norm")?,
+            attn: Attention::load(w, layer, cfg)?,
+            post_attn_norm: norm("post_attention_norm")?,
+            ffn_norm: norm("ffn_norm")?,
+            mlp: Mlp::load(w, layer, cfg)?,
+            post_ffn_norm: norm("post_ffw_norm")?,
+            global: cfg.is_global(layer),
+        })
+    }
+
+    /// Whether this block attends over the whole context (else through the model's window).
+    pub fn is_global(&self) -> bool {
+        self.global
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        state: &mut MsrnnState,
+        positions: &[u64],
+        rope: (&Tensor, &Tensor),
+    ) -> msrnn_core::Result<Tensor> {
+        let h = self.attn.forward(&self.attn_norm.forward(x)?, layer, state, positions, rope)?;
+        let x = (x + self.post_attn_norm.forward(&h)?)?;
+        let h = self.mlp.forward(&self.ffn_norm.forward(&x)?)?;
+        Ok((x + self.post_ffn_norm.forward(&h)?)?)
+    }
+}
+
+/// A Gemma 3 text decoder as a multi-state RNN.
+pub struct Gemma {
+    cfg: GemmaConfig,
+    info: ModelInfo,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    /// Token embeddings, read row by row (quantized rows are dequantized on the fly), and the
+    /// output head unless the file has its own.
+    embed: Linear,
+    /// `None`: tied to `embed` (Gemma 3).
+    head: Option<Linear>,
+    rope_local: Rope,
+    rope_global: Rope,
+    tokenizer: Tokenizer,
+    device: Device,
+    format: WeightFormat,
+}
+
+impl Gemma {
+    pub(crate) fn from_weights(w: &GgufWeights, cfg: GemmaConfig, tokenizer: Tokenizer) -> Result<Self> {
+        let (vocab, hid) = (cfg.vocab_size, cfg.hidden_size);
+        // Gemma 3 ties the head to the embeddings; a file with its own head is honoured.
+        let (embed, head) = if w.has("output.weight") {
+            (w.linear("token_embd.weight", vocab, hid)?, Some(w.head("output.weight", vocab, hid)?))
+        } else {
+            (w.head("token_embd.weight", vocab, hid)?, None)
+        };
+        let blocks = (0..cfg.num_layers).map(|l| Block::load(w, l, &cfg)).collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(w, "output_norm.weight", hid, cfg.rms_norm_eps)?;
+        let info = ModelInfo {
+            family: crate::config::ARCH.into(),
+            name: cfg.name.clone(),
+            num_layers: cfg.num_layers,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            vocab_size: vocab,
+            max_context: cfg.max_context,
+            bos_token: tokenizer.bos_token(),
+            eos_tokens: tokenizer.eos_tokens().to_vec(),
+            layer_windows: cfg.layer_windows(),
+            // Keys/values stay f32 whatever the weights: the state is what the policies compare.
+            kv_dtype: DType::F32,
+        };
+        tracing::info!(
+            name = %cfg.name, layers = cfg.num_layers, heads = cfg.num_heads, kv_heads = cfg.num_kv_heads,
+            window = cfg.sliding_window, format = %w.format,
+            matmul = %blocks.first().map(|b| b.attn.q.kind()).unwrap_or_default(),
+            head = %head.as_ref().unwrap_or(&embed).kind(), "loaded gemma3"
+        );
+        Ok(Self {
+            rope_local: Rope::new(cfg.head_dim, cfg.rope_theta_local),
+            rope_global: Rope::new(cfg.head_dim, cfg.rope_theta_global),
+            info,
+            blocks,
+            norm,
+            embed,
+            head,
+            tokenizer,
+            device: w.device.clone(),
+            format: w.format,
+            cfg,
+        })
+    }
+
+    /// Loads a Gemma 3 GGUF file (`general.architecture = gemma3`).
+    pub fn load(path: &Path, opts: &msrnn_llama::LoadOptions) -> Result<Gemma> {
+        crate::loader::load(path, opts)
+    }
+
+    /// The output head (the embedding matrix when tied, as in Gemma 3).
+    pub fn output_head(&self) -> &Linear {
+        self.head.as_ref().unwrap_or(&self.embed)
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn config(&self) -> &GemmaConfig {
+        &self.cfg
+    }
+
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    pub fn weight_format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// How the attention/MLP matrices and the output head are held (e.g. `Q8_0`).
+    pub fn weight_kinds(&self) -> (String, String) {
+        (self.blocks.first().map(|b| b.attn.q.kind()).unwrap_or_default(), self.output_head().kind())
+    }
+}
+
+impl CausalLm for Gemma {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(&self, tokens: &[u32], state: &mut MsrnnState, all_logits: bool) -> msrnn_core::Result<Tensor> {
+        use msrnn_core::Error as CoreError;
+        let t = tokens.len();
+        if t == 0 {
+            return Err(CoreError::Input("forward needs at least one token".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(CoreError::Input(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                self.cfg.vocab_size
+            )));
+        }
+        if state.num_layers() != self.blocks.len() {
+            return Err(CoreError::Input(format!(
+                "the state has {} layers, the model {}",
+                state.num_layers(),
+                self.blocks.len()
+            )));
+        }
+        for (l, b) in self.blocks.iter().enumerate() {
+            let want = if b.global { None } else { Some(self.cfg.sliding_window) };
+            if state.layer(l).window() != want {
+                return Err(CoreError::Input(format!(
+                    "layer {l} of the state has window {:?}, the model {want:?} (build the state with new_state)",
+                    state.layer(l).window()
+                )));
+            }
+        }
+        let _span = tracing::trace_span!("gemma_forward", t).entered();
+        let positions = state.next_positions(t);
+        let local = self.rope_local.cos_sin(&positions, &self.device)?;
+        let global = self.rope_global.cos_sin(&positions, &self.device)?;
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = (self.embed.rows(&ids)? * self.cfg.embed_scale())?;
+        for (l, block) in self.blocks.iter().enumerate() {
+            let rope = if block.global { (&global.0, &global.1) } else { (&local.0, &local.1) };
+            x = block.forward(&x, l, state, &positions, rope)?;
+        }
+        state.advance(t);
+        let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
+        let logits = self.output_head().forward(&self.norm.forward(&x)?)?;
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+}

@@ -1,0 +1,276 @@
+//! The LLaMA forward pass with attention delegated to the multi-state ([`MsrnnState::attend`]).
+//!
+//! candle-transformers' own LLaMA models keep their KV caches and layers private and return
+//! last-position logits only, so the forward is written here, one plain struct per block.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use msrnn_core::{CausalLm, ModelInfo, MsrnnState};
+
+use crate::config::{LlamaConfig, RopeStyle};
+use crate::error::Result;
+use crate::rope::Rope;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{Linear, Tn, WeightFormat, WeightSource};
+
+/// RMS normalisation with a learned scale.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub(crate) fn load(w: &WeightSource, tn: Tn, layer: Option<usize>, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: w.dense(tn, layer, &[size])?, eps: eps as f32 })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+    }
+}
+
+/// Grouped-query self-attention; the keys/values live in the state, not here.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+}
+
+impl Attention {
+    pub(crate) fn load(w: &WeightSource, layer: usize, cfg: &LlamaConfig) -> Result<Self> {
+        let (h, kvh, d, hid) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size);
+        Ok(Self {
+            q: w.linear(Tn::AttnQ, Some(layer), h * d, hid)?,
+            k: w.linear(Tn::AttnK, Some(layer), kvh * d, hid)?,
+            v: w.linear(Tn::AttnV, Some(layer), kvh * d, hid)?,
+            o: w.linear(Tn::AttnO, Some(layer), hid, h * d)?,
+            num_heads: h,
+            num_kv_heads: kvh,
+            head_dim: d,
+            scale: 1.0 / (d as f64).sqrt(),
+        })
+    }
+
+    /// `x`: `[t, hidden]` -> `[t, hidden]`, reading and updating layer `layer` of `state`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        state: &mut MsrnnState,
+        positions: &[u64],
+        rope: &Rope,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> msrnn_core::Result<Tensor> {
+        let t = x.dim(0)?;
+        let heads = |y: Tensor, n: usize| -> candle_core::Result<Tensor> {
+            y.reshape((t, n, self.head_dim))?.transpose(0, 1)?.contiguous()
+        };
+        let q = rope.apply(&heads(self.q.forward(x)?, self.num_heads)?, cos, sin)?;
+        let k = rope.apply(&heads(self.k.forward(x)?, self.num_kv_heads)?, cos, sin)?;
+        let v = heads(self.v.forward(x)?, self.num_kv_heads)?;
+        let y = state.attend(layer, &q, &k, &v, positions, self.scale)?;
+        let y = y.transpose(0, 1)?.reshape((t, self.num_heads * self.head_dim))?;
+        Ok(self.o.forward(&y)?)
+    }
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    pub(crate) fn load(w: &WeightSource, layer: usize, cfg: &LlamaConfig) -> Result<Self> {
+        let (hid, ffn) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate: w.linear(Tn::FfnGate, Some(layer), ffn, hid)?,
+            up: w.linear(Tn::FfnUp, Some(layer), ffn, hid)?,
+            down: w.linear(Tn::FfnDown, Some(layer), hid, ffn)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        self.down.forward(&(g * self.up.forward(x)?)?)
+    }
+}
+
+/// One transformer block: pre-norm attention and pre-norm MLP, each with a residual.
+#[derive(Debug, Clone)]
+pub struct Block {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    ffn_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    pub(crate) fn load(w: &WeightSource, layer: usize, cfg: &LlamaConfig) -> Result<Self> {
+        Ok(Self {
+            attn_norm: RmsNorm::load(w, Tn::AttnNorm, Some(layer), cfg.hidden_size, cfg.rms_norm_eps)?,
+            attn: Attention::load(w, layer, cfg)?,
+            ffn_norm: RmsNorm::load(w, Tn::FfnNorm, Some(layer), cfg.hidden_size, cfg.rms_norm_eps)?,
+            mlp: Mlp::load(w, layer, cfg)?,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        state: &mut MsrnnState,
+        positions: &[u64],
+        rope: &Rope,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> msrnn_core::Result<Tensor> {
+        let h = self.attn.forward(&self.attn_norm.forward(x)?, layer, state, positions, rope, cos, sin)?;
+        let x = (x + h)?;
+        let h = self.mlp.forward(&self.ffn_norm.forward(&x)?)?;
+        Ok((x + h)?)
+    }
+}
+
+/// A LLaMA-family decoder (SmolLM2, Llama 2, TinyLlama, ...) as a multi-state RNN.
+pub struct Llama {
+    cfg: LlamaConfig,
+    info: ModelInfo,
+    embeddings: Tensor,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    head: Linear,
+    rope: Rope,
+    tokenizer: Tokenizer,
+    device: Device,
+    format: WeightFormat,
+}
+
+impl Llama {
+    /// Loads every weight through `w`; `tokenizer` comes from the same file or directory.
+    pub(crate) fn from_source(w: &WeightSource, cfg: LlamaConfig, tokenizer: Tokenizer) -> Result<Self> {
+        let embeddings = w.dense(Tn::TokEmbd, None, &[cfg.vocab_size, cfg.hidden_size])?;
+        let blocks = (0..cfg.num_layers).map(|l| Block::load(w, l, &cfg)).collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(w, Tn::OutputNorm, None, cfg.hidden_size, cfg.rms_norm_eps)?;
+        let head = if w.contains(Tn::Output, None) {
+            w.linear(Tn::Output, None, cfg.vocab_size, cfg.hidden_size)?
+        } else if cfg.tie_word_embeddings || w.is_gguf() {
+            w.tied_head(&embeddings, cfg.vocab_size, cfg.hidden_size)?
+        } else {
+            return Err(crate::Error::MissingTensor { path: w.path().into(), tensor: w.name(Tn::Output, None) });
+        };
+        let info = ModelInfo {
+            family: "llama".into(),
+            name: cfg.name.clone(),
+            num_layers: cfg.num_layers,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            vocab_size: cfg.vocab_size,
+            max_context: cfg.max_context,
+            bos_token: tokenizer.bos_token(),
+            eos_tokens: tokenizer.eos_tokens().to_vec(),
+            layer_windows: vec![None; cfg.num_layers],
+            // Keys/values stay f32 whatever the weights: the state is what the policies compare.
+            kv_dtype: DType::F32,
+        };
+        tracing::info!(
+            name = %cfg.name, layers = cfg.num_layers, heads = cfg.num_heads, kv_heads = cfg.num_kv_heads,
+            format = %w.format, matmul = %blocks.first().map(|b| b.attn.q.kind()).unwrap_or_default(),
+            head = %head.kind(), "loaded llama"
+        );
+        Ok(Self {
+            rope: Rope::new(cfg.head_dim, cfg.rope_theta, cfg.rope_style),
+            info,
+            embeddings,
+            blocks,
+            norm,
+            head,
+            tokenizer,
+            device: w.device.clone(),
+            format: w.format,
+            cfg,
+        })
+    }
+
+    pub fn load(path: &Path, opts: &crate::LoadOptions) -> Result<Llama> {
+        crate::loader::load(path, opts)
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn rope_style(&self) -> RopeStyle {
+        self.rope.style()
+    }
+
+    pub fn weight_format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// How the attention/MLP matrices and the output head are held (e.g. `Q4_1`, `Q8_0`).
+    pub fn weight_kinds(&self) -> (String, String) {
+        (self.blocks.first().map(|b| b.attn.q.kind()).unwrap_or_default(), self.head.kind())
+    }
+}
+
+impl CausalLm for Llama {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(&self, tokens: &[u32], state: &mut MsrnnState, all_logits: bool) -> msrnn_core::Result<Tensor> {
+        use msrnn_core::Error as CoreError;
+        let t = tokens.len();
+        if t == 0 {
+            return Err(CoreError::Input("forward needs at least one token".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(CoreError::Input(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                self.cfg.vocab_size
+            )));
+        }
+        if state.num_layers() != self.blocks.len() {
+            return Err(CoreError::Input(format!(
+                "the state has {} layers, the model {}",
+                state.num_layers(),
+                self.blocks.len()
+            )));
+        }
+        let _span = tracing::trace_span!("llama_forward", t).entered();
+        let positions = state.next_positions(t);
+        let (cos, sin) = self.rope.cos_sin(&positions, &self.device)?;
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embeddings.index_select(&ids, 0)?;
+        for (l, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, l, state, &positions, &self.rope, &cos, &sin)?;
+        }
+        state.advance(t);
+        let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
+        let logits = self.head.forward(&self.norm.forward(&x)?)?;
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+}

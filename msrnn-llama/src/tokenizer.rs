@@ -1,0 +1,385 @@
+//! Tokenizers: built from GGUF metadata (byte-level BPE, as llama.cpp does) or read from a
+//! `tokenizer.json`, plus what generation needs around them (BOS/EOS, the chat prompt, streaming
+//! detokenization).
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde_json::{json, Value as Json};
+
+use crate::config::{HfExtras, Metadata, OneOrMany};
+use crate::error::{Error, Result};
+
+/// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// The regex Llama 3 splits text with before byte-level BPE (llama.cpp's `llama-bpe`).
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Which chat format the vocabulary supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chat {
+    /// `<|im_start|>role\n...<|im_end|>\n` (SmolLM2, Qwen, ...).
+    Ml,
+    /// `<|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>` (Llama 3).
+    Llama3,
+    None,
+}
+
+/// A model's tokenizer with its special tokens.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: Option<u32>,
+    eos: Vec<u32>,
+    add_bos: bool,
+    chat: Chat,
+    /// Control tokens: not text, so the stream skips them.
+    special: HashSet<u32>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab", &self.inner.get_vocab_size(true))
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("add_bos", &self.add_bos)
+            .field("chat", &self.chat)
+            .finish()
+    }
+}
+
+fn tk_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+impl Tokenizer {
+    /// Token ids for `text`. Special-token strings in the text (`<|im_start|>`) become their ids.
+    /// With `add_bos`, the model's BOS is prepended if it has one.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(tk_err)?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// The text of `ids`, special tokens included (the exact inverse of [`Tokenizer::encode`]).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(tk_err)
+    }
+
+    /// The prompt for one user turn, ending where the assistant's answer starts. Raw `user` text
+    /// when the vocabulary has no chat tokens.
+    pub fn chat_prompt(&self, user: &str) -> String {
+        self.chat_prompt_with_system(None, user)
+    }
+
+    /// Like [`Tokenizer::chat_prompt`], with an optional system turn first.
+    pub fn chat_prompt_with_system(&self, system: Option<&str>, user: &str) -> String {
+        match self.chat {
+            Chat::Ml => {
+                let sys = system.map(|s| format!("<|im_start|>system\n{s}<|im_end|>\n")).unwrap_or_default();
+                format!("{sys}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+            }
+            Chat::Llama3 => {
+                let turn =
+                    |role: &str, text: &str| format!("<|start_header_id|>{role}<|end_header_id|>\n\n{text}<|eot_id|>");
+                let sys = system.map(|s| turn("system", s)).unwrap_or_default();
+                format!("{sys}{}<|start_header_id|>assistant<|end_header_id|>\n\n", turn("user", user))
+            }
+            Chat::None => match system {
+                Some(s) => format!("{s}\n\n{user}"),
+                None => user.to_string(),
+            },
+        }
+    }
+
+    /// Whether the vocabulary has a chat format [`Tokenizer::chat_prompt`] knows.
+    pub fn has_chat_template(&self) -> bool {
+        self.chat != Chat::None
+    }
+
+    /// Tokens that end a turn: the file's EOS and the chat format's end-of-turn token.
+    pub fn eos_tokens(&self) -> &[u32] {
+        &self.eos
+    }
+
+    pub fn bos_token(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// Whether the model's files ask for a BOS at the start of a sequence (`add_bos_token`).
+    pub fn wants_bos(&self) -> bool {
+        self.add_bos && self.bos.is_some()
+    }
+
+    /// Whether `id` is a control token (not text).
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.contains(&id)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    /// Finishes construction: chat format, EOS list (deduplicated, order kept).
+    fn assemble(
+        inner: tokenizers::Tokenizer,
+        bos: Option<u32>,
+        file_eos: Vec<u32>,
+        add_bos: bool,
+        special: HashSet<u32>,
+    ) -> Self {
+        let id = |s: &str| inner.token_to_id(s);
+        let (chat, turn_end) = if let (Some(_), Some(end)) = (id("<|im_start|>"), id("<|im_end|>")) {
+            (Chat::Ml, Some(end))
+        } else if let (Some(_), Some(_), Some(end)) =
+            (id("<|start_header_id|>"), id("<|end_header_id|>"), id("<|eot_id|>"))
+        {
+            (Chat::Llama3, Some(end))
+        } else {
+            (Chat::None, None)
+        };
+        let mut eos = Vec::new();
+        for e in file_eos.into_iter().chain(turn_end) {
+            if !eos.contains(&e) {
+                eos.push(e);
+            }
+        }
+        Self { inner, bos, eos, add_bos, chat, special }
+    }
+
+    /// Builds the tokenizer llama.cpp would from a GGUF file's `tokenizer.ggml.*` metadata.
+    pub(crate) fn from_gguf(md: &Metadata<'_>) -> Result<Self> {
+        let path = md.path;
+        let model = match md.opt_str("tokenizer.ggml.model")? {
+            Some(m) => m,
+            None => {
+                return Err(Error::MissingTokenizer {
+                    path: path.into(),
+                    reason: "the file has no `tokenizer.ggml.model` metadata".into(),
+                })
+            }
+        };
+        if model != "gpt2" {
+            return Err(Error::Unsupported {
+                path: path.into(),
+                what: format!("tokenizer model `{model}` (only byte-level BPE, `gpt2`, is built from GGUF metadata)"),
+            });
+        }
+        let tokens = md
+            .opt_strings("tokenizer.ggml.tokens")?
+            .ok_or_else(|| Error::MissingMetadata { path: path.into(), key: "tokenizer.ggml.tokens".into() })?;
+        let merges = md.opt_strings("tokenizer.ggml.merges")?.unwrap_or_default();
+        let types = md.opt_ints("tokenizer.ggml.token_type")?.unwrap_or_else(|| vec![1; tokens.len()]);
+        if types.len() != tokens.len() {
+            return Err(Error::BadMetadata {
+                path: path.into(),
+                key: "tokenizer.ggml.token_type".into(),
+                reason: format!("{} types for {} tokens", types.len(), tokens.len()),
+            });
+        }
+        let pre = md.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
+        let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+        let (pre_tokenizer, ignore_merges) = match pre {
+            "default" | "gpt2" | "gpt-2" => (byte_level(true), false),
+            // llama.cpp's `smollm`: every digit on its own, then the GPT-2 pattern.
+            "smollm" => (
+                json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+                false,
+            ),
+            "llama-bpe" | "llama3" => (
+                json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated", "invert": false},
+                    byte_level(false)]}),
+                true,
+            ),
+            other => {
+                return Err(Error::Unsupported {
+                    path: path.into(),
+                    what: format!("pre-tokenizer `{other}` (known: smollm, gpt2, default, llama-bpe)"),
+                })
+            }
+        };
+        let vocab: serde_json::Map<String, Json> =
+            tokens.iter().enumerate().map(|(i, t)| (t.to_string(), json!(i as u32))).collect();
+        let mut merge_pairs = Vec::with_capacity(merges.len());
+        for m in &merges {
+            // llama.cpp splits at the first space after the first character.
+            let split = m.char_indices().skip(1).find(|&(_, c)| c == ' ').map(|(i, _)| i);
+            match split {
+                Some(i) => merge_pairs.push(json!([&m[..i], &m[i + 1..]])),
+                None => {
+                    return Err(Error::BadMetadata {
+                        path: path.into(),
+                        key: "tokenizer.ggml.merges".into(),
+                        reason: format!("merge `{m}` has no space"),
+                    })
+                }
+            }
+        }
+        let mut special = HashSet::new();
+        let mut added = Vec::new();
+        for (i, (t, &ty)) in tokens.iter().zip(&types).enumerate() {
+            if ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED {
+                let is_special = ty == TOKEN_TYPE_CONTROL;
+                if is_special {
+                    special.insert(i as u32);
+                }
+                added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                                  "normalized": false, "special": is_special}));
+            }
+        }
+        let spec = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": pre_tokenizer,
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                      "ignore_merges": ignore_merges, "vocab": vocab, "merges": merge_pairs},
+        });
+        let inner: tokenizers::Tokenizer = spec.to_string().parse().map_err(|e| Error::BadMetadata {
+            path: path.into(),
+            key: "tokenizer.ggml.*".into(),
+            reason: format!("{e}"),
+        })?;
+        let bos = md.opt_u32("tokenizer.ggml.bos_token_id")?;
+        let mut eos: Vec<u32> = md.opt_u32("tokenizer.ggml.eos_token_id")?.into_iter().collect();
+        eos.extend(md.opt_u32("tokenizer.ggml.eot_token_id")?);
+        let add_bos = md.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+        for id in bos.iter().chain(&eos) {
+            if *id as usize >= tokens.len() {
+                return Err(Error::BadMetadata {
+                    path: path.into(),
+                    key: "tokenizer.ggml.bos/eos_token_id".into(),
+                    reason: format!("token id {id} is outside the vocabulary ({})", tokens.len()),
+                });
+            }
+        }
+        Ok(Self::assemble(inner, bos, eos, add_bos, special))
+    }
+
+    /// Reads `dir/tokenizer.json`, with BOS/EOS from `config.json` (already parsed into `extras`),
+    /// `generation_config.json` and `tokenizer_config.json` when present.
+    pub(crate) fn from_dir(dir: &Path, extras: &HfExtras) -> Result<Self> {
+        let file = dir.join("tokenizer.json");
+        if !file.is_file() {
+            return Err(Error::MissingTokenizer {
+                path: file,
+                reason: "the model directory has no tokenizer.json".into(),
+            });
+        }
+        let inner = tokenizers::Tokenizer::from_file(&file)
+            .map_err(|e| Error::MissingTokenizer { path: file.clone(), reason: format!("cannot parse: {e}") })?;
+        let read_json = |name: &str| -> Option<Json> {
+            let text = std::fs::read_to_string(dir.join(name)).ok()?;
+            serde_json::from_str(&text).ok()
+        };
+        let tok_cfg = read_json("tokenizer_config.json");
+        let gen_cfg = read_json("generation_config.json");
+        // A token given by its text (`"bos_token": "<s>"` or `{"content": "<s>"}`).
+        let token_id = |v: Option<&Json>| -> Option<u32> {
+            let s = match v? {
+                Json::String(s) => s.as_str(),
+                Json::Object(o) => o.get("content")?.as_str()?,
+                _ => return None,
+            };
+            inner.token_to_id(s)
+        };
+        let bos = extras
+            .bos_token_id
+            .or_else(|| gen_cfg.as_ref().and_then(|g| g.get("bos_token_id")?.as_u64()).map(|x| x as u32))
+            .or_else(|| token_id(tok_cfg.as_ref().and_then(|t| t.get("bos_token"))));
+        let mut eos = extras.eos_token_ids.clone();
+        if let Some(g) = gen_cfg.as_ref().and_then(|g| g.get("eos_token_id")) {
+            if let Ok(e) = serde_json::from_value::<OneOrMany>(g.clone()) {
+                eos.extend(e.into_vec());
+            }
+        }
+        eos.extend(token_id(tok_cfg.as_ref().and_then(|t| t.get("eos_token"))));
+        // Whether a BOS is wanted: the tokenizer's own post-processor adds it, or the config says so.
+        let add_bos = match tok_cfg.as_ref().and_then(|t| t.get("add_bos_token")?.as_bool()) {
+            Some(b) => b,
+            None => match (bos, inner.encode("a", true)) {
+                (Some(b), Ok(enc)) => enc.get_ids().first() == Some(&b),
+                _ => false,
+            },
+        };
+        let special: HashSet<u32> =
+            inner.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
+        Ok(Self::assemble(inner, bos, eos, add_bos, special))
+    }
+}
+
+/// Incremental detokenizer for streaming generation: [`TokenStream::push`] returns text only once
+/// it is complete UTF-8 (a byte-level token may carry half a character). Control tokens (EOS,
+/// chat markers) are not text and are skipped.
+pub struct TokenStream<'a> {
+    tok: &'a Tokenizer,
+    ids: Vec<u32>,
+    /// Start of the tokens whose text is not final yet.
+    prev: usize,
+    /// End of the tokens whose text was already returned.
+    cur: usize,
+}
+
+impl<'a> TokenStream<'a> {
+    pub fn new(tok: &'a Tokenizer) -> Self {
+        Self { tok, ids: Vec::new(), prev: 0, cur: 0 }
+    }
+
+    /// Adds a token; returns the text completed by it, if any.
+    pub fn push(&mut self, id: u32) -> Option<String> {
+        if self.tok.is_special(id) {
+            return None;
+        }
+        let before = self.tok.decode(&self.ids[self.prev..self.cur]).ok()?;
+        self.ids.push(id);
+        let now = match self.tok.decode(&self.ids[self.prev..]) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(id, error = %e, "token stream cannot decode");
+                return None;
+            }
+        };
+        if now.len() > before.len() && !now.ends_with('\u{FFFD}') {
+            if let Some(new) = now.strip_prefix(before.as_str()) {
+                let new = new.to_string();
+                self.prev = self.cur;
+                self.cur = self.ids.len();
+                return Some(new);
+            }
+        }
+        None
+    }
+
+    /// Whatever text is still held back (an incomplete character at the end, decoded lossily).
+    pub fn finish(&mut self) -> Option<String> {
+        let before = self.tok.decode(&self.ids[self.prev..self.cur]).ok()?;
+        let now = self.tok.decode(&self.ids[self.prev..]).ok()?;
+        self.prev = self.ids.len();
+        self.cur = self.ids.len();
+        match now.strip_prefix(before.as_str()) {
+            Some(rest) if !rest.is_empty() => Some(rest.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Every token pushed so far (control tokens excluded).
+    pub fn tokens(&self) -> &[u32] {
+        &self.ids
+    }
+}
