@@ -150,7 +150,8 @@ impl GemmaConfig {
         let vocab_size = match ct.tensor_infos.get("token_embd.weight") {
             Some(ti) if ti.shape.rank() == 2 => ti.shape.dims()[0],
             Some(ti) => {
-                let reason = format!("`token_embd.weight` has shape {:?}, expected [vocab, {hidden_size}]", ti.shape.dims());
+                let reason =
+                    format!("`token_embd.weight` has shape {:?}, expected [vocab, {hidden_size}]", ti.shape.dims());
                 return Err(Error::Config { path: path.into(), reason });
             }
             None => return Err(Error::MissingTensor { path: path.into(), tensor: "token_embd.weight".into() }),

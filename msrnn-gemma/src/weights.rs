@@ -89,6 +89,8 @@ impl Linear {
             // A zero block: scale 0 and 32 zero quants.
             out.resize(out.len() + pad_bytes, 0);
         }
+        // candle reinterprets the bytes as blocks (2-byte alignment); the system allocator
+        // returns 16-byte-aligned buffers.
         let storage = QStorage::from_data(Cow::Owned(out), &Device::Cpu, GgmlDType::Q8_0)?;
         let padded = QTensor::new(storage, (rows, cols + pad))?;
         Ok(Self { inner: QMatMul::QTensor(Arc::new(padded)), pad })

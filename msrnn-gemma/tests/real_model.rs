@@ -24,11 +24,12 @@ const LLAMA_CPP_PPL: f64 = 23.2;
 const LLAMA_CPP_P_QUESTION: f64 = 0.83;
 const QUESTION: u32 = 2934; // "▁question"
 
-/// One model test at a time: each already uses every core through candle, and candle's spinning
-/// thread pool degrades badly when two tests oversubscribe the CPU (CI has 2 cores).
-fn exclusive() -> MutexGuard<'static, ()> {
+/// One model test at a time when candle runs several threads per test: candle's spinning thread
+/// pool degrades badly when two tests oversubscribe the CPU (CI has 2 cores). With one candle
+/// thread per test (`scripts/test.sh` sets `RAYON_NUM_THREADS=1`), tests run side by side.
+fn exclusive() -> Option<MutexGuard<'static, ()>> {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    (candle_core::utils::get_num_threads() > 1).then(|| LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
 }
 
 fn workspace() -> PathBuf {
