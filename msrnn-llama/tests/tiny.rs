@@ -290,7 +290,7 @@ fn model_info_comes_from_the_file() {
 }
 
 #[test]
-fn forward_rejects_bad_tokens_and_mismatched_states() {
+fn forward_rejects_empty_input_and_unknown_tokens() {
     let fx = fixture("badtok");
     let m = load(&fx.gguf, WeightFormat::F32);
     let mut st = state(&m, "full", Capacity::Unbounded, 4);
