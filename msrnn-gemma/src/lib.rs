@@ -10,11 +10,11 @@
 //! [`msrnn_core::ModelInfo::layer_windows`] and the core's state enforces it; a user's capacity C
 //! then bounds the global layers, and the local ones hold `min(C, 511)` tokens after each step.
 //!
-//! - Weights from a GGUF file through candle's `QMatMul`, in any of msrnn-llama's
-//!   [`WeightFormat`]s (re-quantizing to Q8_0 is the fast choice on CPU: the file's Q5_0 blocks have
-//!   no SIMD kernel in candle).
-//! - The tokenizer rebuilt from GGUF metadata (SentencePiece BPE with byte fallback), and
-//!   [`TokenStream`] for streaming text.
+//! - Weights from a GGUF file through msrnn-llama's [`GgufWeights`](msrnn_llama::GgufWeights) and
+//!   [`Linear`], in any of its [`WeightFormat`]s (re-quantizing to Q8_0 is the fast choice on CPU:
+//!   the file's Q5_0 blocks have no SIMD kernel in candle).
+//! - The tokenizer rebuilt from GGUF metadata (SentencePiece BPE with byte fallback) as an
+//!   msrnn-llama [`Tokenizer`], with [`TokenStream`] for streaming text.
 //!
 //! ```no_run
 //! use msrnn_core::{generate, new_state, Capacity, CausalLm, GenerateOptions, PolicySpec};
@@ -33,19 +33,14 @@
 //! ```
 
 mod config;
-mod error;
 mod loader;
-mod meta;
 mod model;
 mod rope;
 mod tokenizer;
-mod weights;
 
 pub use config::{GemmaConfig, ARCH, GLOBAL_EVERY, LOCAL_ROPE_THETA};
-pub use error::{Error, Result};
-pub use model::{Attention, Block, Gemma, Mlp, RmsNorm};
-/// Re-exported from msrnn-llama so that every family loads with the same options.
-pub use msrnn_llama::{LoadOptions, WeightFormat};
+pub use model::{Attention, Block, Gemma, Mlp};
+/// Shared with msrnn-llama, so every family loads, fails and tokenizes the same way.
+pub use msrnn_llama::{Error, Linear, LoadOptions, Result, RmsNorm, TokenStream, Tokenizer, WeightFormat};
 pub use rope::Rope;
-pub use tokenizer::{TokenStream, Tokenizer};
-pub use weights::Linear;
+pub use tokenizer::CHAT_FORMAT;

@@ -17,29 +17,14 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use msrnn_core::{CausalLm, ModelInfo, MsrnnState};
-use msrnn_llama::WeightFormat;
+use msrnn_llama::{GgufWeights, Linear, Result, RmsNorm, Tokenizer, WeightFormat};
 
 use crate::config::GemmaConfig;
-use crate::error::Result;
 use crate::rope::Rope;
-use crate::tokenizer::Tokenizer;
-use crate::weights::{GgufWeights, Linear};
 
-/// RMS normalisation over the last dimension, times the stored weight.
-#[derive(Debug, Clone)]
-pub struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    pub(crate) fn load(w: &GgufWeights, name: &str, size: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: w.dense(name, &[size])?, eps: eps as f32 })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
-    }
+/// RMS norm `name`, its weight as stored (see above: the `1 +` is already in it).
+fn norm(w: &GgufWeights, name: &str, size: usize, eps: f64) -> Result<RmsNorm> {
+    Ok(RmsNorm::new(w.dense(name, &[size])?, eps))
 }
 
 /// Grouped-query attention with normalised queries and keys; the keys/values live in the state.
@@ -66,8 +51,8 @@ impl Attention {
             k: w.linear(&n("attn_k"), kvh * d, hid)?,
             v: w.linear(&n("attn_v"), kvh * d, hid)?,
             o: w.linear(&n("attn_output"), hid, h * d)?,
-            q_norm: RmsNorm::load(w, &n("attn_q_norm"), d, cfg.rms_norm_eps)?,
-            k_norm: RmsNorm::load(w, &n("attn_k_norm"), d, cfg.rms_norm_eps)?,
+            q_norm: norm(w, &n("attn_q_norm"), d, cfg.rms_norm_eps)?,
+            k_norm: norm(w, &n("attn_k_norm"), d, cfg.rms_norm_eps)?,
             num_heads: h,
             num_kv_heads: kvh,
             head_dim: d,
@@ -140,14 +125,14 @@ pub struct Block {
 impl Block {
     pub(crate) fn load(w: &GgufWeights, layer: usize, cfg: &GemmaConfig) -> Result<Self> {
         let n = |s: &str| format!("blk.{layer}.{s}.weight");
-        let norm = |s: &str| RmsNorm::load(w, &n(s), cfg.hidden_size, cfg.rms_norm_eps);
+        let hidden_norm = |s: &str| norm(w, &n(s), cfg.hidden_size, cfg.rms_norm_eps);
         Ok(Self {
-            attn_norm: norm("attn_norm")?,
+            attn_norm: hidden_norm("attn_norm")?,
             attn: Attention::load(w, layer, cfg)?,
-            post_attn_norm: norm("post_attention_norm")?,
-            ffn_norm: norm("ffn_norm")?,
+            post_attn_norm: hidden_norm("post_attention_norm")?,
+            ffn_norm: hidden_norm("ffn_norm")?,
             mlp: Mlp::load(w, layer, cfg)?,
-            post_ffn_norm: norm("post_ffw_norm")?,
+            post_ffn_norm: hidden_norm("post_ffw_norm")?,
             global: cfg.is_global(layer),
         })
     }
@@ -195,12 +180,12 @@ impl Gemma {
         let (vocab, hid) = (cfg.vocab_size, cfg.hidden_size);
         // Gemma 3 ties the head to the embeddings; a file with its own head is honoured.
         let (embed, head) = if w.has("output.weight") {
-            (w.linear("token_embd.weight", vocab, hid)?, Some(w.head("output.weight", vocab, hid)?))
+            (w.linear("token_embd.weight", vocab, hid)?, Some(w.head("output.weight", vocab, hid, true)?))
         } else {
-            (w.head("token_embd.weight", vocab, hid)?, None)
+            (w.head("token_embd.weight", vocab, hid, true)?, None)
         };
         let blocks = (0..cfg.num_layers).map(|l| Block::load(w, l, &cfg)).collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::load(w, "output_norm.weight", hid, cfg.rms_norm_eps)?;
+        let norm = norm(w, "output_norm.weight", hid, cfg.rms_norm_eps)?;
         let info = ModelInfo {
             family: crate::config::ARCH.into(),
             name: cfg.name.clone(),
@@ -218,7 +203,7 @@ impl Gemma {
         };
         tracing::info!(
             name = %cfg.name, layers = cfg.num_layers, heads = cfg.num_heads, kv_heads = cfg.num_kv_heads,
-            window = cfg.sliding_window, format = %w.format,
+            window = cfg.sliding_window, format = %w.format(),
             matmul = %blocks.first().map(|b| b.attn.q.kind()).unwrap_or_default(),
             head = %head.as_ref().unwrap_or(&embed).kind(), "loaded gemma3"
         );
@@ -231,8 +216,8 @@ impl Gemma {
             embed,
             head,
             tokenizer,
-            device: w.device.clone(),
-            format: w.format,
+            device: w.device().clone(),
+            format: w.format(),
             cfg,
         })
     }
@@ -240,6 +225,11 @@ impl Gemma {
     /// Loads a Gemma 3 GGUF file (`general.architecture = gemma3`).
     pub fn load(path: &Path, opts: &msrnn_llama::LoadOptions) -> Result<Gemma> {
         crate::loader::load(path, opts)
+    }
+
+    /// Reads only the tokenizer of a Gemma 3 GGUF file (no weights).
+    pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+        crate::loader::load_tokenizer(path)
     }
 
     /// The output head (the embedding matrix when tied, as in Gemma 3).
@@ -279,28 +269,12 @@ impl CausalLm for Gemma {
     }
 
     fn forward(&self, tokens: &[u32], state: &mut MsrnnState, all_logits: bool) -> msrnn_core::Result<Tensor> {
-        use msrnn_core::Error as CoreError;
+        msrnn_llama::check_input(tokens, self.cfg.vocab_size, state, self.blocks.len())?;
         let t = tokens.len();
-        if t == 0 {
-            return Err(CoreError::Input("forward needs at least one token".into()));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            return Err(CoreError::Input(format!(
-                "token id {bad} is outside the vocabulary ({})",
-                self.cfg.vocab_size
-            )));
-        }
-        if state.num_layers() != self.blocks.len() {
-            return Err(CoreError::Input(format!(
-                "the state has {} layers, the model {}",
-                state.num_layers(),
-                self.blocks.len()
-            )));
-        }
         for (l, b) in self.blocks.iter().enumerate() {
             let want = if b.global { None } else { Some(self.cfg.sliding_window) };
             if state.layer(l).window() != want {
-                return Err(CoreError::Input(format!(
+                return Err(msrnn_core::Error::Input(format!(
                     "layer {l} of the state has window {:?}, the model {want:?} (build the state with new_state)",
                     state.layer(l).window()
                 )));

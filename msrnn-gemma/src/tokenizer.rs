@@ -1,5 +1,5 @@
-//! Gemma's tokenizer, rebuilt from GGUF metadata the way llama.cpp reads it, plus streaming
-//! detokenization.
+//! Gemma's tokenizer, rebuilt from GGUF metadata the way llama.cpp reads it, as an
+//! [`msrnn_llama::Tokenizer`] (which does the rest: BOS, chat prompts, streaming).
 //!
 //! The file holds a SentencePiece BPE vocabulary (`tokenizer.ggml.model = llama`): 262,144 tokens
 //! with scores and types, but no merge list. llama.cpp's algorithm starts from single characters
@@ -12,12 +12,11 @@
 //! - user-defined tokens (runs of spaces, newlines and tabs, HTML tags) are matched in the raw text
 //!   before anything else, as llama.cpp's special-token partition does; control tokens
 //!   (`<start_of_turn>`, ...) too, as special tokens;
-//! - BOS is added by [`Tokenizer::encode`], not by a post-processor.
+//! - BOS is added by [`Tokenizer::encode`](msrnn_llama::Tokenizer::encode), not by a post-processor.
 //!
 //! A Unigram model over the same scores would be wrong: Gemma's SentencePiece model is BPE.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
@@ -26,8 +25,8 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::Replace;
 use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper};
 
-use crate::error::{Error, Result};
-use crate::meta::Metadata;
+use msrnn_llama::gguf::Metadata;
+use msrnn_llama::{ChatFormat, Error, Result, Tokenizer};
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 const TYPE_NORMAL: i64 = 1;
@@ -39,206 +38,113 @@ const SPACE: &str = "\u{2581}";
 const TURN_START: &str = "<start_of_turn>";
 const TURN_END: &str = "<end_of_turn>";
 
-/// A Gemma tokenizer with its special tokens. The method names match `msrnn_llama::Tokenizer`.
-pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
-    bos: Option<u32>,
-    eos: Vec<u32>,
-    add_bos: bool,
-    /// Whether the file carries Gemma's chat template (instruction-tuned models do; the base model
-    /// does not, and chat prompts would only confuse it).
-    chat: bool,
-    /// Control tokens: not text, so the stream skips them.
-    special: HashSet<u32>,
-}
-
-impl std::fmt::Debug for Tokenizer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer")
-            .field("vocab", &self.inner.get_vocab_size(true))
-            .field("bos", &self.bos)
-            .field("eos", &self.eos)
-            .field("add_bos", &self.add_bos)
-            .field("chat", &self.chat)
-            .finish()
-    }
-}
+/// Gemma's turns: `<start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n`; no system
+/// role (its template puts the system text at the top of the first user turn).
+pub const CHAT_FORMAT: ChatFormat = ChatFormat {
+    turn_start: TURN_START,
+    role_end: "\n",
+    turn_end: "<end_of_turn>\n",
+    assistant: "model",
+    system_role: false,
+};
 
 fn tk_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
 
-impl Tokenizer {
-    /// Reads only the tokenizer of a GGUF file (no weights).
-    pub fn from_gguf_file(path: &Path) -> Result<Self> {
-        let (_, content) = crate::loader::open(path)?;
-        Self::from_gguf(&Metadata { path, ct: &content })
-    }
-
-    /// Token ids for `text`. Control-token strings in the text (`<start_of_turn>`) become their ids.
-    /// With `add_bos`, the model's BOS is prepended.
-    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(tk_err)?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
-        if add_bos {
-            ids.extend(self.bos);
+/// Builds the tokenizer from `tokenizer.ggml.*` metadata.
+pub(crate) fn from_gguf(md: &Metadata<'_>) -> Result<Tokenizer> {
+    let path = md.path;
+    let unsupported = |what: String| Error::Unsupported { path: path.into(), what };
+    match md.opt_str("tokenizer.ggml.model")? {
+        Some("llama") => {}
+        Some(other) => {
+            return Err(unsupported(format!("tokenizer model `{other}` (Gemma uses SentencePiece BPE, `llama`)")))
         }
-        ids.extend_from_slice(enc.get_ids());
-        Ok(ids)
-    }
-
-    /// The text of `ids`, control tokens included (the inverse of [`Tokenizer::encode`]).
-    pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(tk_err)
-    }
-
-    /// The prompt for one user turn, ending where the model's answer starts; the raw `user` text
-    /// when the file has no chat template (the base model).
-    pub fn chat_prompt(&self, user: &str) -> String {
-        self.chat_prompt_with_system(None, user)
-    }
-
-    /// Like [`Tokenizer::chat_prompt`], with an optional system text. Gemma has no system role: its
-    /// template puts the system text at the top of the first user turn.
-    pub fn chat_prompt_with_system(&self, system: Option<&str>, user: &str) -> String {
-        let text = match system {
-            Some(s) => format!("{s}\n\n{user}"),
-            None => user.to_string(),
-        };
-        if self.chat {
-            format!("{TURN_START}user\n{text}{TURN_END}\n{TURN_START}model\n")
-        } else {
-            text
+        None => {
+            return Err(Error::MissingTokenizer {
+                path: path.into(),
+                reason: "the file has no `tokenizer.ggml.model` metadata".into(),
+            })
         }
     }
-
-    /// Whether [`Tokenizer::chat_prompt`] wraps text in Gemma's turn markers.
-    pub fn has_chat_template(&self) -> bool {
-        self.chat
+    if md.opt_bool("tokenizer.ggml.add_space_prefix")? == Some(true) {
+        return Err(unsupported("`tokenizer.ggml.add_space_prefix = true` (Gemma 3 files set it false)".into()));
+    }
+    let tokens = md.opt_strings("tokenizer.ggml.tokens")?.ok_or_else(|| md.missing("tokenizer.ggml.tokens"))?;
+    let scores = md.opt_floats("tokenizer.ggml.scores")?.ok_or_else(|| md.missing("tokenizer.ggml.scores"))?;
+    let types = md.opt_ints("tokenizer.ggml.token_type")?.unwrap_or_else(|| vec![TYPE_NORMAL; tokens.len()]);
+    for (key, n) in [("tokenizer.ggml.scores", scores.len()), ("tokenizer.ggml.token_type", types.len())] {
+        if n != tokens.len() {
+            return Err(md.bad(key, format!("{n} entries for {} tokens", tokens.len())));
+        }
+    }
+    if tokens.len() > u32::MAX as usize {
+        return Err(md.bad("tokenizer.ggml.tokens", format!("{} tokens do not fit u32 ids", tokens.len())));
     }
 
-    /// Tokens that end generation: `<eos>` and `<end_of_turn>`.
-    pub fn eos_tokens(&self) -> &[u32] {
-        &self.eos
+    let mut vocab = Vocab::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        if vocab.insert(t.to_string(), i as u32).is_some() {
+            return Err(md.bad("tokenizer.ggml.tokens", format!("token `{t}` appears twice")));
+        }
     }
-
-    pub fn bos_token(&self) -> Option<u32> {
-        self.bos
+    let merges = merges_from_scores(&tokens, &scores, &types);
+    let mut bpe = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
+    if tokens.contains(&"<unk>") {
+        bpe = bpe.unk_token("<unk>".into()).fuse_unk(true);
     }
+    let bpe = bpe.build().map_err(|e| md.bad("tokenizer.ggml.tokens", format!("cannot build the BPE model: {e}")))?;
 
-    /// Whether the file asks for a BOS at the start of a sequence (`add_bos_token`, true for Gemma).
-    pub fn wants_bos(&self) -> bool {
-        self.add_bos && self.bos.is_some()
-    }
-
-    /// Whether `id` is a control token (not text).
-    pub fn is_special(&self, id: u32) -> bool {
-        self.special.contains(&id)
-    }
-
-    pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
-    }
-
-    pub fn inner(&self) -> &tokenizers::Tokenizer {
-        &self.inner
-    }
-
-    /// Builds the tokenizer from `tokenizer.ggml.*` metadata.
-    pub(crate) fn from_gguf(md: &Metadata<'_>) -> Result<Self> {
-        let path = md.path;
-        let unsupported = |what: String| Error::Unsupported { path: path.into(), what };
-        match md.opt_str("tokenizer.ggml.model")? {
-            Some("llama") => {}
-            Some(other) => {
-                return Err(unsupported(format!("tokenizer model `{other}` (Gemma uses SentencePiece BPE, `llama`)")))
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let space = Replace::new(" ", SPACE).map_err(tk_err)?;
+    inner.with_normalizer(Some(NormalizerWrapper::from(space))).map_err(tk_err)?;
+    let unspace = Replace::new(SPACE, " ").map_err(tk_err)?;
+    inner.with_decoder(Some(DecoderWrapper::from(DecoderSequence::new(vec![
+        DecoderWrapper::from(unspace),
+        DecoderWrapper::from(ByteFallback::new()),
+        DecoderWrapper::from(Fuse::new()),
+    ]))));
+    let mut special = HashSet::new();
+    let mut control = Vec::new();
+    let mut user = Vec::new();
+    for (i, (t, &ty)) in tokens.iter().zip(&types).enumerate() {
+        if t.is_empty() {
+            continue;
+        }
+        match ty {
+            TYPE_CONTROL | TYPE_UNKNOWN => {
+                special.insert(i as u32);
+                control.push(AddedToken::from(t.to_string(), true).normalized(false));
             }
-            None => {
-                return Err(Error::MissingTokenizer {
-                    path: path.into(),
-                    reason: "the file has no `tokenizer.ggml.model` metadata".into(),
-                })
-            }
+            // Matched in the raw text (spaces, not `▁`), and plain text when decoded.
+            TYPE_USER_DEFINED => user.push(AddedToken::from(t.to_string(), false).normalized(false)),
+            _ => {}
         }
-        if md.opt_bool("tokenizer.ggml.add_space_prefix")? == Some(true) {
-            return Err(unsupported("`tokenizer.ggml.add_space_prefix = true` (Gemma 3 files set it false)".into()));
-        }
-        let tokens = md.opt_strings("tokenizer.ggml.tokens")?.ok_or_else(|| md.missing("tokenizer.ggml.tokens"))?;
-        let scores = md.opt_floats("tokenizer.ggml.scores")?.ok_or_else(|| md.missing("tokenizer.ggml.scores"))?;
-        let types = md.opt_ints("tokenizer.ggml.token_type")?.unwrap_or_else(|| vec![TYPE_NORMAL; tokens.len()]);
-        for (key, n) in [("tokenizer.ggml.scores", scores.len()), ("tokenizer.ggml.token_type", types.len())] {
-            if n != tokens.len() {
-                return Err(md.bad(key, format!("{n} entries for {} tokens", tokens.len())));
-            }
-        }
-        if tokens.len() > u32::MAX as usize {
-            return Err(md.bad("tokenizer.ggml.tokens", format!("{} tokens do not fit u32 ids", tokens.len())));
-        }
-
-        let mut vocab = Vocab::with_capacity(tokens.len());
-        for (i, t) in tokens.iter().enumerate() {
-            if vocab.insert(t.to_string(), i as u32).is_some() {
-                return Err(md.bad("tokenizer.ggml.tokens", format!("token `{t}` appears twice")));
-            }
-        }
-        let merges = merges_from_scores(&tokens, &scores, &types);
-        let mut bpe = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
-        if tokens.contains(&"<unk>") {
-            bpe = bpe.unk_token("<unk>".into()).fuse_unk(true);
-        }
-        let bpe =
-            bpe.build().map_err(|e| md.bad("tokenizer.ggml.tokens", format!("cannot build the BPE model: {e}")))?;
-
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        let space = Replace::new(" ", SPACE).map_err(tk_err)?;
-        inner.with_normalizer(Some(NormalizerWrapper::from(space))).map_err(tk_err)?;
-        let unspace = Replace::new(SPACE, " ").map_err(tk_err)?;
-        inner.with_decoder(Some(DecoderWrapper::from(DecoderSequence::new(vec![
-            DecoderWrapper::from(unspace),
-            DecoderWrapper::from(ByteFallback::new()),
-            DecoderWrapper::from(Fuse::new()),
-        ]))));
-        let mut special = HashSet::new();
-        let mut control = Vec::new();
-        let mut user = Vec::new();
-        for (i, (t, &ty)) in tokens.iter().zip(&types).enumerate() {
-            if t.is_empty() {
-                continue;
-            }
-            match ty {
-                TYPE_CONTROL | TYPE_UNKNOWN => {
-                    special.insert(i as u32);
-                    control.push(AddedToken::from(t.to_string(), true).normalized(false));
-                }
-                // Matched in the raw text (spaces, not `▁`), and plain text when decoded.
-                TYPE_USER_DEFINED => user.push(AddedToken::from(t.to_string(), false).normalized(false)),
-                _ => {}
-            }
-        }
-        inner.add_special_tokens(control).map_err(tk_err)?;
-        inner.add_tokens(user).map_err(tk_err)?;
-
-        let id_of = |s: &str| tokens.iter().position(|t| *t == s).map(|i| i as u32);
-        let bos = md.opt_u32("tokenizer.ggml.bos_token_id")?;
-        let mut eos: Vec<u32> = md.opt_u32("tokenizer.ggml.eos_token_id")?.into_iter().collect();
-        eos.extend(md.opt_u32("tokenizer.ggml.eot_token_id")?);
-        eos.extend(id_of(TURN_END));
-        let mut seen = HashSet::new();
-        eos.retain(|e| seen.insert(*e));
-        for id in bos.iter().chain(&eos) {
-            if *id as usize >= tokens.len() {
-                return Err(md.bad(
-                    "tokenizer.ggml.bos_token_id/eos_token_id",
-                    format!("token id {id} is outside the vocabulary ({})", tokens.len()),
-                ));
-            }
-        }
-        // llama.cpp adds a BOS for SentencePiece vocabularies unless the file says otherwise.
-        let add_bos = md.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(true);
-        let template = md.opt_str("tokenizer.chat_template")?.unwrap_or("");
-        let chat = template.contains(TURN_START) && id_of(TURN_START).is_some() && id_of(TURN_END).is_some();
-        Ok(Self { inner, bos, eos, add_bos, chat, special })
     }
+    inner.add_special_tokens(control).map_err(tk_err)?;
+    inner.add_tokens(user).map_err(tk_err)?;
+
+    let id_of = |s: &str| tokens.iter().position(|t| *t == s).map(|i| i as u32);
+    let bos = md.opt_u32("tokenizer.ggml.bos_token_id")?;
+    let mut eos: Vec<u32> = md.opt_u32("tokenizer.ggml.eos_token_id")?.into_iter().collect();
+    eos.extend(md.opt_u32("tokenizer.ggml.eot_token_id")?);
+    eos.extend(id_of(TURN_END));
+    for id in bos.iter().chain(&eos) {
+        if *id as usize >= tokens.len() {
+            return Err(md.bad(
+                "tokenizer.ggml.bos_token_id/eos_token_id",
+                format!("token id {id} is outside the vocabulary ({})", tokens.len()),
+            ));
+        }
+    }
+    // llama.cpp adds a BOS for SentencePiece vocabularies unless the file says otherwise.
+    let add_bos = md.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(true);
+    let template = md.opt_str("tokenizer.chat_template")?.unwrap_or("");
+    // Only a file with Gemma's template (instruction-tuned models) gets chat prompts: the base
+    // model has none, and turn markers would only confuse it.
+    let chat = template.contains(TURN_START) && id_of(TURN_START).is_some() && id_of(TURN_END).is_some();
+    Ok(Tokenizer::new(inner, bos, eos, add_bos, chat.then_some(CHAT_FORMAT), special))
 }
 
 /// Every split of a normal token into two tokens, ranked by the whole token's score (highest
@@ -259,64 +165,4 @@ fn merges_from_scores(tokens: &[&str], scores: &[f32], types: &[i64]) -> Vec<(St
     }
     ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
     ranked.into_iter().map(|(_, _, _, a, b)| (a.to_string(), b.to_string())).collect()
-}
-
-/// Incremental detokenizer for streaming generation: [`TokenStream::push`] returns text only once
-/// it is complete UTF-8 (a byte-fallback token may carry part of a character). Control tokens are
-/// not text and are skipped.
-pub struct TokenStream<'a> {
-    tok: &'a Tokenizer,
-    ids: Vec<u32>,
-    /// Start of the tokens whose text is not final yet.
-    prev: usize,
-    /// End of the tokens whose text was already returned.
-    cur: usize,
-}
-
-impl<'a> TokenStream<'a> {
-    pub fn new(tok: &'a Tokenizer) -> Self {
-        Self { tok, ids: Vec::new(), prev: 0, cur: 0 }
-    }
-
-    /// Adds a token; returns the text completed by it, if any.
-    pub fn push(&mut self, id: u32) -> Option<String> {
-        if self.tok.is_special(id) {
-            return None;
-        }
-        let before = self.tok.decode(&self.ids[self.prev..self.cur]).ok()?;
-        self.ids.push(id);
-        let now = match self.tok.decode(&self.ids[self.prev..]) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::debug!(id, error = %e, "token stream cannot decode");
-                return None;
-            }
-        };
-        if now.len() > before.len() && !now.ends_with('\u{FFFD}') {
-            if let Some(new) = now.strip_prefix(before.as_str()) {
-                let new = new.to_string();
-                self.prev = self.cur;
-                self.cur = self.ids.len();
-                return Some(new);
-            }
-        }
-        None
-    }
-
-    /// Whatever text is still held back (an incomplete character at the end, decoded lossily).
-    pub fn finish(&mut self) -> Option<String> {
-        let before = self.tok.decode(&self.ids[self.prev..self.cur]).ok()?;
-        let now = self.tok.decode(&self.ids[self.prev..]).ok()?;
-        self.prev = self.ids.len();
-        self.cur = self.ids.len();
-        match now.strip_prefix(before.as_str()) {
-            Some(rest) if !rest.is_empty() => Some(rest.to_string()),
-            _ => None,
-        }
-    }
-
-    /// Every token pushed so far (control tokens excluded).
-    pub fn tokens(&self) -> &[u32] {
-        &self.ids
-    }
 }

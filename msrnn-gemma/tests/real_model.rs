@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use msrnn_core::{new_state, perplexity, Capacity, CausalLm, EvalMode, MsrnnState, PolicySpec};
-use msrnn_gemma::{Gemma, LoadOptions, Tokenizer, WeightFormat};
+use msrnn_gemma::{Gemma, LoadOptions, WeightFormat};
 
 /// llama.cpp (`llama-perplexity`-style scoring of the same ids: BOS + the first 1024 tokens of
 /// Hamlet, each token scored from the logits after the previous one) gives 23.2.
@@ -105,7 +105,7 @@ fn fnv(ids: &[u32]) -> u64 {
 fn the_file_is_what_the_adapter_expects() {
     let _guard = exclusive();
     let Some(path) = model_path() else { return };
-    let tok = Tokenizer::from_gguf_file(&path).unwrap();
+    let tok = Gemma::load_tokenizer(&path).unwrap();
     assert_eq!(tok.vocab_size(), 262_144);
     assert_eq!(tok.bos_token(), Some(2));
     assert_eq!(tok.eos_tokens(), &[1, 106]);
@@ -134,7 +134,7 @@ fn tokenizer_ids_match_an_independent_reference() {
     let _guard = exclusive();
     let Some(path) = model_path() else { return };
     let t = Instant::now();
-    let tok = Tokenizer::from_gguf_file(&path).unwrap();
+    let tok = Gemma::load_tokenizer(&path).unwrap();
     eprintln!("tokenizer built in {:.2?}", t.elapsed());
     const STRESS: &str = "Hello  world\n\n\tx <b>bold</b> 🤗 naïve — «quoted» 日本語のテキスト \u{1}\u{2} control\r\nZ̷a̴l̶g̸o ∮ E⋅da = Q  ,  n → ∞ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ﷽ <start_of_turn>user\nhi<end_of_turn>\n    indented\t\ttabs   \n<unused5> aaaaaaaaaaaa ............ ------------ ==== 1234567890 3.14159 $x^2$ https://example.com/a?b=c&d=e\n";
     const STRESS_IDS: [u32; 135] = [

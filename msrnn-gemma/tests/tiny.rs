@@ -340,7 +340,7 @@ fn chat_template_in_the_file_turns_on_gemma_turns() {
             Value::String("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m.role }}\n{{ m.content }}<end_of_turn>\n{% endfor %}".into()),
         ))
     });
-    let tok = msrnn_gemma::Tokenizer::from_gguf_file(&path).unwrap();
+    let tok = Gemma::load_tokenizer(&path).unwrap();
     assert!(tok.has_chat_template());
     assert_eq!(tok.chat_prompt("hi"), "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n");
     assert_eq!(

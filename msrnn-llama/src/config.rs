@@ -7,6 +7,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::gguf::{check_config, AttentionShape, Metadata};
 
 /// How rotary position embeddings pair the dimensions of a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +41,7 @@ pub struct LlamaConfig {
 impl LlamaConfig {
     /// Sanity checks shared by both formats.
     pub(crate) fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |reason: String| Err(Error::Config { path: path.to_path_buf(), reason });
-        for (name, v) in [
+        let sizes = [
             ("hidden size", self.hidden_size),
             ("intermediate size", self.intermediate_size),
             ("layer count", self.num_layers),
@@ -50,22 +50,13 @@ impl LlamaConfig {
             ("head dim", self.head_dim),
             ("vocabulary size", self.vocab_size),
             ("context length", self.max_context),
-        ] {
-            if v == 0 {
-                return bad(format!("{name} is 0"));
-            }
-        }
-        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
-            return bad(format!("{} query heads cannot share {} KV heads", self.num_heads, self.num_kv_heads));
-        }
-        if !self.head_dim.is_multiple_of(2) {
-            return bad(format!("head dim {} is odd; rotary embeddings need pairs", self.head_dim));
-        }
+        ];
+        check_config(path, &sizes, self.num_heads, self.num_kv_heads, self.head_dim, self.rms_norm_eps)?;
         if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
-            return bad(format!("rope theta {} is not a positive number", self.rope_theta));
-        }
-        if !(self.rms_norm_eps >= 0.0 && self.rms_norm_eps.is_finite()) {
-            return bad(format!("RMS norm epsilon {} is not a non-negative number", self.rms_norm_eps));
+            return Err(Error::Config {
+                path: path.into(),
+                reason: format!("rope theta {} is not a positive number", self.rope_theta),
+            });
         }
         Ok(())
     }
@@ -73,33 +64,7 @@ impl LlamaConfig {
     /// From the `llama.*` keys of a GGUF file whose architecture was already checked.
     pub(crate) fn from_gguf(path: &Path, ct: &Content) -> Result<Self> {
         let md = Metadata { path, ct };
-        let hidden_size = md.usize("llama.embedding_length")?;
-        let num_heads = md.usize("llama.attention.head_count")?;
-        let num_kv_heads = md.opt_usize("llama.attention.head_count_kv")?.unwrap_or(num_heads);
-        if num_heads == 0 {
-            return Err(Error::BadMetadata {
-                path: path.into(),
-                key: "llama.attention.head_count".into(),
-                reason: "is 0".into(),
-            });
-        }
-        let head_dim = md.opt_usize("llama.attention.key_length")?.unwrap_or(hidden_size / num_heads);
-        if let Some(vd) = md.opt_usize("llama.attention.value_length")? {
-            if vd != head_dim {
-                return Err(Error::Unsupported {
-                    path: path.into(),
-                    what: format!("value length {vd} != key length {head_dim}"),
-                });
-            }
-        }
-        if let Some(rd) = md.opt_usize("llama.rope.dimension_count")? {
-            if rd != head_dim {
-                return Err(Error::Unsupported {
-                    path: path.into(),
-                    what: format!("partial rotary embedding ({rd} of {head_dim} dims)"),
-                });
-            }
-        }
+        let AttentionShape { hidden_size, num_heads, num_kv_heads, head_dim } = md.attention_shape("llama")?;
         if let Some(n) = md.opt_usize("llama.expert_count")? {
             if n > 1 {
                 return Err(Error::Unsupported {
@@ -126,12 +91,8 @@ impl LlamaConfig {
                 None => return Err(Error::MissingTensor { path: path.into(), tensor: "token_embd.weight".into() }),
             },
         };
-        let name = match ct.metadata.get("general.name") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            _ => file_stem(path),
-        };
         let cfg = Self {
-            name,
+            name: md.model_name("llama"),
             hidden_size,
             intermediate_size: md.usize("llama.feed_forward_length")?,
             num_layers: md.usize("llama.block_count")?,
@@ -158,7 +119,7 @@ impl LlamaConfig {
         if !is_llama {
             let arch =
                 c.model_type.clone().or_else(|| c.architectures.first().cloned()).unwrap_or_else(|| "unknown".into());
-            return Err(Error::UnsupportedArchitecture { path: path.into(), arch });
+            return Err(Error::UnsupportedArchitecture { path: path.into(), arch, expected: "llama".into() });
         }
         if let Some(s) = &c.rope_scaling {
             if !s.is_null() {
@@ -267,114 +228,4 @@ impl OneOrMany {
 
 fn file_stem(p: &Path) -> String {
     p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "llama".into())
-}
-
-/// Typed access to GGUF metadata with errors naming the file and key.
-pub(crate) struct Metadata<'a> {
-    pub path: &'a Path,
-    pub ct: &'a Content,
-}
-
-impl Metadata<'_> {
-    fn bad(&self, key: &str, reason: String) -> Error {
-        Error::BadMetadata { path: self.path.into(), key: key.into(), reason }
-    }
-
-    pub fn get(&self, key: &str) -> Option<&Value> {
-        self.ct.metadata.get(key)
-    }
-
-    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        let Some(v) = self.get(key) else { return Ok(None) };
-        let n: i128 = match *v {
-            Value::U8(x) => x.into(),
-            Value::I8(x) => x.into(),
-            Value::U16(x) => x.into(),
-            Value::I16(x) => x.into(),
-            Value::U32(x) => x.into(),
-            Value::I32(x) => x.into(),
-            Value::U64(x) => x.into(),
-            Value::I64(x) => x.into(),
-            ref other => return Err(self.bad(key, format!("expected an integer, found {:?}", other.value_type()))),
-        };
-        usize::try_from(n).map(Some).map_err(|_| self.bad(key, format!("{n} is out of range")))
-    }
-
-    pub fn usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?.ok_or_else(|| Error::MissingMetadata { path: self.path.into(), key: key.into() })
-    }
-
-    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        let Some(v) = self.get(key) else { return Ok(None) };
-        match *v {
-            Value::F32(x) => Ok(Some(x as f64)),
-            Value::F64(x) => Ok(Some(x)),
-            _ => match self.opt_usize(key) {
-                Ok(Some(n)) => Ok(Some(n as f64)),
-                _ => Err(self.bad(key, format!("expected a number, found {:?}", v.value_type()))),
-            },
-        }
-    }
-
-    pub fn opt_u32(&self, key: &str) -> Result<Option<u32>> {
-        match self.opt_usize(key)? {
-            None => Ok(None),
-            Some(n) => u32::try_from(n).map(Some).map_err(|_| self.bad(key, format!("{n} is out of range"))),
-        }
-    }
-
-    pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(self.bad(key, format!("expected a bool, found {:?}", v.value_type()))),
-        }
-    }
-
-    pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(v) => Err(self.bad(key, format!("expected a string, found {:?}", v.value_type()))),
-        }
-    }
-
-    /// An array of strings.
-    pub fn opt_strings(&self, key: &str) -> Result<Option<Vec<&str>>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Array(vs)) => vs
-                .iter()
-                .map(|v| match v {
-                    Value::String(s) => Ok(s.as_str()),
-                    v => Err(self.bad(key, format!("expected strings, found {:?}", v.value_type()))),
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some),
-            Some(v) => Err(self.bad(key, format!("expected an array, found {:?}", v.value_type()))),
-        }
-    }
-
-    /// An array of integers.
-    pub fn opt_ints(&self, key: &str) -> Result<Option<Vec<i64>>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Array(vs)) => vs
-                .iter()
-                .map(|v| match *v {
-                    Value::U8(x) => Ok(x as i64),
-                    Value::I8(x) => Ok(x as i64),
-                    Value::U16(x) => Ok(x as i64),
-                    Value::I16(x) => Ok(x as i64),
-                    Value::U32(x) => Ok(x as i64),
-                    Value::I32(x) => Ok(x as i64),
-                    Value::U64(x) => Ok(x as i64),
-                    Value::I64(x) => Ok(x),
-                    ref v => Err(self.bad(key, format!("expected integers, found {:?}", v.value_type()))),
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some),
-            Some(v) => Err(self.bad(key, format!("expected an array, found {:?}", v.value_type()))),
-        }
-    }
 }

@@ -1,5 +1,6 @@
-//! What can go wrong while loading a LLaMA-family model or tokenizing text. Every variant names the
-//! file, key or tensor at fault, so a user can act on the message alone.
+//! What can go wrong while loading a model or tokenizing text, for every family adapter built on
+//! this crate (msrnn-gemma uses it too). Every variant names the file, key or tensor at fault, so a
+//! user can act on the message alone.
 
 use std::path::PathBuf;
 
@@ -15,14 +16,14 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("{}: not a GGUF model file ({reason}); expected a .gguf file or a directory with config.json and *.safetensors", .path.display())]
+    #[error("{}: not a GGUF model file ({reason}); expected a .gguf file (or, for LLaMA models, a directory with config.json and *.safetensors)", .path.display())]
     NotGguf { path: PathBuf, reason: String },
 
     #[error("{}: the file is truncated: tensor `{tensor}` needs bytes up to offset {needed} but the file has {available}", .path.display())]
     Truncated { path: PathBuf, tensor: String, needed: u64, available: u64 },
 
-    #[error("{}: architecture `{arch}` is not supported by msrnn-llama (expected `llama`)", .path.display())]
-    UnsupportedArchitecture { path: PathBuf, arch: String },
+    #[error("{}: architecture `{arch}` is not supported here (expected `{expected}`)", .path.display())]
+    UnsupportedArchitecture { path: PathBuf, arch: String, expected: String },
 
     #[error("{}: missing metadata key `{key}`", .path.display())]
     MissingMetadata { path: PathBuf, key: String },
@@ -47,7 +48,7 @@ pub enum Error {
     #[error("{}: invalid model config: {reason}", .path.display())]
     Config { path: PathBuf, reason: String },
 
-    #[error("{}: {what} is not supported by msrnn-llama", .path.display())]
+    #[error("{}: {what} is not supported", .path.display())]
     Unsupported { path: PathBuf, what: String },
 
     #[error("{}: no tokenizer: {reason}", .path.display())]
@@ -69,7 +70,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// An I/O error on `path`; a missing file is [`Error::NotFound`].
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let path = path.into();
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::NotFound(path)

@@ -27,8 +27,13 @@
 //! # Ok(()) }
 //! ```
 
+//! Other family adapters (msrnn-gemma) build on the shared pieces here: [`gguf`] (opening a file,
+//! typed metadata), [`GgufWeights`] and [`Linear`] (tensors in any [`WeightFormat`]), [`Tokenizer`]
+//! (built from a `tokenizers` model with [`Tokenizer::new`]), [`Error`] and [`RmsNorm`].
+
 mod config;
 mod error;
+pub mod gguf;
 mod loader;
 mod model;
 mod rope;
@@ -37,7 +42,8 @@ mod weights;
 
 pub use config::{LlamaConfig, RopeStyle};
 pub use error::{Error, Result};
-pub use loader::gguf_architecture;
-pub use model::{Attention, Block, Llama, Mlp, RmsNorm};
-pub use tokenizer::{TokenStream, Tokenizer};
-pub use weights::{Linear, LoadOptions, WeightFormat};
+/// The `general.architecture` of a GGUF file (the CLI picks a model family with it).
+pub use gguf::architecture as gguf_architecture;
+pub use model::{check_input, Attention, Block, Llama, Mlp, RmsNorm};
+pub use tokenizer::{ChatFormat, TokenStream, Tokenizer};
+pub use weights::{GgufWeights, Linear, LoadOptions, WeightFormat};

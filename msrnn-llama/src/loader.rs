@@ -2,19 +2,15 @@
 //! `config.json`, `*.safetensors` and `tokenizer.json`.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file;
-
-use crate::config::{LlamaConfig, Metadata};
+use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
+use crate::gguf::{self, Metadata};
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
-use crate::weights::WeightSource;
+use crate::weights::{GgufWeights, WeightSource};
 use crate::LoadOptions;
-
-const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
 pub(crate) fn load(path: &Path, opts: &LoadOptions) -> Result<Llama> {
     let _span = tracing::info_span!("load", path = %path.display(), weights = %opts.weights).entered();
@@ -23,62 +19,15 @@ pub(crate) fn load(path: &Path, opts: &LoadOptions) -> Result<Llama> {
         return load_safetensors(path, opts);
     }
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut magic = [0u8; 4];
-    let n = read_up_to(&mut file, &mut magic).map_err(|e| Error::io(path, e))?;
-    if n == 4 && &magic == GGUF_MAGIC {
-        return load_gguf(path, file, opts);
-    }
-    if path.extension().is_some_and(|e| e == "safetensors") {
+    let not_gguf = gguf::check_magic(path, &mut file)?.is_err();
+    if not_gguf && path.extension().is_some_and(|e| e == "safetensors") {
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         return load_safetensors(dir, opts);
     }
-    Err(Error::NotGguf { path: path.into(), reason: describe_magic(&magic[..n]) })
-}
-
-fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
-
-fn describe_magic(m: &[u8]) -> String {
-    if m.is_empty() {
-        "the file is empty".into()
-    } else {
-        format!("it starts with bytes {m:02x?}, not the GGUF magic")
-    }
-}
-
-/// Reads a GGUF header (metadata and tensor table), mapping failures to errors naming the file.
-fn read_content(path: &Path, file: &mut File) -> Result<gguf_file::Content> {
-    file.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::new(&mut *file);
-    gguf_file::Content::read(&mut reader).map_err(|e| Error::NotGguf {
-        path: path.into(),
-        reason: format!("cannot parse the header (truncated or corrupt?): {e}"),
-    })
-}
-
-fn check_arch(path: &Path, ct: &gguf_file::Content) -> Result<()> {
-    let md = Metadata { path, ct };
-    match md.opt_str("general.architecture")? {
-        Some("llama") => Ok(()),
-        Some(other) => Err(Error::UnsupportedArchitecture { path: path.into(), arch: other.into() }),
-        None => Err(Error::MissingMetadata { path: path.into(), key: "general.architecture".into() }),
-    }
-}
-
-fn load_gguf(path: &Path, mut file: File, opts: &LoadOptions) -> Result<Llama> {
-    let content = read_content(path, &mut file)?;
-    check_arch(path, &content)?;
+    let (file, content) = gguf::open(path, Some("llama"))?;
     let cfg = LlamaConfig::from_gguf(path, &content)?;
     let tokenizer = Tokenizer::from_gguf(&Metadata { path, ct: &content })?;
-    let source = WeightSource::gguf(path, content, file, opts)?;
+    let source = WeightSource::gguf(GgufWeights::new(path, content, file, opts)?);
     Llama::from_source(&source, cfg, tokenizer)
 }
 
@@ -98,19 +47,4 @@ fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Llama> {
     let tokenizer = Tokenizer::from_dir(dir, &extras)?;
     let source = WeightSource::safetensors(dir, &files, opts)?;
     Llama::from_source(&source, cfg, tokenizer)
-}
-
-/// The `general.architecture` of a GGUF file (the CLI picks a model family with it).
-pub fn gguf_architecture(path: &Path) -> Result<String> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut magic = [0u8; 4];
-    let n = read_up_to(&mut file, &mut magic).map_err(|e| Error::io(path, e))?;
-    if n < 4 || &magic != GGUF_MAGIC {
-        return Err(Error::NotGguf { path: path.into(), reason: describe_magic(&magic[..n]) });
-    }
-    let content = read_content(path, &mut file)?;
-    let md = Metadata { path, ct: &content };
-    md.opt_str("general.architecture")?
-        .map(str::to_string)
-        .ok_or_else(|| Error::MissingMetadata { path: path.into(), key: "general.architecture".into() })
 }

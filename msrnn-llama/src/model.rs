@@ -14,7 +14,7 @@ use crate::rope::Rope;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{Linear, Tn, WeightFormat, WeightSource};
 
-/// RMS normalisation with a learned scale.
+/// RMS normalisation over the last dimension, times a learned scale (the weight as stored).
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     weight: Tensor,
@@ -22,8 +22,12 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
+    pub fn new(weight: Tensor, eps: f64) -> Self {
+        Self { weight, eps: eps as f32 }
+    }
+
     pub(crate) fn load(w: &WeightSource, tn: Tn, layer: Option<usize>, size: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: w.dense(tn, layer, &[size])?, eps: eps as f32 })
+        Ok(Self::new(w.dense(tn, layer, &[size])?, eps))
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -242,24 +246,8 @@ impl CausalLm for Llama {
     }
 
     fn forward(&self, tokens: &[u32], state: &mut MsrnnState, all_logits: bool) -> msrnn_core::Result<Tensor> {
-        use msrnn_core::Error as CoreError;
+        check_input(tokens, self.cfg.vocab_size, state, self.blocks.len())?;
         let t = tokens.len();
-        if t == 0 {
-            return Err(CoreError::Input("forward needs at least one token".into()));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            return Err(CoreError::Input(format!(
-                "token id {bad} is outside the vocabulary ({})",
-                self.cfg.vocab_size
-            )));
-        }
-        if state.num_layers() != self.blocks.len() {
-            return Err(CoreError::Input(format!(
-                "the state has {} layers, the model {}",
-                state.num_layers(),
-                self.blocks.len()
-            )));
-        }
         let _span = tracing::trace_span!("llama_forward", t).entered();
         let positions = state.next_positions(t);
         let (cos, sin) = self.rope.cos_sin(&positions, &self.device)?;
@@ -273,4 +261,20 @@ impl CausalLm for Llama {
         let logits = self.head.forward(&self.norm.forward(&x)?)?;
         Ok(logits.to_dtype(DType::F32)?)
     }
+}
+
+/// The input checks every adapter's `forward` starts with: at least one token, ids inside the
+/// vocabulary, a state with the model's layer count. Errors, never panics.
+pub fn check_input(tokens: &[u32], vocab_size: usize, state: &MsrnnState, num_layers: usize) -> msrnn_core::Result<()> {
+    use msrnn_core::Error::Input;
+    if tokens.is_empty() {
+        return Err(Input("forward needs at least one token".into()));
+    }
+    if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= vocab_size) {
+        return Err(Input(format!("token id {bad} is outside the vocabulary ({vocab_size})")));
+    }
+    if state.num_layers() != num_layers {
+        return Err(Input(format!("the state has {} layers, the model {num_layers}", state.num_layers())));
+    }
+    Ok(())
 }

@@ -7,8 +7,9 @@ use std::path::Path;
 
 use serde_json::{json, Value as Json};
 
-use crate::config::{HfExtras, Metadata, OneOrMany};
+use crate::config::{HfExtras, OneOrMany};
 use crate::error::{Error, Result};
+use crate::gguf::Metadata;
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -17,14 +18,41 @@ const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 /// The regex Llama 3 splits text with before byte-level BPE (llama.cpp's `llama-bpe`).
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// Which chat format the vocabulary supports.
+/// How a chat turn is written: `{turn_start}{role}{role_end}{text}{turn_end}`, and a prompt ends
+/// with the assistant's header, `{turn_start}{assistant}{role_end}`. Data rather than a template
+/// engine: the formats the adapters meet are all of this shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chat {
+pub struct ChatFormat {
+    pub turn_start: &'static str,
+    pub role_end: &'static str,
+    pub turn_end: &'static str,
+    /// The answering role's name (`assistant`, Gemma's `model`).
+    pub assistant: &'static str,
+    /// `false`: no system role; the system text goes at the top of the first user turn.
+    pub system_role: bool,
+}
+
+impl ChatFormat {
     /// `<|im_start|>role\n...<|im_end|>\n` (SmolLM2, Qwen, ...).
-    Ml,
+    pub const CHATML: Self = Self {
+        turn_start: "<|im_start|>",
+        role_end: "\n",
+        turn_end: "<|im_end|>\n",
+        assistant: "assistant",
+        system_role: true,
+    };
     /// `<|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>` (Llama 3).
-    Llama3,
-    None,
+    pub const LLAMA3: Self = Self {
+        turn_start: "<|start_header_id|>",
+        role_end: "<|end_header_id|>\n\n",
+        turn_end: "<|eot_id|>",
+        assistant: "assistant",
+        system_role: true,
+    };
+
+    fn turn(&self, role: &str, text: &str) -> String {
+        format!("{}{role}{}{text}{}", self.turn_start, self.role_end, self.turn_end)
+    }
 }
 
 /// A model's tokenizer with its special tokens.
@@ -33,7 +61,7 @@ pub struct Tokenizer {
     bos: Option<u32>,
     eos: Vec<u32>,
     add_bos: bool,
-    chat: Chat,
+    chat: Option<ChatFormat>,
     /// Control tokens: not text, so the stream skips them.
     special: HashSet<u32>,
 }
@@ -78,29 +106,24 @@ impl Tokenizer {
         self.chat_prompt_with_system(None, user)
     }
 
-    /// Like [`Tokenizer::chat_prompt`], with an optional system turn first.
+    /// Like [`Tokenizer::chat_prompt`], with an optional system turn first (or, for formats with
+    /// no system role, the system text at the top of the user turn).
     pub fn chat_prompt_with_system(&self, system: Option<&str>, user: &str) -> String {
-        match self.chat {
-            Chat::Ml => {
-                let sys = system.map(|s| format!("<|im_start|>system\n{s}<|im_end|>\n")).unwrap_or_default();
-                format!("{sys}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
-            }
-            Chat::Llama3 => {
-                let turn =
-                    |role: &str, text: &str| format!("<|start_header_id|>{role}<|end_header_id|>\n\n{text}<|eot_id|>");
-                let sys = system.map(|s| turn("system", s)).unwrap_or_default();
-                format!("{sys}{}<|start_header_id|>assistant<|end_header_id|>\n\n", turn("user", user))
-            }
-            Chat::None => match system {
-                Some(s) => format!("{s}\n\n{user}"),
-                None => user.to_string(),
-            },
-        }
+        let folded = || match system {
+            Some(s) => format!("{s}\n\n{user}"),
+            None => user.to_string(),
+        };
+        let Some(f) = &self.chat else { return folded() };
+        let (sys, user) = match system {
+            Some(s) if f.system_role => (f.turn("system", s), user.to_string()),
+            _ => (String::new(), folded()),
+        };
+        format!("{sys}{}{}{}{}", f.turn("user", &user), f.turn_start, f.assistant, f.role_end)
     }
 
-    /// Whether the vocabulary has a chat format [`Tokenizer::chat_prompt`] knows.
+    /// Whether the tokenizer has a chat format [`Tokenizer::chat_prompt`] applies.
     pub fn has_chat_template(&self) -> bool {
-        self.chat != Chat::None
+        self.chat.is_some()
     }
 
     /// Tokens that end a turn: the file's EOS and the chat format's end-of-turn token.
@@ -130,31 +153,43 @@ impl Tokenizer {
         &self.inner
     }
 
-    /// Finishes construction: chat format, EOS list (deduplicated, order kept).
+    /// A tokenizer from its parts: the `tokenizers` model built by a family adapter, BOS, the
+    /// tokens that end generation (deduplicated here, order kept), whether sequences start with BOS,
+    /// the chat format if the model has one, and the control tokens (not text when streaming).
+    pub fn new(
+        inner: tokenizers::Tokenizer,
+        bos: Option<u32>,
+        eos: Vec<u32>,
+        add_bos: bool,
+        chat: Option<ChatFormat>,
+        special: HashSet<u32>,
+    ) -> Self {
+        let mut seen = HashSet::new();
+        let eos = eos.into_iter().filter(|e| seen.insert(*e)).collect();
+        Self { inner, bos, eos, add_bos, chat, special }
+    }
+
+    /// Finishes a LLaMA-family tokenizer: the chat format its vocabulary supports, whose
+    /// end-of-turn token also ends generation.
     fn assemble(
         inner: tokenizers::Tokenizer,
         bos: Option<u32>,
-        file_eos: Vec<u32>,
+        mut eos: Vec<u32>,
         add_bos: bool,
         special: HashSet<u32>,
     ) -> Self {
         let id = |s: &str| inner.token_to_id(s);
         let (chat, turn_end) = if let (Some(_), Some(end)) = (id("<|im_start|>"), id("<|im_end|>")) {
-            (Chat::Ml, Some(end))
+            (Some(ChatFormat::CHATML), Some(end))
         } else if let (Some(_), Some(_), Some(end)) =
             (id("<|start_header_id|>"), id("<|end_header_id|>"), id("<|eot_id|>"))
         {
-            (Chat::Llama3, Some(end))
+            (Some(ChatFormat::LLAMA3), Some(end))
         } else {
-            (Chat::None, None)
+            (None, None)
         };
-        let mut eos = Vec::new();
-        for e in file_eos.into_iter().chain(turn_end) {
-            if !eos.contains(&e) {
-                eos.push(e);
-            }
-        }
-        Self { inner, bos, eos, add_bos, chat, special }
+        eos.extend(turn_end);
+        Self::new(inner, bos, eos, add_bos, chat, special)
     }
 
     /// Builds the tokenizer llama.cpp would from a GGUF file's `tokenizer.ggml.*` metadata.

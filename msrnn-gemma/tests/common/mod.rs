@@ -1,15 +1,18 @@
 //! A tiny random Gemma 3 written by the tests themselves as GGUF (candle's writer), a tiny
 //! SentencePiece-style vocabulary, and a naive reference forward (f64, plain attention with the
-//! sliding window applied per layer, no state) to check the adapter against.
+//! sliding window applied per layer, no state) to check the adapter against. The generic helpers
+//! (seeded weights, GGUF writing, scratch dirs, logit diffs) are msrnn-llama's.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[path = "../../../msrnn-llama/tests/common/mod.rs"]
+mod llama;
+pub use llama::{max_abs_diff, scratch, write_gguf_raw, Rng, W};
 
-use candle_core::quantized::gguf_file::{self, Value};
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
 
 /// Token types as GGUF stores them.
 pub const NORMAL: i32 = 1;
@@ -97,42 +100,6 @@ pub fn tiny_config() -> TinyConfig {
         global: vec![false, false, true, false],
         theta_global: 1_000_000.0,
         eps: 1e-6,
-    }
-}
-
-/// SplitMix64, so the weights are the same on every run and platform.
-pub struct Rng(u64);
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    pub fn sym(&mut self) -> f32 {
-        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
-    }
-}
-
-/// A weight: row-major data and its `[rows, cols]` (or `[n]`) shape.
-#[derive(Debug, Clone)]
-pub struct W {
-    pub data: Vec<f32>,
-    pub shape: Vec<usize>,
-}
-
-impl W {
-    pub fn row(&self, r: usize) -> &[f32] {
-        let c = self.shape[1];
-        &self.data[r * c..(r + 1) * c]
-    }
-    pub fn tensor(&self) -> Tensor {
-        Tensor::from_vec(self.data.clone(), self.shape.clone(), &Device::Cpu).unwrap()
     }
 }
 
@@ -239,9 +206,9 @@ impl TinyGemma {
         write_gguf_raw(path, &self.gguf_metadata(), &self.gguf_tensors(dtype));
     }
 
-    /// The naive reference: logits `[t][vocab]` for `tokens` at positions 0.., in f64. With
-    /// `use_window = false` the local layers see the whole context (to show the window matters).
-    pub fn reference_logits(&self, tokens: &[u32], use_window: bool) -> Vec<Vec<f64>> {
+    /// The naive reference: logits `[t][vocab]` for `tokens` at positions 0.., computed in f64.
+    /// With `use_window = false` the local layers see the whole context (to show the window matters).
+    pub fn reference_logits(&self, tokens: &[u32], use_window: bool) -> Vec<Vec<f32>> {
         let c = &self.cfg;
         let (h, d) = (c.hidden, c.head_dim);
         let t = tokens.len();
@@ -324,38 +291,7 @@ impl TinyGemma {
                 }
             }
         }
-        x.iter().map(|v| matvec(emb, &rms(v, self.get("output_norm.weight")))).collect()
+        let head = |v: &Vec<f64>| matvec(emb, &rms(v, self.get("output_norm.weight")));
+        x.iter().map(|v| head(v).into_iter().map(|l| l as f32).collect()).collect()
     }
-}
-
-pub fn write_gguf_raw(path: &Path, metadata: &[(String, Value)], tensors: &[(String, QTensor)]) {
-    let mut f = std::fs::File::create(path).unwrap();
-    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut f, &md, &ts).unwrap();
-}
-
-/// A fresh directory under cargo's per-target temp dir.
-pub fn scratch(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "msrnn-gemma-{}-{}-{name}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Largest |a - b| over two logit matrices.
-pub fn max_abs_diff<A: Copy + Into<f64>, B: Copy + Into<f64>>(a: &[Vec<A>], b: &[Vec<B>]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .flat_map(|(x, y)| {
-            assert_eq!(x.len(), y.len());
-            x.iter().zip(y).map(|(&p, &q)| (p.into() - q.into()).abs())
-        })
-        .fold(0f64, f64::max)
 }
