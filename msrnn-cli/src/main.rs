@@ -10,6 +10,7 @@ mod policy;
 mod ppl;
 mod report;
 mod state;
+mod stream;
 
 use std::path::PathBuf;
 
@@ -79,7 +80,7 @@ pub struct Global {
     pub verbose: u8,
 }
 
-fn parse_weights(s: &str) -> Result<WeightFormat, String> {
+pub(crate) fn parse_weights(s: &str) -> Result<WeightFormat, String> {
     s.parse::<WeightFormat>().map_err(|e| e.to_string())
 }
 

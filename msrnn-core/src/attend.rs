@@ -121,11 +121,9 @@ fn attention_mask(layer: &LayerState, positions: &[u64], hi: usize) -> Option<Ve
     let mut mask = vec![f32::NEG_INFINITY; t * hi];
     for (r, &p) in positions.iter().enumerate() {
         let row = &mut mask[r * hi..(r + 1) * hi];
-        for s in 0..hi {
-            let ps = layer.positions[s];
-            let visible = layer.live[s] && ps <= p && layer.window.is_none_or(|w| p - ps < w as u64);
-            if visible {
-                row[s] = 0.0;
+        for ((m, &ps), &live) in row.iter_mut().zip(&layer.positions[..hi]).zip(&layer.live[..hi]) {
+            if live && ps <= p && layer.window.is_none_or(|w| p - ps < w as u64) {
+                *m = 0.0;
             }
         }
     }
