@@ -437,6 +437,39 @@ fn a_tiny_bench_measures_every_policy_and_the_baselines() {
     assert!(svg.contains("ms per token") && svg.contains("tokens per second"), "{svg:.300}");
 }
 
+/// A bounded state streamed past its capacity keeps its live KV bytes exactly constant and the
+/// full cache is left out (it grows by design).
+#[test]
+fn a_stream_keeps_a_bounded_state_flat() {
+    if model().is_none() || hamlet().is_none() {
+        return;
+    }
+    let d = scratch("stream");
+    let json = d.join("stream.json");
+    let o = ok(msrnn()
+        .args(["bench", "--stream", "200", "--chunk", "4", "--policies", "full,tova", "--capacity", "16", "--out"])
+        .arg(&json));
+    assert!(stdout(&o).contains("Stream:"), "{}", stdout(&o));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let cps = v["checkpoints"].as_array().unwrap();
+    assert_eq!(cps.len(), 10, "{cps:?}");
+    assert!(cps.iter().all(|c| c["policy"] == "tova"), "full must not stream: {cps:?}");
+    // 30 layers x 2 x 3 KV heads x 64 x 4 bytes per token, 16 tokens per layer once full.
+    let full_state = 16 * 30 * 2 * 3 * 64 * 4;
+    for c in &cps[1..] {
+        assert_eq!(c["live_kv_bytes"].as_u64().unwrap(), full_state, "{c}");
+        assert_eq!(c["max_live"].as_u64().unwrap(), 16, "{c}");
+    }
+    assert_eq!(cps[9]["tokens"].as_u64().unwrap(), 200);
+}
+
+#[test]
+fn bench_refuses_contexts_closer_than_the_decode_steps_and_dense_baselines() {
+    fails(msrnn().args(["bench", "--contexts", "32,40", "--decode-steps", "16"]), &["--contexts 32 and 40", "--decode-steps 16"]);
+    fails(msrnn().args(["bench", "--baseline-weights", "f32"]), &["--baseline-weights f32", "native or q8_0"]);
+    fails(msrnn().args(["bench", "--stream", "5", "--policies", "tova"]), &["--stream 5"]);
+}
+
 // ---- with Gemma 3 270M ----
 
 /// The second family through the same subcommands: a policy x capacity table (BOS + text, as the

@@ -217,6 +217,7 @@ fn weight_formats_are_applied_and_stay_close() {
         (&fx.gguf, WeightFormat::Native, "f32", 1e-5),
         (&fx.gguf, WeightFormat::Q8_0, "Q8_0", 2.0),
         (&fx.gguf, WeightFormat::F16, "f16", 0.15),
+        (&fx.gguf, WeightFormat::Fast, "Q8_0", 2.0),
         (&fx.st_dir, WeightFormat::Native, "f32", 1e-4),
         (&fx.st_dir, WeightFormat::Q8_0, "Q8_0", 2.0),
         (&fx.st_dir, WeightFormat::F16, "f16", 0.15),
@@ -230,7 +231,7 @@ fn weight_formats_are_applied_and_stay_close() {
         if d >= tol {
             failures.push(format!("{} {fmt}: {d} >= {tol}", path.display()));
         }
-        if fmt == WeightFormat::Q8_0 {
+        if matches!(fmt, WeightFormat::Q8_0 | WeightFormat::Fast) {
             assert!(d > 0.0, "Q8_0 must actually quantize");
         }
     }
