@@ -196,14 +196,14 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
     }
     let info = m.info().clone();
     let model_json = m.to_json();
-    let (path, describe) = (m.path.clone(), m.describe());
+    let (path, describe, device) = (m.path.clone(), m.describe(), m.model().device().clone());
     let mut baseline_notes = Vec::new();
     if baseline {
         // Our model goes first so the baseline's peak memory holds one set of weights.
         drop(m);
         for &bw in &a.baseline_weights {
             pb.set_message(format!("loading {BASELINE} ({bw})"));
-            let (mut w, kind) = load_baseline(&path, bw)?;
+            let (mut w, kind) = load_baseline(&path, bw, &device)?;
             let name = format!("{BASELINE} ({kind})");
             baseline_notes.push(format!(
                 "{name}: candle's own LLaMA on the same file with {kind} matrices and a full cache that is concatenated \
@@ -217,7 +217,7 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
                     continue;
                 }
                 pb.set_message(format!("{name} @ {context}"));
-                let row = bench_baseline(&mut w, &name, &info, &mut pos, context, tokens, &a, &mut |n| pb.set_position(done + n as u64))?;
+                let row = bench_baseline(&mut w, &device, &name, &info, &mut pos, context, tokens, &a, &mut |n| pb.set_position(done + n as u64))?;
                 report::note(&pb, &row_line(&row));
                 rows.push(row);
             }
@@ -330,13 +330,13 @@ impl<'a> OursRun<'a> {
 /// candle's quantized_llama on the same GGUF: `native` keeps the file's blocks, `q8_0`
 /// re-quantizes every 2-D matrix in memory (through a GGUF written to a buffer, since
 /// `ModelWeights` loads only from a GGUF).
-fn load_baseline(path: &std::path::Path, weights: WeightFormat) -> Result<(ModelWeights, String)> {
+fn load_baseline(path: &std::path::Path, weights: WeightFormat, device: &Device) -> Result<(ModelWeights, String)> {
     let ctx = || format!("{BASELINE}: cannot load {}", path.display());
     let mut f = std::fs::File::open(path).with_context(ctx)?;
     let ct = gguf_file::Content::read(&mut f).with_context(ctx)?;
     if weights != WeightFormat::Q8_0 {
         let kind = ct.tensor_infos.get("blk.0.attn_q.weight").map_or("native".into(), |t| format!("{:?}", t.ggml_dtype));
-        return Ok((ModelWeights::from_gguf(ct, &mut f, &Device::Cpu).with_context(ctx)?, kind));
+        return Ok((ModelWeights::from_gguf(ct, &mut f, device).with_context(ctx)?, kind));
     }
     let cpu = Device::Cpu;
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
@@ -359,13 +359,14 @@ fn load_baseline(path: &std::path::Path, weights: WeightFormat) -> Result<(Model
     drop(tensors);
     buf.set_position(0);
     let ct = gguf_file::Content::read(&mut buf).with_context(ctx)?;
-    Ok((ModelWeights::from_gguf(ct, &mut buf, &cpu).with_context(ctx)?, "Q8_0".into()))
+    Ok((ModelWeights::from_gguf(ct, &mut buf, device).with_context(ctx)?, "Q8_0".into()))
 }
 
 /// candle's model, continuing from position `pos` like [`OursRun::bench`].
 #[allow(clippy::too_many_arguments)]
 fn bench_baseline(
     w: &mut ModelWeights,
+    dev: &Device,
     name: &str,
     info: &msrnn_core::ModelInfo,
     pos: &mut usize,
@@ -374,12 +375,11 @@ fn bench_baseline(
     a: &BenchArgs,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Row> {
-    let cpu = Device::Cpu;
     let start = *pos;
     let rss_ok = report::reset_peak_rss();
     let t0 = Instant::now();
     for piece in tokens[start..context].chunks(a.chunk) {
-        let x = Tensor::new(piece, &cpu)?.unsqueeze(0)?;
+        let x = Tensor::new(piece, dev)?.unsqueeze(0)?;
         w.forward(&x, *pos).with_context(|| format!("{name} prefill at {pos}"))?;
         *pos += piece.len();
         progress(*pos);
@@ -387,7 +387,7 @@ fn bench_baseline(
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for i in 0..a.decode_steps {
-        let x = Tensor::new(&tokens[context + i..context + i + 1], &cpu)?.unsqueeze(0)?;
+        let x = Tensor::new(&tokens[context + i..context + i + 1], dev)?.unsqueeze(0)?;
         let logits = w.forward(&x, *pos)?;
         *pos += 1;
         std::hint::black_box(logits.flatten_all()?.to_vec1::<f32>()?);

@@ -14,7 +14,7 @@ mod stream;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use msrnn_llama::WeightFormat;
 
@@ -63,6 +63,10 @@ pub struct Global {
     #[arg(long, global = true, help_heading = "Global options", value_name = "FORMAT", default_value = "q8_0", value_parser = parse_weights)]
     pub weights: WeightFormat,
 
+    /// Where the model runs: `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
+    #[arg(long, global = true, help_heading = "Global options", value_name = "DEVICE", default_value = "cpu", env = "MSRNN_DEVICE")]
+    pub device: String,
+
     /// Threads for candle's CPU kernels. Default: half the available cores, at most 4 (so 1 on a
     /// 2-core machine). candle's workers spin while they wait, so oversubscribed cores (other
     /// processes, or more threads than cores) make every step much slower rather than faster;
@@ -96,6 +100,22 @@ enum Command {
     Policies,
     /// Inspect a state file written by `generate --save-state`.
     State(state::StateArgs),
+}
+
+/// The candle device named by `--device`.
+pub(crate) fn device(name: &str) -> Result<candle_core::Device> {
+    let ordinal = match name.trim().to_ascii_lowercase().as_str() {
+        "cpu" => return Ok(candle_core::Device::Cpu),
+        "cuda" => 0,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => bail!("--device {name}: expected cpu, cuda or cuda:N"),
+        },
+    };
+    if !cfg!(feature = "cuda") {
+        bail!("--device {name}: this msrnn was built without CUDA; rebuild with `cargo build --release -p msrnn-cli --features cuda`");
+    }
+    candle_core::Device::new_cuda(ordinal).with_context(|| format!("--device {name}: cannot open the GPU"))
 }
 
 /// The thread count used when --threads is not given: half the cores, between 1 and 4.

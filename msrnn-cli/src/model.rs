@@ -187,15 +187,16 @@ fn detect_family(path: &Path) -> Result<Family> {
 
 /// Loads the model `global` names (or the default one).
 pub fn load(global: &Global) -> Result<LoadedModel> {
+    let device = crate::device(&global.device)?;
     let (path, explicit) = resolve(global)?;
     let what = if explicit { "--model".to_string() } else { format!("the default model {}", path.display()) };
-    load_path(&path, global.weights).with_context(|| format!("cannot load {what}"))
+    load_path(&path, global.weights, &device).with_context(|| format!("cannot load {what}"))
 }
 
-pub fn load_path(path: &Path, weights: WeightFormat) -> Result<LoadedModel> {
+pub fn load_path(path: &Path, weights: WeightFormat, device: &candle_core::Device) -> Result<LoadedModel> {
     let t0 = Instant::now();
     let family = detect_family(path)?;
-    let opts = LoadOptions { weights, device: candle_core::Device::Cpu };
+    let opts = LoadOptions { weights, device: device.clone() };
     let lm: Box<dyn Lm> = match family {
         Family::Llama => Box::new(Llama::load(path, &opts)?),
         Family::Gemma3 => Box::new(Gemma::load(path, &opts)?),

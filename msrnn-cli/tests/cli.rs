@@ -464,6 +464,14 @@ fn a_stream_keeps_a_bounded_state_flat() {
 }
 
 #[test]
+fn a_device_this_build_cannot_use_is_refused() {
+    fails(msrnn().args(["ppl", "--device", "tpu"]), &["--device tpu", "cpu, cuda or cuda:N"]);
+    if !cfg!(feature = "cuda") {
+        fails(msrnn().args(["generate", "--device", "cuda", "hi"]), &["--device cuda", "--features cuda"]);
+    }
+}
+
+#[test]
 fn bench_refuses_contexts_closer_than_the_decode_steps_and_dense_baselines() {
     fails(msrnn().args(["bench", "--contexts", "32,40", "--decode-steps", "16"]), &["--contexts 32 and 40", "--decode-steps 16"]);
     fails(msrnn().args(["bench", "--baseline-weights", "f32"]), &["--baseline-weights f32", "native or q8_0"]);
