@@ -55,7 +55,7 @@ pub struct BenchArgs {
     pub(crate) no_baseline: bool,
 
     /// How the baseline holds its matrices, comma-separated: `native` (the file's own blocks, what
-    /// a candle user gets: Q4_1 for the reference model) and/or `q8_0` (re-quantized like ours, to
+    /// a candle user gets: Q4_1 for the reference model), `q8_0` or `f32` (converted like ours, to
     /// compare the two implementations kernel for kernel).
     #[arg(long, value_name = "FORMATS", value_delimiter = ',', default_value = "native", value_parser = crate::parse_weights)]
     pub(crate) baseline_weights: Vec<WeightFormat>,
@@ -85,7 +85,7 @@ struct Row {
     capacity: Option<usize>,
     /// Tokens seen before the timed decode steps.
     context: usize,
-    /// Tokens prefilled for this row: from the previous row's end (context + decode steps) to `context`.
+    /// Tokens prefilled for this row: from the previous context (or 0) to `context`.
     prefill_tokens: usize,
     prefill_seconds: f64,
     prefill_tokens_per_s: f64,
@@ -97,7 +97,9 @@ struct Row {
     allocated_kv_bytes: u64,
     /// Largest live tokens per layer.
     max_live: usize,
-    /// Process peak resident memory during this row (reset before it), model weights included.
+    /// Process peak resident memory while the row was measured, model weights included. Our rows'
+    /// states are all alive at once (their decode steps are interleaved), so this covers all of
+    /// them; `--stream` measures one policy's memory alone.
     peak_rss_bytes: Option<u64>,
 }
 
@@ -119,14 +121,7 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
     if a.decode_steps == 0 {
         bail!("--decode-steps must be at least 1");
     }
-    if let Some(w) = contexts.windows(2).find(|w| w[1] < w[0] + a.decode_steps) {
-        bail!(
-            "--contexts {} and {} are closer than --decode-steps {}: each context continues after the previous one's decode steps",
-            w[0],
-            w[1],
-            a.decode_steps
-        );
-    }
+
     if a.chunk == 0 {
         bail!("--chunk must be at least 1");
     }
@@ -135,8 +130,8 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         return crate::stream::run(ctx, &registry, &specs, n, &a);
     }
     for w in &a.baseline_weights {
-        if !matches!(w, WeightFormat::Native | WeightFormat::Q8_0) {
-            bail!("--baseline-weights {w}: candle's quantized_llama holds GGUF blocks only; use native or q8_0");
+        if !matches!(w, WeightFormat::Native | WeightFormat::Q8_0 | WeightFormat::F32) {
+            bail!("--baseline-weights {w}: candle's quantized_llama can run native, q8_0 or f32");
         }
     }
     let text_path = report::text_path(a.tokens_file.as_deref(), "--tokens-file")?;
@@ -178,21 +173,42 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
     );
 
     let n_baselines = if baseline { a.baseline_weights.len() as u64 } else { 0 };
-    let total: u64 = (grid.len() as u64 + n_baselines) * (contexts[contexts.len() - 1] + a.decode_steps) as u64;
+    let last = contexts[contexts.len() - 1] as u64;
+    let total: u64 = grid.len() as u64 * (last + (contexts.len() * a.decode_steps) as u64) + n_baselines * (last + a.decode_steps as u64);
     let pb = report::progress(total);
-    let mut done = 0u64;
     let mut rows = Vec::new();
-    // Each policy's state runs through the contexts in order: the prefill up to the next context
-    // continues after the previous one's decode steps, so each row's prefill rate is that stretch's.
-    for (spec, cap) in &grid {
-        let mut run = OursRun::new(&m, &registry, spec, *cap, a.chunk)?;
-        for &context in &contexts {
-            pb.set_message(format!("{spec} @ {context}"));
-            let row = run.bench(context, tokens, a.decode_steps, &mut |n| pb.set_position(done + n as u64))?;
-            report::note(&pb, &row_line(&row));
-            rows.push(row);
+    // Every policy prefills one state through the contexts in order, so each row's prefill rate is
+    // that stretch's (from the previous context). At each context the state is copied, and the
+    // copies' decode steps are timed at the end, interleaved in rounds across every policy and
+    // context: a slow spell of a shared machine then hits every row alike, and "the same cost at
+    // 1024 and 8192 tokens" is a comparison within one window of time.
+    let mut runs = grid.iter().map(|(spec, cap)| OursRun::new(&m, &registry, spec, *cap, a.chunk)).collect::<Result<Vec<_>>>()?;
+    let mut snaps = Vec::new();
+    for &context in &contexts {
+        for run in runs.iter_mut() {
+            pb.set_message(format!("{} @ {context}: prefill", run.spec));
+            let (n, secs) = run.prefill(context, tokens, &mut |n| pb.inc(n as u64))?;
+            snaps.push((context, n, secs, run.snapshot(&registry)?));
         }
-        done += (contexts[contexts.len() - 1] + a.decode_steps) as u64;
+    }
+    drop(runs);
+    pb.set_message("decode, interleaved");
+    let rss_ok = report::reset_peak_rss();
+    let mut decode = vec![0.0; snaps.len()];
+    let mut off = 0;
+    for round in 0..DECODE_ROUNDS.min(a.decode_steps) {
+        let n = round_steps(a.decode_steps, round);
+        for ((context, _, _, snap), secs) in snaps.iter_mut().zip(&mut decode) {
+            *secs += snap.decode(&tokens[*context + off..*context + off + n])?;
+            pb.inc(n as u64);
+        }
+        off += n;
+    }
+    let rss = if rss_ok { report::peak_rss() } else { None };
+    for ((context, n, p, snap), d) in snaps.iter().zip(decode) {
+        let row = snap.row(*context, *n, *p, a.decode_steps, d, rss);
+        report::note(&pb, &row_line(&row));
+        rows.push(row);
     }
     let info = m.info().clone();
     let model_json = m.to_json();
@@ -217,11 +233,10 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
                     continue;
                 }
                 pb.set_message(format!("{name} @ {context}"));
-                let row = bench_baseline(&mut w, &device, &name, &info, &mut pos, context, tokens, &a, &mut |n| pb.set_position(done + n as u64))?;
+                let row = bench_baseline(&mut w, &device, &name, &info, &mut pos, context, tokens, &a, &mut |n| pb.inc(n as u64))?;
                 report::note(&pb, &row_line(&row));
                 rows.push(row);
             }
-            done += (contexts[contexts.len() - 1] + a.decode_steps) as u64;
             w.clear_kv_cache();
         }
     }
@@ -273,6 +288,8 @@ fn row_line(r: &Row) -> String {
 /// One policy's state, carried through the contexts.
 struct OursRun<'a> {
     m: &'a LoadedModel,
+    /// Where snapshots go through (a state file), removed on drop.
+    scratch: std::path::PathBuf,
     spec: &'a PolicySpec,
     cap: Capacity,
     chunk: usize,
@@ -284,57 +301,95 @@ struct OursRun<'a> {
 impl<'a> OursRun<'a> {
     fn new(m: &'a LoadedModel, r: &msrnn_core::PolicyRegistry, spec: &'a PolicySpec, cap: Capacity, chunk: usize) -> Result<Self> {
         let state = policy::make_state(m.model(), r, spec, cap, chunk)?;
-        Ok(Self { m, spec, cap, chunk, state, fed: 0, peak_kv: 0 })
+        let scratch = std::env::temp_dir().join(format!("msrnn-bench-{}-{}.state", std::process::id(), snapshot_id()));
+        Ok(Self { m, scratch, spec, cap, chunk, state, fed: 0, peak_kv: 0 })
     }
 
-    /// Chunked prefill (the policy compresses after each chunk) up to `context` tokens, then
-    /// `steps` single-token decode steps on the text's next tokens, each including the copy of the
-    /// logits to the host.
-    fn bench(&mut self, context: usize, tokens: &[u32], steps: usize, progress: &mut dyn FnMut(usize)) -> Result<Row> {
+    /// An independent copy of the state (through a state file: the same code that resumes a
+    /// conversation, so the copy is exact, policy state included).
+    fn snapshot(&self, r: &msrnn_core::PolicyRegistry) -> Result<Self> {
+        let mut copy = Self::new(self.m, r, self.spec, self.cap, self.chunk)?;
+        self.state.save(&self.scratch, &self.m.id, self.spec).context("bench: cannot snapshot the state")?;
+        copy.state.load(&self.scratch, &self.m.id, self.spec).context("bench: cannot snapshot the state")?;
+        let _ = std::fs::remove_file(&self.scratch);
+        (copy.fed, copy.peak_kv) = (self.fed, self.peak_kv);
+        Ok(copy)
+    }
+
+    /// Chunked prefill (the policy compresses after each chunk) up to `context` tokens: how many
+    /// were fed, and the seconds it took.
+    fn prefill(&mut self, context: usize, tokens: &[u32], progress: &mut dyn FnMut(usize)) -> Result<(usize, f64)> {
         let (model, spec, start) = (self.m.model(), self.spec, self.fed);
-        let rss_ok = report::reset_peak_rss();
         let t0 = Instant::now();
         for piece in tokens[start..context].chunks(self.chunk) {
             model.forward(piece, &mut self.state, false).with_context(|| format!("{spec} prefill"))?;
             self.peak_kv = self.peak_kv.max(self.state.live_kv_bytes());
             self.fed += piece.len();
-            progress(self.fed);
+            progress(piece.len());
         }
-        let prefill = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        for i in 0..steps {
-            let logits = model.forward(&tokens[context + i..context + i + 1], &mut self.state, false)?;
+        Ok((context - start, t0.elapsed().as_secs_f64()))
+    }
+
+    /// Single-token decode steps on `tokens`, each including the copy of the logits to the host;
+    /// the seconds they took.
+    fn decode(&mut self, tokens: &[u32]) -> Result<f64> {
+        let model = self.m.model();
+        let t0 = Instant::now();
+        for tok in tokens.chunks(1) {
+            let logits = model.forward(tok, &mut self.state, false).with_context(|| format!("{} decode", self.spec))?;
             std::hint::black_box(logits.flatten_all()?.to_vec1::<f32>()?);
             self.peak_kv = self.peak_kv.max(self.state.live_kv_bytes());
             self.fed += 1;
-            progress(self.fed);
         }
-        let decode = t1.elapsed().as_secs_f64();
-        Ok(Row {
-            name: spec.to_string(),
+        Ok(t0.elapsed().as_secs_f64())
+    }
+
+    fn row(&self, context: usize, prefilled: usize, prefill: f64, steps: usize, decode: f64, rss: Option<u64>) -> Row {
+        Row {
+            name: self.spec.to_string(),
             capacity: self.cap.get(),
             context,
-            prefill_tokens: context - start,
+            prefill_tokens: prefilled,
             prefill_seconds: prefill,
-            prefill_tokens_per_s: (context - start) as f64 / prefill,
+            prefill_tokens_per_s: prefilled as f64 / prefill,
             decode_steps: steps,
             decode_ms_per_token: decode * 1000.0 / steps as f64,
             peak_live_kv_bytes: self.peak_kv as u64,
             allocated_kv_bytes: self.state.allocated_kv_bytes() as u64,
             max_live: self.state.max_live(),
-            peak_rss_bytes: if rss_ok { report::peak_rss() } else { None },
-        })
+            peak_rss_bytes: rss,
+        }
     }
 }
 
-/// candle's quantized_llama on the same GGUF: `native` keeps the file's blocks, `q8_0`
-/// re-quantizes every 2-D matrix in memory (through a GGUF written to a buffer, since
+/// A process-unique number for scratch files.
+fn snapshot_id() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Decode steps are timed in this many interleaved rounds (fewer when there are fewer steps).
+const DECODE_ROUNDS: usize = 8;
+
+/// Steps in round `r` of [`DECODE_ROUNDS`]: `steps` split as evenly as possible.
+fn round_steps(steps: usize, r: usize) -> usize {
+    let rounds = DECODE_ROUNDS.min(steps);
+    steps / rounds + usize::from(r < steps % rounds)
+}
+
+/// candle's quantized_llama on the same GGUF: `native` keeps the file's blocks, `q8_0` / `f32`
+/// convert every 2-D matrix in memory (through a GGUF written to a buffer, since
 /// `ModelWeights` loads only from a GGUF).
 fn load_baseline(path: &std::path::Path, weights: WeightFormat, device: &Device) -> Result<(ModelWeights, String)> {
     let ctx = || format!("{BASELINE}: cannot load {}", path.display());
     let mut f = std::fs::File::open(path).with_context(ctx)?;
     let ct = gguf_file::Content::read(&mut f).with_context(ctx)?;
-    if weights != WeightFormat::Q8_0 {
+    let target = match weights {
+        WeightFormat::Q8_0 => GgmlDType::Q8_0,
+        WeightFormat::F32 => GgmlDType::F32,
+        _ => GgmlDType::Q8_0,
+    };
+    if !matches!(weights, WeightFormat::Q8_0 | WeightFormat::F32) {
         let kind = ct.tensor_infos.get("blk.0.attn_q.weight").map_or("native".into(), |t| format!("{:?}", t.ggml_dtype));
         return Ok((ModelWeights::from_gguf(ct, &mut f, device).with_context(ctx)?, kind));
     }
@@ -345,8 +400,8 @@ fn load_baseline(path: &std::path::Path, weights: WeightFormat, device: &Device)
     for name in names {
         let t = ct.tensor(&mut f, name, &cpu).with_context(ctx)?;
         let dims = t.shape().dims().to_vec();
-        let t = if dims.len() == 2 && dims[1] % 32 == 0 && t.dtype() != GgmlDType::Q8_0 {
-            QTensor::quantize(&t.dequantize(&cpu)?, GgmlDType::Q8_0)?
+        let t = if dims.len() == 2 && dims[1] % 32 == 0 && t.dtype() != target {
+            QTensor::quantize(&t.dequantize(&cpu)?, target)?
         } else {
             t
         };
@@ -359,7 +414,7 @@ fn load_baseline(path: &std::path::Path, weights: WeightFormat, device: &Device)
     drop(tensors);
     buf.set_position(0);
     let ct = gguf_file::Content::read(&mut buf).with_context(ctx)?;
-    Ok((ModelWeights::from_gguf(ct, &mut buf, device).with_context(ctx)?, "Q8_0".into()))
+    Ok((ModelWeights::from_gguf(ct, &mut buf, device).with_context(ctx)?, format!("{target:?}")))
 }
 
 /// candle's model, continuing from position `pos` like [`OursRun::bench`].
@@ -382,7 +437,7 @@ fn bench_baseline(
         let x = Tensor::new(piece, dev)?.unsqueeze(0)?;
         w.forward(&x, *pos).with_context(|| format!("{name} prefill at {pos}"))?;
         *pos += piece.len();
-        progress(*pos);
+        progress(piece.len());
     }
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
@@ -391,7 +446,7 @@ fn bench_baseline(
         let logits = w.forward(&x, *pos)?;
         *pos += 1;
         std::hint::black_box(logits.flatten_all()?.to_vec1::<f32>()?);
-        progress(*pos);
+        progress(1);
     }
     let decode = t1.elapsed().as_secs_f64();
     // Its cache holds every token, f32 keys and values, like our full cache.

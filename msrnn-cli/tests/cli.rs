@@ -472,9 +472,8 @@ fn a_device_this_build_cannot_use_is_refused() {
 }
 
 #[test]
-fn bench_refuses_contexts_closer_than_the_decode_steps_and_dense_baselines() {
-    fails(msrnn().args(["bench", "--contexts", "32,40", "--decode-steps", "16"]), &["--contexts 32 and 40", "--decode-steps 16"]);
-    fails(msrnn().args(["bench", "--baseline-weights", "f32"]), &["--baseline-weights f32", "native or q8_0"]);
+fn bench_refuses_baselines_candle_cannot_run_and_short_streams() {
+    fails(msrnn().args(["bench", "--baseline-weights", "f16"]), &["--baseline-weights f16", "native, q8_0 or f32"]);
     fails(msrnn().args(["bench", "--stream", "5", "--policies", "tova"]), &["--stream 5"]);
 }
 
