@@ -130,12 +130,22 @@ pub fn read_text(path: &Path, flag: &str) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{flag} {}: not UTF-8 text ({e})", path.display()))
 }
 
-/// Peak resident memory of this process (VmHWM), in bytes.
-pub fn peak_rss() -> Option<u64> {
+/// A `kB` field of `/proc/self/status` (Linux), in bytes.
+fn status_bytes(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = s.lines().find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    status_bytes("VmHWM")
+}
+
+/// Resident memory of this process now (VmRSS), in bytes.
+pub fn rss() -> Option<u64> {
+    status_bytes("VmRSS")
 }
 
 /// Resets the peak-RSS counter (Linux: writing 5 to /proc/self/clear_refs); false if unsupported.

@@ -30,14 +30,6 @@ struct Checkpoint {
     peak_rss_bytes: Option<u64>,
 }
 
-/// Current resident memory (VmRSS), in bytes.
-fn rss() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 pub fn run(ctx: &Ctx, registry: &PolicyRegistry, specs: &[PolicySpec], n: usize, a: &BenchArgs) -> Result<()> {
     const CHECKPOINTS: usize = 10;
     if n < CHECKPOINTS {
@@ -99,7 +91,7 @@ pub fn run(ctx: &Ctx, registry: &PolicyRegistry, specs: &[PolicySpec], n: usize,
                     live_kv_bytes: state.live_kv_bytes() as u64,
                     allocated_kv_bytes: state.allocated_kv_bytes() as u64,
                     max_live: state.max_live(),
-                    rss_bytes: rss(),
+                    rss_bytes: report::rss(),
                     peak_rss_bytes: report::peak_rss(),
                 };
                 report::note(
