@@ -6,7 +6,7 @@
 
 #[path = "../../../msrnn-llama/tests/common/mod.rs"]
 mod llama;
-pub use llama::{max_abs_diff, scratch, write_gguf_raw, Rng, W};
+pub use llama::{max_abs_diff, reference_attention, scratch, write_gguf_raw, Rng, W};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -258,25 +258,7 @@ impl TinyGemma {
             for p in 0..t {
                 // Local layers: keys at p - window + 1 ..= p.
                 let first = if global || !use_window { 0 } else { (p + 1).saturating_sub(c.window) };
-                let mut att = vec![0f64; c.heads * d];
-                for hh in 0..c.heads {
-                    let kv = hh / group;
-                    let q = &qs[p][hh * d..(hh + 1) * d];
-                    let scores: Vec<f64> = (first..=p)
-                        .map(|j| {
-                            q.iter().zip(&ks[j][kv * d..(kv + 1) * d]).map(|(a, b)| a * b).sum::<f64>()
-                                / (d as f64).sqrt()
-                        })
-                        .collect();
-                    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-                    let z: f64 = e.iter().sum();
-                    for (jj, w) in e.iter().enumerate() {
-                        for k in 0..d {
-                            att[hh * d + k] += w / z * vs[first + jj][kv * d + k];
-                        }
-                    }
-                }
+                let att = reference_attention(&qs[p], &ks[first..=p], &vs[first..=p], c.heads, group, d);
                 let o = rms(&matvec(g("attn_output"), &att), g("post_attention_norm"));
                 for k in 0..h {
                     x[p][k] += o[k];

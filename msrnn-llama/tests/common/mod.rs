@@ -308,25 +308,7 @@ impl TinyModel {
                 }
             }
             for p in 0..t {
-                let mut att = vec![0f64; c.heads * d];
-                for hh in 0..c.heads {
-                    let kv = hh / group; // repeat_kv
-                    let q = &qs[p][hh * d..(hh + 1) * d];
-                    let scores: Vec<f64> = (0..=p)
-                        .map(|j| {
-                            q.iter().zip(&ks[j][kv * d..(kv + 1) * d]).map(|(a, b)| a * b).sum::<f64>()
-                                / (d as f64).sqrt()
-                        })
-                        .collect();
-                    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-                    let z: f64 = e.iter().sum();
-                    for (j, w) in e.iter().enumerate() {
-                        for k in 0..d {
-                            att[hh * d + k] += w / z * vs[j][kv * d + k];
-                        }
-                    }
-                }
+                let att = reference_attention(&qs[p], &ks[..=p], &vs[..=p], c.heads, group, d);
                 let o = matvec(g("self_attn.o_proj"), &att);
                 for k in 0..h {
                     x[p][k] += o[k];
@@ -348,6 +330,30 @@ impl TinyModel {
 
 /// HF Q/K rows -> the interleaved layout: within each head, row 2i takes row i and row 2i+1 takes
 /// row i + d/2.
+/// Naive softmax attention of one query position (all `heads`, `[heads * d]`) over the given
+/// keys/values (`[kv_heads * d]` each), query head `h` reading KV head `h / group` (repeat_kv), in
+/// f64: the reference both families' forward passes are checked against.
+pub fn reference_attention(q: &[f64], ks: &[Vec<f64>], vs: &[Vec<f64>], heads: usize, group: usize, d: usize) -> Vec<f64> {
+    let mut att = vec![0f64; heads * d];
+    for hh in 0..heads {
+        let kv = hh / group;
+        let q = &q[hh * d..(hh + 1) * d];
+        let scores: Vec<f64> = ks
+            .iter()
+            .map(|k| q.iter().zip(&k[kv * d..(kv + 1) * d]).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt())
+            .collect();
+        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for (j, w) in e.iter().enumerate() {
+            for k in 0..d {
+                att[hh * d + k] += w / z * vs[j][kv * d + k];
+            }
+        }
+    }
+    att
+}
+
 pub fn permute_rows(w: &W, heads: usize, d: usize) -> W {
     let cols = w.shape[1];
     let mut data = vec![0f32; w.data.len()];
