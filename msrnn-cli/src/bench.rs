@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use clap::Args;
 use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
+use clap::Args;
 use msrnn_core::{Capacity, PolicySpec};
 use msrnn_llama::WeightFormat;
 use serde::Serialize;
@@ -174,7 +174,8 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
 
     let n_baselines = if baseline { a.baseline_weights.len() as u64 } else { 0 };
     let last = contexts[contexts.len() - 1] as u64;
-    let total: u64 = grid.len() as u64 * (last + (contexts.len() * a.decode_steps) as u64) + n_baselines * (last + a.decode_steps as u64);
+    let total: u64 = grid.len() as u64 * (last + (contexts.len() * a.decode_steps) as u64)
+        + n_baselines * (last + a.decode_steps as u64);
     let pb = report::progress(total);
     let mut rows = Vec::new();
     // Every policy prefills one state through the contexts in order, so each row's prefill rate is
@@ -182,7 +183,8 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
     // copies' decode steps are timed at the end, interleaved in rounds across every policy and
     // context: a slow spell of a shared machine then hits every row alike, and "the same cost at
     // 1024 and 8192 tokens" is a comparison within one window of time.
-    let mut runs = grid.iter().map(|(spec, cap)| OursRun::new(&m, &registry, spec, *cap, a.chunk)).collect::<Result<Vec<_>>>()?;
+    let mut runs =
+        grid.iter().map(|(spec, cap)| OursRun::new(&m, &registry, spec, *cap, a.chunk)).collect::<Result<Vec<_>>>()?;
     let mut snaps = Vec::new();
     for &context in &contexts {
         for run in runs.iter_mut() {
@@ -233,7 +235,9 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
                     continue;
                 }
                 pb.set_message(format!("{name} @ {context}"));
-                let row = bench_baseline(&mut w, &device, &name, &info, &mut pos, context, tokens, &a, &mut |n| pb.inc(n as u64))?;
+                let row = bench_baseline(&mut w, &device, &name, &info, &mut pos, context, tokens, &a, &mut |n| {
+                    pb.inc(n as u64)
+                })?;
                 report::note(&pb, &row_line(&row));
                 rows.push(row);
             }
@@ -242,7 +246,8 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
     }
     pb.finish_and_clear();
 
-    let title = format!("{describe}, C={}, {} thread{}", a.capacity, ctx.threads, if ctx.threads == 1 { "" } else { "s" });
+    let title =
+        format!("{describe}, C={}, {} thread{}", a.capacity, ctx.threads, if ctx.threads == 1 { "" } else { "s" });
     report::print_stdout(&format!("Bench: {title}\n{}", bench_table(&rows, &contexts)))?;
     for n in &baseline_notes {
         eprintln!("note: {n}");
@@ -299,7 +304,13 @@ struct OursRun<'a> {
 }
 
 impl<'a> OursRun<'a> {
-    fn new(m: &'a LoadedModel, r: &msrnn_core::PolicyRegistry, spec: &'a PolicySpec, cap: Capacity, chunk: usize) -> Result<Self> {
+    fn new(
+        m: &'a LoadedModel,
+        r: &msrnn_core::PolicyRegistry,
+        spec: &'a PolicySpec,
+        cap: Capacity,
+        chunk: usize,
+    ) -> Result<Self> {
         let state = policy::make_state(m.model(), r, spec, cap, chunk)?;
         let scratch = std::env::temp_dir().join(format!("msrnn-bench-{}-{}.state", std::process::id(), snapshot_id()));
         Ok(Self { m, scratch, spec, cap, chunk, state, fed: 0, peak_kv: 0 })
@@ -390,7 +401,8 @@ fn load_baseline(path: &std::path::Path, weights: WeightFormat, device: &Device)
         _ => GgmlDType::Q8_0,
     };
     if !matches!(weights, WeightFormat::Q8_0 | WeightFormat::F32) {
-        let kind = ct.tensor_infos.get("blk.0.attn_q.weight").map_or("native".into(), |t| format!("{:?}", t.ggml_dtype));
+        let kind =
+            ct.tensor_infos.get("blk.0.attn_q.weight").map_or("native".into(), |t| format!("{:?}", t.ggml_dtype));
         return Ok((ModelWeights::from_gguf(ct, &mut f, device).with_context(ctx)?, kind));
     }
     let cpu = Device::Cpu;
@@ -469,7 +481,10 @@ fn bench_baseline(
 
 fn bench_table(rows: &[Row], contexts: &[usize]) -> String {
     let header: Vec<String> =
-        ["policy", "C", "context", "prefilled", "prefill tok/s", "decode ms/tok", "live KV", "alloc KV", "peak RSS"].iter().map(|s| s.to_string()).collect();
+        ["policy", "C", "context", "prefilled", "prefill tok/s", "decode ms/tok", "live KV", "alloc KV", "peak RSS"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     let mut out = Vec::new();
     for &c in contexts {
         for r in rows.iter().filter(|r| r.context == c) {

@@ -160,9 +160,7 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
     let saved_sampling = conv.as_ref().map(|c| c.sampling);
     let sampling = match a.temperature {
         Some(0.0) => Sampling::Greedy,
-        Some(temperature) => {
-            Sampling::TopP { temperature, top_p: a.top_p.unwrap_or(0.9), seed: a.seed.unwrap_or(0) }
-        }
+        Some(temperature) => Sampling::TopP { temperature, top_p: a.top_p.unwrap_or(0.9), seed: a.seed.unwrap_or(0) },
         None => match saved_sampling {
             Some(Sampling::TopP { temperature, top_p, seed }) => {
                 Sampling::TopP { temperature, top_p: a.top_p.unwrap_or(top_p), seed: a.seed.unwrap_or(seed) }
@@ -184,7 +182,9 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
         _ => 0,
     };
     let effective = match sampling {
-        Sampling::TopP { temperature, top_p, seed } => Sampling::TopP { temperature, top_p, seed: advance_seed(seed, draws) },
+        Sampling::TopP { temperature, top_p, seed } => {
+            Sampling::TopP { temperature, top_p, seed: advance_seed(seed, draws) }
+        }
         s => s,
     };
 
@@ -279,7 +279,13 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
 
 /// Prompt token ids. A fresh run encodes the (templated) text; a resumed run first feeds the token
 /// the saved run sampled last but never fed, then the next turn, if any.
-fn build_prompt(tok: &Tokenizer, text: Option<&str>, conv: Option<&Conversation>, chat: bool, resumed: bool) -> Result<Vec<u32>> {
+fn build_prompt(
+    tok: &Tokenizer,
+    text: Option<&str>,
+    conv: Option<&Conversation>,
+    chat: bool,
+    resumed: bool,
+) -> Result<Vec<u32>> {
     if !resumed {
         let text = text.expect("checked: a fresh run has a prompt");
         let templated = if chat { tok.chat_prompt(text) } else { text.to_string() };
@@ -301,13 +307,22 @@ fn build_prompt(tok: &Tokenizer, text: Option<&str>, conv: Option<&Conversation>
         ids.extend(tok.encode(&next, false)?);
     }
     if ids.is_empty() {
-        bail!("the saved state has no token waiting to be fed (it was saved without generating); give a PROMPT to go on");
+        bail!(
+            "the saved state has no token waiting to be fed (it was saved without generating); give a PROMPT to go on"
+        );
     }
     Ok(ids)
 }
 
 /// Warns when the full cache would run past the model's context (a bounded policy keeps going).
-fn warn_context(m: &LoadedModel, r: &msrnn_core::PolicyRegistry, spec: &PolicySpec, state: &MsrnnState, prompt: usize, max_tokens: usize) {
+fn warn_context(
+    m: &LoadedModel,
+    r: &msrnn_core::PolicyRegistry,
+    spec: &PolicySpec,
+    state: &MsrnnState,
+    prompt: usize,
+    max_tokens: usize,
+) {
     let ctx_len = m.info().max_context;
     let seen = state.tokens_seen() as usize;
     let total = seen + prompt + max_tokens;
@@ -316,7 +331,10 @@ fn warn_context(m: &LoadedModel, r: &msrnn_core::PolicyRegistry, spec: &PolicySp
     }
     if policy::is_full(r, spec) {
         let what = if seen + prompt > ctx_len {
-            format!("the prompt ({prompt} tokens{}) is longer than", if seen > 0 { format!(" after {seen} already seen") } else { String::new() })
+            format!(
+                "the prompt ({prompt} tokens{}) is longer than",
+                if seen > 0 { format!(" after {seen} already seen") } else { String::new() }
+            )
         } else {
             format!("the prompt ({prompt} tokens) plus --max-tokens {max_tokens} may run past")
         };

@@ -64,7 +64,14 @@ pub struct Global {
     pub weights: WeightFormat,
 
     /// Where the model runs: `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
-    #[arg(long, global = true, help_heading = "Global options", value_name = "DEVICE", default_value = "cpu", env = "MSRNN_DEVICE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "DEVICE",
+        default_value = "cpu",
+        env = "MSRNN_DEVICE"
+    )]
     pub device: String,
 
     /// Threads for candle's CPU kernels. Default: half the available cores, at most 4 (so 1 on a
@@ -179,7 +186,9 @@ fn main() {
     init_logging(cli.global.verbose);
     if let Err(e) = run(cli) {
         // A closed pipe (`msrnn generate ... | head`) is the reader's choice, not an error.
-        if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+        if e.chain()
+            .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+        {
             std::process::exit(0);
         }
         eprintln!("error: {e:#}");

@@ -162,7 +162,8 @@ pub fn resolve(global: &Global) -> Result<(PathBuf, bool)> {
 fn detect_family(path: &Path) -> Result<Family> {
     let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read it", path.display()))?;
     if meta.is_dir() || path.extension().is_some_and(|e| e == "safetensors") {
-        let dir = if meta.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+        let dir =
+            if meta.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
         let cfg = dir.join("config.json");
         let json: serde_json::Value = match std::fs::read_to_string(&cfg) {
             // The loader reports a missing config.json with the full story.

@@ -113,7 +113,10 @@ impl Axis {
     /// The y axis: logarithmic when asked and possible, else linear from zero when the data is
     /// positive.
     fn y(ys: &[f64], log: bool) -> Self {
-        let (mut lo, mut hi) = ys.iter().filter(|y| y.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
+        let (mut lo, mut hi) = ys
+            .iter()
+            .filter(|y| y.is_finite())
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
         if !lo.is_finite() {
             (lo, hi) = (0.0, 1.0);
         }
@@ -162,7 +165,8 @@ const COLORS: [RGBColor; 8] = [
 
 fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Chart) -> Result<()> {
     let xs: Vec<f64> = c.series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
-    let ys: Vec<f64> = c.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).chain(c.hlines.iter().map(|h| h.1)).collect();
+    let ys: Vec<f64> =
+        c.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).chain(c.hlines.iter().map(|h| h.1)).collect();
     let (x, y) = (Axis::x(&xs), Axis::y(&ys, c.log_y));
     let (x0, x1) = (x.lo, x.hi);
 
@@ -189,22 +193,22 @@ fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Chart) -> Result
     for (i, (_, yv)) in c.hlines.iter().enumerate() {
         let color = RGBColor(60, 60, 60).mix(0.9 - 0.2 * i as f64);
         let style = ShapeStyle { color, filled: false, stroke_width: 2 };
-        chart
-            .draw_series(DashedLineSeries::new(vec![(x0, *yv), (x1, *yv)], 8, 5, style))
-            .map_err(err)?;
+        chart.draw_series(DashedLineSeries::new(vec![(x0, *yv), (x1, *yv)], 8, 5, style)).map_err(err)?;
     }
     for (i, s) in c.series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.0 > 0.0 && p.1.is_finite()).collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(err)?;
+        chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2))).map_err(err)?;
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(err)?;
     }
     // The legend, right of the plot where it hides no data.
     let mut entries: Vec<(String, ShapeStyle, bool)> = Vec::new();
     for (i, (name, _)) in c.hlines.iter().enumerate() {
-        entries.push((name.clone(), ShapeStyle { color: RGBColor(60, 60, 60).mix(0.9 - 0.2 * i as f64), filled: false, stroke_width: 2 }, true));
+        entries.push((
+            name.clone(),
+            ShapeStyle { color: RGBColor(60, 60, 60).mix(0.9 - 0.2 * i as f64), filled: false, stroke_width: 2 },
+            true,
+        ));
     }
     for (i, s) in c.series.iter().enumerate() {
         entries.push((s.name.clone(), COLORS[i % COLORS.len()].stroke_width(2), false));
@@ -245,7 +249,10 @@ fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     let steps: [&[f64]; 3] = [
         &[1.0, 2.0, 5.0],
         &[1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
-        &[1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0, 2.2, 2.4, 2.6, 2.8, 3.0, 3.3, 3.6, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 8.0, 8.5, 9.0, 9.5],
+        &[
+            1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0, 2.2, 2.4, 2.6, 2.8, 3.0, 3.3, 3.6, 4.0, 4.5, 5.0,
+            5.5, 6.0, 6.5, 7.0, 7.5, 8.0, 8.5, 9.0, 9.5,
+        ],
     ];
     let mut best = Vec::new();
     for ms in steps {

@@ -75,8 +75,7 @@ pub fn make_state(
     capacity: Capacity,
     max_chunk: usize,
 ) -> Result<MsrnnState> {
-    new_state(model, r, spec, capacity, max_chunk)
-        .with_context(|| format!("policy `{spec}` at capacity {capacity}"))
+    new_state(model, r, spec, capacity, max_chunk).with_context(|| format!("policy `{spec}` at capacity {capacity}"))
 }
 
 /// `msrnn policies`.

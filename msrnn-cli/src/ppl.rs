@@ -150,7 +150,10 @@ pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
         let p = perplexity(m.model(), &mut state, tokens, mode, &mut |n| pb.set_position(base + n as u64))
             .with_context(|| format!("perplexity with {label}"))?;
         let seconds = t0.elapsed().as_secs_f64();
-        note(&pb, &format!("{label:>24}: ppl {:.3}  ({:.1} s, {:.0} tokens/s)", p.ppl, seconds, per_run as f64 / seconds));
+        note(
+            &pb,
+            &format!("{label:>24}: ppl {:.3}  ({:.1} s, {:.0} tokens/s)", p.ppl, seconds, per_run as f64 / seconds),
+        );
         cells.push(Cell {
             spec: spec.clone(),
             capacity: *capacity,
@@ -255,7 +258,13 @@ fn grid_table(specs: &[PolicySpec], caps: &[usize], cells: &[Cell], r: &msrnn_co
     report::table(&header, &rows)
 }
 
-fn ppl_chart(title: &str, specs: &[PolicySpec], caps: &[usize], cells: &[Cell], r: &msrnn_core::PolicyRegistry) -> Chart {
+fn ppl_chart(
+    title: &str,
+    specs: &[PolicySpec],
+    caps: &[usize],
+    cells: &[Cell],
+    r: &msrnn_core::PolicyRegistry,
+) -> Chart {
     let mut series = Vec::new();
     let mut hlines = Vec::new();
     for s in specs {

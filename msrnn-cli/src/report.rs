@@ -75,7 +75,8 @@ pub fn write_json(path: &Path, value: &serde_json::Value, flag: &str) -> Result<
 
 pub fn create_parent(path: &Path, flag: &str) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("{flag} {}: cannot create {}", path.display(), dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{flag} {}: cannot create {}", path.display(), dir.display()))?;
     }
     Ok(())
 }
@@ -90,9 +91,11 @@ pub fn command_line() -> Vec<String> {
 pub fn progress(total: u64) -> ProgressBar {
     let pb = ProgressBar::new(total);
     pb.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tokens ({per_sec}, eta {eta}) {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tokens ({per_sec}, eta {eta}) {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb
 }

@@ -75,7 +75,8 @@ pub fn run(ctx: &Ctx, registry: &PolicyRegistry, specs: &[PolicySpec], n: usize,
         let (mut fed, mut since, mut step_secs) = (0usize, 0usize, 0.0f64);
         for piece in tokens.chunks(a.chunk) {
             let t = Instant::now();
-            let logits = m.model().forward(piece, &mut state, false).with_context(|| format!("{spec} at token {fed}"))?;
+            let logits =
+                m.model().forward(piece, &mut state, false).with_context(|| format!("{spec} at token {fed}"))?;
             std::hint::black_box(logits.flatten_all()?.to_vec1::<f32>()?);
             step_secs += t.elapsed().as_secs_f64();
             fed += piece.len();
@@ -112,10 +113,11 @@ pub fn run(ctx: &Ctx, registry: &PolicyRegistry, specs: &[PolicySpec], n: usize,
     }
     pb.finish_and_clear();
 
-    let header: Vec<String> = ["policy", "C", "tokens", "ms/token", "live KV", "alloc KV", "live/layer", "RSS", "peak RSS"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let header: Vec<String> =
+        ["policy", "C", "tokens", "ms/token", "live KV", "alloc KV", "live/layer", "RSS", "peak RSS"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {

@@ -49,8 +49,11 @@ fn hamlet() -> Option<PathBuf> {
 /// A fresh scratch directory.
 fn scratch(name: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("msrnn-cli-{}-{}-{name}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "msrnn-cli-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -78,7 +81,13 @@ fn stderr(o: &Output) -> String {
 /// Runs and expects success.
 fn ok(c: &mut Command) -> Output {
     let o = c.output().unwrap();
-    assert!(o.status.success(), "expected success, got {:?}\nstdout:\n{}\nstderr:\n{}", o.status, stdout(&o), stderr(&o));
+    assert!(
+        o.status.success(),
+        "expected success, got {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     o
 }
@@ -103,11 +112,33 @@ fn fails(c: &mut Command, needles: &[&str]) -> String {
 fn help_names_every_subcommand_and_the_model_default() {
     let o = ok(msrnn().arg("--help"));
     let out = stdout(&o);
-    for s in ["generate", "ppl", "bench", "policies", "state", "--model", "--weights", "--threads", "--plugin", "fetch-model.sh"] {
+    for s in [
+        "generate",
+        "ppl",
+        "bench",
+        "policies",
+        "state",
+        "--model",
+        "--weights",
+        "--threads",
+        "--plugin",
+        "fetch-model.sh",
+    ] {
         assert!(out.contains(s), "--help lacks {s}:\n{out}");
     }
     let o = ok(msrnn().args(["generate", "--help"]));
-    for s in ["--policy", "--capacity", "--max-tokens", "--temperature", "--top-p", "--seed", "--raw", "--save-state", "--resume", "--prompt-file"] {
+    for s in [
+        "--policy",
+        "--capacity",
+        "--max-tokens",
+        "--temperature",
+        "--top-p",
+        "--seed",
+        "--raw",
+        "--save-state",
+        "--resume",
+        "--prompt-file",
+    ] {
         assert!(stdout(&o).contains(s), "generate --help lacks {s}");
     }
 }
@@ -126,7 +157,10 @@ fn policies_lists_every_builtin_with_parameters() {
 
 #[test]
 fn a_missing_plugin_is_a_clear_error() {
-    fails(msrnn().args(["--plugin", "/nonexistent/libnothing.so", "policies"]), &["--plugin /nonexistent/libnothing.so", "cannot open"]);
+    fails(
+        msrnn().args(["--plugin", "/nonexistent/libnothing.so", "policies"]),
+        &["--plugin /nonexistent/libnothing.so", "cannot open"],
+    );
     let d = scratch("plugin-env");
     let bogus = d.join("libbogus.so");
     std::fs::write(&bogus, "not a library").unwrap();
@@ -139,7 +173,10 @@ fn no_model_found_says_how_to_fetch_it() {
     let d = std::env::temp_dir().join(format!("msrnn-cli-no-model-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    fails(msrnn().current_dir(&d).args(["generate", "hello"]), &["no model found", "./scripts/fetch-model.sh", "--model"]);
+    fails(
+        msrnn().current_dir(&d).args(["generate", "hello"]),
+        &["no model found", "./scripts/fetch-model.sh", "--model"],
+    );
     // an empty models/ directory is no better
     std::fs::create_dir_all(d.join("models")).unwrap();
     fails(msrnn().current_dir(&d).args(["generate", "hello"]), &["no model found", "holds no .gguf file"]);
@@ -148,7 +185,10 @@ fn no_model_found_says_how_to_fetch_it() {
 
 #[test]
 fn unreadable_and_non_gguf_model_files_are_refused() {
-    fails(msrnn().args(["--model", "/nonexistent/model.gguf", "generate", "hi"]), &["--model", "/nonexistent/model.gguf"]);
+    fails(
+        msrnn().args(["--model", "/nonexistent/model.gguf", "generate", "hi"]),
+        &["--model", "/nonexistent/model.gguf"],
+    );
     let d = scratch("not-gguf");
     let text = d.join("model.gguf");
     std::fs::write(&text, "this is not a model\n").unwrap();
@@ -225,7 +265,17 @@ fn a_prompt_longer_than_the_context_warns_with_the_full_policy_only() {
     let err = stderr(&o);
     assert!(err.contains("warning:") && err.contains("longer than the model's context of 64 tokens"), "{err}");
     assert!(err.contains("tokens seen"), "the run went on: {err}");
-    let o = ok(msrnn().arg("--model").arg(&path).args(["generate", "--raw", "--policy", "window", "--capacity", "16", "-n", "4", &prompt]));
+    let o = ok(msrnn().arg("--model").arg(&path).args([
+        "generate",
+        "--raw",
+        "--policy",
+        "window",
+        "--capacity",
+        "16",
+        "-n",
+        "4",
+        &prompt,
+    ]));
     let err = stderr(&o);
     assert!(!err.contains("warning"), "a bounded policy keeps going without a warning: {err}");
     assert!(err.contains("live cache 16 tokens per layer"), "{err}");
@@ -265,12 +315,17 @@ fn a_plugin_policy_is_listed_and_runs() {
     let d = scratch("plugin-tiny");
     let tiny = d.join("tiny.gguf");
     common::TinyModel::random(common::tiny_config(), 3).write_gguf(&tiny, candle_core::quantized::GgmlDType::F32, true);
-    let o = ok(msrnn()
-        .arg("--plugin")
-        .arg(&so)
-        .arg("--model")
-        .arg(&tiny)
-        .args(["generate", "--raw", "--policy", "keynorm", "--capacity", "8", "-n", "6", "hello the world hello the world"]));
+    let o = ok(msrnn().arg("--plugin").arg(&so).arg("--model").arg(&tiny).args([
+        "generate",
+        "--raw",
+        "--policy",
+        "keynorm",
+        "--capacity",
+        "8",
+        "-n",
+        "6",
+        "hello the world hello the world",
+    ]));
     let err = stderr(&o);
     assert!(err.contains("policy keynorm, capacity 8") && err.contains("live cache 8 tokens per layer"), "{err}");
 }
@@ -282,10 +337,16 @@ fn capacity_below_a_policys_protected_tokens_is_refused() {
     if model().is_none() {
         return;
     }
-    fails(msrnn().args(["generate", "--policy", "window+i:sinks=4", "--capacity", "4", "hi"]), &["window+i", "must exceed sinks=4"]);
+    fails(
+        msrnn().args(["generate", "--policy", "window+i:sinks=4", "--capacity", "4", "hi"]),
+        &["window+i", "must exceed sinks=4"],
+    );
     fails(msrnn().args(["generate", "--policy", "full", "--capacity", "64", "hi"]), &["full", "takes no capacity"]);
     if hamlet().is_some() {
-        fails(msrnn().args(["ppl", "--policies", "window+i:sinks=8", "--capacities", "8,16"]), &["window+i:sinks=8", "capacity 8"]);
+        fails(
+            msrnn().args(["ppl", "--policies", "window+i:sinks=8", "--capacities", "8,16"]),
+            &["window+i:sinks=8", "capacity 8"],
+        );
     }
 }
 
@@ -334,7 +395,9 @@ fn save_then_resume_continues_exactly_like_one_run() {
     let d = scratch("resume");
     let prompt = "Tell me a story about a lighthouse keeper.";
     // capacity 24 < prompt + 40 tokens: the policy evicts on both sides of the save
-    for (name, sampling) in [("greedy", vec![]), ("sampled", vec!["--temperature", "0.8", "--top-p", "0.9", "--seed", "11"])] {
+    for (name, sampling) in
+        [("greedy", vec![]), ("sampled", vec!["--temperature", "0.8", "--top-p", "0.9", "--seed", "11"])]
+    {
         let state = d.join(format!("{name}.st"));
         let base = ["generate", "--policy", "h2o", "--capacity", "24"];
         let whole = ok(msrnn().args(base).args(&sampling).args(["-n", "40", prompt]));
@@ -344,12 +407,23 @@ fn save_then_resume_continues_exactly_like_one_run() {
         let second = ok(msrnn().args(["generate", "-n", "20", "--resume"]).arg(&state));
         let (w, f, s) = (stdout(&whole), stdout(&first), stdout(&second));
         assert!(!s.is_empty(), "{name}: the resumed run generated nothing");
-        assert_eq!(format!("{f}{s}"), w, "{name}: resumed text differs from one run\nfirst: {f:?}\nsecond: {s:?}\nwhole: {w:?}");
+        assert_eq!(
+            format!("{f}{s}"),
+            w,
+            "{name}: resumed text differs from one run\nfirst: {f:?}\nsecond: {s:?}\nwhole: {w:?}"
+        );
         assert!(stderr(&second).contains("tokens seen"), "{}", stderr(&second));
     }
     let state = d.join("greedy.st");
     let shown = ok(msrnn().args(["state", "show"]).arg(&state));
-    for s in ["policy       h2o", "capacity     24", "SmolLM2-135M-Instruct.Q4_1.gguf", "weights q8_0", "greedy", "turns        1"] {
+    for s in [
+        "policy       h2o",
+        "capacity     24",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "weights q8_0",
+        "greedy",
+        "turns        1",
+    ] {
         assert!(stdout(&shown).contains(s), "state show lacks {s:?}:\n{}", stdout(&shown));
     }
     fails(
@@ -360,7 +434,10 @@ fn save_then_resume_continues_exactly_like_one_run() {
         msrnn().args(["generate", "--capacity", "32", "-n", "2", "--resume"]).arg(&state),
         &["saved with capacity `24`, but this run uses `32`"],
     );
-    fails(msrnn().args(["--weights", "native", "generate", "-n", "2", "--resume"]).arg(&state), &["saved with model", "weights q8_0", "weights native"]);
+    fails(
+        msrnn().args(["--weights", "native", "generate", "-n", "2", "--resume"]).arg(&state),
+        &["saved with model", "weights q8_0", "weights native"],
+    );
     // a new turn on top of the saved conversation works
     let o = ok(msrnn().args(["generate", "-n", "8", "--resume"]).arg(&state).arg("And then?"));
     assert!(!stdout(&o).is_empty());
@@ -374,7 +451,18 @@ fn a_tiny_ppl_grid_writes_json_svg_and_png() {
     let d = scratch("ppl");
     let (json, svg, png) = (d.join("r/ppl.json"), d.join("ppl.svg"), d.join("ppl.png"));
     let o = ok(msrnn()
-        .args(["ppl", "--tokens", "64", "--capacities", "16,32", "--policies", "full,window,tova", "--mode", "chunked", "--out"])
+        .args([
+            "ppl",
+            "--tokens",
+            "64",
+            "--capacities",
+            "16,32",
+            "--policies",
+            "full,window,tova",
+            "--mode",
+            "chunked",
+            "--out",
+        ])
         .arg(&json)
         .arg("--plot")
         .arg(&svg)
@@ -402,7 +490,10 @@ fn a_tiny_ppl_grid_writes_json_svg_and_png() {
     assert!(v["model"]["id"].as_str().unwrap().contains("SmolLM2-135M-Instruct.Q4_1.gguf"));
     assert!(v["command"].as_array().unwrap().iter().any(|a| a == "--capacities"));
     let svg = std::fs::read_to_string(&svg).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("<text") && svg.contains("tova") && svg.contains("perplexity"), "{svg:.300}");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<text") && svg.contains("tova") && svg.contains("perplexity"),
+        "{svg:.300}"
+    );
     assert!(svg.contains("<polyline") || svg.contains("<path"), "no lines drawn");
     let png = std::fs::read(&png).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "PNG of {} bytes", png.len());
@@ -416,7 +507,18 @@ fn a_tiny_bench_measures_every_policy_and_the_baselines() {
     let d = scratch("bench");
     let (json, svg) = (d.join("bench.json"), d.join("bench.svg"));
     let o = ok(msrnn()
-        .args(["bench", "--policies", "window,tova", "--capacity", "16", "--contexts", "32,64", "--decode-steps", "2", "--out"])
+        .args([
+            "bench",
+            "--policies",
+            "window,tova",
+            "--capacity",
+            "16",
+            "--contexts",
+            "32,64",
+            "--decode-steps",
+            "2",
+            "--out",
+        ])
         .arg(&json)
         .arg("--plot")
         .arg(&svg));
@@ -428,9 +530,14 @@ fn a_tiny_bench_measures_every_policy_and_the_baselines() {
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 8, "(full, window, tova, baseline) x 2 contexts: {rows:?}");
     for r in rows {
-        assert!(r["decode_ms_per_token"].as_f64().unwrap() > 0.0 && r["prefill_tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(
+            r["decode_ms_per_token"].as_f64().unwrap() > 0.0 && r["prefill_tokens_per_s"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
     }
-    let kv = |name: &str, ctx: u64| rows.iter().find(|r| r["name"] == name && r["context"] == ctx).unwrap()["peak_live_kv_bytes"].as_u64().unwrap();
+    let kv = |name: &str, ctx: u64| {
+        rows.iter().find(|r| r["name"] == name && r["context"] == ctx).unwrap()["peak_live_kv_bytes"].as_u64().unwrap()
+    };
     assert!(kv("full", 64) > kv("full", 32), "the full cache grows");
     assert_eq!(kv("tova", 64), kv("tova", 32), "a bounded cache does not");
     let svg = std::fs::read_to_string(&svg).unwrap();
@@ -503,7 +610,8 @@ fn gemma_runs_ppl_generate_and_policies_like_llama() {
         .arg(&json));
     let table = stdout(&o);
     assert!(table.contains("gemma-3-270m-q4_k_m"), "{table}");
-    let row = |name: &str| table.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} row:\n{table}"));
+    let row =
+        |name: &str| table.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} row:\n{table}"));
     for name in ["tova", "full (every token kept)"] {
         let ppl: f64 = row(name).split_whitespace().last().unwrap().parse().unwrap();
         assert!(ppl.is_finite() && ppl > 1.0 && ppl < 1000.0, "{name}: {ppl}\n{table}");
@@ -514,7 +622,13 @@ fn gemma_runs_ppl_generate_and_policies_like_llama() {
     assert_eq!(v["text"]["bos"], true, "Gemma scores BOS + text");
     assert_eq!(v["text"]["first_tokens"][0], 2, "BOS first");
 
-    let o = ok(msrnn().arg("--model").arg(&gemma).args(["generate", "--raw", "-n", "3", "To be, or not to be, that is the"]));
+    let o = ok(msrnn().arg("--model").arg(&gemma).args([
+        "generate",
+        "--raw",
+        "-n",
+        "3",
+        "To be, or not to be, that is the",
+    ]));
     assert!(stdout(&o).starts_with(" question"), "greedy continuation: {:?}", stdout(&o));
     assert!(stderr(&o).contains("tokens seen"), "{}", stderr(&o));
 

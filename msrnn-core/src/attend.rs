@@ -82,7 +82,15 @@ pub fn attend(
         Rows::All => (t, probs.narrow(2, 0, hi)?.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?),
     };
     let norms = if needs.key_norms {
-        layer.k.narrow(1, 0, hi)?.to_dtype(DType::F32)?.sqr()?.sum(D::Minus1)?.sqrt()?.flatten_all()?.to_vec1::<f32>()?
+        layer
+            .k
+            .narrow(1, 0, hi)?
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .sum(D::Minus1)?
+            .sqrt()?
+            .flatten_all()?
+            .to_vec1::<f32>()?
     } else {
         Vec::new()
     };

@@ -113,8 +113,10 @@ impl MsrnnState {
                 return refuse("KV shape", format!("{kh}x{kd}"), format!("{sh}x{sd}"));
             }
             let v = get(format!("layer.{i}.v"))?;
-            let pos: Vec<u64> = get(format!("layer.{i}.positions"))?.to_vec1::<i64>()?.into_iter().map(|x| x as u64).collect();
-            let live: Vec<bool> = get(format!("layer.{i}.live"))?.to_vec1::<u8>()?.into_iter().map(|x| x != 0).collect();
+            let pos: Vec<u64> =
+                get(format!("layer.{i}.positions"))?.to_vec1::<i64>()?.into_iter().map(|x| x as u64).collect();
+            let live: Vec<bool> =
+                get(format!("layer.{i}.live"))?.to_vec1::<u8>()?.into_iter().map(|x| x != 0).collect();
             let pol = get(format!("layer.{i}.policy"))?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
             self.layers[i].restore(k.to_device(&dev)?, v.to_device(&dev)?, pos, live)?;
             self.policies[i].load_state(&pol)?;
@@ -127,10 +129,9 @@ impl MsrnnState {
 fn header_of(bytes: &[u8], path: &Path) -> Result<StateHeader> {
     let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| Error::StateFile(format!("{} is not a state file: {e}", path.display())))?;
-    let json = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("msrnn"))
-        .ok_or_else(|| Error::StateFile(format!("{} is a safetensors file but not an msrnn state", path.display())))?;
+    let json =
+        meta.metadata().as_ref().and_then(|m| m.get("msrnn")).ok_or_else(|| {
+            Error::StateFile(format!("{} is a safetensors file but not an msrnn state", path.display()))
+        })?;
     serde_json::from_str(json).map_err(|e| Error::StateFile(format!("{}: bad header: {e}", path.display())))
 }

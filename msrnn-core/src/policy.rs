@@ -121,7 +121,11 @@ pub trait Policy: Send {
         if data.is_empty() {
             Ok(())
         } else {
-            Err(Error::StateFile(format!("policy `{}` keeps no state but the file has {} values", self.name(), data.len())))
+            Err(Error::StateFile(format!(
+                "policy `{}` keeps no state but the file has {} values",
+                self.name(),
+                data.len()
+            )))
         }
     }
 }
@@ -160,7 +164,12 @@ pub fn validate(decision: Decision, obs: &Observation<'_>, budget: usize, policy
 /// The `count` live slots with the lowest `score`, excluding `protected` ones; ties evict the older
 /// entry (lower position), so ties keep the newer one. Sorting is total even with NaN scores
 /// (NaN counts as lowest, so a broken score cannot shield an entry).
-pub fn lowest_scored(obs: &Observation<'_>, score: &[f64], protected: impl Fn(usize) -> bool, count: usize) -> Vec<usize> {
+pub fn lowest_scored(
+    obs: &Observation<'_>,
+    score: &[f64],
+    protected: impl Fn(usize) -> bool,
+    count: usize,
+) -> Vec<usize> {
     let mut cands: Vec<usize> = obs.live_slots().filter(|&s| !protected(s)).collect();
     let key = |s: usize| if score[s].is_nan() { f64::NEG_INFINITY } else { score[s] };
     let order = |a: &usize, b: &usize| key(*a).total_cmp(&key(*b)).then(obs.positions[*a].cmp(&obs.positions[*b]));

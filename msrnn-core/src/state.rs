@@ -288,8 +288,15 @@ impl MsrnnState {
             .iter()
             .enumerate()
             .map(|(i, &w)| {
-                let mut l =
-                    LayerState::new(cfg.num_kv_heads, cfg.head_dim, cfg.dtype, &cfg.device, cfg.capacity, w, cfg.max_chunk)?;
+                let mut l = LayerState::new(
+                    cfg.num_kv_heads,
+                    cfg.head_dim,
+                    cfg.dtype,
+                    &cfg.device,
+                    cfg.capacity,
+                    w,
+                    cfg.max_chunk,
+                )?;
                 l.index = i;
                 Ok(l)
             })
@@ -325,7 +332,15 @@ impl MsrnnState {
     }
 
     /// Runs [`crate::attend`] on layer `i` with that layer's policy.
-    pub fn attend(&mut self, i: usize, q: &Tensor, k: &Tensor, v: &Tensor, positions: &[u64], scale: f64) -> Result<Tensor> {
+    pub fn attend(
+        &mut self,
+        i: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        positions: &[u64],
+        scale: f64,
+    ) -> Result<Tensor> {
         let policy = self.policies[i].as_mut();
         crate::attend::attend(q, k, v, positions, &mut self.layers[i], policy, scale)
     }

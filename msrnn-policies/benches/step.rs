@@ -20,7 +20,13 @@ fn attend_step(c: &mut Criterion) {
     let reg = msrnn_policies::registry();
     let mut g = c.benchmark_group("attend_step_c512");
     for name in policies() {
-        let ctx = PolicyContext { layer: 0, num_layers: 1, num_heads: HEADS, num_kv_heads: KV, capacity: Capacity::Bounded(C) };
+        let ctx = PolicyContext {
+            layer: 0,
+            num_layers: 1,
+            num_heads: HEADS,
+            num_kv_heads: KV,
+            capacity: Capacity::Bounded(C),
+        };
         let mut pol = reg.create(&name.parse::<PolicySpec>().unwrap(), &ctx).unwrap();
         let mut layer = LayerState::new(KV, HD, DType::F32, &dev, Capacity::Bounded(C), None, 1).unwrap();
         // Fill the state past C so every measured step evicts.
@@ -51,7 +57,13 @@ fn compress_only(c: &mut Criterion) {
     let new_slots = [n - 1];
     let mut g = c.benchmark_group("compress_c512");
     for name in policies() {
-        let ctx = PolicyContext { layer: 0, num_layers: 1, num_heads: HEADS, num_kv_heads: KV, capacity: Capacity::Bounded(C) };
+        let ctx = PolicyContext {
+            layer: 0,
+            num_layers: 1,
+            num_heads: HEADS,
+            num_kv_heads: KV,
+            capacity: Capacity::Bounded(C),
+        };
         let mut pol = reg.create(&name.parse::<PolicySpec>().unwrap(), &ctx).unwrap();
         let obs = Observation {
             layer: 0,

@@ -1,4 +1,6 @@
-use msrnn_core::{BuiltinPolicy, Capacity, Decision, Error, Needs, Observation, Policy, PolicyContext, PolicySpec, Result};
+use msrnn_core::{
+    BuiltinPolicy, Capacity, Decision, Error, Needs, Observation, Policy, PolicyContext, PolicySpec, Result,
+};
 
 /// `full`: never evicts — the unbounded multi-state RNN, i.e. the plain transformer's KV cache.
 /// It only makes sense with an unbounded capacity, so a bounded one is refused.
@@ -17,7 +19,10 @@ impl Policy for Full {
             return Err(Error::PolicyFailed {
                 policy: "full".into(),
                 layer: obs.layer,
-                reason: format!("never evicts, but the layer holds {} tokens with a budget of {budget}", obs.live_count()),
+                reason: format!(
+                    "never evicts, but the layer holds {} tokens with a budget of {budget}",
+                    obs.live_count()
+                ),
             });
         }
         Ok(Decision::Keep)

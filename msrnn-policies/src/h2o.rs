@@ -1,7 +1,7 @@
 use msrnn_core::policy::{lowest_scored, newest_first};
 use msrnn_core::{
-    BuiltinPolicy, Capacity, Decision, Error, Needs, Observation, ParamInfo, Policy, PolicyContext, PolicySpec,
-    Result, Rows,
+    BuiltinPolicy, Capacity, Decision, Error, Needs, Observation, ParamInfo, Policy, PolicyContext, PolicySpec, Result,
+    Rows,
 };
 
 /// `h2o` (Heavy-Hitter Oracle, Zhang et al. 2023): every entry accumulates, in f64, the

@@ -4,7 +4,9 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
-use msrnn_core::{attend, Capacity, Decision, Entry, LayerState, Needs, Observation, Policy, PolicyContext, PolicySpec, Result};
+use msrnn_core::{
+    attend, Capacity, Decision, Entry, LayerState, Needs, Observation, Policy, PolicyContext, PolicySpec, Result,
+};
 use proptest::prelude::*;
 
 /// What the spy saw at one step: (position, head-mean of the last row) per live slot, before eviction.

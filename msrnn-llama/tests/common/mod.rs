@@ -333,7 +333,14 @@ impl TinyModel {
 /// Naive softmax attention of one query position (all `heads`, `[heads * d]`) over the given
 /// keys/values (`[kv_heads * d]` each), query head `h` reading KV head `h / group` (repeat_kv), in
 /// f64: the reference both families' forward passes are checked against.
-pub fn reference_attention(q: &[f64], ks: &[Vec<f64>], vs: &[Vec<f64>], heads: usize, group: usize, d: usize) -> Vec<f64> {
+pub fn reference_attention(
+    q: &[f64],
+    ks: &[Vec<f64>],
+    vs: &[Vec<f64>],
+    heads: usize,
+    group: usize,
+    d: usize,
+) -> Vec<f64> {
     let mut att = vec![0f64; heads * d];
     for hh in 0..heads {
         let kv = hh / group;
