@@ -1,14 +1,23 @@
 //! One layer's step of the multi-state RNN: update, attend, compress.
+//!
+//! Two paths share the update and compress logic: host buffers go through `msrnn-kernels`' fused
+//! CPU attention (grouped-query attention without repeating K/V, the mask from slot positions, the
+//! probability rows the policy asked for written straight into its buffer); candle tensors on other
+//! devices go through candle's ops.
 
 use candle_core::{DType, Tensor, D};
+use msrnn_kernels::attention::{attention, Sink, Step};
+use msrnn_kernels::rope::{rotate_keys_blocked, rotate_row};
 
 use crate::error::{Error, Result};
 use crate::policy::{validate, Observation, Policy, Rows};
-use crate::state::LayerState;
+use crate::positions::Positions;
+use crate::state::{Kv, LayerState};
 
 /// Runs one layer's step, following the paper's reference order:
 ///
-/// 1. **update**: write the new keys/values (already rotated at `positions`) into free slots;
+/// 1. **update**: write the new keys/values into free slots (keys rotated at their positions first
+///    in [`Positions::Absolute`] mode, kept unrotated in [`Positions::Cache`] mode);
 /// 2. **attend**: `softmax(q K^T * scale + mask) V` over every live slot, so over at most `C + t`
 ///    entries, with a causal mask inside the chunk and the layer's own sliding window if it has one;
 ///    grouped-query attention runs per KV head without repeating K/V;
@@ -16,8 +25,9 @@ use crate::state::LayerState;
 ///    the probability rows it asked for and its decision, once validated, frees slots.
 ///
 /// Shapes: `q` is `[num_heads, t, head_dim]`, `k`/`v` are `[num_kv_heads, t, head_dim]`, query head
-/// `h` reads KV head `h / (num_heads / num_kv_heads)` (LLaMA's layout). Returns `[num_heads, t, head_dim]`.
-/// On error nothing is evicted; the new tokens stay written.
+/// `h` reads KV head `h / (num_heads / num_kv_heads)` (LLaMA's layout); queries and keys unrotated
+/// when the layer has a rotary embedding. Returns `[num_heads, t, head_dim]`. On error nothing is
+/// evicted; the new tokens stay written.
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -29,29 +39,199 @@ pub fn attend(
 ) -> Result<Tensor> {
     let (n_heads, t, hd) = q.dims3()?;
     let (n_kv, tk, hdk) = k.dims3()?;
-    let (s_kv, _, _) = layer.k.dims3()?;
     if tk != t || hdk != hd || v.dims() != k.dims() || positions.len() != t || t == 0 {
         return Err(Error::Shape {
             op: "attend",
             reason: format!("q {:?}, k {:?}, v {:?}, {} positions", q.dims(), k.dims(), v.dims(), positions.len()),
         });
     }
-    if n_kv != s_kv || n_kv == 0 || n_heads % n_kv != 0 {
+    check_heads(layer, n_heads, n_kv, hd)?;
+    if !layer.is_host() {
+        return step_device(layer, policy, q, k, v, positions, scale);
+    }
+    let rows = |x: &Tensor| -> Result<Vec<f32>> {
+        Ok(x.to_dtype(DType::F32)?.transpose(0, 1)?.contiguous()?.flatten_all()?.to_vec1::<f32>()?)
+    };
+    let mut out = vec![0f32; t * n_heads * hd];
+    step_host(layer, policy, &rows(q)?, &rows(k)?, &rows(v)?, positions, n_heads, scale as f32, &mut out)?;
+    Ok(Tensor::from_vec(out, (t, n_heads, hd), q.device())?.transpose(0, 1)?.contiguous()?.to_dtype(q.dtype())?)
+}
+
+fn check_heads(layer: &LayerState, n_heads: usize, n_kv: usize, hd: usize) -> Result<()> {
+    if n_kv != layer.num_kv_heads || hd != layer.head_dim || n_kv == 0 || !n_heads.is_multiple_of(n_kv) {
         return Err(Error::Shape {
             op: "attend",
-            reason: format!("{n_heads} query heads cannot share {n_kv} KV heads (state has {s_kv})"),
+            reason: format!(
+                "{n_heads} query heads cannot share {n_kv} KV heads of size {hd} in a state of {} KV heads of size {}",
+                layer.num_kv_heads, layer.head_dim
+            ),
         });
     }
+    Ok(())
+}
+
+/// The host path on token-major rows: `q` `[t, num_heads * head_dim]`, `k`/`v` `[t, kv_heads *
+/// head_dim]`, `out` `[t, num_heads * head_dim]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn step_host(
+    layer: &mut LayerState,
+    policy: &mut dyn Policy,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    positions: &[u64],
+    n_heads: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    let t = positions.len();
+    let (g, d) = (layer.num_kv_heads, layer.head_dim);
+    let (qw, kw) = (n_heads * d, g * d);
+    if t == 0 || q.len() != t * qw || k.len() != t * kw || v.len() != t * kw || out.len() != t * qw {
+        return Err(Error::Shape {
+            op: "attend",
+            reason: format!(
+                "{t} tokens: {} query, {} key, {} value, {} output values",
+                q.len(),
+                k.len(),
+                v.len(),
+                out.len()
+            ),
+        });
+    }
+    check_heads(layer, n_heads, g, d)?;
+
+    // 1. update
+    layer.drop_outside_window(positions[0]);
+    let new_slots = layer.alloc(positions)?;
+    let mut qr = q.to_vec();
+    let rotated_keys = match (&layer.rope, layer.mode) {
+        (Some(rope), Positions::Absolute) => {
+            let (cos, sin) = rope.angles(positions);
+            let mut kr = k.to_vec();
+            rope.rotate_rows(&mut kr, kw, g, &cos, &sin);
+            rope.rotate_rows(&mut qr, qw, n_heads, &cos, &sin);
+            Some(kr)
+        }
+        _ => None,
+    };
+    let keys_in = rotated_keys.as_deref().unwrap_or(k);
+    for (i, &s) in new_slots.iter().enumerate() {
+        layer.write_host(s, &keys_in[i * kw..][..kw], &v[i * kw..][..kw]);
+    }
+    let ranked = match (&layer.rope, layer.mode) {
+        (Some(_), Positions::Cache) => Some(rotate_by_rank(layer, &new_slots, &mut qr, n_heads)),
+        _ => None,
+    };
+
+    // 2. attend
+    let budget = layer.capacity.budget();
+    let needs = policy.needs();
+    let hi = layer.high;
+    let prob_rows = match needs.rows {
+        _ if layer.n_live <= budget && !needs.every_step => 0,
+        Rows::None => 0,
+        Rows::Last => 1,
+        Rows::All => t,
+    };
+    let mut probs = vec![0f32; prob_rows * n_heads * hi];
+    {
+        let Kv::Host { k: keys, v: vals } = &layer.kv else { unreachable!("host step on a device state") };
+        let keys = ranked.as_deref().unwrap_or(keys);
+        let step = Step {
+            q: &qr,
+            q_stride: qw,
+            q_pos: positions,
+            k: keys,
+            v: vals,
+            slots: layer.num_slots(),
+            hi,
+            slot_pos: &layer.positions,
+            live: &layer.live,
+            window: layer.window.map(|w| w as u64),
+            num_heads: n_heads,
+            num_kv_heads: g,
+            head_dim: d,
+            scale,
+        };
+        attention(&step, Sink { out, out_stride: qw, probs: &mut probs, prob_rows })
+            .map_err(|reason| Error::Shape { op: "attend", reason })?;
+    }
+    // What the next query cannot see through the model's window is gone for good: drop it before
+    // the policy spends budget on it.
+    layer.drop_outside_window(positions[t - 1] + 1);
+
+    // 3. compress
+    compress(layer, policy, probs, prob_rows, hi, &new_slots, positions[t - 1] + 1, n_heads)
+}
+
+/// Cache mode: rotates the queries (in place) and every live key (into a new buffer, returned) at
+/// their token's rank among the layer's live tokens.
+fn rotate_by_rank(layer: &mut LayerState, new_slots: &[usize], q: &mut [f32], n_heads: usize) -> Vec<f32> {
+    let hi = layer.high;
+    let mut rank = vec![0u32; hi];
+    for (r, &s) in layer.order.iter().enumerate() {
+        rank[s] = r as u32;
+    }
+    let (g, d, slots) = (layer.num_kv_heads, layer.head_dim, layer.num_slots());
+    let rope = layer.rope.as_mut().expect("cache mode needs a rotary embedding");
+    let (style, half) = (rope.style(), rope.half());
+    let (cos, sin) = rope.table(layer.order.len());
+    let Kv::Host { k, .. } = &layer.kv else { unreachable!("host rotation on a device state") };
+    let mut rotated = vec![0f32; k.len()];
+    rotate_keys_blocked(k, &mut rotated, slots, hi, g, d, &rank, cos, sin, style);
+    for (row, &s) in q.chunks_mut(n_heads * d).zip(new_slots) {
+        let r = rank[s] as usize * half;
+        rotate_row(row, n_heads, d, &cos[r..r + half], &sin[r..r + half], style);
+    }
+    rotated
+}
+
+/// The device path: candle ops on head-major tensors.
+fn step_device(
+    layer: &mut LayerState,
+    policy: &mut dyn Policy,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    positions: &[u64],
+    scale: f64,
+) -> Result<Tensor> {
+    let (n_heads, t, hd) = q.dims3()?;
+    let n_kv = layer.num_kv_heads;
     let group = n_heads / n_kv;
 
     // 1. update
     layer.drop_outside_window(positions[0]);
-    let new_slots = layer.write(&k.to_dtype(layer.k.dtype())?, &v.to_dtype(layer.k.dtype())?, positions)?;
+    let new_slots = layer.alloc(positions)?;
+    let (mut q, k) = match (&layer.rope, layer.mode) {
+        (Some(rope), Positions::Absolute) => {
+            let (cos, sin) = rope.angles(positions);
+            (
+                rope.rotate_tensor(&q.to_dtype(DType::F32)?, &cos, &sin)?,
+                rope.rotate_tensor(&k.to_dtype(DType::F32)?, &cos, &sin)?,
+            )
+        }
+        _ => (q.clone(), k.clone()),
+    };
+    layer.write_device(&new_slots, &k, v)?;
     let hi = layer.high;
 
     // 2. attend
-    let keys = layer.k.narrow(1, 0, hi)?;
-    let vals = layer.v.narrow(1, 0, hi)?;
+    let Kv::Device { k: kbuf, v: vbuf } = &layer.kv else { unreachable!("device step on a host state") };
+    let mut keys = kbuf.narrow(1, 0, hi)?;
+    let vals = vbuf.narrow(1, 0, hi)?;
+    if let (Some(rope), Positions::Cache) = (&layer.rope, layer.mode) {
+        let mut rank = vec![0u64; hi];
+        for (r, &s) in layer.order.iter().enumerate() {
+            rank[s] = r as u64;
+        }
+        let (kc, ks) = rope.angles(&rank);
+        keys = rope.rotate_tensor(&keys.to_dtype(DType::F32)?, &kc, &ks)?.to_dtype(kbuf.dtype())?;
+        let q_ranks: Vec<u64> = new_slots.iter().map(|&s| rank[s]).collect();
+        let (qc, qs) = rope.angles(&q_ranks);
+        q = rope.rotate_tensor(&q.to_dtype(DType::F32)?, &qc, &qs)?;
+    }
     let qg = q.to_dtype(keys.dtype())?.contiguous()?.reshape((n_kv, group * t, hd))?;
     let scores = (qg.matmul(&keys.t()?)? * scale)?.reshape((n_heads, t, hi))?;
     let scores = match attention_mask(layer, positions, hi) {
@@ -65,56 +245,91 @@ pub fn attend(
         .matmul(&vals)?
         .reshape((n_heads, t, hd))?
         .to_dtype(q.dtype())?;
-    // What the next query cannot see through the model's window is gone for good: drop it before
-    // the policy spends budget on it.
     layer.drop_outside_window(positions[t - 1] + 1);
 
     // 3. compress
     let budget = layer.capacity.budget();
     let needs = policy.needs();
+    let (rows, host) = match needs.rows {
+        _ if layer.n_live <= budget && !needs.every_step => (0, Vec::new()),
+        Rows::None => (0, Vec::new()),
+        Rows::Last => (1, probs.narrow(1, t - 1, 1)?.flatten_all()?.to_vec1::<f32>()?),
+        Rows::All => (t, probs.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?),
+    };
+    compress(layer, policy, host, rows, hi, &new_slots, positions[t - 1] + 1, n_heads)?;
+    Ok(out)
+}
+
+/// The policy's turn: when over budget (or every step if it asked), it sees the probability rows
+/// (`[rows, num_heads, probs_hi]`, re-cut to the current live range) and its validated decision
+/// frees slots.
+#[allow(clippy::too_many_arguments)]
+fn compress(
+    layer: &mut LayerState,
+    policy: &mut dyn Policy,
+    mut probs: Vec<f32>,
+    rows: usize,
+    probs_hi: usize,
+    new_slots: &[usize],
+    tokens_seen: u64,
+    n_heads: usize,
+) -> Result<()> {
+    let budget = layer.capacity.budget();
+    let needs = policy.needs();
     if layer.n_live <= budget && !needs.every_step {
-        return Ok(out);
+        return Ok(());
     }
     let hi = layer.high;
-    let (rows, probs_host) = match needs.rows {
-        Rows::None => (0, Vec::new()),
-        Rows::Last => (1, probs.narrow(1, t - 1, 1)?.narrow(2, 0, hi)?.flatten_all()?.to_vec1::<f32>()?),
-        Rows::All => (t, probs.narrow(2, 0, hi)?.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?),
+    if hi != probs_hi && rows > 0 {
+        // The window drop after attention lowered the live range: keep each row's first `hi`.
+        probs = probs.chunks(probs_hi).flat_map(|r| r[..hi].iter().copied()).collect();
+    }
+    let norms = if needs.key_norms { layer_key_norms(layer, hi)? } else { Vec::new() };
+    // A 1-token model window can drop a new token already; keep the list to live slots.
+    let new_live: Vec<usize> = new_slots.iter().copied().filter(|&s| layer.live[s]).collect();
+    let obs = Observation {
+        layer: layer.index,
+        tokens_seen,
+        num_slots: hi,
+        positions: &layer.positions[..hi],
+        live: &layer.live[..hi],
+        new_slots: &new_live,
+        num_heads: n_heads,
+        num_kv_heads: layer.num_kv_heads,
+        rows,
+        probs: &probs,
+        key_norms: &norms,
     };
-    let norms = if needs.key_norms {
-        layer
-            .k
+    let decision = policy.step(&obs, budget)?;
+    let evict = validate(decision, &obs, budget, policy.name())?;
+    layer.evict(&evict);
+    Ok(())
+}
+
+/// L2 norm of every key as stored, `[kv_heads, hi]`.
+fn layer_key_norms(layer: &LayerState, hi: usize) -> Result<Vec<f32>> {
+    match &layer.kv {
+        Kv::Device { k, .. } => Ok(k
             .narrow(1, 0, hi)?
             .to_dtype(DType::F32)?
             .sqr()?
             .sum(D::Minus1)?
             .sqrt()?
             .flatten_all()?
-            .to_vec1::<f32>()?
-    } else {
-        Vec::new()
-    };
-    // A 1-token model window can drop a new token already; keep the list to live slots.
-    let new_live: Vec<usize> = new_slots.into_iter().filter(|&s| layer.live[s]).collect();
-    let obs = Observation {
-        layer: layer.index,
-        tokens_seen: positions[t - 1] + 1,
-        num_slots: hi,
-        positions: &layer.positions[..hi],
-        live: &layer.live[..hi],
-        new_slots: &new_live,
-        num_heads: n_heads,
-        num_kv_heads: n_kv,
-        rows,
-        probs: &probs_host,
-        key_norms: &norms,
-    };
-    let decision = policy.step(&obs, budget)?;
-    let evict = validate(decision, &obs, budget, policy.name())?;
-    if !evict.is_empty() {
-        layer.evict(&evict);
+            .to_vec1::<f32>()?),
+        Kv::Host { .. } => {
+            let (slots, d) = (layer.num_slots(), layer.head_dim);
+            let keys = layer.keys_host();
+            let mut norms = Vec::with_capacity(layer.num_kv_heads * hi);
+            for g in 0..layer.num_kv_heads {
+                for s in 0..hi {
+                    let row = &keys[(g * slots + s) * d..][..d];
+                    norms.push(row.iter().map(|x| x * x).sum::<f32>().sqrt());
+                }
+            }
+            Ok(norms)
+        }
     }
-    Ok(out)
 }
 
 /// Additive mask `[t, hi]` (0 or -inf), or `None` when every slot in range is visible to the single

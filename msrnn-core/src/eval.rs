@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::CausalLm;
+use crate::model::{CausalLm, Logits};
 use crate::state::MsrnnState;
 
 /// How the text is fed.
@@ -53,6 +53,19 @@ pub fn perplexity(
     mode: EvalMode,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Perplexity> {
+    Ok(perplexity_batch(model, &mut [state], tokens, mode, progress)?.pop().expect("one state in, one result out"))
+}
+
+/// [`perplexity`] of the same `tokens` for several states at once (a grid of policies and
+/// capacities): every step feeds the same chunk to all of them as one batch, so each weight is read
+/// once per step; each state's result equals the one it gets alone.
+pub fn perplexity_batch(
+    model: &dyn CausalLm,
+    states: &mut [&mut MsrnnState],
+    tokens: &[u32],
+    mode: EvalMode,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<Perplexity>> {
     if tokens.len() < 2 {
         return Err(Error::Input(format!("perplexity needs at least 2 tokens, got {}", tokens.len())));
     }
@@ -65,22 +78,26 @@ pub fn perplexity(
         EvalMode::Chunked(0) => return Err(Error::Input("chunk size must be at least 1".into())),
         EvalMode::Chunked(n) => n,
     };
-    let _span = tracing::info_span!("perplexity", tokens = tokens.len(), %mode).entered();
-    let (mut nll_sum, mut scored, mut max_live) = (0f64, 0usize, 0usize);
+    let _span = tracing::info_span!("perplexity", tokens = tokens.len(), %mode, batch = states.len()).entered();
+    let mut acc = vec![Perplexity { scored: 0, nll_sum: 0.0, ppl: f64::NAN, max_live: 0 }; states.len()];
     // The last token is only a target, never an input.
     let inputs = &tokens[..tokens.len() - 1];
     for (c, piece) in inputs.chunks(chunk).enumerate() {
         let start = c * chunk;
-        let logits = model.forward(piece, state, true)?.to_dtype(candle_core::DType::F32)?;
-        let rows = logits.to_vec2::<f32>()?;
-        for (i, row) in rows.iter().enumerate() {
-            nll_sum += nll(row, tokens[start + i + 1]);
-            scored += 1;
+        let logits = crate::batch::forward_all(model, piece, states, Logits::All)?;
+        for ((a, l), st) in acc.iter_mut().zip(logits).zip(states.iter()) {
+            for (i, row) in l.to_vec2::<f32>()?.iter().enumerate() {
+                a.nll_sum += nll(row, tokens[start + i + 1]);
+                a.scored += 1;
+            }
+            a.max_live = a.max_live.max(st.max_live());
         }
-        max_live = max_live.max(state.max_live());
         progress(start + piece.len());
     }
-    Ok(Perplexity { scored, nll_sum, ppl: (nll_sum / scored as f64).exp(), max_live })
+    for a in &mut acc {
+        a.ppl = (a.nll_sum / a.scored as f64).exp();
+    }
+    Ok(acc)
 }
 
 #[cfg(test)]

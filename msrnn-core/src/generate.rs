@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::CausalLm;
+use crate::model::{CausalLm, Logits, SeqStep};
 use crate::state::MsrnnState;
 
 /// How the next token is picked.
@@ -163,44 +163,134 @@ pub fn generate(
     opts: &GenerateOptions,
     on_token: &mut dyn FnMut(u32) -> bool,
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        return Err(Error::Input("the prompt is empty".into()));
+    let mut items = [GenItem { state, prompt }];
+    let mut out = generate_batch(model, &mut items, opts, &mut |_, tok| on_token(tok))?;
+    Ok(out.pop().expect("one item in, one generation out"))
+}
+
+/// One sequence of [`generate_batch`]: its own state (policy, capacity, position) and prompt.
+pub struct GenItem<'a> {
+    pub state: &'a mut MsrnnState,
+    pub prompt: &'a [u32],
+}
+
+/// Where one sequence of a batch is.
+struct Running {
+    sampler: Sampler,
+    fed: usize,
+    out: Vec<u32>,
+    next: Option<u32>,
+    stop: Option<StopReason>,
+    prefill_time: Duration,
+    decode_start: Option<Instant>,
+    decode_time: Duration,
+}
+
+/// Generates for several prompts at once. Every step is one batched forward: sequences still in
+/// their prompt feed their next chunk, the others their last token, so prefill chunks and decode
+/// tokens share each pass over the weights. Sequences that stop leave the batch; each gets what it
+/// would get alone. `on_token(item, token)` sees every generated token as it comes; `false` stops
+/// that item.
+pub fn generate_batch(
+    model: &dyn CausalLm,
+    items: &mut [GenItem<'_>],
+    opts: &GenerateOptions,
+    on_token: &mut dyn FnMut(usize, u32) -> bool,
+) -> Result<Vec<Generation>> {
+    if let Some(i) = items.iter().position(|it| it.prompt.is_empty()) {
+        let which = if items.len() > 1 { format!("prompt {i}: ") } else { String::new() };
+        return Err(Error::Input(format!("{which}the prompt is empty")));
     }
-    let mut sampler = Sampler::new(opts.sampling)?;
     let chunk = opts.prefill_chunk.max(1);
     let t0 = Instant::now();
-    let mut logits = {
-        let _span = tracing::info_span!("prefill", tokens = prompt.len(), chunk).entered();
-        let mut last = None;
-        for piece in prompt.chunks(chunk) {
-            last = Some(model.forward(piece, state, false)?);
+    let mut run: Vec<Running> = items
+        .iter()
+        .map(|_| {
+            Ok(Running {
+                sampler: Sampler::new(opts.sampling)?,
+                fed: 0,
+                out: Vec::new(),
+                next: None,
+                stop: None,
+                prefill_time: Duration::ZERO,
+                decode_start: None,
+                decode_time: Duration::ZERO,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let _span = tracing::info_span!("generate", items = items.len(), max_tokens = opts.max_tokens).entered();
+    loop {
+        let active: Vec<usize> = (0..items.len()).filter(|&i| run[i].stop.is_none()).collect();
+        if active.is_empty() {
+            break;
         }
-        last.expect("prompt is not empty")
-    };
-    let prefill_time = t0.elapsed();
-    let t1 = Instant::now();
-    let mut out = Vec::new();
-    let _span = tracing::info_span!("decode", max_tokens = opts.max_tokens).entered();
-    let stop = loop {
-        if out.len() >= opts.max_tokens {
-            break StopReason::MaxTokens;
+        let inputs: Vec<Vec<u32>> = active
+            .iter()
+            .map(|&i| {
+                let r = &run[i];
+                match r.next {
+                    Some(tok) => vec![tok],
+                    None => items[i].prompt[r.fed..(r.fed + chunk).min(items[i].prompt.len())].to_vec(),
+                }
+            })
+            .collect();
+        let logits = {
+            let mut batch: Vec<SeqStep<'_>> = Vec::with_capacity(active.len());
+            let mut rest: &mut [GenItem<'_>] = items;
+            let mut base = 0;
+            for (&i, toks) in active.iter().zip(&inputs) {
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - base);
+                let (item, tail) = tail.split_first_mut().expect("index in range");
+                batch.push(SeqStep::new(toks, item.state, Logits::Last));
+                rest = tail;
+                base = i + 1;
+            }
+            model.forward_batch(&mut batch)?
+        };
+        for ((&i, toks), l) in active.iter().zip(&inputs).zip(logits) {
+            let r = &mut run[i];
+            if r.next.is_none() {
+                r.fed += toks.len();
+                if r.fed < items[i].prompt.len() {
+                    continue;
+                }
+                r.prefill_time = t0.elapsed();
+                r.decode_start = Some(Instant::now());
+                if opts.max_tokens == 0 {
+                    r.stop = Some(StopReason::MaxTokens);
+                    continue;
+                }
+            }
+            let row = l.flatten_all()?.to_vec1::<f32>()?;
+            let tok = r.sampler.sample(&row);
+            r.out.push(tok);
+            let go_on = on_token(i, tok);
+            r.next = Some(tok);
+            r.stop = if opts.stop_tokens.contains(&tok) {
+                Some(StopReason::StopToken)
+            } else if !go_on {
+                Some(StopReason::Caller)
+            } else if r.out.len() >= opts.max_tokens {
+                Some(StopReason::MaxTokens)
+            } else {
+                None
+            };
+            if r.stop.is_some() {
+                r.decode_time = r.decode_start.map_or(Duration::ZERO, |s| s.elapsed());
+            }
         }
-        let row = logits.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let tok = sampler.sample(&row);
-        out.push(tok);
-        let go_on = on_token(tok);
-        if opts.stop_tokens.contains(&tok) {
-            break StopReason::StopToken;
-        }
-        if !go_on {
-            break StopReason::Caller;
-        }
-        if out.len() >= opts.max_tokens {
-            break StopReason::MaxTokens;
-        }
-        logits = model.forward(&[tok], state, false)?;
-    };
-    Ok(Generation { tokens: out, stop, prompt_tokens: prompt.len(), prefill_time, decode_time: t1.elapsed() })
+    }
+    Ok(run
+        .into_iter()
+        .zip(items.iter())
+        .map(|(r, it)| Generation {
+            tokens: r.out,
+            stop: r.stop.expect("every item stopped"),
+            prompt_tokens: it.prompt.len(),
+            prefill_time: r.prefill_time,
+            decode_time: r.decode_time,
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! - what adapters implement ([`CausalLm`]) and what they get for free ([`perplexity`], [`generate`]).
 
 mod attend;
+pub mod batch;
 mod error;
 pub mod eval;
 pub mod generate;
@@ -19,18 +20,21 @@ mod model;
 mod persist;
 pub mod plugin;
 pub mod policy;
+pub mod positions;
 mod registry;
 mod spec;
 mod state;
+mod util;
 
 pub use attend::attend;
 pub use error::{Error, Result};
-pub use eval::{perplexity, EvalMode, Perplexity};
-pub use generate::{generate, GenerateOptions, Generation, Sampler, Sampling, StopReason};
-pub use model::{new_state, CausalLm, ModelInfo};
+pub use eval::{perplexity, perplexity_batch, EvalMode, Perplexity};
+pub use generate::{generate, generate_batch, GenItem, GenerateOptions, Generation, Sampler, Sampling, StopReason};
+pub use model::{new_state, new_state_positioned, CausalLm, Logits, ModelInfo, SeqStep};
 pub use persist::StateHeader;
 pub use plugin::{Plugin, PLUGINS_ENV};
 pub use policy::{Decision, Needs, Observation, Policy, Rows};
+pub use positions::{Positions, Rope, RopeSpec, RopeStyle};
 pub use registry::{BuiltinPolicy, Entry, Factory, ParamInfo, PolicyContext, PolicyRegistry, Source};
 pub use spec::{ParamValue, PolicySpec};
 pub use state::{Capacity, LayerState, MsrnnState, StateConfig};

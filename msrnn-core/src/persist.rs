@@ -13,10 +13,12 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::positions::Positions;
 use crate::spec::PolicySpec;
 use crate::state::{Capacity, MsrnnState};
 
-const FORMAT: u32 = 1;
+/// Version 2 added the position mode; version 1 files (always absolute) still load.
+const FORMAT: u32 = 2;
 
 /// What a state file says about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +30,9 @@ pub struct StateHeader {
     pub capacity: Capacity,
     pub tokens_seen: u64,
     pub num_layers: usize,
+    /// How keys were placed: rotated at their stream position, or stored unrotated (cache mode).
+    #[serde(default)]
+    pub positions: Positions,
 }
 
 impl MsrnnState {
@@ -40,13 +45,15 @@ impl MsrnnState {
             capacity: self.capacity(),
             tokens_seen: self.tokens_seen(),
             num_layers: self.num_layers(),
+            positions: self.positions_mode(),
         };
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (i, (l, p)) in self.layers.iter().zip(&self.policies).enumerate() {
             let n = l.num_slots();
             let dev = &Device::Cpu;
-            tensors.push((format!("layer.{i}.k"), l.k.clone()));
-            tensors.push((format!("layer.{i}.v"), l.v.clone()));
+            let (k, v) = l.kv()?;
+            tensors.push((format!("layer.{i}.k"), k));
+            tensors.push((format!("layer.{i}.v"), v));
             let pos: Vec<i64> = l.positions.iter().map(|&x| x as i64).collect();
             tensors.push((format!("layer.{i}.positions"), Tensor::from_vec(pos, n, dev)?));
             let live: Vec<u8> = l.live.iter().map(|&x| x as u8).collect();
@@ -79,8 +86,11 @@ impl MsrnnState {
                 path.display()
             )))
         };
-        if h.format != FORMAT {
+        if !(1..=FORMAT).contains(&h.format) {
             return refuse("format version", h.format.to_string(), FORMAT.to_string());
+        }
+        if h.positions != self.positions_mode() {
+            return refuse("positions", h.positions.to_string(), self.positions_mode().to_string());
         }
         if h.model != model {
             return refuse("model", h.model, model.to_string());
@@ -101,14 +111,13 @@ impl MsrnnState {
             Ok(candle_core::safetensors::Load::load(&view, &Device::Cpu)?)
         };
         for i in 0..self.num_layers() {
-            let dev = self.layers[i].k.device().clone();
-            let dtype = self.layers[i].k.dtype();
+            let dtype = self.layers[i].dtype();
             let k = get(format!("layer.{i}.k"))?;
             if k.dtype() != dtype {
                 return refuse("key dtype", k.dtype().as_str().into(), dtype.as_str().into());
             }
             let (kh, _, kd) = k.dims3()?;
-            let (sh, _, sd) = self.layers[i].k.dims3()?;
+            let (sh, sd) = (self.layers[i].num_kv_heads(), self.layers[i].head_dim());
             if (kh, kd) != (sh, sd) {
                 return refuse("KV shape", format!("{kh}x{kd}"), format!("{sh}x{sd}"));
             }
@@ -118,7 +127,7 @@ impl MsrnnState {
             let live: Vec<bool> =
                 get(format!("layer.{i}.live"))?.to_vec1::<u8>()?.into_iter().map(|x| x != 0).collect();
             let pol = get(format!("layer.{i}.policy"))?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-            self.layers[i].restore(k.to_device(&dev)?, v.to_device(&dev)?, pos, live)?;
+            self.layers[i].restore(k, v, pos, live)?;
             self.policies[i].load_state(&pol)?;
         }
         self.set_tokens_seen(h.tokens_seen);

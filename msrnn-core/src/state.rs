@@ -3,14 +3,20 @@
 //! This is what makes a transformer an RNN: the state has a fixed size (the capacity C plus room for
 //! the chunk being processed), new tokens are written into free slots, and eviction frees slots. No
 //! step concatenates or gathers the cache, so once the state is full every step costs the same.
-//! Slot order is irrelevant to attention because each key was rotated at its true absolute position
-//! before it was written; `positions` keeps that position for the policies and the causal mask.
+//! Slot order is irrelevant to attention: each slot records its token's absolute position, which
+//! drives the causal mask, the policies and, through [`Positions`], the rotary embedding.
+//!
+//! On the CPU with f32 keys the buffers are plain host memory read by `msrnn-kernels`' fused
+//! attention (keys slot-interleaved in blocks of [`KEY_BLOCK`], values `[kv_heads, slots,
+//! head_dim]`); on other devices they are candle tensors `[kv_heads, slots, head_dim]`.
 
 use candle_core::{DType, Device, Tensor};
+use msrnn_kernels::attention::{key_index, read_key, write_key, KEY_BLOCK};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::policy::Policy;
+use crate::positions::{Positions, Rope, RopeSpec};
 
 /// How many tokens a layer may keep: the C of a finite MSRNN, or unbounded (the plain transformer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,24 +70,42 @@ pub struct StateConfig {
     pub capacity: Capacity,
     /// A model-imposed sliding window per layer (Gemma 3's local layers), `None` for global layers.
     pub windows: Vec<Option<usize>>,
+    /// Each layer's rotary embedding; `None` when the model rotates nothing (or the caller hands
+    /// the state keys it rotated itself).
+    pub ropes: Vec<Option<RopeSpec>>,
+    pub positions: Positions,
     /// Largest chunk the caller expects to feed at once; slots for it are preallocated.
     pub max_chunk: usize,
 }
 
+/// The slot buffers of one layer.
+pub(crate) enum Kv {
+    /// CPU, f32: keys blocked for the fused kernel ([`key_index`]), values `[kv_heads, slots, d]`.
+    Host { k: Vec<f32>, v: Vec<f32> },
+    /// Any other device or dtype: candle tensors `[kv_heads, slots, head_dim]`.
+    Device { k: Tensor, v: Tensor },
+}
+
 /// One layer's slot buffer.
 pub struct LayerState {
-    /// `[num_kv_heads, slots, head_dim]`, contiguous; only live slots mean anything.
-    pub(crate) k: Tensor,
-    pub(crate) v: Tensor,
+    pub(crate) kv: Kv,
+    pub(crate) num_kv_heads: usize,
+    pub(crate) head_dim: usize,
+    dtype: DType,
+    device: Device,
     pub(crate) positions: Vec<u64>,
     pub(crate) live: Vec<bool>,
     /// Free slots, kept sorted descending so `pop` hands out the lowest index (keeps slots compact).
     free: Vec<usize>,
+    /// Live slots in position order: ranks for [`Positions::Cache`].
+    pub(crate) order: Vec<usize>,
     /// One past the highest live slot: attention only looks at `[0, high)`.
     pub(crate) high: usize,
     pub(crate) n_live: usize,
     pub(crate) capacity: Capacity,
     pub(crate) window: Option<usize>,
+    pub(crate) rope: Option<Rope>,
+    pub(crate) mode: Positions,
     /// Layer index, for observations and error messages.
     pub(crate) index: usize,
 }
@@ -89,6 +113,8 @@ pub struct LayerState {
 const UNBOUNDED_INITIAL_SLOTS: usize = 256;
 
 impl LayerState {
+    /// A layer without rotary embedding (keys arrive as they are to be compared): what tests and
+    /// policy benchmarks use. Models build their layers through [`MsrnnState::new`].
     pub fn new(
         num_kv_heads: usize,
         head_dim: usize,
@@ -98,25 +124,67 @@ impl LayerState {
         window: Option<usize>,
         max_chunk: usize,
     ) -> Result<Self> {
+        Self::build(num_kv_heads, head_dim, dtype, device, capacity, window, max_chunk, None, Positions::Absolute)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn build(
+        num_kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+        device: &Device,
+        capacity: Capacity,
+        window: Option<usize>,
+        max_chunk: usize,
+        rope: Option<RopeSpec>,
+        mode: Positions,
+    ) -> Result<Self> {
         if window == Some(0) {
             return Err(Error::InvalidCapacity("a model window must be at least 1 token".into()));
         }
+        if num_kv_heads == 0 || head_dim == 0 {
+            return Err(Error::Input(format!(
+                "a layer needs KV heads and a head size, got {num_kv_heads} x {head_dim}"
+            )));
+        }
+        if rope.is_some() && !head_dim.is_multiple_of(2) {
+            return Err(Error::Input(format!("rotary embeddings need an even head size, got {head_dim}")));
+        }
         let slots = match capacity {
-            Capacity::Bounded(c) => c + max_chunk.max(1),
-            Capacity::Unbounded => UNBOUNDED_INITIAL_SLOTS.max(max_chunk),
+            Capacity::Bounded(c) => c.checked_add(max_chunk.max(1)),
+            Capacity::Unbounded => Some(UNBOUNDED_INITIAL_SLOTS.max(max_chunk)),
+        }
+        .and_then(|s| s.checked_next_multiple_of(KEY_BLOCK))
+        .ok_or_else(|| Error::InvalidCapacity(format!("capacity {capacity} plus a chunk of {max_chunk} overflows")))?;
+        let host = device.is_cpu() && dtype == DType::F32;
+        let n = num_kv_heads
+            .checked_mul(slots)
+            .and_then(|x| x.checked_mul(head_dim))
+            .ok_or_else(|| Error::InvalidCapacity(format!("{slots} slots of {num_kv_heads} x {head_dim} overflow")))?;
+        let kv = if host {
+            Kv::Host { k: try_zeros(n)?, v: try_zeros(n)? }
+        } else {
+            Kv::Device {
+                k: Tensor::zeros((num_kv_heads, slots, head_dim), dtype, device)?,
+                v: Tensor::zeros((num_kv_heads, slots, head_dim), dtype, device)?,
+            }
         };
-        let k = Tensor::zeros((num_kv_heads, slots, head_dim), dtype, device)?;
-        let v = Tensor::zeros((num_kv_heads, slots, head_dim), dtype, device)?;
         Ok(Self {
-            k,
-            v,
+            kv,
+            num_kv_heads,
+            head_dim,
+            dtype,
+            device: device.clone(),
             positions: vec![0; slots],
             live: vec![false; slots],
             free: (0..slots).rev().collect(),
+            order: Vec::new(),
             high: 0,
             n_live: 0,
             capacity,
             window,
+            rope: rope.map(|r| Rope::new(head_dim, r)),
+            mode,
             index: 0,
         })
     }
@@ -135,15 +203,28 @@ impl LayerState {
     pub fn window(&self) -> Option<usize> {
         self.window
     }
+    pub fn positions_mode(&self) -> Positions {
+        self.mode
+    }
+    pub fn num_kv_heads(&self) -> usize {
+        self.num_kv_heads
+    }
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    /// Whether the buffers are host memory read by the fused CPU kernels.
+    pub fn is_host(&self) -> bool {
+        matches!(self.kv, Kv::Host { .. })
+    }
     /// Absolute positions of the kept tokens, ascending.
     pub fn live_positions(&self) -> Vec<u64> {
-        let mut p: Vec<u64> = (0..self.high).filter(|&s| self.live[s]).map(|s| self.positions[s]).collect();
-        p.sort_unstable();
-        p
-    }
-    /// Key/value buffers, `[num_kv_heads, slots, head_dim]` (dead slots hold stale data).
-    pub fn kv(&self) -> (&Tensor, &Tensor) {
-        (&self.k, &self.v)
+        self.order.iter().map(|&s| self.positions[s]).collect()
     }
     pub fn slot_positions(&self) -> &[u64] {
         &self.positions
@@ -151,26 +232,56 @@ impl LayerState {
     pub fn slot_live(&self) -> &[bool] {
         &self.live
     }
+    /// Keys and values as stored (rotated in absolute mode, unrotated in cache mode), as tensors
+    /// `[kv_heads, slots, head_dim]` on the state's device (dead slots hold stale data). A copy for
+    /// host buffers.
+    pub fn kv(&self) -> Result<(Tensor, Tensor)> {
+        match &self.kv {
+            Kv::Device { k, v } => Ok((k.clone(), v.clone())),
+            Kv::Host { v, .. } => {
+                let shape = (self.num_kv_heads, self.num_slots(), self.head_dim);
+                Ok((
+                    Tensor::from_vec(self.keys_host(), shape, &Device::Cpu)?,
+                    Tensor::from_vec(v.clone(), shape, &Device::Cpu)?,
+                ))
+            }
+        }
+    }
+    /// Keys as stored, `[kv_heads, slots, head_dim]` row-major on the host (host buffers only).
+    pub(crate) fn keys_host(&self) -> Vec<f32> {
+        let Kv::Host { k, .. } = &self.kv else { return Vec::new() };
+        let (slots, d) = (self.num_slots(), self.head_dim);
+        let mut out = vec![0f32; self.num_kv_heads * slots * d];
+        for g in 0..self.num_kv_heads {
+            for s in 0..slots {
+                read_key(k, slots, g, s, &mut out[(g * slots + s) * d..][..d]);
+            }
+        }
+        out
+    }
     /// Bytes of key/value data held by live tokens.
     pub fn live_kv_bytes(&self) -> usize {
-        let (h, _, d) = self.k.dims3().unwrap_or((0, 0, 0));
-        2 * self.n_live * h * d * self.k.dtype().size_in_bytes()
+        2 * self.n_live * self.num_kv_heads * self.head_dim * self.dtype.size_in_bytes()
     }
     /// Bytes allocated for the slot buffers (live + free slots).
     pub fn allocated_kv_bytes(&self) -> usize {
-        2 * self.k.elem_count() * self.k.dtype().size_in_bytes()
+        2 * self.num_slots() * self.num_kv_heads * self.head_dim * self.dtype.size_in_bytes()
     }
 
     /// Drops every token (a new sequence starts); keeps the allocation.
     pub fn clear(&mut self) {
         self.live.iter_mut().for_each(|l| *l = false);
         self.free = (0..self.live.len()).rev().collect();
+        self.order.clear();
         self.high = 0;
         self.n_live = 0;
     }
 
     /// Frees the given slots (already validated).
     pub(crate) fn evict(&mut self, slots: &[usize]) {
+        if slots.is_empty() {
+            return;
+        }
         for &s in slots {
             debug_assert!(self.live[s]);
             self.live[s] = false;
@@ -178,6 +289,7 @@ impl LayerState {
         }
         self.n_live -= slots.len();
         self.free.sort_unstable_by(|a, b| b.cmp(a));
+        self.order.retain(|&s| self.live[s]);
         while self.high > 0 && !self.live[self.high - 1] {
             self.high -= 1;
         }
@@ -188,24 +300,38 @@ impl LayerState {
     pub(crate) fn drop_outside_window(&mut self, next_pos: u64) {
         let Some(w) = self.window else { return };
         let w = w as u64;
-        let old: Vec<usize> = (0..self.high).filter(|&s| self.live[s] && next_pos - self.positions[s] >= w).collect();
-        if !old.is_empty() {
-            self.evict(&old);
-        }
+        let old: Vec<usize> =
+            (0..self.high).filter(|&s| self.live[s] && next_pos.saturating_sub(self.positions[s]) >= w).collect();
+        self.evict(&old);
     }
 
-    /// Grows the buffers so that at least `need` slots are free (amortised doubling).
+    /// Grows the buffers so that at least `need` slots are free (amortised doubling, whole blocks).
     fn reserve(&mut self, need: usize) -> Result<()> {
         if self.free.len() >= need {
             return Ok(());
         }
         let old = self.num_slots();
-        let new = (old * 2).max(old + need - self.free.len());
-        let (h, _, d) = self.k.dims3()?;
-        for buf in [&mut self.k, &mut self.v] {
-            let bigger = Tensor::zeros((h, new, d), buf.dtype(), buf.device())?;
-            bigger.slice_set(buf, 1, 0)?;
-            *buf = bigger;
+        let new = (old * 2).max(old + need - self.free.len()).next_multiple_of(KEY_BLOCK);
+        let (h, d) = (self.num_kv_heads, self.head_dim);
+        match &mut self.kv {
+            Kv::Host { k, v } => {
+                let mut k2 = try_zeros(h * new * d)?;
+                let mut v2 = try_zeros(h * new * d)?;
+                for g in 0..h {
+                    // Blocks of one head are contiguous, so a head moves in one copy.
+                    let (src, dst) = (key_index(old, d, g, 0, 0), key_index(new, d, g, 0, 0));
+                    k2[dst..dst + old * d].copy_from_slice(&k[src..src + old * d]);
+                    v2[g * new * d..][..old * d].copy_from_slice(&v[g * old * d..][..old * d]);
+                }
+                (*k, *v) = (k2, v2);
+            }
+            Kv::Device { k, v } => {
+                for buf in [k, v] {
+                    let bigger = Tensor::zeros((h, new, d), buf.dtype(), buf.device())?;
+                    bigger.slice_set(buf, 1, 0)?;
+                    *buf = bigger;
+                }
+            }
         }
         self.positions.resize(new, 0);
         self.live.resize(new, false);
@@ -215,52 +341,115 @@ impl LayerState {
         Ok(())
     }
 
-    /// Writes `t` new tokens (`k`, `v`: `[num_kv_heads, t, head_dim]`) into free slots in place and
-    /// returns their slots in token order.
-    pub(crate) fn write(&mut self, k: &Tensor, v: &Tensor, positions: &[u64]) -> Result<Vec<usize>> {
+    /// Takes `t` free slots for tokens at `positions` (marked live) and returns them in token order.
+    pub(crate) fn alloc(&mut self, positions: &[u64]) -> Result<Vec<usize>> {
         let t = positions.len();
         self.reserve(t)?;
         let slots: Vec<usize> = (0..t).map(|_| self.free.pop().expect("reserved")).collect();
-        // Slots come out ascending, so tokens land in runs of consecutive slots: one copy per run.
+        for (&s, &p) in slots.iter().zip(positions) {
+            self.positions[s] = p;
+            self.live[s] = true;
+            self.high = self.high.max(s + 1);
+            // Positions only grow in a stream, so this is a push; a caller feeding older
+            // positions still gets a sorted order.
+            let at = self.order.partition_point(|&o| self.positions[o] < p);
+            self.order.insert(at, s);
+        }
+        self.n_live += t;
+        Ok(slots)
+    }
+
+    /// Writes one token's key and value rows (`[kv_heads * head_dim]` each) into a host slot.
+    pub(crate) fn write_host(&mut self, slot: usize, key: &[f32], value: &[f32]) {
+        let (slots, d) = (self.num_slots(), self.head_dim);
+        let Kv::Host { k, v } = &mut self.kv else { unreachable!("host write on a device state") };
+        for g in 0..self.num_kv_heads {
+            write_key(k, slots, g, slot, &key[g * d..][..d]);
+            v[(g * slots + slot) * d..][..d].copy_from_slice(&value[g * d..][..d]);
+        }
+    }
+
+    /// Writes `[kv_heads, t, head_dim]` keys and values into device slots, one copy per run of
+    /// consecutive slots.
+    pub(crate) fn write_device(&mut self, slots: &[usize], kt: &Tensor, vt: &Tensor) -> Result<()> {
+        let Kv::Device { k, v } = &mut self.kv else { unreachable!("device write on a host state") };
+        let (kt, vt) = (kt.to_dtype(k.dtype())?, vt.to_dtype(k.dtype())?);
+        let t = slots.len();
         let mut i = 0;
         while i < t {
             let mut j = i + 1;
             while j < t && slots[j] == slots[j - 1] + 1 {
                 j += 1;
             }
-            let (ks, vs) = if i == 0 && j == t {
-                (k.contiguous()?, v.contiguous()?)
-            } else {
-                (k.narrow(1, i, j - i)?.contiguous()?, v.narrow(1, i, j - i)?.contiguous()?)
-            };
-            self.k.slice_set(&ks, 1, slots[i])?;
-            self.v.slice_set(&vs, 1, slots[i])?;
+            k.slice_set(&kt.narrow(1, i, j - i)?.contiguous()?, 1, slots[i])?;
+            v.slice_set(&vt.narrow(1, i, j - i)?.contiguous()?, 1, slots[i])?;
             i = j;
         }
-        for (&s, &p) in slots.iter().zip(positions) {
-            self.positions[s] = p;
-            self.live[s] = true;
-            self.high = self.high.max(s + 1);
-        }
-        self.n_live += t;
-        Ok(slots)
+        Ok(())
     }
 
-    /// Restores a layer from saved tensors; used by state files.
+    /// Restores a layer from saved keys/values (`[kv_heads, slots, head_dim]`, keys as stored);
+    /// used by state files.
     pub(crate) fn restore(&mut self, k: Tensor, v: Tensor, positions: Vec<u64>, live: Vec<bool>) -> Result<()> {
-        let (_, slots, _) = k.dims3()?;
+        let (h, slots, d) = k.dims3()?;
         if v.dims() != k.dims() || positions.len() != slots || live.len() != slots {
             return Err(Error::StateFile("layer tensors and slot metadata disagree in size".into()));
         }
-        self.k = k.contiguous()?;
-        self.v = v.contiguous()?;
+        if (h, d) != (self.num_kv_heads, self.head_dim) {
+            return Err(Error::StateFile(format!(
+                "saved keys are {h} heads x {d}, the model's {} x {}",
+                self.num_kv_heads, self.head_dim
+            )));
+        }
+        match &mut self.kv {
+            Kv::Device { k: sk, v: sv } => {
+                *sk = k.to_device(&self.device)?.contiguous()?;
+                *sv = v.to_device(&self.device)?.contiguous()?;
+            }
+            Kv::Host { k: sk, v: sv } => {
+                // Host buffers come in whole key blocks; pad the saved slots with free ones.
+                let padded = slots.next_multiple_of(KEY_BLOCK);
+                let kr = k.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let vr = v.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let mut kb = try_zeros(h * padded * d)?;
+                let mut vb = try_zeros(h * padded * d)?;
+                for g in 0..h {
+                    for s in 0..slots {
+                        write_key(&mut kb, padded, g, s, &kr[(g * slots + s) * d..][..d]);
+                    }
+                    vb[g * padded * d..][..slots * d].copy_from_slice(&vr[g * slots * d..][..slots * d]);
+                }
+                (*sk, *sv) = (kb, vb);
+            }
+        }
+        let total = match &self.kv {
+            Kv::Host { .. } => slots.next_multiple_of(KEY_BLOCK),
+            Kv::Device { .. } => slots,
+        };
         self.positions = positions;
         self.live = live;
+        self.positions.resize(total, 0);
+        self.live.resize(total, false);
         self.n_live = self.live.iter().filter(|&&l| l).count();
-        self.free = (0..slots).rev().filter(|&s| !self.live[s]).collect();
-        self.high = (0..slots).rev().find(|&s| self.live[s]).map_or(0, |s| s + 1);
+        self.free = (0..total).rev().filter(|&s| !self.live[s]).collect();
+        self.high = (0..total).rev().find(|&s| self.live[s]).map_or(0, |s| s + 1);
+        self.order = (0..total).filter(|&s| self.live[s]).collect();
+        self.order.sort_by_key(|&s| self.positions[s]);
+        if self.order.windows(2).any(|w| self.positions[w[0]] == self.positions[w[1]]) {
+            return Err(Error::StateFile("two live slots hold the same position".into()));
+        }
         Ok(())
     }
+}
+
+/// A zeroed host buffer, or an error naming its size when memory runs out (never an abort).
+fn try_zeros(n: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::InvalidCapacity(format!("cannot allocate {} of key/value slots", crate::util::human_bytes(n as u64 * 4)))
+    })?;
+    v.resize(n, 0.0);
+    Ok(v)
 }
 
 /// All layers' states plus their policies: the whole hidden state of the finite MSRNN.
@@ -269,39 +458,44 @@ pub struct MsrnnState {
     pub(crate) policies: Vec<Box<dyn Policy>>,
     tokens_seen: u64,
     capacity: Capacity,
+    positions: Positions,
 }
 
 impl MsrnnState {
     /// One policy per layer (the registry's `create_layers` makes them).
     pub fn new(cfg: &StateConfig, policies: Vec<Box<dyn Policy>>) -> Result<Self> {
-        if policies.len() != cfg.num_layers {
-            return Err(Error::Input(format!("{} policies for {} layers", policies.len(), cfg.num_layers)));
+        let n = cfg.num_layers;
+        if policies.len() != n {
+            return Err(Error::Input(format!("{} policies for {n} layers", policies.len())));
         }
-        if cfg.windows.len() != cfg.num_layers {
-            return Err(Error::Input(format!("{} layer windows for {} layers", cfg.windows.len(), cfg.num_layers)));
+        if cfg.windows.len() != n || cfg.ropes.len() != n {
+            return Err(Error::Input(format!(
+                "{} layer windows and {} rotary specs for {n} layers",
+                cfg.windows.len(),
+                cfg.ropes.len()
+            )));
         }
         if let Capacity::Bounded(0) = cfg.capacity {
             return Err(Error::InvalidCapacity("capacity must be at least 1 token".into()));
         }
-        let layers = cfg
-            .windows
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                let mut l = LayerState::new(
+        let layers = (0..n)
+            .map(|i| {
+                let mut l = LayerState::build(
                     cfg.num_kv_heads,
                     cfg.head_dim,
                     cfg.dtype,
                     &cfg.device,
                     cfg.capacity,
-                    w,
+                    cfg.windows[i],
                     cfg.max_chunk,
+                    cfg.ropes[i],
+                    cfg.positions,
                 )?;
                 l.index = i;
                 Ok(l)
             })
             .collect::<Result<_>>()?;
-        Ok(Self { layers, policies, tokens_seen: 0, capacity: cfg.capacity })
+        Ok(Self { layers, policies, tokens_seen: 0, capacity: cfg.capacity, positions: cfg.positions })
     }
 
     pub fn num_layers(&self) -> usize {
@@ -309,6 +503,9 @@ impl MsrnnState {
     }
     pub fn capacity(&self) -> Capacity {
         self.capacity
+    }
+    pub fn positions_mode(&self) -> Positions {
+        self.positions
     }
     /// Tokens fed so far; the next token's absolute position.
     pub fn tokens_seen(&self) -> u64 {
@@ -319,6 +516,10 @@ impl MsrnnState {
     }
     pub fn policy_name(&self) -> &str {
         self.policies.first().map_or("none", |p| p.name())
+    }
+    /// Whether every layer keeps host buffers for the fused CPU kernels.
+    pub fn is_host(&self) -> bool {
+        self.layers.iter().all(LayerState::is_host)
     }
 
     /// Absolute positions for the next `t` tokens.
@@ -331,7 +532,8 @@ impl MsrnnState {
         self.tokens_seen += t as u64;
     }
 
-    /// Runs [`crate::attend`] on layer `i` with that layer's policy.
+    /// Runs [`crate::attend`] on layer `i` with that layer's policy (head-major tensors, keys and
+    /// queries unrotated when the layer has a rotary embedding).
     pub fn attend(
         &mut self,
         i: usize,
@@ -343,6 +545,10 @@ impl MsrnnState {
     ) -> Result<Tensor> {
         let policy = self.policies[i].as_mut();
         crate::attend::attend(q, k, v, positions, &mut self.layers[i], policy, scale)
+    }
+
+    pub(crate) fn layer_and_policy(&mut self, i: usize) -> (&mut LayerState, &mut dyn Policy) {
+        (&mut self.layers[i], self.policies[i].as_mut())
     }
 
     /// Largest live count over layers.

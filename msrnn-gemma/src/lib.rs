@@ -35,12 +35,10 @@
 mod config;
 mod loader;
 mod model;
-mod rope;
 mod tokenizer;
 
 pub use config::{GemmaConfig, ARCH, GLOBAL_EVERY, LOCAL_ROPE_THETA};
 pub use model::{Attention, Block, Gemma, Mlp};
 /// Shared with msrnn-llama, so every family loads, fails and tokenizes the same way.
 pub use msrnn_llama::{Error, Linear, LoadOptions, Result, RmsNorm, TokenStream, Tokenizer, WeightFormat};
-pub use rope::Rope;
 pub use tokenizer::CHAT_FORMAT;

@@ -16,11 +16,10 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use msrnn_core::{CausalLm, ModelInfo, MsrnnState};
+use msrnn_core::{CausalLm, ModelInfo, RopeSpec, RopeStyle, SeqStep};
 use msrnn_llama::{GgufWeights, Linear, Result, RmsNorm, Tokenizer, WeightFormat};
 
 use crate::config::GemmaConfig;
-use crate::rope::Rope;
 
 /// RMS norm `name`, its weight as stored (see above: the `1 +` is already in it).
 fn norm(w: &GgufWeights, name: &str, size: usize, eps: f64) -> Result<RmsNorm> {
@@ -60,25 +59,20 @@ impl Attention {
         })
     }
 
-    /// `x`: `[t, hidden]` -> `[t, hidden]`, reading and updating layer `layer` of `state`.
-    /// `cos`/`sin` are this layer's RoPE tables (local or global base).
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        layer: usize,
-        state: &mut MsrnnState,
-        positions: &[u64],
-        (cos, sin): (&Tensor, &Tensor),
-    ) -> msrnn_core::Result<Tensor> {
-        let t = x.dim(0)?;
-        let heads = |y: Tensor, n: usize| -> candle_core::Result<Tensor> {
-            y.reshape((t, n, self.head_dim))?.transpose(0, 1)?.contiguous()
+    /// `x`: `[rows, hidden]` (every sequence of the step stacked) -> `[rows, hidden]`; each
+    /// sequence's rows attend through layer `layer` of its own state, which rotates the normalised
+    /// queries and keys at this layer's base (local or global).
+    pub fn forward(&self, x: &Tensor, layer: usize, batch: &mut [SeqStep<'_>]) -> msrnn_core::Result<Tensor> {
+        let rows = x.dim(0)?;
+        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        // Per-head norms over the last dimension: a free reshape to [rows * heads, d] and back.
+        let norm = |y: Tensor, n: &RmsNorm, heads: usize| -> candle_core::Result<Tensor> {
+            n.forward(&y.reshape((rows * heads, d))?)?.reshape((rows, heads * d))
         };
-        let q = Rope::apply(&self.q_norm.forward(&heads(self.q.forward(x)?, self.num_heads)?)?, cos, sin)?;
-        let k = Rope::apply(&self.k_norm.forward(&heads(self.k.forward(x)?, self.num_kv_heads)?)?, cos, sin)?;
-        let v = heads(self.v.forward(x)?, self.num_kv_heads)?;
-        let y = state.attend(layer, &q, &k, &v, positions, self.scale)?;
-        let y = y.transpose(0, 1)?.reshape((t, self.num_heads * self.head_dim))?;
+        let q = norm(self.q.forward(x)?, &self.q_norm, h)?;
+        let k = norm(self.k.forward(x)?, &self.k_norm, kv)?;
+        let v = self.v.forward(x)?;
+        let y = msrnn_core::batch::attend_batch(layer, &q, &k, &v, batch, self.scale)?;
         Ok(self.o.forward(&y)?)
     }
 }
@@ -142,15 +136,8 @@ impl Block {
         self.global
     }
 
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        layer: usize,
-        state: &mut MsrnnState,
-        positions: &[u64],
-        rope: (&Tensor, &Tensor),
-    ) -> msrnn_core::Result<Tensor> {
-        let h = self.attn.forward(&self.attn_norm.forward(x)?, layer, state, positions, rope)?;
+    pub fn forward(&self, x: &Tensor, layer: usize, batch: &mut [SeqStep<'_>]) -> msrnn_core::Result<Tensor> {
+        let h = self.attn.forward(&self.attn_norm.forward(x)?, layer, batch)?;
         let x = (x + self.post_attn_norm.forward(&h)?)?;
         let h = self.mlp.forward(&self.ffn_norm.forward(&x)?)?;
         Ok((x + self.post_ffn_norm.forward(&h)?)?)
@@ -168,8 +155,6 @@ pub struct Gemma {
     embed: Linear,
     /// `None`: tied to `embed` (Gemma 3).
     head: Option<Linear>,
-    rope_local: Rope,
-    rope_global: Rope,
     tokenizer: Tokenizer,
     device: Device,
     format: WeightFormat,
@@ -198,6 +183,13 @@ impl Gemma {
             bos_token: tokenizer.bos_token(),
             eos_tokens: tokenizer.eos_tokens().to_vec(),
             layer_windows: cfg.layer_windows(),
+            layer_rope: (0..cfg.num_layers)
+                .map(|l| {
+                    let theta = if cfg.is_global(l) { cfg.rope_theta_global } else { cfg.rope_theta_local };
+                    // Gemma's converter keeps the Hugging Face layout: dims i and i + d/2 pair up.
+                    Some(RopeSpec { theta, style: RopeStyle::HalfSplit })
+                })
+                .collect(),
             // Keys/values stay f32 whatever the weights: the state is what the policies compare.
             kv_dtype: DType::F32,
         };
@@ -207,19 +199,7 @@ impl Gemma {
             matmul = %blocks.first().map(|b| b.attn.q.kind()).unwrap_or_default(),
             head = %head.as_ref().unwrap_or(&embed).kind(), "loaded gemma3"
         );
-        Ok(Self {
-            rope_local: Rope::new(cfg.head_dim, cfg.rope_theta_local),
-            rope_global: Rope::new(cfg.head_dim, cfg.rope_theta_global),
-            info,
-            blocks,
-            norm,
-            embed,
-            head,
-            tokenizer,
-            device: w.device().clone(),
-            format: w.format(),
-            cfg,
-        })
+        Ok(Self { info, blocks, norm, embed, head, tokenizer, device: w.device().clone(), format: w.format(), cfg })
     }
 
     /// Loads a Gemma 3 GGUF file (`general.architecture = gemma3`).
@@ -268,31 +248,19 @@ impl CausalLm for Gemma {
         &self.device
     }
 
-    fn forward(&self, tokens: &[u32], state: &mut MsrnnState, all_logits: bool) -> msrnn_core::Result<Tensor> {
-        msrnn_llama::check_input(tokens, self.cfg.vocab_size, state, self.blocks.len())?;
-        let t = tokens.len();
-        for (l, b) in self.blocks.iter().enumerate() {
-            let want = if b.global { None } else { Some(self.cfg.sliding_window) };
-            if state.layer(l).window() != want {
-                return Err(msrnn_core::Error::Input(format!(
-                    "layer {l} of the state has window {:?}, the model {want:?} (build the state with new_state)",
-                    state.layer(l).window()
-                )));
-            }
-        }
-        let _span = tracing::trace_span!("gemma_forward", t).entered();
-        let positions = state.next_positions(t);
-        let local = self.rope_local.cos_sin(&positions, &self.device)?;
-        let global = self.rope_global.cos_sin(&positions, &self.device)?;
-        let ids = Tensor::new(tokens, &self.device)?;
+    fn forward_batch(&self, batch: &mut [SeqStep<'_>]) -> msrnn_core::Result<Vec<Tensor>> {
+        use msrnn_core::batch;
+        batch::check_batch(batch, &self.info)?;
+        let ids = batch::stacked_tokens(batch);
+        let _span = tracing::trace_span!("gemma_forward", rows = ids.len(), seqs = batch.len()).entered();
+        let ids = Tensor::new(ids, &self.device)?;
         let mut x = (self.embed.rows(&ids)? * self.cfg.embed_scale())?;
         for (l, block) in self.blocks.iter().enumerate() {
-            let rope = if block.global { (&global.0, &global.1) } else { (&local.0, &local.1) };
-            x = block.forward(&x, l, state, &positions, rope)?;
+            x = block.forward(&x, l, batch)?;
         }
-        state.advance(t);
-        let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
-        let logits = self.output_head().forward(&self.norm.forward(&x)?)?;
-        Ok(logits.to_dtype(DType::F32)?)
+        batch::advance(batch);
+        let (rows, counts) = batch::logit_rows(batch);
+        let logits = self.output_head().forward(&self.norm.forward(&batch::select_rows(&x, &rows)?)?)?;
+        batch::split_logits(&logits, &counts)
     }
 }

@@ -206,6 +206,8 @@ fn bad_inputs_are_errors_not_panics() {
         device: candle_core::Device::Cpu,
         capacity: Capacity::Unbounded,
         windows: vec![None; 4],
+        ropes: vec![None; 4],
+        positions: msrnn_core::Positions::Absolute,
         max_chunk: 4,
     };
     let reg = msrnn_policies::registry();

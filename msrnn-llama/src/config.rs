@@ -19,6 +19,17 @@ pub enum RopeStyle {
     HalfSplit,
 }
 
+impl LlamaConfig {
+    /// Every layer's rotary embedding, for the state (which applies it).
+    pub fn rope_spec(&self) -> msrnn_core::RopeSpec {
+        let style = match self.rope_style {
+            RopeStyle::Interleaved => msrnn_core::RopeStyle::Interleaved,
+            RopeStyle::HalfSplit => msrnn_core::RopeStyle::HalfSplit,
+        };
+        msrnn_core::RopeSpec { theta: self.rope_theta, style }
+    }
+}
+
 /// Hyper-parameters of a LLaMA-family model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {

@@ -36,7 +36,6 @@ mod error;
 pub mod gguf;
 mod loader;
 mod model;
-mod rope;
 mod tokenizer;
 mod weights;
 

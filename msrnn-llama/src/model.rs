@@ -1,4 +1,4 @@
-//! The LLaMA forward pass with attention delegated to the multi-state ([`MsrnnState::attend`]).
+//! The LLaMA forward pass with attention delegated to the multi-state (`msrnn_core::batch::attend_batch`).
 //!
 //! candle-transformers' own LLaMA models keep their KV caches and layers private and return
 //! last-position logits only, so the forward is written here, one plain struct per block.
@@ -6,11 +6,10 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use msrnn_core::{CausalLm, ModelInfo, MsrnnState};
+use msrnn_core::{CausalLm, ModelInfo, MsrnnState, SeqStep};
 
 use crate::config::{LlamaConfig, RopeStyle};
 use crate::error::Result;
-use crate::rope::Rope;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{Linear, Tn, WeightFormat, WeightSource};
 
@@ -42,9 +41,6 @@ pub struct Attention {
     k: Linear,
     v: Linear,
     o: Linear,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
     scale: f64,
 }
 
@@ -56,34 +52,16 @@ impl Attention {
             k: w.linear(Tn::AttnK, Some(layer), kvh * d, hid)?,
             v: w.linear(Tn::AttnV, Some(layer), kvh * d, hid)?,
             o: w.linear(Tn::AttnO, Some(layer), hid, h * d)?,
-            num_heads: h,
-            num_kv_heads: kvh,
-            head_dim: d,
             scale: 1.0 / (d as f64).sqrt(),
         })
     }
 
-    /// `x`: `[t, hidden]` -> `[t, hidden]`, reading and updating layer `layer` of `state`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        layer: usize,
-        state: &mut MsrnnState,
-        positions: &[u64],
-        rope: &Rope,
-        cos: &Tensor,
-        sin: &Tensor,
-    ) -> msrnn_core::Result<Tensor> {
-        let t = x.dim(0)?;
-        let heads = |y: Tensor, n: usize| -> candle_core::Result<Tensor> {
-            y.reshape((t, n, self.head_dim))?.transpose(0, 1)?.contiguous()
-        };
-        let q = rope.apply(&heads(self.q.forward(x)?, self.num_heads)?, cos, sin)?;
-        let k = rope.apply(&heads(self.k.forward(x)?, self.num_kv_heads)?, cos, sin)?;
-        let v = heads(self.v.forward(x)?, self.num_kv_heads)?;
-        let y = state.attend(layer, &q, &k, &v, positions, self.scale)?;
-        let y = y.transpose(0, 1)?.reshape((t, self.num_heads * self.head_dim))?;
+    /// `x`: `[rows, hidden]` (every sequence of the step stacked) -> `[rows, hidden]`; each
+    /// sequence's rows attend through layer `layer` of its own state, which rotates the queries
+    /// and keys.
+    pub fn forward(&self, x: &Tensor, layer: usize, batch: &mut [SeqStep<'_>]) -> msrnn_core::Result<Tensor> {
+        let (q, k, v) = (self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?);
+        let y = msrnn_core::batch::attend_batch(layer, &q, &k, &v, batch, self.scale)?;
         Ok(self.o.forward(&y)?)
     }
 }
@@ -131,18 +109,8 @@ impl Block {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        layer: usize,
-        state: &mut MsrnnState,
-        positions: &[u64],
-        rope: &Rope,
-        cos: &Tensor,
-        sin: &Tensor,
-    ) -> msrnn_core::Result<Tensor> {
-        let h = self.attn.forward(&self.attn_norm.forward(x)?, layer, state, positions, rope, cos, sin)?;
+    pub fn forward(&self, x: &Tensor, layer: usize, batch: &mut [SeqStep<'_>]) -> msrnn_core::Result<Tensor> {
+        let h = self.attn.forward(&self.attn_norm.forward(x)?, layer, batch)?;
         let x = (x + h)?;
         let h = self.mlp.forward(&self.ffn_norm.forward(&x)?)?;
         Ok((x + h)?)
@@ -157,7 +125,6 @@ pub struct Llama {
     blocks: Vec<Block>,
     norm: RmsNorm,
     head: Linear,
-    rope: Rope,
     tokenizer: Tokenizer,
     device: Device,
     format: WeightFormat,
@@ -188,6 +155,7 @@ impl Llama {
             bos_token: tokenizer.bos_token(),
             eos_tokens: tokenizer.eos_tokens().to_vec(),
             layer_windows: vec![None; cfg.num_layers],
+            layer_rope: vec![Some(cfg.rope_spec()); cfg.num_layers],
             // Keys/values stay f32 whatever the weights: the state is what the policies compare.
             kv_dtype: DType::F32,
         };
@@ -196,18 +164,7 @@ impl Llama {
             format = %w.format, matmul = %blocks.first().map(|b| b.attn.q.kind()).unwrap_or_default(),
             head = %head.kind(), "loaded llama"
         );
-        Ok(Self {
-            rope: Rope::new(cfg.head_dim, cfg.rope_theta, cfg.rope_style),
-            info,
-            embeddings,
-            blocks,
-            norm,
-            head,
-            tokenizer,
-            device: w.device.clone(),
-            format: w.format,
-            cfg,
-        })
+        Ok(Self { info, embeddings, blocks, norm, head, tokenizer, device: w.device.clone(), format: w.format, cfg })
     }
 
     pub fn load(path: &Path, opts: &crate::LoadOptions) -> Result<Llama> {
@@ -223,7 +180,7 @@ impl Llama {
     }
 
     pub fn rope_style(&self) -> RopeStyle {
-        self.rope.style()
+        self.cfg.rope_style
     }
 
     pub fn weight_format(&self) -> WeightFormat {
@@ -245,21 +202,19 @@ impl CausalLm for Llama {
         &self.device
     }
 
-    fn forward(&self, tokens: &[u32], state: &mut MsrnnState, all_logits: bool) -> msrnn_core::Result<Tensor> {
-        check_input(tokens, self.cfg.vocab_size, state, self.blocks.len())?;
-        let t = tokens.len();
-        let _span = tracing::trace_span!("llama_forward", t).entered();
-        let positions = state.next_positions(t);
-        let (cos, sin) = self.rope.cos_sin(&positions, &self.device)?;
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embeddings.index_select(&ids, 0)?;
+    fn forward_batch(&self, batch: &mut [SeqStep<'_>]) -> msrnn_core::Result<Vec<Tensor>> {
+        use msrnn_core::batch;
+        batch::check_batch(batch, &self.info)?;
+        let ids = batch::stacked_tokens(batch);
+        let _span = tracing::trace_span!("llama_forward", rows = ids.len(), seqs = batch.len()).entered();
+        let mut x = self.embeddings.index_select(&Tensor::new(ids, &self.device)?, 0)?;
         for (l, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, l, state, &positions, &self.rope, &cos, &sin)?;
+            x = block.forward(&x, l, batch)?;
         }
-        state.advance(t);
-        let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
-        let logits = self.head.forward(&self.norm.forward(&x)?)?;
-        Ok(logits.to_dtype(DType::F32)?)
+        batch::advance(batch);
+        let (rows, counts) = batch::logit_rows(batch);
+        let logits = self.head.forward(&self.norm.forward(&batch::select_rows(&x, &rows)?)?)?;
+        batch::split_logits(&logits, &counts)
     }
 }
 

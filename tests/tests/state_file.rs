@@ -2,9 +2,9 @@
 //! model, policy or capacity is refused.
 
 use candle_core::{DType, Device, Tensor};
-use msrnn_core::{Capacity, MsrnnState, PolicySpec, StateConfig};
+use msrnn_core::{Capacity, MsrnnState, PolicySpec, Positions, RopeSpec, RopeStyle, StateConfig};
 
-fn cfg(capacity: Capacity) -> StateConfig {
+fn cfg(capacity: Capacity, positions: Positions) -> StateConfig {
     StateConfig {
         num_layers: 2,
         num_kv_heads: 2,
@@ -13,13 +13,18 @@ fn cfg(capacity: Capacity) -> StateConfig {
         device: Device::Cpu,
         capacity,
         windows: vec![None, Some(5)],
+        ropes: vec![
+            Some(RopeSpec { theta: 100.0, style: RopeStyle::Interleaved }),
+            Some(RopeSpec { theta: 1000.0, style: RopeStyle::HalfSplit }),
+        ],
+        positions,
         max_chunk: 3,
     }
 }
 
-fn state(spec: &PolicySpec, capacity: Capacity) -> MsrnnState {
+fn state_in(spec: &PolicySpec, capacity: Capacity, positions: Positions) -> MsrnnState {
     let r = msrnn_policies::registry();
-    MsrnnState::new(&cfg(capacity), r.create_layers(spec, 2, 4, 2, capacity).unwrap()).unwrap()
+    MsrnnState::new(&cfg(capacity, positions), r.create_layers(spec, 2, 4, 2, capacity).unwrap()).unwrap()
 }
 
 /// Feeds `steps` chunks of pseudo-random q/k/v (seeded by step index) and returns every output.
@@ -49,9 +54,18 @@ fn feed(s: &mut MsrnnState, steps: std::ops::Range<usize>) -> Vec<Vec<f32>> {
 fn resuming_a_saved_state_gives_identical_outputs() {
     let dir = std::env::temp_dir().join(format!("msrnn-state-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for spec in ["h2o:recent=0.25", "random:seed=5", "tova", "window+i:sinks=2"] {
+    let cases = [
+        ("h2o:recent=0.25", Positions::Absolute),
+        ("random:seed=5", Positions::Absolute),
+        ("tova", Positions::Absolute),
+        ("window+i:sinks=2", Positions::Absolute),
+        ("tova", Positions::Cache),
+        ("window+i:sinks=2", Positions::Cache),
+    ];
+    for (spec, positions) in cases {
         let spec: PolicySpec = spec.parse().unwrap();
         let cap = Capacity::Bounded(6);
+        let state = |spec: &PolicySpec, cap| state_in(spec, cap, positions);
         let mut a = state(&spec, cap);
         feed(&mut a, 0..12);
         let path = dir.join("s.safetensors");
@@ -73,6 +87,9 @@ fn resuming_a_saved_state_gives_identical_outputs() {
         assert!(e.contains("policy"), "{e}");
         let e = state(&spec, Capacity::Bounded(7)).load(&path, "tiny-model", &spec).unwrap_err().to_string();
         assert!(e.contains("capacity `6`"), "{e}");
+        let other = if positions == Positions::Cache { Positions::Absolute } else { Positions::Cache };
+        let e = state_in(&spec, cap, other).load(&path, "tiny-model", &spec).unwrap_err().to_string();
+        assert!(e.contains(&format!("positions `{positions}`")), "{e}");
     }
     let junk = dir.join("junk.safetensors");
     std::fs::write(&junk, b"not a state").unwrap();

@@ -1,0 +1,1092 @@
+//! The fused CPU attention step over one layer's slot buffers: grouped-query attention without
+//! repeating K/V, the causal mask and a model window from slot positions, softmax, the weighted sum
+//! of values, and the probability rows a policy asked for, written straight into its buffer.
+//!
+//! Keys are stored slot-interleaved in blocks of [`KEY_BLOCK`] slots (`[kv_heads][blocks][head_dim]
+//! [KEY_BLOCK]`), so one vector multiply-add per head dimension scores sixteen slots at once with no
+//! horizontal sums; values stay `[kv_heads][slots][head_dim]`, read one row per slot.
+//!
+//! The arithmetic is written once, generic over a 16-lane vector (`Simd`) whose variants perform
+//! the same IEEE operations in the same order (fused multiply-adds, one reduction tree), so AVX2 and
+//! AVX-512 agree bit for bit; the portable fallback matches them too where its baseline has FMA
+//! (aarch64) and rounds multiply and add separately where it has not (x86-64 without AVX2). The
+//! tests hold every variant to an f64 reference and the SIMD variants to each other exactly.
+
+use std::ops::Range;
+
+/// Lanes of the vector code: one AVX-512 register of f32, two AVX2 ones.
+const L: usize = 16;
+
+/// Slots per key block (the buffers' slot count must be a multiple of it).
+pub const KEY_BLOCK: usize = L;
+
+/// Index of element `i` of the key of KV head `g`, slot `s`, in a blocked key buffer of `slots`
+/// slots per head.
+#[inline]
+pub fn key_index(slots: usize, head_dim: usize, g: usize, s: usize, i: usize) -> usize {
+    ((g * (slots / KEY_BLOCK) + s / KEY_BLOCK) * head_dim + i) * KEY_BLOCK + s % KEY_BLOCK
+}
+
+/// Writes one key (`head_dim` values) into a blocked key buffer.
+pub fn write_key(buf: &mut [f32], slots: usize, g: usize, s: usize, key: &[f32]) {
+    let d = key.len();
+    let base = key_index(slots, d, g, s, 0);
+    for (i, &x) in key.iter().enumerate() {
+        buf[base + i * KEY_BLOCK] = x;
+    }
+}
+
+/// Reads one key back out of a blocked key buffer.
+pub fn read_key(buf: &[f32], slots: usize, g: usize, s: usize, key: &mut [f32]) {
+    let d = key.len();
+    let base = key_index(slots, d, g, s, 0);
+    for (i, x) in key.iter_mut().enumerate() {
+        *x = buf[base + i * KEY_BLOCK];
+    }
+}
+
+/// Instruction sets the attention step is compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// No target features beyond the platform's baseline.
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Isa {
+    /// The best variant this CPU runs.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every variant this CPU runs, the portable one first.
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                v.push(Isa::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                v.push(Isa::Avx512);
+            }
+        }
+        v
+    }
+}
+
+/// One layer's attention step for `t = q_pos.len()` query rows.
+#[derive(Debug, Clone, Copy)]
+pub struct Step<'a> {
+    /// Queries (already rotated): row `r`, head `h` at `q[r * q_stride + h * head_dim..][..head_dim]`.
+    pub q: &'a [f32],
+    pub q_stride: usize,
+    /// Absolute position of each query row, for the causal mask and the window.
+    pub q_pos: &'a [u64],
+    /// Keys, blocked (see [`key_index`]); values `[num_kv_heads, slots, head_dim]`. Only slots
+    /// `[0, hi)` count.
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    /// Slots per KV head in both buffers, a multiple of [`KEY_BLOCK`].
+    pub slots: usize,
+    pub hi: usize,
+    /// Absolute position and liveness of each slot (`[0, hi)` at least).
+    pub slot_pos: &'a [u64],
+    pub live: &'a [bool],
+    /// A model window: a query at `p` sees keys at `p'` with `p - p' < window`.
+    pub window: Option<u64>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+}
+
+impl Step<'_> {
+    fn rows(&self) -> usize {
+        self.q_pos.len()
+    }
+
+    /// Whether the shapes and slices agree; the kernels index without further checks.
+    pub fn check(&self, out_len: usize, out_stride: usize, probs_len: usize, prob_rows: usize) -> Result<(), String> {
+        let (t, h, g, d) = (self.rows(), self.num_heads, self.num_kv_heads, self.head_dim);
+        let fail = |what: String| Err(format!("attention step: {what}"));
+        if g == 0 || h % g != 0 || d == 0 {
+            return fail(format!("{h} query heads cannot share {g} KV heads of size {d}"));
+        }
+        if t == 0 || self.q_stride < h * d || self.q.len() < (t - 1) * self.q_stride + h * d {
+            return fail(format!("{} query values for {t} rows of stride {}", self.q.len(), self.q_stride));
+        }
+        let size = g * self.slots * d;
+        if !self.slots.is_multiple_of(KEY_BLOCK) || self.hi > self.slots || self.k.len() < size || self.v.len() < size {
+            let (k, v) = (self.k.len(), self.v.len());
+            return fail(format!("hi {} over {} slots ({k} keys, {v} values)", self.hi, self.slots));
+        }
+        if self.slot_pos.len() < self.hi || self.live.len() < self.hi {
+            return fail("slot positions or liveness shorter than hi".into());
+        }
+        if out_stride < h * d || out_len < (t - 1) * out_stride + h * d {
+            return fail(format!("{out_len} output values for {t} rows of stride {out_stride}"));
+        }
+        if prob_rows > t || probs_len < prob_rows * h * self.hi {
+            return fail(format!("{probs_len} probability values for {prob_rows} rows of {h} x {}", self.hi));
+        }
+        Ok(())
+    }
+}
+
+/// Where the results go: `out` rows of `out_stride`, and the probabilities of the last `prob_rows`
+/// query rows as `[prob_rows, num_heads, hi]` (0 for slots the row cannot see).
+pub struct Sink<'a> {
+    pub out: &'a mut [f32],
+    pub out_stride: usize,
+    pub probs: &'a mut [f32],
+    pub prob_rows: usize,
+}
+
+/// Runs the whole step on the calling thread with the best variant.
+pub fn attention(step: &Step<'_>, sink: Sink<'_>) -> Result<(), String> {
+    attention_with(Isa::detect(), step, sink, &|n, f| (0..n).for_each(f))
+}
+
+/// Query rows handled together: each key and value row is read once per block, not once per row.
+const ROW_BLOCK: usize = 8;
+
+/// Runs `f(i)` once for every `i < n`, on any threads (a thread pool's `for_each`).
+pub type Parallel<'a> = &'a (dyn Fn(usize, &(dyn Fn(usize) + Sync)) + Sync);
+
+/// Runs the step as independent tasks (one per KV head and block of query rows) through
+/// `parallel`.
+pub fn attention_with(isa: Isa, step: &Step<'_>, sink: Sink<'_>, parallel: Parallel<'_>) -> Result<(), String> {
+    step.check(sink.out.len(), sink.out_stride, sink.probs.len(), sink.prob_rows)?;
+    let t = step.rows();
+    let g = step.num_kv_heads;
+    let blocks = t.div_ceil(ROW_BLOCK);
+    let out = SyncPtr(sink.out.as_mut_ptr());
+    let probs = SyncPtr(sink.probs.as_mut_ptr());
+    let (out_stride, prob_rows) = (sink.out_stride, sink.prob_rows);
+    let task = |i: usize| {
+        let (head, block) = (i % g, i / g);
+        let rows = block * ROW_BLOCK..((block + 1) * ROW_BLOCK).min(t);
+        // SAFETY: `check` validated the slice lengths; tasks write disjoint regions (their own KV
+        // head's query heads in their own rows), and the slices outlive `parallel`.
+        unsafe { run(isa, step, head, rows, out, out_stride, probs, prob_rows) };
+    };
+    parallel(g * blocks, &task);
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn run(
+    isa: Isa,
+    step: &Step<'_>,
+    head: usize,
+    rows: Range<usize>,
+    out: SyncPtr,
+    out_stride: usize,
+    probs: SyncPtr,
+    prob_rows: usize,
+) {
+    match isa {
+        Isa::Portable => rows_kv_head::<Lanes>(step, head, rows, out, out_stride, probs, prob_rows),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => rows_avx2(step, head, rows, out, out_stride, probs, prob_rows),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => rows_avx512(step, head, rows, out, out_stride, probs, prob_rows),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2(s: &Step<'_>, g: usize, r: Range<usize>, o: SyncPtr, os: usize, p: SyncPtr, pr: usize) {
+    rows_kv_head::<x86::Avx2>(s, g, r, o, os, p, pr)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn rows_avx512(s: &Step<'_>, g: usize, r: Range<usize>, o: SyncPtr, os: usize, p: SyncPtr, pr: usize) {
+    rows_kv_head::<x86::Avx512>(s, g, r, o, os, p, pr)
+}
+
+/// The query heads of KV head `g` for query rows `rows`, in blocks of [`ROW_BLOCK`] rows: scores
+/// for every slot of `[0, hi)` rounded up to whole key blocks (`-inf` where a row cannot see the
+/// slot), softmax, then the values weighted by the non-zero probabilities.
+#[inline(always)]
+unsafe fn rows_kv_head<V: Simd>(
+    s: &Step<'_>,
+    g: usize,
+    rows: Range<usize>,
+    out: SyncPtr,
+    out_stride: usize,
+    probs: SyncPtr,
+    prob_rows: usize,
+) {
+    let (d, hi) = (s.head_dim, s.hi);
+    let group = s.num_heads / s.num_kv_heads;
+    let t = s.rows();
+    let nblk = hi.div_ceil(L);
+    let width = nblk * L;
+    let keys = s.k.as_ptr().add(g * s.slots * d);
+    let vals = s.v.as_ptr().add(g * s.slots * d);
+    let scores = vec![0f32; ROW_BLOCK * group * width];
+    let dense = s.live[..hi].iter().all(|&l| l);
+    let max_pos = s.slot_pos[..hi].iter().copied().max().unwrap_or(0);
+    let mut start = rows.start;
+    while start < rows.end {
+        let block = start..(start + ROW_BLOCK).min(rows.end);
+        let nq = block.len() * group;
+        let q_ptr = |x: usize| s.q.as_ptr().add((block.start + x / group) * s.q_stride + (g * group + x % group) * d);
+        let row_ptr = |x: usize| scores.as_ptr().add(x * width) as *mut f32;
+        let mut x = 0;
+        while x < nq {
+            let n = (nq - x).min(4);
+            let qs = |i: usize| q_ptr(x + i.min(n - 1));
+            let ds = |i: usize| row_ptr(x + i.min(n - 1));
+            match n {
+                4 => qk::<V, 4>([qs(0), qs(1), qs(2), qs(3)], keys, nblk, d, s.scale, [ds(0), ds(1), ds(2), ds(3)]),
+                3 => qk::<V, 3>([qs(0), qs(1), qs(2)], keys, nblk, d, s.scale, [ds(0), ds(1), ds(2)]),
+                2 => qk::<V, 2>([qs(0), qs(1)], keys, nblk, d, s.scale, [ds(0), ds(1)]),
+                _ => qk::<V, 1>([qs(0)], keys, nblk, d, s.scale, [ds(0)]),
+            }
+            x += n;
+        }
+        for (b, r) in block.clone().enumerate() {
+            let p = s.q_pos[r];
+            // A decode step over a hole-free state sees every slot: only the block tail is masked.
+            let first = if dense && p >= max_pos && s.window.is_none() { hi } else { 0 };
+            for slot in first..width {
+                let seen = slot < hi && s.live[slot] && {
+                    let sp = s.slot_pos[slot];
+                    sp <= p && s.window.is_none_or(|w| p - sp < w)
+                };
+                if !seen {
+                    for j in 0..group {
+                        *row_ptr(b * group + j).add(slot) = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        for x in 0..nq {
+            softmax::<V>(std::slice::from_raw_parts_mut(row_ptr(x), width));
+        }
+        for (b, r) in block.clone().enumerate() {
+            // The row's query heads share each value row they read.
+            let o = out.0.add(r * out_stride + g * group * d);
+            let p = |j: usize| row_ptr(b * group + j) as *const f32;
+            let mut j = 0;
+            while j < group {
+                let n = (group - j).min(4);
+                if d % (4 * L) == 0 {
+                    let ps = |i: usize| p(j + i.min(n - 1));
+                    let os = |i: usize| o.add((j + i.min(n - 1)) * d);
+                    match n {
+                        4 => pv4::<V, 4>([ps(0), ps(1), ps(2), ps(3)], hi, vals, d, [os(0), os(1), os(2), os(3)]),
+                        3 => pv4::<V, 3>([ps(0), ps(1), ps(2)], hi, vals, d, [os(0), os(1), os(2)]),
+                        2 => pv4::<V, 2>([ps(0), ps(1)], hi, vals, d, [os(0), os(1)]),
+                        _ => pv4::<V, 1>([ps(0)], hi, vals, d, [os(0)]),
+                    }
+                } else {
+                    for i in 0..n {
+                        pv::<V>(std::slice::from_raw_parts(p(j + i), hi), vals, d, o.add((j + i) * d));
+                    }
+                }
+                j += n;
+            }
+        }
+        for x in 0..nq {
+            let (b, j) = (x / group, x % group);
+            let r = block.start + b;
+            if r + prob_rows >= t {
+                let dst = probs.0.add(((r + prob_rows - t) * s.num_heads + g * group + j) * hi);
+                std::ptr::copy_nonoverlapping(row_ptr(x), dst, hi);
+            }
+        }
+        start = block.end;
+    }
+}
+
+/// Scores of `N` queries against every key block: per head dimension, one vector of sixteen slots'
+/// key values times each query's broadcast value, accumulated with fused multiply-adds.
+#[inline(always)]
+unsafe fn qk<V: Simd, const N: usize>(
+    q: [*const f32; N],
+    keys: *const f32,
+    nblk: usize,
+    d: usize,
+    scale: f32,
+    dst: [*mut f32; N],
+) {
+    let sv = V::splat(scale);
+    for b in 0..nblk {
+        let kb = keys.add(b * d * L);
+        let mut acc = [V::splat(0.0); N];
+        for i in 0..d {
+            let kv = V::load(kb.add(i * L));
+            for x in 0..N {
+                acc[x] = V::splat(*q[x].add(i)).fma(kv, acc[x]);
+            }
+        }
+        for x in 0..N {
+            acc[x].mul(sv).store(dst[x].add(b * L));
+        }
+    }
+}
+
+/// `o = Σ_s p[s] · v[s]` over the slots with non-zero probability, sixty-four dimensions at a time
+/// in registers.
+#[inline(always)]
+unsafe fn pv<V: Simd>(p: &[f32], vals: *const f32, d: usize, o: *mut f32) {
+    let mut c = 0;
+    while c < d {
+        let w = (d - c).min(4 * L);
+        match (w / L, w % L) {
+            (4, 0) => pv_chunk::<V, 4>(p, vals, d, c, o),
+            (3, 0) => pv_chunk::<V, 3>(p, vals, d, c, o),
+            (2, 0) => pv_chunk::<V, 2>(p, vals, d, c, o),
+            (1, 0) => pv_chunk::<V, 1>(p, vals, d, c, o),
+            _ => pv_ragged::<V>(p, vals, d, c, w, o),
+        }
+        c += w;
+    }
+}
+
+/// [`pv`] for `N` queries at once over head sizes that are whole multiples of 64: each value row
+/// is loaded once for all of them; the arithmetic per query is the same as [`pv_chunk`]'s.
+#[inline(always)]
+unsafe fn pv4<V: Simd, const N: usize>(p: [*const f32; N], hi: usize, vals: *const f32, d: usize, o: [*mut f32; N]) {
+    let mut c = 0;
+    while c < d {
+        let mut acc = [[V::splat(0.0); 4]; N];
+        for slot in 0..hi {
+            let w: [f32; N] = std::array::from_fn(|x| *p[x].add(slot));
+            if w.iter().all(|&w| w == 0.0) {
+                continue;
+            }
+            let row = vals.add(slot * d + c);
+            let vs = [V::load(row), V::load(row.add(L)), V::load(row.add(2 * L)), V::load(row.add(3 * L))];
+            for x in 0..N {
+                if w[x] != 0.0 {
+                    let wv = V::splat(w[x]);
+                    for v in 0..4 {
+                        acc[x][v] = wv.fma(vs[v], acc[x][v]);
+                    }
+                }
+            }
+        }
+        for (acc, o) in acc.iter().zip(o) {
+            for (v, a) in acc.iter().enumerate() {
+                a.store(o.add(c + v * L));
+            }
+        }
+        c += 4 * L;
+    }
+}
+
+#[inline(always)]
+unsafe fn pv_chunk<V: Simd, const NV: usize>(p: &[f32], vals: *const f32, d: usize, c: usize, o: *mut f32) {
+    let mut acc = [V::splat(0.0); NV];
+    for (slot, &w) in p.iter().enumerate() {
+        if w == 0.0 {
+            continue;
+        }
+        let wv = V::splat(w);
+        let row = vals.add(slot * d + c);
+        for (v, acc) in acc.iter_mut().enumerate() {
+            *acc = wv.fma(V::load(row.add(v * L)), *acc);
+        }
+    }
+    for (v, acc) in acc.iter().enumerate() {
+        acc.store(o.add(c + v * L));
+    }
+}
+
+/// [`pv_chunk`] for a width that is not whole vectors (head sizes like 12 or 17): same arithmetic,
+/// partial loads and stores.
+#[inline(always)]
+unsafe fn pv_ragged<V: Simd>(p: &[f32], vals: *const f32, d: usize, c: usize, w: usize, o: *mut f32) {
+    let nv = w.div_ceil(L);
+    let mut acc = [V::splat(0.0); 4];
+    for (slot, &pw) in p.iter().enumerate() {
+        if pw == 0.0 {
+            continue;
+        }
+        let wv = V::splat(pw);
+        let row = vals.add(slot * d + c);
+        for (v, acc) in acc.iter_mut().enumerate().take(nv) {
+            let n = (w - v * L).min(L);
+            *acc = wv.fma(V::load_part(row.add(v * L), n), *acc);
+        }
+    }
+    for (v, acc) in acc.iter().enumerate().take(nv) {
+        acc.store_part(o.add(c + v * L), (w - v * L).min(L));
+    }
+}
+
+/// In-place softmax of a row with at least one finite entry; `-inf` entries become exactly 0.
+#[inline(always)]
+unsafe fn softmax<V: Simd>(x: &mut [f32]) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mut m = V::splat(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i + L <= n {
+        m = m.max(V::load(p.add(i)));
+        i += L;
+    }
+    if i < n {
+        m = m.max(V::load_part_with(p.add(i), n - i, f32::NEG_INFINITY));
+    }
+    let max = V::splat(m.max_lane());
+    let mut acc = V::splat(0.0);
+    i = 0;
+    while i + L <= n {
+        let e = V::load(p.add(i)).sub(max).exp();
+        e.store(p.add(i));
+        acc = acc.add(e);
+        i += L;
+    }
+    if i < n {
+        // Lanes past the row hold -inf - max = -inf, whose exp is 0: they add nothing.
+        let e = V::load_part_with(p.add(i), n - i, f32::NEG_INFINITY).sub(max).exp();
+        e.store_part(p.add(i), n - i);
+        acc = acc.add(e);
+    }
+    let sum = V::splat(acc.sum());
+    i = 0;
+    while i + L <= n {
+        V::load(p.add(i)).div(sum).store(p.add(i));
+        i += L;
+    }
+    if i < n {
+        V::load_part(p.add(i), n - i).div(sum).store_part(p.add(i), n - i);
+    }
+}
+
+trait Simd: Copy {
+    unsafe fn splat(x: f32) -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    unsafe fn add(self, o: Self) -> Self;
+    unsafe fn sub(self, o: Self) -> Self;
+    unsafe fn mul(self, o: Self) -> Self;
+    /// `self * a + b` with one rounding (a fused multiply-add on every variant).
+    unsafe fn fma(self, a: Self, b: Self) -> Self;
+    unsafe fn div(self, o: Self) -> Self;
+    /// Lane-wise `if o > self { o } else { self }`.
+    unsafe fn max(self, o: Self) -> Self;
+    unsafe fn sum(self) -> f32;
+    unsafe fn max_lane(self) -> f32;
+    /// `exp` per lane (Cephes' `expf`: Cody-Waite reduction by ln 2, a degree-6 polynomial, the
+    /// exponent added to the bits; about 2 ulp); inputs below ln(2^-126) give exactly 0.
+    unsafe fn exp(self) -> Self;
+
+    unsafe fn to_array(self) -> [f32; L] {
+        let mut a = [0f32; L];
+        self.store(a.as_mut_ptr());
+        a
+    }
+    unsafe fn load_part_with(p: *const f32, n: usize, fill: f32) -> Self {
+        let mut a = [fill; L];
+        std::ptr::copy_nonoverlapping(p, a.as_mut_ptr(), n);
+        Self::load(a.as_ptr())
+    }
+    unsafe fn load_part(p: *const f32, n: usize) -> Self {
+        Self::load_part_with(p, n, 0.0)
+    }
+    unsafe fn store_part(self, p: *mut f32, n: usize) {
+        let a = self.to_array();
+        std::ptr::copy_nonoverlapping(a.as_ptr(), p, n);
+    }
+}
+
+const EXP_HI: f32 = 88.376_26;
+const EXP_LO: f32 = -87.336_55;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const EXP_C1: f32 = 0.693_359_4;
+const EXP_C2: f32 = -2.121_944_4e-4;
+const EXP_P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
+
+/// The portable lanes: plain arrays (the compiler vectorizes what the baseline allows).
+#[allow(clippy::needless_range_loop)] // lane loops read best indexed
+#[derive(Clone, Copy)]
+struct Lanes([f32; L]);
+
+#[allow(clippy::needless_range_loop)] // lane loops read best indexed
+impl Lanes {
+    #[inline(always)]
+    fn map2(self, o: Self, f: impl Fn(f32, f32) -> f32) -> Self {
+        let mut r = [0f32; L];
+        for l in 0..L {
+            r[l] = f(self.0[l], o.0[l]);
+        }
+        Lanes(r)
+    }
+}
+
+fn exp_lane(v: f32) -> f32 {
+    let below = v < EXP_LO;
+    let v = if v > EXP_HI {
+        EXP_HI
+    } else if below {
+        EXP_LO
+    } else {
+        v
+    };
+    let f = v * LOG2E + 0.5;
+    // floor without a libm call: truncate, then step down for negatives.
+    let mut n = f as i32;
+    if (n as f32) > f {
+        n -= 1;
+    }
+    let nf = n as f32;
+    let r = v - nf * EXP_C1 - nf * EXP_C2;
+    let mut p = EXP_P[0];
+    for &c in &EXP_P[1..] {
+        p = p * r + c;
+    }
+    let e = p * (r * r) + r + 1.0;
+    let scaled = e * f32::from_bits(((n + 127) as u32) << 23);
+    if below {
+        0.0
+    } else {
+        scaled
+    }
+}
+
+#[allow(clippy::needless_range_loop)] // lane loops read best indexed
+impl Simd for Lanes {
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        Lanes([x; L])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Lanes(std::ptr::read_unaligned(p as *const [f32; L]))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::ptr::write_unaligned(p as *mut [f32; L], self.0)
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        self.map2(o, |a, b| a + b)
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        self.map2(o, |a, b| a - b)
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        self.map2(o, |a, b| a * b)
+    }
+    #[inline(always)]
+    unsafe fn fma(self, a: Self, b: Self) -> Self {
+        let mut r = [0f32; L];
+        for l in 0..L {
+            // Fused where the baseline has FMA (aarch64), like the SIMD variants; on x86-64's
+            // baseline a software fma would be ~50x slower, so the fallback rounds twice there.
+            r[l] = if cfg!(target_feature = "fma") {
+                self.0[l].mul_add(a.0[l], b.0[l])
+            } else {
+                self.0[l] * a.0[l] + b.0[l]
+            };
+        }
+        Lanes(r)
+    }
+    #[inline(always)]
+    unsafe fn div(self, o: Self) -> Self {
+        self.map2(o, |a, b| a / b)
+    }
+    #[inline(always)]
+    unsafe fn max(self, o: Self) -> Self {
+        self.map2(o, |a, b| if b > a { b } else { a })
+    }
+    #[inline(always)]
+    unsafe fn sum(self) -> f32 {
+        let mut a = self.0;
+        let mut w = L / 2;
+        while w > 0 {
+            for l in 0..w {
+                a[l] += a[l + w];
+            }
+            w /= 2;
+        }
+        a[0]
+    }
+    #[inline(always)]
+    unsafe fn max_lane(self) -> f32 {
+        let mut a = self.0;
+        let mut w = L / 2;
+        while w > 0 {
+            for l in 0..w {
+                a[l] = if a[l + w] > a[l] { a[l + w] } else { a[l] };
+            }
+            w /= 2;
+        }
+        a[0]
+    }
+    #[inline(always)]
+    unsafe fn exp(self) -> Self {
+        let mut r = [0f32; L];
+        for l in 0..L {
+            r[l] = exp_lane(self.0[l]);
+        }
+        Lanes(r)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Lanes 0-7 and 8-15 in two AVX2 registers.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx2(__m256, __m256);
+
+    #[inline(always)]
+    unsafe fn sum8(x: __m256) -> f32 {
+        // lanes l + l+4, then l + l+2, then l + l+1: the tree's last three levels.
+        let s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[inline(always)]
+    unsafe fn max8(x: __m256) -> f32 {
+        // `max(a, b)` as `b > a ? b : a`: _mm_max_ps(b, a) returns a unless b > a... it returns
+        // the second operand when either is NaN or they are equal, so put `a` second.
+        let s = _mm_max_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+        let s = _mm_max_ps(_mm_movehl_ps(s, s), s);
+        let s = _mm_max_ss(_mm_shuffle_ps(s, s, 1), s);
+        _mm_cvtss_f32(s)
+    }
+
+    #[inline(always)]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let below = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_LO), _CMP_LT_OQ);
+        let v = _mm256_min_ps(x, _mm256_set1_ps(EXP_HI));
+        let v = _mm256_max_ps(v, _mm256_set1_ps(EXP_LO));
+        let f = _mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(LOG2E)), _mm256_set1_ps(0.5));
+        let nf = _mm256_floor_ps(f);
+        let r = _mm256_sub_ps(
+            _mm256_sub_ps(v, _mm256_mul_ps(nf, _mm256_set1_ps(EXP_C1))),
+            _mm256_mul_ps(nf, _mm256_set1_ps(EXP_C2)),
+        );
+        let mut p = _mm256_set1_ps(EXP_P[0]);
+        for &c in &EXP_P[1..] {
+            p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c));
+        }
+        let e = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), _mm256_set1_ps(1.0));
+        let n = _mm256_cvtps_epi32(nf);
+        let pow = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
+        _mm256_andnot_ps(below, _mm256_mul_ps(e, pow))
+    }
+
+    impl Simd for Avx2 {
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            Avx2(_mm256_set1_ps(x), _mm256_set1_ps(x))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx2(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0);
+            _mm256_storeu_ps(p.add(8), self.1);
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            Avx2(_mm256_add_ps(self.0, o.0), _mm256_add_ps(self.1, o.1))
+        }
+        #[inline(always)]
+        unsafe fn sub(self, o: Self) -> Self {
+            Avx2(_mm256_sub_ps(self.0, o.0), _mm256_sub_ps(self.1, o.1))
+        }
+        #[inline(always)]
+        unsafe fn mul(self, o: Self) -> Self {
+            Avx2(_mm256_mul_ps(self.0, o.0), _mm256_mul_ps(self.1, o.1))
+        }
+        #[inline(always)]
+        unsafe fn fma(self, a: Self, b: Self) -> Self {
+            Avx2(_mm256_fmadd_ps(self.0, a.0, b.0), _mm256_fmadd_ps(self.1, a.1, b.1))
+        }
+        #[inline(always)]
+        unsafe fn div(self, o: Self) -> Self {
+            Avx2(_mm256_div_ps(self.0, o.0), _mm256_div_ps(self.1, o.1))
+        }
+        #[inline(always)]
+        unsafe fn max(self, o: Self) -> Self {
+            Avx2(_mm256_max_ps(o.0, self.0), _mm256_max_ps(o.1, self.1))
+        }
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            sum8(_mm256_add_ps(self.0, self.1))
+        }
+        #[inline(always)]
+        unsafe fn max_lane(self) -> f32 {
+            max8(_mm256_max_ps(self.1, self.0))
+        }
+        #[inline(always)]
+        unsafe fn exp(self) -> Self {
+            Avx2(exp8(self.0), exp8(self.1))
+        }
+    }
+
+    /// All sixteen lanes in one AVX-512 register.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx512(__m512);
+
+    impl Simd for Avx512 {
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            Avx512(_mm512_set1_ps(x))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx512(_mm512_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm512_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn load_part_with(p: *const f32, n: usize, fill: f32) -> Self {
+            let m = ((1u32 << n) - 1) as __mmask16;
+            Avx512(_mm512_mask_loadu_ps(_mm512_set1_ps(fill), m, p))
+        }
+        #[inline(always)]
+        unsafe fn store_part(self, p: *mut f32, n: usize) {
+            _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as __mmask16, self.0)
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            Avx512(_mm512_add_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn sub(self, o: Self) -> Self {
+            Avx512(_mm512_sub_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn mul(self, o: Self) -> Self {
+            Avx512(_mm512_mul_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn fma(self, a: Self, b: Self) -> Self {
+            Avx512(_mm512_fmadd_ps(self.0, a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn div(self, o: Self) -> Self {
+            Avx512(_mm512_div_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn max(self, o: Self) -> Self {
+            Avx512(_mm512_max_ps(o.0, self.0))
+        }
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            let lo = _mm512_castps512_ps256(self.0);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(self.0), 1));
+            sum8(_mm256_add_ps(lo, hi))
+        }
+        #[inline(always)]
+        unsafe fn max_lane(self) -> f32 {
+            let lo = _mm512_castps512_ps256(self.0);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(self.0), 1));
+            max8(_mm256_max_ps(hi, lo))
+        }
+        #[inline(always)]
+        unsafe fn exp(self) -> Self {
+            let x = self.0;
+            let below = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_LO), _CMP_LT_OQ);
+            let v = _mm512_min_ps(x, _mm512_set1_ps(EXP_HI));
+            let v = _mm512_max_ps(v, _mm512_set1_ps(EXP_LO));
+            let f = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(LOG2E)), _mm512_set1_ps(0.5));
+            let nf = _mm512_roundscale_ps(f, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+            let r = _mm512_sub_ps(
+                _mm512_sub_ps(v, _mm512_mul_ps(nf, _mm512_set1_ps(EXP_C1))),
+                _mm512_mul_ps(nf, _mm512_set1_ps(EXP_C2)),
+            );
+            let mut p = _mm512_set1_ps(EXP_P[0]);
+            for &c in &EXP_P[1..] {
+                p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(c));
+            }
+            let e = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, _mm512_mul_ps(r, r)), r), _mm512_set1_ps(1.0));
+            let n = _mm512_cvtps_epi32(nf);
+            let pow = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23));
+            Avx512(_mm512_maskz_mul_ps(!below, e, pow))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        fn sym(&mut self) -> f32 {
+            ((self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    #[test]
+    fn exp_matches_libm_over_the_softmax_range() {
+        let mut worst = 0f64;
+        let mut x = -90.0f32;
+        while x <= 0.0 {
+            let got = exp_lane(x) as f64;
+            let want = (x as f64).exp();
+            if x < -87.336_55 {
+                assert_eq!(got, 0.0, "exp({x})");
+            } else if want > 1e-30 {
+                worst = worst.max((got - want).abs() / want);
+            }
+            x += 0.001_37;
+        }
+        assert!(worst < 4e-7, "worst relative error {worst}");
+        assert_eq!(exp_lane(0.0), 1.0);
+    }
+
+    /// A case: shapes, a slot layout with dead slots and shuffled positions, a chunk of queries.
+    struct Case {
+        heads: usize,
+        kv: usize,
+        d: usize,
+        slots: usize,
+        hi: usize,
+        q: Vec<f32>,
+        k: Vec<f32>,
+        kb: Vec<f32>,
+        v: Vec<f32>,
+        slot_pos: Vec<u64>,
+        live: Vec<bool>,
+        q_pos: Vec<u64>,
+        window: Option<u64>,
+    }
+
+    fn case(rng: &mut Rng, heads: usize, kv: usize, d: usize, hi: usize, t: usize, window: Option<u64>) -> Case {
+        let slots = (hi + 3).next_multiple_of(KEY_BLOCK);
+        // Positions: a shuffled run ending with the chunk's own tokens (which are live).
+        let base = 100 + rng.below(50);
+        let mut slot_pos: Vec<u64> = (0..hi as u64).map(|i| base + i).collect();
+        for i in (1..hi).rev() {
+            slot_pos.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        slot_pos.resize(slots, 0);
+        let top = base + hi as u64 - 1;
+        let q_pos: Vec<u64> = (0..t as u64).map(|i| top - (t as u64 - 1) + i).collect();
+        let holes = hi % 2 == 1;
+        let mut live: Vec<bool> = (0..slots).map(|s| s < hi && (!holes || rng.below(5) != 0)).collect();
+        for (s, &p) in slot_pos.iter().enumerate().take(hi) {
+            if q_pos.contains(&p) {
+                live[s] = true;
+            }
+        }
+        let n = |rng: &mut Rng, len: usize| (0..len).map(|_| rng.sym() * 2.0).collect::<Vec<f32>>();
+        let k = n(rng, kv * slots * d);
+        let mut kb = vec![f32::NAN; k.len()];
+        for g in 0..kv {
+            for s in 0..slots {
+                write_key(&mut kb, slots, g, s, &k[(g * slots + s) * d..][..d]);
+            }
+        }
+        let mut back = vec![0f32; d];
+        read_key(&kb, slots, kv - 1, slots - 1, &mut back);
+        assert_eq!(back, k[((kv - 1) * slots + slots - 1) * d..][..d]);
+        Case {
+            heads,
+            kv,
+            d,
+            slots,
+            hi,
+            q: n(rng, t * heads * d + 5),
+            k,
+            kb,
+            v: n(rng, kv * slots * d),
+            slot_pos,
+            live,
+            q_pos,
+            window,
+        }
+    }
+
+    fn step(c: &Case) -> Step<'_> {
+        Step {
+            q: &c.q[5..],
+            q_stride: c.heads * c.d,
+            q_pos: &c.q_pos,
+            k: &c.kb,
+            v: &c.v,
+            slots: c.slots,
+            hi: c.hi,
+            slot_pos: &c.slot_pos,
+            live: &c.live,
+            window: c.window,
+            num_heads: c.heads,
+            num_kv_heads: c.kv,
+            head_dim: c.d,
+            scale: 1.0 / (c.d as f32).sqrt(),
+        }
+    }
+
+    /// Naive f64 attention: per row and head, softmax over the visible slots, weighted values.
+    fn reference(c: &Case) -> (Vec<f64>, Vec<f64>) {
+        let (t, h, d) = (c.q_pos.len(), c.heads, c.d);
+        let group = h / c.kv;
+        let mut out = vec![0f64; t * h * d];
+        let mut probs = vec![0f64; t * h * c.hi];
+        let q = &c.q[5..];
+        for r in 0..t {
+            for head in 0..h {
+                let g = head / group;
+                let vis: Vec<usize> = (0..c.hi)
+                    .filter(|&s| {
+                        let sp = c.slot_pos[s];
+                        c.live[s] && sp <= c.q_pos[r] && c.window.is_none_or(|w| c.q_pos[r] - sp < w)
+                    })
+                    .collect();
+                let sc: Vec<f64> = vis
+                    .iter()
+                    .map(|&s| {
+                        let dot: f64 = (0..d)
+                            .map(|i| q[r * h * d + head * d + i] as f64 * c.k[(g * c.slots + s) * d + i] as f64)
+                            .sum();
+                        dot / (d as f64).sqrt()
+                    })
+                    .collect();
+                let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for (&s, &w) in vis.iter().zip(&e) {
+                    let p = w / z;
+                    probs[(r * h + head) * c.hi + s] = p;
+                    for i in 0..d {
+                        out[(r * h + head) * d + i] += p * c.v[(g * c.slots + s) * d + i] as f64;
+                    }
+                }
+            }
+        }
+        (out, probs)
+    }
+
+    fn run_case(isa: Isa, c: &Case, prob_rows: usize, threads: bool) -> (Vec<f32>, Vec<f32>) {
+        let t = c.q_pos.len();
+        let stride = c.heads * c.d + 3;
+        let mut out = vec![f32::NAN; t * stride];
+        let mut probs = vec![f32::NAN; prob_rows * c.heads * c.hi];
+        let s = step(c);
+        let sink = Sink { out: &mut out, out_stride: stride, probs: &mut probs, prob_rows };
+        if threads {
+            let par = |n: usize, f: &(dyn Fn(usize) + Sync)| {
+                std::thread::scope(|sc| {
+                    for i in (0..n).rev() {
+                        sc.spawn(move || f(i));
+                    }
+                })
+            };
+            attention_with(isa, &s, sink, &par).unwrap();
+        } else {
+            attention_with(isa, &s, sink, &|n, f| (0..n).for_each(f)).unwrap();
+        }
+        let out: Vec<f32> = out.chunks(stride).flat_map(|r| r[..c.heads * c.d].to_vec()).collect();
+        (out, probs)
+    }
+
+    #[test]
+    fn every_variant_matches_the_reference_and_the_portable_code_exactly() {
+        let mut rng = Rng(42);
+        let shapes = [
+            // heads, kv, d, hi, t, window
+            (9, 3, 64, 37, 1, None),
+            (9, 3, 64, 37, 7, None),
+            (4, 1, 256, 19, 3, Some(8)),
+            (2, 2, 4, 5, 1, None),
+            (6, 2, 12, 33, 13, Some(5)),
+            (1, 1, 17, 1, 1, None),
+            (8, 4, 8, 70, 16, None),
+            // even hi: no dead slots, so decode rows take the unmasked path
+            (9, 3, 64, 48, 1, None),
+            (9, 3, 64, 130, 1, None),
+            (4, 1, 256, 34, 2, None),
+            (3, 3, 128, 64, 9, Some(40)),
+        ];
+        for (i, &(h, g, d, hi, t, w)) in shapes.iter().enumerate() {
+            let c = case(&mut rng, h, g, d, hi, t, w);
+            let (want_out, want_probs) = reference(&c);
+            let prob_rows = [0, 1, t][i % 3];
+            let simd = Isa::available().into_iter().filter(|&i| i != Isa::Portable).collect::<Vec<_>>();
+            let base = *simd.first().unwrap_or(&Isa::Portable);
+            let (base_out, base_probs) = run_case(base, &c, prob_rows, false);
+            for isa in Isa::available() {
+                let (out, probs) = run_case(isa, &c, prob_rows, false);
+                for (a, b) in out.iter().zip(&want_out) {
+                    assert!((*a as f64 - b).abs() < 1e-5 * (1.0 + b.abs()), "{isa:?} shape {i}: {a} vs {b}");
+                }
+                let first = (t - prob_rows) * h * hi;
+                for (a, b) in probs.iter().zip(&want_probs[first..]) {
+                    assert!((*a as f64 - b).abs() < 1e-6, "{isa:?} shape {i}: prob {a} vs {b}");
+                }
+            }
+            for &isa in &simd {
+                for threads in [false, true] {
+                    let (out, probs) = run_case(isa, &c, prob_rows, threads);
+                    assert_eq!(out, base_out, "{isa:?} shape {i}: output differs from {base:?}");
+                    assert_eq!(probs, base_probs, "{isa:?} shape {i}: probabilities differ");
+                }
+            }
+            for (a, b) in base_out.iter().zip(&want_out) {
+                assert!((*a as f64 - b).abs() < 1e-5 * (1.0 + b.abs()), "shape {i}: {a} vs {b}");
+            }
+            let first = (t - prob_rows) * h * hi;
+            for (a, b) in base_probs.iter().zip(&want_probs[first..]) {
+                assert!((*a as f64 - b).abs() < 1e-6, "shape {i}: prob {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let mut rng = Rng(1);
+        let c = case(&mut rng, 9, 3, 64, 10, 2, None);
+        let mut s = step(&c);
+        s.num_kv_heads = 4;
+        let mut out = vec![0f32; 2 * 576];
+        let e = attention(&s, Sink { out: &mut out, out_stride: 576, probs: &mut [], prob_rows: 0 });
+        assert!(e.unwrap_err().contains("cannot share"));
+        let s = step(&c);
+        let e = attention(&s, Sink { out: &mut out[..10], out_stride: 576, probs: &mut [], prob_rows: 0 });
+        assert!(e.unwrap_err().contains("output"));
+        let e = attention(&s, Sink { out: &mut out, out_stride: 576, probs: &mut [], prob_rows: 1 });
+        assert!(e.unwrap_err().contains("probability"));
+    }
+}

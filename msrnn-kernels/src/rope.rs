@@ -1,0 +1,136 @@
+//! Rotary position embeddings on host slices: rows of queries or keys rotated at given positions,
+//! and a layer's blocked keys rotated by each slot's rank (positions inside the cache).
+//!
+//! Two layouts pair a head's dimensions: `Interleaved` rotates `(2i, 2i+1)` (GGUF files, whose
+//! converter permuted the Q/K rows), `HalfSplit` rotates `(i, i + d/2)` (Hugging Face weights).
+//! The arithmetic is candle's (`rope_i` / `rope`): `x0 c - x1 s` and `x0 s + x1 c`, rounded per
+//! operation, so a row rotated here equals one rotated by candle bit for bit.
+
+use crate::attention::{key_index, KEY_BLOCK};
+
+/// How a head's dimensions are paired for rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs `(2i, 2i + 1)`.
+    Interleaved,
+    /// Pairs `(i, i + d/2)`.
+    HalfSplit,
+}
+
+/// The pair `(a, b)` of dimension pair `i` in a head of `d` values.
+#[inline(always)]
+fn pair(style: RopeStyle, d: usize, i: usize) -> (usize, usize) {
+    match style {
+        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+        RopeStyle::HalfSplit => (i, i + d / 2),
+    }
+}
+
+/// Rotates every head of one row in place: `row` holds `heads` heads of `d` values, `cos`/`sin`
+/// hold the `d/2` angles' cosines and sines for this row's position.
+pub fn rotate_row(row: &mut [f32], heads: usize, d: usize, cos: &[f32], sin: &[f32], style: RopeStyle) {
+    for h in 0..heads {
+        let x = &mut row[h * d..(h + 1) * d];
+        for i in 0..d / 2 {
+            let (a, b) = pair(style, d, i);
+            let (x0, x1, c, s) = (x[a], x[b], cos[i], sin[i]);
+            x[a] = x0 * c - x1 * s;
+            x[b] = x0 * s + x1 * c;
+        }
+    }
+}
+
+/// Rotates the keys of slots `[0, hi)` of a blocked buffer (`[kv_heads][slots/16][d][16]`, see
+/// [`key_index`]) from `src` into `dst`, slot `s` at the angles of row `angle_row[s]` of the
+/// tables (`cos`/`sin`: `d/2` values per row). Slots past `hi` in the last block are left alone.
+#[allow(clippy::too_many_arguments)]
+pub fn rotate_keys_blocked(
+    src: &[f32],
+    dst: &mut [f32],
+    slots: usize,
+    hi: usize,
+    kv_heads: usize,
+    d: usize,
+    angle_row: &[u32],
+    cos: &[f32],
+    sin: &[f32],
+    style: RopeStyle,
+) {
+    let half = d / 2;
+    let mut ct = vec![0f32; half * KEY_BLOCK];
+    let mut st = vec![0f32; half * KEY_BLOCK];
+    for b in 0..hi.div_ceil(KEY_BLOCK) {
+        let lanes = (hi - b * KEY_BLOCK).min(KEY_BLOCK);
+        // The block's angles, transposed to [pair][lane] so the rotation below runs lane-wise.
+        for l in 0..lanes {
+            let r = angle_row[b * KEY_BLOCK + l] as usize * half;
+            for i in 0..half {
+                ct[i * KEY_BLOCK + l] = cos[r + i];
+                st[i * KEY_BLOCK + l] = sin[r + i];
+            }
+        }
+        for g in 0..kv_heads {
+            let base = key_index(slots, d, g, b * KEY_BLOCK, 0);
+            for i in 0..half {
+                let (a, bb) = pair(style, d, i);
+                let (ra, rb) = (base + a * KEY_BLOCK, base + bb * KEY_BLOCK);
+                let (c, s) = (&ct[i * KEY_BLOCK..][..KEY_BLOCK], &st[i * KEY_BLOCK..][..KEY_BLOCK]);
+                for l in 0..lanes {
+                    let (x0, x1) = (src[ra + l], src[rb + l]);
+                    dst[ra + l] = x0 * c[l] - x1 * s[l];
+                    dst[rb + l] = x0 * s[l] + x1 * c[l];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::{read_key, write_key};
+
+    #[test]
+    fn blocked_keys_rotate_like_rows() {
+        let (kv, d, slots, hi) = (2, 8, 32, 21);
+        let half = d / 2;
+        let rows = 40;
+        let cos: Vec<f32> = (0..rows * half).map(|i| (i as f32 * 0.37).cos()).collect();
+        let sin: Vec<f32> = (0..rows * half).map(|i| (i as f32 * 0.37).sin()).collect();
+        let keys: Vec<f32> = (0..kv * slots * d).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
+        let angle_row: Vec<u32> = (0..hi as u32).map(|s| (s * 13) % rows as u32).collect();
+        for style in [RopeStyle::Interleaved, RopeStyle::HalfSplit] {
+            let mut src = vec![0f32; keys.len()];
+            for g in 0..kv {
+                for s in 0..slots {
+                    write_key(&mut src, slots, g, s, &keys[(g * slots + s) * d..][..d]);
+                }
+            }
+            let mut dst = vec![f32::NAN; src.len()];
+            rotate_keys_blocked(&src, &mut dst, slots, hi, kv, d, &angle_row, &cos, &sin, style);
+            for g in 0..kv {
+                for s in 0..hi {
+                    let mut want = keys[(g * slots + s) * d..][..d].to_vec();
+                    let r = angle_row[s] as usize * half;
+                    rotate_row(&mut want, 1, d, &cos[r..r + half], &sin[r..r + half], style);
+                    let mut got = vec![0f32; d];
+                    read_key(&dst, slots, g, s, &mut got);
+                    assert_eq!(got, want, "{style:?} head {g} slot {s}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pairs_follow_the_layouts() {
+        let mut x = [1.0f32, 2.0, 3.0, 4.0];
+        let (c, s) = ([0.0f32, 1.0], [1.0f32, 0.0]);
+        rotate_row(&mut x, 1, 4, &c, &s, RopeStyle::Interleaved);
+        // pair (0,1) by 90 degrees, pair (2,3) unchanged
+        assert_eq!(x, [-2.0, 1.0, 3.0, 4.0]);
+        let mut y = [1.0f32, 2.0, 3.0, 4.0];
+        rotate_row(&mut y, 1, 4, &c, &s, RopeStyle::HalfSplit);
+        // pair (0,2) by 90 degrees, pair (1,3) unchanged
+        assert_eq!(y, [-3.0, 2.0, 1.0, 4.0]);
+    }
+}
