@@ -189,6 +189,27 @@ impl LayerState {
         })
     }
 
+    /// Gives the layer a rotary embedding applied in `mode` (for layers built with [`Self::new`]).
+    pub fn with_rope(mut self, spec: RopeSpec, mode: Positions) -> Result<Self> {
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(Error::Input(format!("rotary embeddings need an even head size, got {}", self.head_dim)));
+        }
+        self.rope = Some(Rope::new(self.head_dim, spec));
+        self.mode = mode;
+        Ok(self)
+    }
+
+    /// Keeps the buffers as candle tensors even on the CPU, so tests run the path other devices
+    /// take.
+    #[doc(hidden)]
+    pub fn with_tensor_buffers(mut self) -> Result<Self> {
+        if self.is_host() {
+            let (k, v) = self.kv()?;
+            self.kv = Kv::Device { k, v };
+        }
+        Ok(self)
+    }
+
     /// Allocated slots (live or free).
     pub fn num_slots(&self) -> usize {
         self.live.len()

@@ -2,7 +2,9 @@
 //! every query head, softmax with an explicit causal mask, and apply the same evictions by position.
 
 use candle_core::{DType, Device, Tensor};
-use msrnn_core::{attend, Capacity, Decision, LayerState, Needs, Observation, Policy, Result, Rows};
+use msrnn_core::{
+    attend, Capacity, Decision, LayerState, Needs, Observation, Policy, Positions, Result, RopeSpec, RopeStyle, Rows,
+};
 
 /// Deterministic pseudo-random numbers so failures reproduce.
 struct Lcg(u64);
@@ -64,6 +66,26 @@ struct Entry {
 
 /// Naive attention for one chunk: returns `[n_heads, t, hd]` flattened, and the last row's
 /// probabilities per head over the entries sorted by position.
+/// Rotates `x` (one head of `x.len()` values) by `at` positions, in f64 (the reference RoPE).
+fn rotate(x: &[f32], at: u64, theta: f64, style: RopeStyle) -> Vec<f32> {
+    let d = x.len();
+    let mut y = x.to_vec();
+    for i in 0..d / 2 {
+        let a = at as f64 * theta.powf(-(2.0 * i as f64) / d as f64);
+        let (c, s) = (a.cos(), a.sin());
+        let (ia, ib) = match style {
+            RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+            RopeStyle::HalfSplit => (i, i + d / 2),
+        };
+        let (x0, x1) = (x[ia] as f64, x[ib] as f64);
+        y[ia] = (x0 * c - x1 * s) as f32;
+        y[ib] = (x0 * s + x1 * c) as f32;
+    }
+    y
+}
+
+const THETA: f64 = 500.0;
+
 #[allow(clippy::too_many_arguments)]
 fn naive(
     cache: &mut Vec<Entry>,
@@ -75,6 +97,7 @@ fn naive(
     nkv: usize,
     hd: usize,
     window: Option<usize>,
+    rope: Option<(Positions, RopeStyle)>,
 ) -> (Vec<f32>, Vec<f32>) {
     let t = pos.len();
     for (i, &p) in pos.iter().enumerate() {
@@ -87,6 +110,15 @@ fn naive(
         cache.push(Entry { pos: p, k: kk, v: vv });
     }
     cache.sort_by_key(|e| e.pos);
+    // Where each entry and each query sits: its position, or its rank among the live entries.
+    let at = |p: u64| match rope {
+        Some((Positions::Cache, _)) => cache.iter().position(|e| e.pos == p).unwrap() as u64,
+        _ => p,
+    };
+    let rot = |x: &[f32], p: u64| match rope {
+        Some((_, style)) => rotate(x, at(p), THETA, style),
+        None => x.to_vec(),
+    };
     let group = nh / nkv;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0f32; nh * t * hd];
@@ -94,7 +126,7 @@ fn naive(
     for h in 0..nh {
         let kvh = h / group; // "repeat_kv": head h reads kv head h / group
         for (i, &p) in pos.iter().enumerate() {
-            let qv = &q[(h * t + i) * hd..(h * t + i + 1) * hd];
+            let qv = &rot(&q[(h * t + i) * hd..(h * t + i + 1) * hd], p)[..];
             let logits: Vec<f32> = cache
                 .iter()
                 .map(|e| {
@@ -102,7 +134,7 @@ fn naive(
                     if !vis {
                         return f32::NEG_INFINITY;
                     }
-                    qv.iter().zip(&e.k[kvh * hd..(kvh + 1) * hd]).map(|(a, b)| a * b).sum::<f32>() * scale
+                    qv.iter().zip(&rot(&e.k[kvh * hd..(kvh + 1) * hd], e.pos)).map(|(a, b)| a * b).sum::<f32>() * scale
                 })
                 .collect();
             let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -122,10 +154,52 @@ fn naive(
     (out, last)
 }
 
+/// How the layer is built: with a rotary embedding in a position mode, and on host buffers (the
+/// fused kernel) or candle tensors (the path of other devices).
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    rope: Option<(Positions, RopeStyle)>,
+    tensors: bool,
+}
+
+fn variants() -> Vec<Variant> {
+    let mut v = Vec::new();
+    for tensors in [false, true] {
+        v.push(Variant { rope: None, tensors });
+        v.push(Variant { rope: Some((Positions::Absolute, RopeStyle::Interleaved)), tensors });
+        v.push(Variant { rope: Some((Positions::Cache, RopeStyle::HalfSplit)), tensors });
+        v.push(Variant { rope: Some((Positions::Cache, RopeStyle::Interleaved)), tensors });
+    }
+    v
+}
+
 fn run_case(seed: u64, nh: usize, nkv: usize, hd: usize, cap: Capacity, chunks: &[usize], window: Option<usize>) {
+    for variant in variants() {
+        run_variant(seed, nh, nkv, hd, cap, chunks, window, variant);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_variant(
+    seed: u64,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    cap: Capacity,
+    chunks: &[usize],
+    window: Option<usize>,
+    variant: Variant,
+) {
     let dev = Device::Cpu;
     let mut rng = Lcg(seed);
     let mut layer = LayerState::new(nkv, hd, DType::F32, &dev, cap, window, 1).unwrap();
+    if let Some((mode, style)) = variant.rope {
+        layer = layer.with_rope(RopeSpec { theta: THETA, style }, mode).unwrap();
+    }
+    if variant.tensors {
+        layer = layer.with_tensor_buffers().unwrap();
+    }
+    let tol = if variant.rope.is_some() { 1e-4 } else { 1e-5 };
     let mut pol = Recorder { rng: seed, evicted: vec![], last_rows: vec![] };
     let mut cache: Vec<Entry> = Vec::new();
     let mut next = 0u64;
@@ -140,9 +214,9 @@ fn run_case(seed: u64, nh: usize, nkv: usize, hd: usize, cap: Capacity, chunks: 
         let vt = Tensor::from_vec(v.clone(), (nkv, t, hd), &dev).unwrap();
         let got = attend(&qt, &kt, &vt, &pos, &mut layer, &mut pol, 1.0 / (hd as f64).sqrt()).unwrap();
         let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let (want, want_last) = naive(&mut cache, &q, &k, &v, &pos, nh, nkv, hd, window);
+        let (want, want_last) = naive(&mut cache, &q, &k, &v, &pos, nh, nkv, hd, window, variant.rope);
         let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(err < 1e-5, "seed {seed} step {step}: max abs err {err}");
+        assert!(err < tol, "{variant:?} seed {seed} step {step}: max abs err {err}");
         // The policy saw exactly the reference's probabilities over the live entries.
         let (seen_pos, seen_rows) = pol.last_rows.last().unwrap();
         // Window-dropped entries are gone before the policy looks; compare over what it saw.
@@ -152,7 +226,7 @@ fn run_case(seed: u64, nh: usize, nkv: usize, hd: usize, cap: Capacity, chunks: 
             let r = ref_pos.iter().position(|x| x == p).expect("policy saw a position the reference lacks");
             for h in 0..nh {
                 let d = (seen_rows[h * seen_pos.len() + j] - want_last[h * n + r]).abs();
-                assert!(d < 1e-5, "seed {seed} step {step}: prob mismatch {d}");
+                assert!(d < tol, "{variant:?} seed {seed} step {step}: prob mismatch {d}");
             }
         }
         // Replay the model window and the evictions on the reference.
