@@ -189,6 +189,36 @@ impl LayerState {
         })
     }
 
+    fn try_clone(&self) -> Result<Self> {
+        let kv = match &self.kv {
+            Kv::Host { k, v } => {
+                let (mut k2, mut v2) = (try_zeros(k.len())?, try_zeros(v.len())?);
+                k2.copy_from_slice(k);
+                v2.copy_from_slice(v);
+                Kv::Host { k: k2, v: v2 }
+            }
+            Kv::Device { k, v } => Kv::Device { k: k.copy()?, v: v.copy()? },
+        };
+        Ok(Self {
+            kv,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            dtype: self.dtype,
+            device: self.device.clone(),
+            positions: self.positions.clone(),
+            live: self.live.clone(),
+            free: self.free.clone(),
+            order: self.order.clone(),
+            high: self.high,
+            n_live: self.n_live,
+            capacity: self.capacity,
+            window: self.window,
+            rope: self.rope.clone(),
+            mode: self.mode,
+            index: self.index,
+        })
+    }
+
     /// Gives the layer a rotary embedding applied in `mode` (for layers built with [`Self::new`]).
     pub fn with_rope(mut self, spec: RopeSpec, mode: Positions) -> Result<Self> {
         if !self.head_dim.is_multiple_of(2) {
@@ -583,6 +613,27 @@ impl MsrnnState {
     /// Key/value bytes allocated, all layers.
     pub fn allocated_kv_bytes(&self) -> usize {
         self.layers.iter().map(LayerState::allocated_kv_bytes).sum()
+    }
+
+    /// An exact copy of this state with `policies` (fresh instances of the same policy, e.g. from
+    /// the registry's `create_layers`) carrying this state's policy bookkeeping: what a batch of
+    /// sequences forked from one prefilled prompt starts from.
+    pub fn clone_with(&self, mut policies: Vec<Box<dyn Policy>>) -> Result<Self> {
+        if policies.len() != self.policies.len() {
+            return Err(Error::Input(format!("{} policies for {} layers", policies.len(), self.policies.len())));
+        }
+        for (new, old) in policies.iter_mut().zip(&self.policies) {
+            if new.name() != old.name() {
+                return Err(Error::Input(format!(
+                    "cannot clone a `{}` state with `{}` policies",
+                    old.name(),
+                    new.name()
+                )));
+            }
+            new.load_state(&old.save_state())?;
+        }
+        let layers = self.layers.iter().map(LayerState::try_clone).collect::<Result<_>>()?;
+        Ok(Self { layers, policies, tokens_seen: self.tokens_seen, capacity: self.capacity, positions: self.positions })
     }
 
     /// Empties the state and resets the policies, keeping allocations (a new sequence).

@@ -100,3 +100,18 @@ fn resuming_a_saved_state_gives_identical_outputs() {
 fn feed_len(r: std::ops::Range<usize>) -> u64 {
     r.map(|s| 1 + s as u64 % 3).sum()
 }
+
+#[test]
+fn a_cloned_state_continues_exactly_like_the_original() {
+    for (spec, positions) in [("h2o:recent=0.25", Positions::Absolute), ("tova", Positions::Cache)] {
+        let spec: PolicySpec = spec.parse().unwrap();
+        let cap = Capacity::Bounded(6);
+        let mut a = state_in(&spec, cap, positions);
+        feed(&mut a, 0..12);
+        let r = msrnn_policies::registry();
+        let mut b = a.clone_with(r.create_layers(&spec, 2, 4, 2, cap).unwrap()).unwrap();
+        assert_eq!(feed(&mut a, 12..30), feed(&mut b, 12..30), "{spec}");
+        let other: PolicySpec = "window".parse().unwrap();
+        assert!(a.clone_with(r.create_layers(&other, 2, 4, 2, cap).unwrap()).is_err());
+    }
+}
