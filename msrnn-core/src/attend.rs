@@ -81,6 +81,11 @@ pub fn attend(
         Rows::Last => (1, probs.narrow(1, t - 1, 1)?.narrow(2, 0, hi)?.flatten_all()?.to_vec1::<f32>()?),
         Rows::All => (t, probs.narrow(2, 0, hi)?.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?),
     };
+    let keys = if needs.keys {
+        layer.k.narrow(1, 0, hi)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?
+    } else {
+        Vec::new()
+    };
     let norms = if needs.key_norms {
         layer
             .k
@@ -105,12 +110,14 @@ pub fn attend(
         new_slots: &new_live,
         num_heads: n_heads,
         num_kv_heads: n_kv,
+        head_dim: hd,
         rows,
         probs: &probs_host,
         key_norms: &norms,
+        keys: &keys,
     };
-    let decision = policy.step(&obs, budget)?;
-    let evict = validate(decision, &obs, budget, policy.name())?;
+    let decision = policy.step(&obs, budget).map_err(|e| Error::from_policy(e, policy.name(), obs.layer))?;
+    let evict = validate(decision, &obs, budget).map_err(|e| Error::from_policy(e, policy.name(), obs.layer))?;
     if !evict.is_empty() {
         layer.evict(&evict);
     }

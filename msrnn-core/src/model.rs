@@ -85,6 +85,6 @@ pub fn new_state(
     max_chunk: usize,
 ) -> Result<MsrnnState> {
     let i = model.info();
-    let policies = registry.create_layers(spec, i.num_layers, i.num_heads, i.num_kv_heads, capacity)?;
+    let policies = registry.create_layers(spec, i.num_layers, i.num_heads, i.num_kv_heads, i.head_dim, capacity)?;
     MsrnnState::new(&model.state_config(capacity, max_chunk), policies)
 }

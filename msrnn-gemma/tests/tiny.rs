@@ -209,7 +209,7 @@ fn bad_inputs_are_errors_not_panics() {
         max_chunk: 4,
     };
     let reg = msrnn_policies::registry();
-    let policies = reg.create_layers(&PolicySpec::new("full"), 4, 4, 2, Capacity::Unbounded).unwrap();
+    let policies = reg.create_layers(&PolicySpec::new("full"), 4, 4, 2, 32, Capacity::Unbounded).unwrap();
     let mut wrong = MsrnnState::new(&cfg, policies).unwrap();
     let err = m.forward(&[5], &mut wrong, true).unwrap_err().to_string();
     assert!(err.contains("window"), "{err}");

@@ -19,7 +19,7 @@ fn cfg(capacity: Capacity) -> StateConfig {
 
 fn state(spec: &PolicySpec, capacity: Capacity) -> MsrnnState {
     let r = msrnn_policies::registry();
-    MsrnnState::new(&cfg(capacity), r.create_layers(spec, 2, 4, 2, capacity).unwrap()).unwrap()
+    MsrnnState::new(&cfg(capacity), r.create_layers(spec, 2, 4, 2, 4, capacity).unwrap()).unwrap()
 }
 
 /// Feeds `steps` chunks of pseudo-random q/k/v (seeded by step index) and returns every output.
