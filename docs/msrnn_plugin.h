@@ -1,5 +1,5 @@
 /*
- * msrnn_plugin.h — the C ABI of msrnn compression-policy plugins, version 1.
+ * msrnn_plugin.h — the C ABI of msrnn compression-policy plugins, version 2.
  *
  * A plugin is a shared library exporting one symbol:
  *
@@ -7,7 +7,10 @@
  *
  * returning a pointer to a descriptor that lives as long as the library. msrnn reads `abi_version`
  * first and refuses any value other than MSRNN_PLUGIN_ABI_VERSION. See docs/plugins.md for the guide
- * and the contract; the Rust side of the same layouts is the crate msrnn-plugin-abi.
+ * and the contract; the Rust side of the same layouts is the module `abi` of the crate msrnn-policy-api.
+ *
+ * Version 2 (from 1): msrnn_needs gained `keys` and `capacity`, msrnn_context and msrnn_observation
+ * gained `head_dim`, msrnn_observation gained `keys`, the descriptor gained `aliases`/`num_aliases`.
  *
  * The contract in one paragraph: a layer's state is a buffer of slots, some live. `compress` is called
  * after attention whenever more than `budget` slots are live (or at every step if the instance asked
@@ -27,7 +30,7 @@
 extern "C" {
 #endif
 
-#define MSRNN_PLUGIN_ABI_VERSION 1u
+#define MSRNN_PLUGIN_ABI_VERSION 2u
 
 /* compress return codes */
 #define MSRNN_OK 0         /* decision in evict[0 .. *evict_len) */
@@ -40,11 +43,14 @@ extern "C" {
 #define MSRNN_ROWS_LAST 1u /* the newest query's row */
 #define MSRNN_ROWS_ALL 2u  /* every query row of the chunk, oldest first */
 
-/* What an instance wants to observe; written by create. Booleans are 0 or 1. */
+/* What an instance asks for; written by create (it arrives zeroed). Booleans are 0 or 1. */
 typedef struct msrnn_needs {
     uint32_t rows;
     uint32_t key_norms;  /* L2 norm of every live key, per KV head */
+    uint32_t keys;       /* the keys themselves, as stored */
     uint32_t every_step; /* call compress at every step, not only when over budget */
+    uint64_t capacity;   /* the capacity this instance wants for its layer; 0 takes ctx->capacity. The
+                            layers' capacities together may not exceed num_layers x ctx->capacity. */
 } msrnn_needs;
 
 /* One parameter of the schema (NUL-terminated UTF-8). */
@@ -60,7 +66,8 @@ typedef struct msrnn_context {
     uint64_t num_layers;
     uint64_t num_heads;
     uint64_t num_kv_heads;
-    uint64_t capacity; /* C, or UINT64_MAX when unbounded */
+    uint64_t head_dim;
+    uint64_t capacity; /* the run's C per layer, or UINT64_MAX when unbounded */
 } msrnn_context;
 
 /* One layer after the new tokens were written and attention ran.
@@ -75,9 +82,11 @@ typedef struct msrnn_observation {
     uint64_t num_new;
     uint64_t num_heads;
     uint64_t num_kv_heads;
+    uint64_t head_dim;
     uint64_t rows;              /* rows of probs: 0, 1 or the chunk length */
     const float *probs;         /* [rows][num_heads][num_slots]; NULL when rows == 0 */
     const float *key_norms;     /* [num_kv_heads][num_slots]; NULL unless asked for */
+    const float *keys;          /* [num_kv_heads][num_slots][head_dim] as stored; NULL unless asked for */
 } msrnn_observation;
 
 /* params: "key=value,key=value" (empty string when none). On success: an instance, *needs_out filled
@@ -106,6 +115,8 @@ typedef struct msrnn_policy_descriptor {
     uint32_t abi_version;        /* MSRNN_PLUGIN_ABI_VERSION */
     const char *name;            /* 1 to 64 of [A-Za-z0-9_+.-] */
     const char *description;     /* one line */
+    const char *const *aliases;  /* [num_aliases] other names it answers to; NULL when none */
+    uint64_t num_aliases;
     const msrnn_param *params;   /* [num_params] the schema, exactly: other keys are refused before
                                     create (num_params may be 0: takes none). NULL: no schema, any
                                     keys reach create, which checks them itself. */

@@ -95,8 +95,8 @@ pub fn list(ctx: &Ctx) -> Result<()> {
         if !e.aliases.is_empty() {
             out.push_str(&format!("{pad}alias: {}\n", e.aliases.join(", ")));
         }
-        for (name, default, help) in &e.params {
-            out.push_str(&format!("{pad}{name}={default}  {help}\n"));
+        for p in &e.params {
+            out.push_str(&format!("{pad}{}={}  {}\n", p.name, p.default, p.help));
         }
         if !e.strict_params {
             out.push_str(&format!("{pad}(declares no parameter list: takes any key=value)\n"));

@@ -5,7 +5,7 @@
 //! probability rows the policy asked for written straight into its buffer); candle tensors on other
 //! devices go through candle's ops.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use msrnn_kernels::attention::{attention, Sink, Step};
 use msrnn_kernels::rope::{rotate_keys_blocked, rotate_row};
 
@@ -261,8 +261,8 @@ fn step_device(
 }
 
 /// The policy's turn: when over budget (or every step if it asked), it sees the probability rows
-/// (`[rows, num_heads, probs_hi]`, re-cut to the current live range) and its validated decision
-/// frees slots.
+/// (`[rows, num_heads, probs_hi]`, re-cut to the current live range) and whatever else it asked
+/// for, and its validated decision frees slots.
 #[allow(clippy::too_many_arguments)]
 fn compress(
     layer: &mut LayerState,
@@ -284,7 +284,13 @@ fn compress(
         // The window drop after attention lowered the live range: keep each row's first `hi`.
         probs = probs.chunks(probs_hi).flat_map(|r| r[..hi].iter().copied()).collect();
     }
-    let norms = if needs.key_norms { layer_key_norms(layer, hi)? } else { Vec::new() };
+    let keys = if needs.keys || needs.key_norms { layer_keys(layer, hi)? } else { Vec::new() };
+    let d = layer.head_dim;
+    let norms: Vec<f32> = if needs.key_norms {
+        keys.chunks(d).map(|k| k.iter().map(|x| x * x).sum::<f32>().sqrt()).collect()
+    } else {
+        Vec::new()
+    };
     // A 1-token model window can drop a new token already; keep the list to live slots.
     let new_live: Vec<usize> = new_slots.iter().copied().filter(|&s| layer.live[s]).collect();
     let obs = Observation {
@@ -296,38 +302,27 @@ fn compress(
         new_slots: &new_live,
         num_heads: n_heads,
         num_kv_heads: layer.num_kv_heads,
+        head_dim: d,
         rows,
         probs: &probs,
         key_norms: &norms,
+        keys: if needs.keys { &keys } else { &[] },
     };
-    let decision = policy.step(&obs, budget)?;
-    let evict = validate(decision, &obs, budget, policy.name())?;
+    let decision = policy.step(&obs, budget).map_err(|e| Error::from_policy(e, policy.name(), obs.layer))?;
+    let evict = validate(decision, &obs, budget).map_err(|e| Error::from_policy(e, policy.name(), obs.layer))?;
     layer.evict(&evict);
     Ok(())
 }
 
-/// L2 norm of every key as stored, `[kv_heads, hi]`.
-fn layer_key_norms(layer: &LayerState, hi: usize) -> Result<Vec<f32>> {
+/// Every key of slots `[0, hi)` as stored (rotated in absolute mode, unrotated in cache mode),
+/// `[kv_heads, hi, head_dim]` f32.
+fn layer_keys(layer: &LayerState, hi: usize) -> Result<Vec<f32>> {
     match &layer.kv {
-        Kv::Device { k, .. } => Ok(k
-            .narrow(1, 0, hi)?
-            .to_dtype(DType::F32)?
-            .sqr()?
-            .sum(D::Minus1)?
-            .sqrt()?
-            .flatten_all()?
-            .to_vec1::<f32>()?),
+        Kv::Device { k, .. } => Ok(k.narrow(1, 0, hi)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
         Kv::Host { .. } => {
             let (slots, d) = (layer.num_slots(), layer.head_dim);
-            let keys = layer.keys_host();
-            let mut norms = Vec::with_capacity(layer.num_kv_heads * hi);
-            for g in 0..layer.num_kv_heads {
-                for s in 0..hi {
-                    let row = &keys[(g * slots + s) * d..][..d];
-                    norms.push(row.iter().map(|x| x * x).sum::<f32>().sqrt());
-                }
-            }
-            Ok(norms)
+            let all = layer.keys_host();
+            Ok((0..layer.num_kv_heads).flat_map(|g| all[g * slots * d..][..hi * d].iter().copied()).collect())
         }
     }
 }

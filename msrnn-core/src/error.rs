@@ -35,6 +35,25 @@ pub enum Error {
 
     #[error("state file: {0}")]
     StateFile(String),
+
+    /// A policy's error where the caller did not say which policy and layer (see [`Error::from_policy`]).
+    #[error("policy: {0}")]
+    Policy(#[from] msrnn_policy_api::Error),
+}
+
+impl Error {
+    /// A policy's error with the policy and layer it came from: a bad parameter, a failed step, an
+    /// invalid decision, or state that could not be restored.
+    pub fn from_policy(e: msrnn_policy_api::Error, policy: &str, layer: usize) -> Self {
+        use msrnn_policy_api::Error as P;
+        let policy = policy.to_string();
+        match e {
+            P::Param(reason) => Error::InvalidParam { policy, reason },
+            P::Failed(reason) => Error::PolicyFailed { policy, layer, reason },
+            P::Decision(reason) => Error::InvalidDecision { policy, layer, reason },
+            P::State(reason) => Error::StateFile(format!("policy `{policy}` (layer {layer}): {reason}")),
+        }
+    }
 }
 
 fn suggest(s: &[String]) -> String {

@@ -7,7 +7,8 @@
 //! This crate knows no model family. It holds:
 //! - the state ([`MsrnnState`], [`LayerState`]): fixed slot buffers updated in place;
 //! - the step ([`attend`]): update, attention over live slots, compress;
-//! - the policy contract ([`Policy`], [`Observation`], [`Decision`]) and its [`PolicyRegistry`];
+//! - the policy contract, re-exported from msrnn-policy-api ([`Policy`], [`Observation`], [`Decision`],
+//!   [`Declare`]), and its [`PolicyRegistry`] ([`builtin_policy!`] registers a built-in);
 //! - policies as shared-library plugins ([`plugin`]: [`PolicyRegistry::load_plugin`], `MSRNN_PLUGINS`);
 //! - what adapters implement ([`CausalLm`]) and what they get for free ([`perplexity`], [`generate`]).
 
@@ -32,10 +33,10 @@ pub use eval::{perplexity, perplexity_batch, EvalMode, Perplexity};
 pub use generate::{generate, generate_batch, GenItem, GenerateOptions, Generation, Sampler, Sampling, StopReason};
 pub use model::{new_state, new_state_positioned, CausalLm, Logits, ModelInfo, SeqStep};
 pub use persist::StateHeader;
-pub use plugin::{Plugin, PLUGINS_ENV};
-pub use policy::{Decision, Needs, Observation, Policy, Rows};
+pub use plugin::{Plugin, PluginKind, PLUGINS_ENV};
+pub use policy::{Context, Decision, Declare, Needs, Observation, Param, Params, Policy, Rows};
 pub use positions::{Positions, Rope, RopeSpec, RopeStyle};
-pub use registry::{BuiltinPolicy, Entry, Factory, ParamInfo, PolicyContext, PolicyRegistry, Source};
+pub use registry::{BuiltinPolicy, Entry, Factory, PolicyRegistry, Source};
 pub use spec::{ParamValue, PolicySpec};
 pub use state::{Capacity, LayerState, MsrnnState, StateConfig};
 

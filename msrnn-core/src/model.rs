@@ -138,7 +138,7 @@ pub fn new_state_positioned(
     positions: Positions,
 ) -> Result<MsrnnState> {
     let i = model.info();
-    let policies = registry.create_layers(spec, i.num_layers, i.num_heads, i.num_kv_heads, capacity)?;
+    let policies = registry.create_layers(spec, i.num_layers, i.num_heads, i.num_kv_heads, i.head_dim, capacity)?;
     let mut cfg = model.state_config(capacity, max_chunk);
     cfg.positions = positions;
     MsrnnState::new(&cfg, policies)

@@ -128,7 +128,8 @@ impl MsrnnState {
                 get(format!("layer.{i}.live"))?.to_vec1::<u8>()?.into_iter().map(|x| x != 0).collect();
             let pol = get(format!("layer.{i}.policy"))?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
             self.layers[i].restore(k, v, pos, live)?;
-            self.policies[i].load_state(&pol)?;
+            let p = &mut self.policies[i];
+            p.load_state(&pol).map_err(|e| Error::from_policy(e, p.name(), i))?;
         }
         self.set_tokens_seen(h.tokens_seen);
         Ok(h)

@@ -4,42 +4,57 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use msrnn_policy_api::{valid_name, Context, Declare, Param, Params, Policy};
+
 use crate::error::{Error, Result};
-use crate::policy::Policy;
 use crate::spec::PolicySpec;
 use crate::state::Capacity;
 
-/// What a factory learns about where its policy instance will live.
-#[derive(Debug, Clone, Copy)]
-pub struct PolicyContext {
-    pub layer: usize,
-    pub num_layers: usize,
-    pub num_heads: usize,
-    pub num_kv_heads: usize,
-    pub capacity: Capacity,
-}
+/// Creates one instance for one layer from parameters already checked against the entry's schema.
+/// It is handed the registry doing the creating, so a policy that wraps another (per-layer budgets
+/// around any base policy) can create its base, plugins included.
+pub type Factory = Arc<dyn Fn(&Params, &Context, &PolicyRegistry) -> Result<Box<dyn Policy>> + Send + Sync>;
 
-/// A parameter a policy accepts, for listings and for rejecting unknown keys.
-#[derive(Debug, Clone, Copy)]
-pub struct ParamInfo {
-    pub name: &'static str,
-    pub default: &'static str,
-    pub help: &'static str,
-}
-
-/// Creates one policy instance for one layer.
-pub type Factory = Arc<dyn Fn(&PolicySpec, &PolicyContext) -> Result<Box<dyn Policy>> + Send + Sync>;
-
-/// A built-in policy, registered with `inventory::submit!` next to its implementation.
+/// A built-in policy, submitted to `inventory` next to its implementation; [`crate::builtin_policy!`]
+/// writes it from the policy's [`Declare`] implementation.
 pub struct BuiltinPolicy {
     pub name: &'static str,
     pub aliases: &'static [&'static str],
     pub description: &'static str,
-    pub params: &'static [ParamInfo],
-    pub create: fn(&PolicySpec, &PolicyContext) -> Result<Box<dyn Policy>>,
+    pub params: &'static [Param],
+    pub create: fn(&Params, &Context, &PolicyRegistry) -> Result<Box<dyn Policy>>,
+}
+
+impl BuiltinPolicy {
+    /// The entry of a declared policy.
+    pub const fn of<T: Declare>() -> Self {
+        BuiltinPolicy {
+            name: T::NAME,
+            aliases: T::ALIASES,
+            description: T::DESCRIPTION,
+            params: T::PARAMS,
+            create: create_declared::<T>,
+        }
+    }
+}
+
+fn create_declared<T: Declare>(params: &Params, ctx: &Context, _: &PolicyRegistry) -> Result<Box<dyn Policy>> {
+    match T::create(params, ctx) {
+        Ok(p) => Ok(Box::new(p)),
+        Err(e) => Err(Error::from_policy(e, T::NAME, ctx.layer)),
+    }
 }
 
 inventory::collect!(BuiltinPolicy);
+
+/// Registers a [`Declare`] policy as a built-in: `msrnn_core::builtin_policy!(Tova);` next to its
+/// implementation. (The same policy becomes a plugin with `msrnn_policy_api::export_policy!(Tova);`.)
+#[macro_export]
+macro_rules! builtin_policy {
+    ($ty:ty) => {
+        $crate::inventory::submit! { $crate::BuiltinPolicy::of::<$ty>() }
+    };
+}
 
 /// Where a registered policy came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,11 +78,43 @@ pub struct Entry {
     pub name: String,
     pub aliases: Vec<String>,
     pub description: String,
-    pub params: Vec<(String, String, String)>,
+    /// The declared parameters (empty when `strict_params` is false).
+    pub params: Vec<Param>,
     pub source: Source,
     /// `false` for plugins that declare no parameter schema: they take any keys.
     pub strict_params: bool,
     factory: Factory,
+}
+
+impl Entry {
+    /// An entry; `schema` `None` declares no parameters list (any key reaches the factory).
+    pub fn new(name: &str, description: &str, schema: Option<Vec<Param>>, source: Source, factory: Factory) -> Self {
+        Entry {
+            name: name.to_string(),
+            aliases: Vec::new(),
+            description: description.to_string(),
+            strict_params: schema.is_some(),
+            params: schema.unwrap_or_default(),
+            source,
+            factory,
+        }
+    }
+
+    pub fn with_aliases(mut self, aliases: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.aliases = aliases.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The parameter schema, `None` when the policy declares none.
+    pub fn schema(&self) -> Option<&[Param]> {
+        self.strict_params.then_some(&self.params[..])
+    }
+
+    /// The spec's parameters checked against this entry's schema.
+    pub fn params_of(&self, spec: &PolicySpec) -> Result<Params> {
+        spec.to_params(self.schema())
+            .map_err(|e| Error::InvalidParam { policy: self.name.clone(), reason: e.reason().to_string() })
+    }
 }
 
 impl std::fmt::Debug for Entry {
@@ -94,20 +141,9 @@ impl PolicyRegistry {
     pub fn with_builtins() -> Self {
         let mut r = Self::new();
         for b in inventory::iter::<BuiltinPolicy> {
-            let create = b.create;
-            r.insert(
-                Entry {
-                    name: b.name.to_string(),
-                    aliases: b.aliases.iter().map(|a| a.to_string()).collect(),
-                    description: b.description.to_string(),
-                    params: b.params.iter().map(|p| (p.name.into(), p.default.into(), p.help.into())).collect(),
-                    source: Source::Builtin,
-                    strict_params: true,
-                    factory: Arc::new(create),
-                },
-                false,
-            )
-            .expect("built-in policy names are unique");
+            let entry = Entry::new(b.name, b.description, Some(b.params.to_vec()), Source::Builtin, Arc::new(b.create))
+                .with_aliases(b.aliases.iter().copied());
+            r.insert(entry, false).unwrap_or_else(|e| panic!("built-in policies must have unique, valid names: {e}"));
         }
         r
     }
@@ -115,6 +151,12 @@ impl PolicyRegistry {
     /// Adds an entry; a name or alias already taken is an error unless `replace` is set.
     pub fn insert(&mut self, entry: Entry, replace: bool) -> Result<()> {
         for n in std::iter::once(&entry.name).chain(&entry.aliases) {
+            if !valid_name(n) {
+                return Err(Error::InvalidSpec {
+                    spec: n.clone(),
+                    reason: "a policy name is 1 to 64 of [A-Za-z0-9_+.-]".to_string(),
+                });
+            }
             if let Some(existing) = self.resolve(n) {
                 if !replace {
                     let e = &self.entries[existing];
@@ -143,33 +185,6 @@ impl PolicyRegistry {
         }
         self.entries.insert(entry.name.clone(), entry);
         Ok(())
-    }
-
-    /// Registers a policy from any factory (plugins use this). `params` is the schema as
-    /// `(name, default, help)`; `None` means the policy declares none and accepts any keys.
-    pub fn register(
-        &mut self,
-        name: &str,
-        description: &str,
-        params: Option<Vec<(String, String, String)>>,
-        source: Source,
-        factory: Factory,
-        replace: bool,
-    ) -> Result<()> {
-        let strict_params = params.is_some();
-        let params = params.unwrap_or_default();
-        self.insert(
-            Entry {
-                name: name.into(),
-                aliases: vec![],
-                description: description.into(),
-                params,
-                source,
-                strict_params,
-                factory,
-            },
-            replace,
-        )
     }
 
     fn resolve<'a>(&'a self, name: &'a str) -> Option<&'a str> {
@@ -211,31 +226,17 @@ impl PolicyRegistry {
         }
     }
 
-    /// Checks the spec's parameter names against the policy's schema.
+    /// Checks the spec's name and parameter names against the registry.
     pub fn check_params(&self, spec: &PolicySpec) -> Result<&Entry> {
         let e = self.get(&spec.name)?;
-        if e.strict_params {
-            for k in spec.params.keys() {
-                if !e.params.iter().any(|(n, _, _)| n == k) {
-                    let known: Vec<&str> = e.params.iter().map(|(n, _, _)| n.as_str()).collect();
-                    return Err(Error::InvalidParam {
-                        policy: e.name.clone(),
-                        reason: if known.is_empty() {
-                            format!("takes no parameters, got `{k}`")
-                        } else {
-                            format!("unknown parameter `{k}` (known: {})", known.join(", "))
-                        },
-                    });
-                }
-            }
-        }
+        e.params_of(spec)?;
         Ok(e)
     }
 
     /// One instance for one layer.
-    pub fn create(&self, spec: &PolicySpec, ctx: &PolicyContext) -> Result<Box<dyn Policy>> {
-        let e = self.check_params(spec)?;
-        (e.factory)(spec, ctx)
+    pub fn create(&self, spec: &PolicySpec, ctx: &Context) -> Result<Box<dyn Policy>> {
+        let e = self.get(&spec.name)?;
+        (e.factory)(&e.params_of(spec)?, ctx, self)
     }
 
     /// One instance per layer, as [`crate::MsrnnState::new`] wants them.
@@ -245,10 +246,14 @@ impl PolicyRegistry {
         num_layers: usize,
         num_heads: usize,
         num_kv_heads: usize,
+        head_dim: usize,
         capacity: Capacity,
     ) -> Result<Vec<Box<dyn Policy>>> {
         (0..num_layers)
-            .map(|layer| self.create(spec, &PolicyContext { layer, num_layers, num_heads, num_kv_heads, capacity }))
+            .map(|layer| {
+                let capacity = capacity.get();
+                self.create(spec, &Context { layer, num_layers, num_heads, num_kv_heads, head_dim, capacity })
+            })
             .collect()
     }
 }
@@ -270,7 +275,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Decision, Needs, Observation};
+    use msrnn_policy_api::{Decision, Needs, Observation};
 
     struct Nop;
     impl Policy for Nop {
@@ -280,18 +285,21 @@ mod tests {
         fn needs(&self) -> Needs {
             Needs::default()
         }
-        fn step(&mut self, _: &Observation<'_>, _: usize) -> Result<Decision> {
+        fn step(&mut self, _: &Observation<'_>, _: usize) -> msrnn_policy_api::Result<Decision> {
             Ok(Decision::Keep)
         }
     }
 
+    fn nop() -> Factory {
+        Arc::new(|_, _, _| Ok(Box::new(Nop)))
+    }
+
     fn reg() -> PolicyRegistry {
         let mut r = PolicyRegistry::new();
-        let f: Factory = Arc::new(|_, _| Ok(Box::new(Nop)));
-        let p = Some(vec![("sinks".into(), "4".into(), "".into())]);
-        r.register("window", "w", Some(vec![]), Source::Builtin, f.clone(), false).unwrap();
-        r.register("window+i", "w", p, Source::Builtin, f.clone(), false).unwrap();
-        r.register("tova", "t", Some(vec![]), Source::Builtin, f, false).unwrap();
+        let p = Some(vec![Param::new("sinks", "4", "")]);
+        r.insert(Entry::new("window", "w", Some(vec![]), Source::Builtin, nop()), false).unwrap();
+        r.insert(Entry::new("window+i", "w", p, Source::Builtin, nop()).with_aliases(["sinks"]), false).unwrap();
+        r.insert(Entry::new("tova", "t", Some(vec![]), Source::Builtin, nop()), false).unwrap();
         r
     }
 
@@ -301,22 +309,61 @@ mod tests {
         let e = r.get("tvoa").unwrap_err().to_string();
         assert!(e.contains("unknown policy `tvoa`") && e.contains("`tova`"), "{e}");
         assert_eq!(r.suggest("windw")[0], "window");
+        assert_eq!(r.get("sinks").unwrap().name, "window+i");
     }
 
     #[test]
     fn duplicate_names_need_replace_and_params_are_checked() {
         let mut r = reg();
-        let f: Factory = Arc::new(|_, _| Ok(Box::new(Nop)));
-        let e = r.register("tova", "x", None, Source::Plugin("p.so".into()), f.clone(), false).unwrap_err();
+        let plugin = || Entry::new("tova", "x", None, Source::Plugin("p.so".into()), nop());
+        let e = r.insert(plugin(), false).unwrap_err();
         assert!(e.to_string().contains("already taken"), "{e}");
-        r.register("tova", "x", None, Source::Plugin("p.so".into()), f, true).unwrap();
+        let e = r.insert(plugin().with_aliases(["bad name"]), true).unwrap_err();
+        assert!(e.to_string().contains("1 to 64 of"), "{e}");
+        r.insert(plugin(), true).unwrap();
         // no schema: any keys pass
         r.check_params(&"tova:whatever=1".parse().unwrap()).unwrap();
         assert_eq!(r.get("tova").unwrap().source, Source::Plugin("p.so".into()));
         let bad: PolicySpec = "window+i:snks=3".parse().unwrap();
         let e = r.check_params(&bad).unwrap_err().to_string();
         assert!(e.contains("unknown parameter `snks`") && e.contains("sinks"), "{e}");
+        // an alias reports the policy's own name
+        let e = r.check_params(&"sinks:snks=3".parse().unwrap()).unwrap_err().to_string();
+        assert!(e.starts_with("policy `window+i`: unknown parameter"), "{e}");
         let bad: PolicySpec = "window:x=1".parse().unwrap();
         assert!(r.check_params(&bad).unwrap_err().to_string().contains("takes no parameters"));
+    }
+
+    #[test]
+    fn factories_get_checked_params_with_schema_defaults_and_the_context() {
+        use std::sync::Mutex;
+        let seen: Arc<Mutex<Vec<(usize, Context)>>> = Arc::default();
+        let log = seen.clone();
+        let f: Factory = Arc::new(move |p, ctx, _| {
+            let sinks = p.get::<usize>("sinks").map_err(|e| Error::from_policy(e, "recorder", ctx.layer))?;
+            log.lock().unwrap().push((sinks, *ctx));
+            Ok(Box::new(Nop))
+        });
+        let mut r = PolicyRegistry::new();
+        r.insert(Entry::new("recorder", "", Some(vec![Param::new("sinks", "4", "")]), Source::Builtin, f), false)
+            .unwrap();
+        let layers = r.create_layers(&"recorder".parse().unwrap(), 3, 4, 2, 16, Capacity::Bounded(8)).unwrap();
+        assert_eq!(layers.len(), 3);
+        r.create_layers(&"recorder:sinks=2".parse().unwrap(), 1, 4, 2, 16, Capacity::Unbounded).unwrap();
+        let seen = seen.lock().unwrap();
+        let ctx = |layer, num_layers, capacity| Context {
+            layer,
+            num_layers,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 16,
+            capacity,
+        };
+        assert_eq!(
+            seen[..],
+            [(4, ctx(0, 3, Some(8))), (4, ctx(1, 3, Some(8))), (4, ctx(2, 3, Some(8))), (2, ctx(0, 1, None))]
+        );
+        let e = r.create(&"recorder:sinks=x".parse().unwrap(), &seen[0].1).err().unwrap().to_string();
+        assert_eq!(e, "policy `recorder`: `sinks` must be a non-negative integer, got `x`");
     }
 }

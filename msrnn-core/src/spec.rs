@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use msrnn_policy_api::{parse_pairs, Param, Params};
+
 use crate::error::{Error, Result};
 
 /// A parameter value; numbers stay numbers in JSON.
@@ -61,31 +63,13 @@ impl PolicySpec {
         self
     }
 
-    fn bad(&self, reason: String) -> Error {
-        Error::InvalidParam { policy: self.name.clone(), reason }
-    }
-
-    /// A non-negative integer parameter, or `default` when absent.
-    pub fn get_usize(&self, key: &str, default: usize) -> Result<usize> {
-        match self.params.get(key) {
-            None => Ok(default),
-            Some(ParamValue::Int(i)) if *i >= 0 => Ok(*i as usize),
-            Some(v) => Err(self.bad(format!("`{key}` must be a non-negative integer, got `{v}`"))),
-        }
-    }
-
-    /// An integer parameter as `u64` (seeds), or `default` when absent.
-    pub fn get_u64(&self, key: &str, default: u64) -> Result<u64> {
-        self.get_usize(key, default as usize).map(|v| v as u64)
-    }
-
-    /// A finite number parameter, or `default` when absent.
-    pub fn get_f64(&self, key: &str, default: f64) -> Result<f64> {
-        match self.params.get(key) {
-            None => Ok(default),
-            Some(ParamValue::Int(i)) => Ok(*i as f64),
-            Some(ParamValue::Float(x)) if x.is_finite() => Ok(*x),
-            Some(v) => Err(self.bad(format!("`{key}` must be a number, got `{v}`"))),
+    /// The parameters as a policy receives them (values as text), checked against `schema`; `None`
+    /// is a policy that declares no schema and takes any key.
+    pub fn to_params(&self, schema: Option<&[Param]>) -> msrnn_policy_api::Result<Params> {
+        let pairs = self.params.iter().map(|(k, v)| (k.clone(), v.to_string()));
+        match schema {
+            Some(s) => Params::new(s, pairs),
+            None => Params::unchecked(pairs),
         }
     }
 
@@ -115,23 +99,13 @@ impl FromStr for PolicySpec {
         if s.starts_with('{') {
             return serde_json::from_str(s).map_err(|e| bad(&e.to_string()));
         }
-        let (name, rest) = match s.split_once(':') {
-            Some((n, r)) => (n.trim(), Some(r)),
-            None => (s, None),
-        };
+        let (name, rest) = s.split_once(':').map_or((s, ""), |(n, r)| (n.trim(), r));
         if name.is_empty() {
             return Err(bad("the policy name is empty"));
         }
         let mut spec = PolicySpec::new(name);
-        for kv in rest.into_iter().flat_map(|r| r.split(',')).map(str::trim).filter(|kv| !kv.is_empty()) {
-            let (k, v) = kv.split_once('=').ok_or_else(|| bad(&format!("`{kv}` is not key=value")))?;
-            let (k, v) = (k.trim(), v.trim());
-            if k.is_empty() || v.is_empty() {
-                return Err(bad(&format!("`{kv}` has an empty key or value")));
-            }
-            if spec.params.insert(k.to_string(), ParamValue::parse(v)).is_some() {
-                return Err(bad(&format!("`{k}` is given twice")));
-            }
+        for (k, v) in parse_pairs(rest).map_err(|e| bad(e.reason()))? {
+            spec.params.insert(k, ParamValue::parse(&v));
         }
         Ok(spec)
     }
@@ -146,10 +120,10 @@ mod tests {
         let a: PolicySpec = "tova".parse().unwrap();
         assert_eq!(a, PolicySpec::new("tova"));
         let b: PolicySpec = "window+i:sinks=4".parse().unwrap();
-        assert_eq!(b.get_usize("sinks", 0).unwrap(), 4);
+        assert_eq!(b.params["sinks"], ParamValue::Int(4));
         assert_eq!(b.to_string(), "window+i:sinks=4");
         let c: PolicySpec = "h2o:recent=0.5".parse().unwrap();
-        assert_eq!(c.get_f64("recent", 0.0).unwrap(), 0.5);
+        assert_eq!(c.params["recent"], ParamValue::Float(0.5));
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(json, r#"{"name":"h2o","params":{"recent":0.5}}"#);
         assert_eq!(json.parse::<PolicySpec>().unwrap(), c);
@@ -160,9 +134,22 @@ mod tests {
         for s in ["", ":x=1", "h2o:recent", "h2o:recent=", "h2o:a=1,a=2", "{bad json"] {
             assert!(s.parse::<PolicySpec>().is_err(), "{s}");
         }
+        let e = "h2o:recent".parse::<PolicySpec>().unwrap_err().to_string();
+        assert_eq!(e, "invalid policy spec `h2o:recent`: `recent` is not key=value");
+    }
+
+    #[test]
+    fn params_reach_a_policy_as_text_checked_against_its_schema() {
+        let schema = [Param::new("sinks", "4", ""), Param::new("recent", "0.5", "")];
         let c: PolicySpec = "window+i:sinks=-1".parse().unwrap();
-        assert!(c.get_usize("sinks", 4).unwrap_err().to_string().contains("non-negative"));
+        let p = c.to_params(Some(&schema)).unwrap();
+        assert!(p.get::<usize>("sinks").unwrap_err().to_string().contains("non-negative"));
+        assert_eq!(p.get::<f64>("recent").unwrap(), 0.5);
         let d: PolicySpec = "h2o:recent=abc".parse().unwrap();
-        assert!(d.get_f64("recent", 0.5).is_err());
+        assert!(d.to_params(Some(&schema)).unwrap().get::<f64>("recent").is_err());
+        let e = "x:snks=1".parse::<PolicySpec>().unwrap().to_params(Some(&schema)).unwrap_err().to_string();
+        assert_eq!(e, "unknown parameter `snks` (known: sinks, recent)");
+        let open = "x:any=1.5".parse::<PolicySpec>().unwrap().to_params(None).unwrap();
+        assert_eq!(open.to_text(), "any=1.5");
     }
 }

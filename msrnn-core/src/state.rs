@@ -78,6 +78,25 @@ pub struct StateConfig {
     pub max_chunk: usize,
 }
 
+impl StateConfig {
+    /// `num_layers` layers of f32 keys/values on the CPU, no model windows, no rotary embedding,
+    /// absolute positions, one token per step: fields are public to change the rest.
+    pub fn new(num_layers: usize, num_kv_heads: usize, head_dim: usize, capacity: Capacity) -> Self {
+        Self {
+            num_layers,
+            num_kv_heads,
+            head_dim,
+            dtype: DType::F32,
+            device: Device::Cpu,
+            capacity,
+            windows: vec![None; num_layers],
+            ropes: vec![None; num_layers],
+            positions: Positions::Absolute,
+            max_chunk: 1,
+        }
+    }
+}
+
 /// The slot buffers of one layer.
 pub(crate) enum Kv {
     /// CPU, f32: keys blocked for the fused kernel ([`key_index`]), values `[kv_heads, slots, d]`.
@@ -529,14 +548,16 @@ impl MsrnnState {
         if let Capacity::Bounded(0) = cfg.capacity {
             return Err(Error::InvalidCapacity("capacity must be at least 1 token".into()));
         }
+        let capacities = layer_capacities(cfg.capacity, &policies)?;
         let layers = (0..n)
-            .map(|i| {
+            .zip(capacities)
+            .map(|(i, capacity)| {
                 let mut l = LayerState::build(
                     cfg.num_kv_heads,
                     cfg.head_dim,
                     cfg.dtype,
                     &cfg.device,
-                    cfg.capacity,
+                    capacity,
                     cfg.windows[i],
                     cfg.max_chunk,
                     cfg.ropes[i],
@@ -646,4 +667,39 @@ impl MsrnnState {
     pub(crate) fn set_tokens_seen(&mut self, n: u64) {
         self.tokens_seen = n;
     }
+}
+
+/// Each layer's capacity: the run's C, unless the layer's policy asks for its own (per-layer
+/// budgets); what they ask for together may not exceed `layers x C`, so the state never holds more
+/// than the run allows.
+fn layer_capacities(run: Capacity, policies: &[Box<dyn Policy>]) -> Result<Vec<Capacity>> {
+    let asked: Vec<Option<usize>> = policies.iter().map(|p| p.capacity()).collect();
+    let Some(first) = asked.iter().position(Option::is_some) else {
+        return Ok(vec![run; policies.len()]);
+    };
+    let name = policies[first].name();
+    let Capacity::Bounded(c) = run else {
+        return Err(Error::InvalidCapacity(format!(
+            "policy `{name}` asks for {} tokens on layer {first}, but the run is unbounded: per-layer capacities \
+             share a bounded total of layers x C",
+            asked[first].unwrap_or_default()
+        )));
+    };
+    if let Some(layer) = asked.iter().position(|a| *a == Some(0)) {
+        return Err(Error::InvalidCapacity(format!(
+            "policy `{name}` asks for 0 tokens on layer {layer}; a layer keeps at least 1"
+        )));
+    }
+    let caps: Vec<usize> = asked.iter().map(|a| a.unwrap_or(c)).collect();
+    let total = caps.iter().fold(0usize, |t, &x| t.saturating_add(x));
+    let allowed = c.saturating_mul(caps.len());
+    if total > allowed {
+        return Err(Error::InvalidCapacity(format!(
+            "policy `{name}` asks for {total} tokens over {} layers ({caps:?}), more than layers x C = {} x {c} = \
+             {allowed}",
+            caps.len(),
+            caps.len()
+        )));
+    }
+    Ok(caps.into_iter().map(Capacity::Bounded).collect())
 }

@@ -2,8 +2,9 @@
 //! every query head, softmax with an explicit causal mask, and apply the same evictions by position.
 
 use candle_core::{DType, Device, Tensor};
+use msrnn_core::policy::Result;
 use msrnn_core::{
-    attend, Capacity, Decision, LayerState, Needs, Observation, Policy, Positions, Result, RopeSpec, RopeStyle, Rows,
+    attend, Capacity, Decision, LayerState, Needs, Observation, Policy, Positions, RopeSpec, RopeStyle, Rows,
 };
 
 /// Deterministic pseudo-random numbers so failures reproduce.
@@ -31,7 +32,7 @@ impl Policy for Recorder {
         "recorder"
     }
     fn needs(&self) -> Needs {
-        Needs { rows: Rows::Last, key_norms: false, every_step: true }
+        Needs { rows: Rows::Last, every_step: true, ..Needs::default() }
     }
     fn step(&mut self, obs: &Observation<'_>, budget: usize) -> Result<Decision> {
         let mut live: Vec<usize> = obs.live_slots().collect();

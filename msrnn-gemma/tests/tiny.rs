@@ -198,20 +198,9 @@ fn bad_inputs_are_errors_not_panics() {
     let err = m.forward(&[fx.model.cfg.vocab as u32], &mut st, true).unwrap_err().to_string();
     assert!(err.contains("outside the vocabulary"), "{err}");
     // A state built for another layout is refused.
-    let cfg = msrnn_core::StateConfig {
-        num_layers: 4,
-        num_kv_heads: 2,
-        head_dim: 32,
-        dtype: candle_core::DType::F32,
-        device: candle_core::Device::Cpu,
-        capacity: Capacity::Unbounded,
-        windows: vec![None; 4],
-        ropes: vec![None; 4],
-        positions: msrnn_core::Positions::Absolute,
-        max_chunk: 4,
-    };
+    let cfg = msrnn_core::StateConfig { max_chunk: 4, ..msrnn_core::StateConfig::new(4, 2, 32, Capacity::Unbounded) };
     let reg = msrnn_policies::registry();
-    let policies = reg.create_layers(&PolicySpec::new("full"), 4, 4, 2, Capacity::Unbounded).unwrap();
+    let policies = reg.create_layers(&PolicySpec::new("full"), 4, 4, 2, 32, Capacity::Unbounded).unwrap();
     let mut wrong = MsrnnState::new(&cfg, policies).unwrap();
     let err = m.forward(&[5], &mut wrong, true).unwrap_err().to_string();
     assert!(err.contains("window"), "{err}");

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use msrnn_core::{attend, Capacity, LayerState, Observation, PolicyContext, PolicySpec};
+use msrnn_core::{attend, Capacity, Context, LayerState, Observation, PolicySpec};
 
 const HEADS: usize = 9;
 const KV: usize = 3;
@@ -20,13 +20,8 @@ fn attend_step(c: &mut Criterion) {
     let reg = msrnn_policies::registry();
     let mut g = c.benchmark_group("attend_step_c512");
     for name in policies() {
-        let ctx = PolicyContext {
-            layer: 0,
-            num_layers: 1,
-            num_heads: HEADS,
-            num_kv_heads: KV,
-            capacity: Capacity::Bounded(C),
-        };
+        let ctx =
+            Context { layer: 0, num_layers: 1, num_heads: HEADS, num_kv_heads: KV, head_dim: HD, capacity: Some(C) };
         let mut pol = reg.create(&name.parse::<PolicySpec>().unwrap(), &ctx).unwrap();
         let mut layer = LayerState::new(KV, HD, DType::F32, &dev, Capacity::Bounded(C), None, 1).unwrap();
         // Fill the state past C so every measured step evicts.
@@ -57,13 +52,8 @@ fn compress_only(c: &mut Criterion) {
     let new_slots = [n - 1];
     let mut g = c.benchmark_group("compress_c512");
     for name in policies() {
-        let ctx = PolicyContext {
-            layer: 0,
-            num_layers: 1,
-            num_heads: HEADS,
-            num_kv_heads: KV,
-            capacity: Capacity::Bounded(C),
-        };
+        let ctx =
+            Context { layer: 0, num_layers: 1, num_heads: HEADS, num_kv_heads: KV, head_dim: HD, capacity: Some(C) };
         let mut pol = reg.create(&name.parse::<PolicySpec>().unwrap(), &ctx).unwrap();
         let obs = Observation {
             layer: 0,
@@ -74,9 +64,11 @@ fn compress_only(c: &mut Criterion) {
             new_slots: &new_slots,
             num_heads: HEADS,
             num_kv_heads: KV,
+            head_dim: HD,
             rows: 1,
             probs: &probs,
             key_norms: &[],
+            keys: &[],
         };
         g.bench_function(name, |b| b.iter(|| black_box(pol.step(black_box(&obs), C).unwrap())));
     }

@@ -1,13 +1,13 @@
-use msrnn_core::policy::{lowest_scored, newest_first};
-use msrnn_core::{
-    BuiltinPolicy, Capacity, Decision, Error, Needs, Observation, ParamInfo, Policy, PolicyContext, PolicySpec, Result,
+//! `h2o` keeps the `floor(recent * C)` newest entries and gives the rest of the budget to the older
+//! entries with the most attention accumulated over every step they were cached (Heavy-Hitter
+//! Oracle, Zhang et al. 2023); scores are head-averaged, summed in f64, and ties keep the newer.
+
+use msrnn_policy_api::{
+    lowest_scored, newest_first, Context, Decision, Declare, Error, Needs, Observation, Param, Params, Policy, Result,
     Rows,
 };
 
-/// `h2o` (Heavy-Hitter Oracle, Zhang et al. 2023): every entry accumulates, in f64, the
-/// head-averaged attention it receives at every step while cached (the step it arrives included);
-/// the `floor(recent * C)` newest entries are always kept and the rest of the budget goes to the
-/// older entries with the highest accumulated score (ties keep the newer).
+/// `h2o` (alias `heavy-hitter`): a recent window plus the heaviest hitters.
 #[derive(Debug)]
 pub struct H2o {
     recent: usize,
@@ -22,12 +22,29 @@ impl H2o {
     }
 }
 
+impl Declare for H2o {
+    const NAME: &'static str = "h2o";
+    const ALIASES: &'static [&'static str] = &["heavy-hitter"];
+    const DESCRIPTION: &'static str =
+        "Keeps a recent window plus the tokens with the most accumulated attention (H2O).";
+    const PARAMS: &'static [Param] =
+        &[Param::new("recent", "0.5", "fraction of C kept as a recency window (rounded down)")];
+
+    fn create(params: &Params, ctx: &Context) -> Result<Self> {
+        let frac: f64 = params.get("recent")?;
+        if !(0.0..=1.0).contains(&frac) {
+            return Err(Error::Param(format!("`recent` is a fraction of the capacity in [0, 1], got {frac}")));
+        }
+        Ok(H2o::new(ctx.capacity.map_or(0, |c| (frac * c as f64).floor() as usize)))
+    }
+}
+
 impl Policy for H2o {
     fn name(&self) -> &str {
-        "h2o"
+        Self::NAME
     }
     fn needs(&self) -> Needs {
-        Needs { rows: Rows::All, key_norms: false, every_step: true }
+        Needs { rows: Rows::All, every_step: true, ..Needs::default() }
     }
     fn step(&mut self, obs: &Observation<'_>, budget: usize) -> Result<Decision> {
         if self.scores.len() < obs.num_slots {
@@ -39,13 +56,12 @@ impl Policy for H2o {
         for row in 0..obs.rows {
             obs.add_head_mean(row, &mut self.scores[..obs.num_slots]);
         }
-        let k = crate::excess(obs, budget);
+        let k = obs.excess(budget);
         if k == 0 {
             return Ok(Decision::Keep);
         }
         let recent: Vec<usize> = newest_first(obs).into_iter().take(self.recent).collect();
-        let evict = lowest_scored(obs, &self.scores, |s| recent.contains(&s), k);
-        Ok(Decision::Evict(evict))
+        Ok(Decision::Evict(lowest_scored(obs, &self.scores, |s| recent.contains(&s), k)))
     }
     fn reset(&mut self) {
         self.scores.clear();
@@ -59,27 +75,4 @@ impl Policy for H2o {
     }
 }
 
-fn create(spec: &PolicySpec, ctx: &PolicyContext) -> Result<Box<dyn Policy>> {
-    let frac = spec.get_f64("recent", 0.5)?;
-    if !(0.0..=1.0).contains(&frac) {
-        return Err(Error::InvalidParam {
-            policy: "h2o".into(),
-            reason: format!("`recent` is a fraction of the capacity in [0, 1], got {frac}"),
-        });
-    }
-    let recent = match ctx.capacity {
-        Capacity::Bounded(c) => (frac * c as f64).floor() as usize,
-        Capacity::Unbounded => 0,
-    };
-    Ok(Box::new(H2o::new(recent)))
-}
-
-msrnn_core::inventory::submit! {
-    BuiltinPolicy {
-        name: "h2o",
-        aliases: &["heavy-hitter"],
-        description: "Keeps a recent window plus the tokens with the most accumulated attention (H2O).",
-        params: &[ParamInfo { name: "recent", default: "0.5", help: "fraction of C kept as a recency window (rounded down)" }],
-        create,
-    }
-}
+msrnn_core::builtin_policy!(H2o);

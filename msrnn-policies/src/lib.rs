@@ -1,5 +1,7 @@
-//! Built-in compression policies, one per file, each registered with `inventory` so that
-//! [`registry`] lists them by name.
+//! Built-in compression policies, one per file whose doc comment states its rule. Each declares its
+//! name, aliases, description and parameters once ([`msrnn_policy_api::Declare`]) and registers
+//! with `msrnn_core::builtin_policy!`, so that [`registry`] lists it by name; the same declaration
+//! with `export_policy!` instead makes it a plugin.
 //!
 //! | name | keeps | needs |
 //! |---|---|---|
@@ -19,16 +21,16 @@
 mod full;
 mod h2o;
 mod random;
-mod sinks;
 mod tova;
 mod window;
+mod window_sinks;
 
 pub use full::Full;
 pub use h2o::H2o;
-pub use random::RandomPolicy;
-pub use sinks::WindowSinks;
+pub use random::Random;
 pub use tova::Tova;
 pub use window::Window;
+pub use window_sinks::WindowSinks;
 
 use msrnn_core::PolicyRegistry;
 
@@ -36,9 +38,4 @@ use msrnn_core::PolicyRegistry;
 /// linked, so its `inventory` registrations are present.
 pub fn registry() -> PolicyRegistry {
     PolicyRegistry::with_builtins()
-}
-
-/// `live - budget`, the number of entries that must go.
-fn excess(obs: &msrnn_core::Observation<'_>, budget: usize) -> usize {
-    obs.live_count().saturating_sub(budget)
 }

@@ -1,31 +1,43 @@
-use msrnn_core::generate::SplitMix64;
-use msrnn_core::{BuiltinPolicy, Decision, Needs, Observation, ParamInfo, Policy, PolicyContext, PolicySpec, Result};
+//! `random` evicts uniformly random live entries (the newest included) from a generator seeded by
+//! `seed` and the layer index: the floor any real policy must beat; the same seed gives the same
+//! evictions.
 
-/// `random`: evicts uniformly random live entries (the newest included), from a generator seeded by
-/// `seed` and the layer index — the floor any real policy must beat; the same seed gives the same
-/// evictions.
+use msrnn_core::generate::SplitMix64;
+use msrnn_policy_api::{Context, Decision, Declare, Error, Needs, Observation, Param, Params, Policy, Result};
+
+/// `random`: seeded random evictions.
 #[derive(Debug)]
-pub struct RandomPolicy {
+pub struct Random {
     rng: SplitMix64,
     seed: u64,
 }
 
-impl RandomPolicy {
+impl Random {
     pub fn new(seed: u64, layer: usize) -> Self {
         let seed = seed ^ (layer as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93);
         Self { rng: SplitMix64::new(seed), seed }
     }
 }
 
-impl Policy for RandomPolicy {
+impl Declare for Random {
+    const NAME: &'static str = "random";
+    const DESCRIPTION: &'static str = "Evicts random tokens (seeded): the floor any real policy must beat.";
+    const PARAMS: &'static [Param] = &[Param::new("seed", "0", "generator seed (mixed with the layer index)")];
+
+    fn create(params: &Params, ctx: &Context) -> Result<Self> {
+        Ok(Random::new(params.get("seed")?, ctx.layer))
+    }
+}
+
+impl Policy for Random {
     fn name(&self) -> &str {
-        "random"
+        Self::NAME
     }
     fn needs(&self) -> Needs {
         Needs::default()
     }
     fn step(&mut self, obs: &Observation<'_>, budget: usize) -> Result<Decision> {
-        let k = crate::excess(obs, budget);
+        let k = obs.excess(budget);
         // Candidates in position order, so the draw does not depend on where slots happen to sit.
         let mut c: Vec<usize> = obs.live_slots().collect();
         c.sort_by_key(|&s| obs.positions[s]);
@@ -50,21 +62,9 @@ impl Policy for RandomPolicy {
                 self.rng = SplitMix64::new(((*hi as u64) << 32) | (*lo as u64));
                 Ok(())
             }
-            _ => Err(msrnn_core::Error::StateFile(format!("random: expected 2 values, got {}", data.len()))),
+            _ => Err(Error::State(format!("expected 2 values, got {}", data.len()))),
         }
     }
 }
 
-fn create(spec: &PolicySpec, ctx: &PolicyContext) -> Result<Box<dyn Policy>> {
-    Ok(Box::new(RandomPolicy::new(spec.get_u64("seed", 0)?, ctx.layer)))
-}
-
-msrnn_core::inventory::submit! {
-    BuiltinPolicy {
-        name: "random",
-        aliases: &[],
-        description: "Evicts random tokens (seeded): the floor any real policy must beat.",
-        params: &[ParamInfo { name: "seed", default: "0", help: "generator seed (mixed with the layer index)" }],
-        create,
-    }
-}
+msrnn_core::builtin_policy!(Random);

@@ -1,34 +1,31 @@
-use msrnn_core::policy::newest_first;
-use msrnn_core::{BuiltinPolicy, Decision, Needs, Observation, Policy, PolicyContext, PolicySpec, Result};
+//! `window` keeps the C newest tokens (by absolute position) and evicts the rest: the sliding-window
+//! baseline of Oren et al. (2024), §3.
 
-/// `window`: keeps the C newest tokens (by absolute position) and evicts the rest — the sliding
-/// window baseline of Oren et al. (2024), §3.
+use msrnn_policy_api::{newest_first, Context, Decision, Declare, Needs, Observation, Params, Policy, Result};
+
+/// `window`: the C newest tokens.
 #[derive(Debug, Default)]
 pub struct Window;
 
+impl Declare for Window {
+    const NAME: &'static str = "window";
+    const DESCRIPTION: &'static str = "Keeps the C newest tokens.";
+
+    fn create(_: &Params, _: &Context) -> Result<Self> {
+        Ok(Window)
+    }
+}
+
 impl Policy for Window {
     fn name(&self) -> &str {
-        "window"
+        Self::NAME
     }
     fn needs(&self) -> Needs {
         Needs::default()
     }
     fn step(&mut self, obs: &Observation<'_>, budget: usize) -> Result<Decision> {
-        let order = newest_first(obs);
-        Ok(Decision::Evict(order.into_iter().skip(budget).collect()))
+        Ok(Decision::Evict(newest_first(obs).into_iter().skip(budget).collect()))
     }
 }
 
-fn create(_: &PolicySpec, _: &PolicyContext) -> Result<Box<dyn Policy>> {
-    Ok(Box::new(Window))
-}
-
-msrnn_core::inventory::submit! {
-    BuiltinPolicy {
-        name: "window",
-        aliases: &[],
-        description: "Keeps the C newest tokens.",
-        params: &[],
-        create,
-    }
-}
+msrnn_core::builtin_policy!(Window);

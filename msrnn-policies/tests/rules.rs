@@ -1,7 +1,7 @@
 //! Each policy's rule on small hand-computed cases.
 
-use msrnn_core::{Capacity, Decision, Observation, Policy, PolicyContext, PolicySpec};
-use msrnn_policies::{registry, H2o, RandomPolicy, Tova, Window, WindowSinks};
+use msrnn_core::{Context, Decision, Observation, Policy, PolicySpec};
+use msrnn_policies::{registry, H2o, Random, Tova, Window, WindowSinks};
 
 struct Obs {
     positions: Vec<u64>,
@@ -41,9 +41,11 @@ impl Obs {
             new_slots: &self.new_slots,
             num_heads: self.num_heads,
             num_kv_heads: 1,
+            head_dim: 0,
             rows: self.rows,
             probs: &self.probs,
             key_norms: &[],
+            keys: &[],
         }
     }
 }
@@ -92,7 +94,7 @@ fn tova_drops_the_lowest_head_mean_and_ties_keep_the_newer() {
 fn h2o_accumulates_every_step_and_keeps_a_recent_window() {
     // recent = 1 (C = 3, recent = 0.5 -> floor(1.5) = 1)
     let spec: PolicySpec = "h2o:recent=0.5".parse().unwrap();
-    let ctx = PolicyContext { layer: 0, num_layers: 1, num_heads: 1, num_kv_heads: 1, capacity: Capacity::Bounded(3) };
+    let ctx = Context { layer: 0, num_layers: 1, num_heads: 1, num_kv_heads: 1, head_dim: 4, capacity: Some(3) };
     let mut p = registry().create(&spec, &ctx).unwrap();
     // step 1: token 0 in slot 0, attends to itself: score[0] = 1
     assert!(evicted(p.as_mut(), &Obs::new(&[0], &[0]).probs(1, &[&[1.0]]), 3).is_empty());
@@ -117,9 +119,9 @@ fn h2o_accumulates_every_step_and_keeps_a_recent_window() {
 #[test]
 fn random_is_seeded_and_evicts_live_entries() {
     let o = Obs::new(&[0, 1, 2, 3, 4, 5, 6, 7], &[7]);
-    let a: Vec<Vec<usize>> = (0..5).scan(RandomPolicy::new(3, 0), |p, _| Some(evicted(p, &o, 5))).collect();
-    let b: Vec<Vec<usize>> = (0..5).scan(RandomPolicy::new(3, 0), |p, _| Some(evicted(p, &o, 5))).collect();
-    let c: Vec<Vec<usize>> = (0..5).scan(RandomPolicy::new(4, 0), |p, _| Some(evicted(p, &o, 5))).collect();
+    let a: Vec<Vec<usize>> = (0..5).scan(Random::new(3, 0), |p, _| Some(evicted(p, &o, 5))).collect();
+    let b: Vec<Vec<usize>> = (0..5).scan(Random::new(3, 0), |p, _| Some(evicted(p, &o, 5))).collect();
+    let c: Vec<Vec<usize>> = (0..5).scan(Random::new(4, 0), |p, _| Some(evicted(p, &o, 5))).collect();
     assert_eq!(a, b);
     assert_ne!(a, c, "another seed should give other evictions");
     assert!(a.iter().all(|e| e.len() == 3));
@@ -128,17 +130,17 @@ fn random_is_seeded_and_evicts_live_entries() {
 #[test]
 fn creation_checks_params_and_capacity() {
     let r = registry();
-    let ctx = |c| PolicyContext { layer: 0, num_layers: 1, num_heads: 1, num_kv_heads: 1, capacity: c };
+    let ctx = |capacity| Context { layer: 0, num_layers: 1, num_heads: 1, num_kv_heads: 1, head_dim: 4, capacity };
     let err = |s: &str, c| r.create(&s.parse().unwrap(), &ctx(c)).err().expect(s).to_string();
-    assert!(err("window+i:sinks=4", Capacity::Bounded(4)).contains("must exceed sinks=4"));
-    assert!(err("sinks:sinks=8", Capacity::Bounded(3)).contains("must exceed"));
-    assert!(err("h2o:recent=1.5", Capacity::Bounded(8)).contains("[0, 1]"));
-    assert!(err("full", Capacity::Bounded(8)).contains("unbounded"));
-    assert!(err("tova:x=1", Capacity::Bounded(8)).contains("takes no parameters"));
-    assert!(err("h2o:recnt=0.2", Capacity::Bounded(8)).contains("unknown parameter `recnt`"));
-    let e = err("tvoa", Capacity::Bounded(8));
+    assert!(err("window+i:sinks=4", Some(4)).contains("must exceed sinks=4"));
+    assert!(err("sinks:sinks=8", Some(3)).contains("must exceed"));
+    assert!(err("h2o:recent=1.5", Some(8)).contains("[0, 1]"));
+    assert!(err("full", Some(8)).contains("unbounded"));
+    assert!(err("tova:x=1", Some(8)).contains("takes no parameters"));
+    assert!(err("h2o:recnt=0.2", Some(8)).contains("unknown parameter `recnt`"));
+    let e = err("tvoa", Some(8));
     assert!(e.contains("unknown policy `tvoa`") && e.contains("`tova`"), "{e}");
-    assert!(r.create(&"window+i".parse().unwrap(), &ctx(Capacity::Bounded(5))).is_ok());
+    assert!(r.create(&"window+i".parse().unwrap(), &ctx(Some(5))).is_ok());
 }
 
 #[test]
@@ -149,4 +151,36 @@ fn registry_lists_every_builtin_with_a_description() {
     }
     assert!(registry().entries().all(|e| !e.description.is_empty() && !e.description.contains('\n')));
     assert_eq!(registry().get("sinks").unwrap().name, "window+i");
+    assert_eq!(registry().get("none").unwrap().name, "full");
+    assert_eq!(registry().get("heavy-hitter").unwrap().name, "h2o");
+}
+
+/// Defaults are declared once, in the schema: listings show them and creation uses them.
+#[test]
+fn defaults_come_from_the_declaration() {
+    let r = registry();
+    let defaults = |name: &str| -> Vec<(String, String)> {
+        r.get(name).unwrap().params.iter().map(|p| (p.name.to_string(), p.default.to_string())).collect()
+    };
+    assert_eq!(defaults("h2o"), [("recent".to_string(), "0.5".to_string())]);
+    assert_eq!(defaults("window+i"), [("sinks".to_string(), "4".to_string())]);
+    assert_eq!(defaults("random"), [("seed".to_string(), "0".to_string())]);
+    let ctx = Context { layer: 0, num_layers: 1, num_heads: 1, num_kv_heads: 1, head_dim: 4, capacity: Some(6) };
+    // window+i without parameters keeps sinks 0..4: with C = 6, the two newest beside them.
+    let mut p = r.create(&"window+i".parse().unwrap(), &ctx).unwrap();
+    let o = Obs::new(&[0, 1, 2, 3, 4, 5, 6, 7], &[7]);
+    assert_eq!(evicted(p.as_mut(), &o, 6), vec![4, 5]);
+    // the default seed is 0 and the default recent fraction is 0.5, exactly as given explicitly.
+    let draw = |spec: &str| {
+        let mut p = r.create(&spec.parse().unwrap(), &ctx).unwrap();
+        (0..4).map(|_| evicted(p.as_mut(), &o, 5)).collect::<Vec<_>>()
+    };
+    assert_eq!(draw("random"), draw("random:seed=0"));
+    assert_ne!(draw("random"), draw("random:seed=1"));
+    // h2o's default recent = 0.5: floor(0.5 x 6) = 3 newest kept, so the low-scored newest survive.
+    let o = Obs::new(&[0, 1, 2, 3, 4, 5, 6, 7], &[7]).probs(1, &[&[0.3, 0.2, 0.15, 0.1, 0.1, 0.05, 0.05, 0.05]]);
+    let h2o = |spec: &str| evicted(r.create(&spec.parse().unwrap(), &ctx).unwrap().as_mut(), &o, 6);
+    assert_eq!(h2o("h2o"), vec![3, 4]);
+    assert_eq!(h2o("h2o:recent=0.5"), vec![3, 4]);
+    assert_eq!(h2o("h2o:recent=0"), vec![5, 6]);
 }

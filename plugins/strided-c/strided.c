@@ -84,9 +84,11 @@ static void *create(const char *params, const msrnn_context *ctx, msrnn_needs *n
     s->sinks = sinks;
     s->stride = stride;
     s->recent = recent;
-    needs->rows = MSRNN_ROWS_NONE;
+    needs->rows = MSRNN_ROWS_NONE; /* needs arrive zeroed; spelled out here for the reader */
     needs->key_norms = 0;
+    needs->keys = 0;
     needs->every_step = 0;
+    needs->capacity = 0; /* the run's C */
     return s;
 }
 
@@ -149,17 +151,19 @@ static const msrnn_param PARAMS[] = {
 };
 
 static const msrnn_policy_descriptor DESCRIPTOR = {
-    MSRNN_PLUGIN_ABI_VERSION,
-    "strided",
-    "keep sinks, the newest tokens and a strided sample of the past (a plugin written in C)",
-    PARAMS,
-    sizeof PARAMS / sizeof PARAMS[0],
-    create,
-    compress,
-    NULL, /* reset: no bookkeeping */
-    destroy,
-    NULL, /* save_state: nothing to save */
-    NULL, /* load_state */
+    .abi_version = MSRNN_PLUGIN_ABI_VERSION,
+    .name = "strided",
+    .description = "keep sinks, the newest tokens and a strided sample of the past (a plugin written in C)",
+    .aliases = NULL,
+    .num_aliases = 0,
+    .params = PARAMS,
+    .num_params = sizeof PARAMS / sizeof PARAMS[0],
+    .create = create,
+    .compress = compress,
+    .reset = NULL, /* no bookkeeping */
+    .destroy = destroy,
+    .save_state = NULL, /* nothing to save */
+    .load_state = NULL,
 };
 
 MSRNN_PLUGIN_EXPORT const msrnn_policy_descriptor *msrnn_policy_plugin(void) { return &DESCRIPTOR; }

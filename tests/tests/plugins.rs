@@ -14,10 +14,12 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
+use msrnn_core::plugin::abi::ABI_VERSION;
 use msrnn_core::{
-    attend, Capacity, Decision, Error, LayerState, Needs, Observation, ParamValue, Policy, PolicyContext,
-    PolicyRegistry, PolicySpec, Source,
+    attend, Capacity, Context, Decision, Entry, Error, LayerState, MsrnnState, Needs, Observation, ParamValue,
+    PluginKind, Policy, PolicyRegistry, PolicySpec, Source, StateConfig,
 };
+use msrnn_tests::Rng;
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -34,6 +36,7 @@ struct Built {
     null_compress: PathBuf,
     bad_name: PathBuf,
     null_descriptor: PathBuf,
+    bad_alias: PathBuf,
     /// `target/<profile>`, where cargo puts the cdylibs.
     profile_dir: PathBuf,
     /// Where the C plugins go.
@@ -62,6 +65,7 @@ fn compile_c(src: &Path, out: &Path, defines: &[&str]) {
         .arg("-o")
         .arg(&tmp)
         .arg(src)
+        .arg("-lm")
         .output()
         .unwrap_or_else(|e| panic!("cannot run the C compiler {cc:?}: {e}"));
     assert!(o.status.success(), "{cc:?} failed on {}: {}", src.display(), String::from_utf8_lossy(&o.stderr));
@@ -107,6 +111,7 @@ fn build_all() -> Built {
         null_compress: variant("hostile_null_compress", &["NULL_COMPRESS"]),
         bad_name: variant("hostile_bad_name", &["BAD_NAME"]),
         null_descriptor: variant("hostile_null_descriptor", &["NULL_DESCRIPTOR"]),
+        bad_alias: variant("hostile_bad_alias", &["BAD_ALIAS"]),
         profile_dir,
         c_dir,
     }
@@ -127,8 +132,15 @@ fn registry() -> PolicyRegistry {
     r
 }
 
-fn ctx(heads: usize, kv: usize, capacity: Capacity) -> PolicyContext {
-    PolicyContext { layer: 0, num_layers: 1, num_heads: heads, num_kv_heads: kv, capacity }
+fn ctx(heads: usize, kv: usize, capacity: Capacity) -> Context {
+    Context {
+        layer: 0,
+        num_layers: 1,
+        num_heads: heads,
+        num_kv_heads: kv,
+        head_dim: HEAD_DIM,
+        capacity: capacity.get(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -157,7 +169,7 @@ impl Policy for Spy {
     fn needs(&self) -> Needs {
         Needs { key_norms: true, ..self.inner.needs() }
     }
-    fn step(&mut self, obs: &Observation<'_>, budget: usize) -> msrnn_core::Result<Decision> {
+    fn step(&mut self, obs: &Observation<'_>, budget: usize) -> msrnn_core::policy::Result<Decision> {
         let n = obs.num_slots;
         let mean = |s: usize| {
             let mut a = 0f64;
@@ -187,7 +199,7 @@ struct Feeder {
     heads: usize,
     kv: usize,
     next: u64,
-    x: u64,
+    rng: Rng,
 }
 
 const HEAD_DIM: usize = 4;
@@ -195,18 +207,11 @@ const HEAD_DIM: usize = 4;
 impl Feeder {
     fn new(heads: usize, kv: usize, capacity: Capacity, seed: u64) -> Self {
         let layer = LayerState::new(kv, HEAD_DIM, DType::F32, &Device::Cpu, capacity, None, 4).unwrap();
-        Feeder { layer, heads, kv, next: 0, x: seed | 1 }
+        Feeder { layer, heads, kv, next: 0, rng: Rng::new(seed) }
     }
 
     fn rnd(&mut self, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                self.x ^= self.x << 13;
-                self.x ^= self.x >> 7;
-                self.x ^= self.x << 17;
-                ((self.x >> 40) as f32 / (1u64 << 24) as f32) * 6.0 - 3.0
-            })
-            .collect()
+        self.rng.vec(n, -3.0, 3.0)
     }
 
     /// Feeds `t` tokens; returns their positions and attend's result (the tokens are written either way).
@@ -389,18 +394,14 @@ proptest! {
         let reg = reg_for_props().lock().unwrap().clone();
         // Distinct positions: a seeded shuffle of 0..2n.
         let mut all: Vec<u64> = (0..2 * n as u64).collect();
-        let mut x = pos_seed | 1;
-        for i in (1..all.len()).rev() {
-            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-            all.swap(i, (x % (i as u64 + 1)) as usize);
-        }
+        Rng::new(pos_seed).shuffle(&mut all);
         let positions: Vec<u64> = all[..n].to_vec();
         let live: Vec<bool> = (0..n).map(|s| live_bits >> s & 1 == 1).collect();
         let norms: Vec<f32> = (0..kv * n).map(|i| [0.5f32, 1.0, 2.0, 3.0][norm_picks[i]]).collect();
         let tokens_seen = positions.iter().max().unwrap() + 1 + extra_seen;
         let obs = Observation {
             layer: 0, tokens_seen, num_slots: n, positions: &positions, live: &live, new_slots: &[],
-            num_heads: kv, num_kv_heads: kv, rows: 0, probs: &[], key_norms: &norms,
+            num_heads: kv, num_kv_heads: kv, head_dim: 0, rows: 0, probs: &[], key_norms: &norms, keys: &[],
         };
         let live_pos: Vec<(usize, u64)> = (0..n).filter(|&s| live[s]).map(|s| (s, positions[s])).collect();
         let slots_of = |keep: &[u64]| -> Vec<usize> {
@@ -453,9 +454,9 @@ fn real_plugins_load_next_to_the_builtins_and_list_with_their_source() {
     // Built-ins are still there.
     assert_eq!(reg.get("window").unwrap().source, Source::Builtin);
     let strided = reg.get("strided").unwrap();
-    let names: Vec<&str> = strided.params.iter().map(|p| p.0.as_str()).collect();
+    let names: Vec<&str> = strided.params.iter().map(|p| &*p.name).collect();
     assert_eq!(names, ["sinks", "stride", "recent"]);
-    assert_eq!(strided.params[1].1, "8");
+    assert_eq!(strided.params[1].default, "8");
     assert!(reg.get("keynorm").unwrap().params.is_empty());
 }
 
@@ -558,7 +559,8 @@ fn load_fails(path: &Path, needle: &str) -> String {
 
 #[test]
 fn a_wrong_abi_version_is_refused() {
-    load_fails(&built().wrong_version, "built for plugin ABI version 999, but this msrnn speaks version 1");
+    let needle = format!("built for plugin ABI version 999, but this msrnn speaks version {ABI_VERSION}");
+    load_fails(&built().wrong_version, &needle);
 }
 
 #[test]
@@ -585,6 +587,7 @@ fn a_broken_descriptor_is_refused() {
     load_fails(&b.null_descriptor, "returned NULL instead of a descriptor");
     load_fails(&b.null_compress, "policy `hostile` has no `compress` function");
     load_fails(&b.bad_name, "its policy name `bad name:x` is not 1 to 64 of [A-Za-z0-9_+.-]");
+    load_fails(&b.bad_alias, "its alias `bad alias` is not 1 to 64 of [A-Za-z0-9_+.-]");
 }
 
 #[test]
@@ -592,8 +595,8 @@ fn a_name_clash_needs_an_override() {
     let b = built();
     // With a built-in: pretend `keynorm` were built in.
     let mut reg = msrnn_policies::registry();
-    let f: msrnn_core::Factory = Arc::new(|_, _| Err(Error::Input("the fake built-in".into())));
-    reg.register("keynorm", "a fake built-in", Some(vec![]), Source::Builtin, f, false).unwrap();
+    let f: msrnn_core::Factory = Arc::new(|_, _, _| Err(Error::Input("the fake built-in".into())));
+    reg.insert(Entry::new("keynorm", "a fake built-in", Some(vec![]), Source::Builtin, f), false).unwrap();
     let e = reg.load_plugin(&b.keynorm).unwrap_err().to_string();
     println!("{e}");
     assert!(e.contains("its policy `keynorm` clashes with `keynorm` (built-in)"), "{e}");
@@ -608,8 +611,8 @@ fn a_name_clash_needs_an_override() {
     // A plugin cannot shadow a real built-in by accident either: registering `window` from a plugin.
     let mut reg = msrnn_policies::registry();
     let plugin = msrnn_core::Plugin::open(&b.strided).unwrap();
-    let f: msrnn_core::Factory = Arc::new(move |s, c| plugin.create(s, c));
-    let e = reg.register("window", "", None, Source::Plugin("x".into()), f, false).unwrap_err();
+    let f: msrnn_core::Factory = Arc::new(move |p, c, _| plugin.instantiate(p, c));
+    let e = reg.insert(Entry::new("window", "", None, Source::Plugin("x".into()), f), false).unwrap_err();
     assert!(e.to_string().contains("already taken"), "{e}");
 }
 
@@ -728,11 +731,15 @@ fn a_dead_slot_is_refused() {
         new_slots: &[3],
         num_heads: 1,
         num_kv_heads: 1,
+        head_dim: HEAD_DIM,
         rows: 0,
         probs: &[],
         key_norms: &[],
+        keys: &[],
     };
     let e = p.step(&obs, 2).unwrap_err();
+    assert!(matches!(e, msrnn_core::policy::Error::Decision(_)), "{e:?}");
+    let e = Error::from_policy(e, p.name(), obs.layer);
     println!("dead: {e}");
     assert!(matches!(e, Error::InvalidDecision { layer: 3, .. }), "{e:?}");
     assert!(e.to_string().contains("answered evict slots [1]: slot 1 is not live"), "{e}");
@@ -848,7 +855,7 @@ fn the_library_outlives_the_registry() {
     let mut reg = PolicyRegistry::new();
     reg.load_plugin(&copy).unwrap();
     let cap = Capacity::Bounded(5);
-    let mut policies = reg.create_layers(&"strided:sinks=1,stride=2".parse().unwrap(), 2, 2, 1, cap).unwrap();
+    let mut policies = reg.create_layers(&"strided:sinks=1,stride=2".parse().unwrap(), 2, 2, 1, HEAD_DIM, cap).unwrap();
     drop(reg);
     std::fs::remove_file(&copy).unwrap();
     let linux = cfg!(target_os = "linux");
@@ -957,4 +964,113 @@ fn plugins_under_unbounded_capacity_never_evict() {
         f.feed(3, p.as_mut()).1.unwrap();
     }
     assert_eq!(f.live().len(), 60);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ABI version 2: keys and the head size, per-layer capacities, aliases
+// ---------------------------------------------------------------------------------------------
+
+/// Keys cross the C layout as stored, with the head size the context promised: the C fixture checks
+/// every live key against its key norm, the Rust one checks the shape; both then act as a window.
+#[test]
+fn keys_reach_plugins_in_c_and_rust() {
+    let reg = registry();
+    let cap = Capacity::Bounded(3);
+    for spec in ["hostile:mode=keys", "panicky:keys=1"] {
+        let mut p = reg.create(&spec.parse().unwrap(), &ctx(4, 2, cap)).unwrap();
+        assert!(p.needs().keys, "{spec}");
+        let mut f = Feeder::new(4, 2, cap, 9);
+        for chunk in [2, 1, 3, 1, 4] {
+            f.feed(chunk, p.as_mut()).1.unwrap_or_else(|e| panic!("{spec}: {e}"));
+            let n = f.next;
+            assert_eq!(f.live(), (n.saturating_sub(3)..n).collect::<Vec<u64>>(), "{spec}");
+        }
+    }
+    // A head size other than the context's is caught by the plugin.
+    let mut p = reg.create(&"panicky:keys=1".parse().unwrap(), &ctx(4, 2, cap)).unwrap();
+    let mut layer = LayerState::new(2, 2, DType::F32, &Device::Cpu, cap, None, 4).unwrap();
+    let q = Tensor::ones((4, 4, 2), DType::F32, &Device::Cpu).unwrap();
+    let k = Tensor::ones((2, 4, 2), DType::F32, &Device::Cpu).unwrap();
+    let e = attend(&q, &k, &k, &[0, 1, 2, 3], &mut layer, p.as_mut(), 1.0).unwrap_err().to_string();
+    assert!(e.contains("expected 32 key values of head size 4, got 16 of head size 2"), "{e}");
+}
+
+fn state_config(layers: usize, capacity: Capacity) -> StateConfig {
+    StateConfig { max_chunk: 4, ..StateConfig::new(layers, 1, HEAD_DIM, capacity) }
+}
+
+/// A plugin instance may ask for its own layer's capacity (C through `msrnn_needs.capacity`, Rust
+/// through `Policy::capacity`); the state sizes the layer by it and refuses a total above layers x C.
+#[test]
+fn plugins_ask_for_per_layer_capacities() {
+    let reg = registry();
+    let cap = Capacity::Bounded(6);
+    let policies = reg.create_layers(&"hostile:mode=half".parse().unwrap(), 3, 2, 1, HEAD_DIM, cap).unwrap();
+    assert!(policies.iter().all(|p| p.capacity() == Some(3)));
+    let mut state = MsrnnState::new(&state_config(3, cap), policies).unwrap();
+    assert!((0..3).all(|i| state.layer(i).capacity() == Capacity::Bounded(3)));
+    let dev = Device::Cpu;
+    for t in 0..10u64 {
+        let q = Tensor::ones((2, 1, HEAD_DIM), DType::F32, &dev).unwrap();
+        let k = Tensor::ones((1, 1, HEAD_DIM), DType::F32, &dev).unwrap();
+        for i in 0..3 {
+            state.attend(i, &q, &k, &k, &[t], 0.5).unwrap();
+        }
+        state.advance(1);
+    }
+    assert_eq!(state.layer(2).live_positions(), vec![7, 8, 9], "the layer keeps the 3 it asked for");
+
+    let policies = reg.create_layers(&"hostile:mode=greedy".parse().unwrap(), 3, 2, 1, HEAD_DIM, cap).unwrap();
+    let e = MsrnnState::new(&state_config(3, cap), policies).err().unwrap().to_string();
+    assert!(
+        e.contains("policy `hostile` asks for 21 tokens over 3 layers ([7, 7, 7]), more than layers x C = 3 x 6 = 18"),
+        "{e}"
+    );
+
+    // The Rust glue passes it too; under an unbounded run a request is refused.
+    let policies = reg.create_layers(&"panicky:capacity=12".parse().unwrap(), 1, 2, 1, HEAD_DIM, cap).unwrap();
+    let e = MsrnnState::new(&state_config(1, cap), policies).err().unwrap().to_string();
+    assert!(e.contains("asks for 12 tokens over 1 layers ([12]), more than layers x C = 1 x 6 = 6"), "{e}");
+    let policies = reg.create_layers(&"panicky:capacity=2".parse().unwrap(), 1, 2, 1, HEAD_DIM, cap).unwrap();
+    let state = MsrnnState::new(&state_config(1, cap), policies).unwrap();
+    assert_eq!(state.layer(0).capacity(), Capacity::Bounded(2));
+    let policies =
+        reg.create_layers(&"panicky:capacity=2".parse().unwrap(), 1, 2, 1, HEAD_DIM, Capacity::Unbounded).unwrap();
+    let e = MsrnnState::new(&state_config(1, Capacity::Unbounded), policies).err().unwrap().to_string();
+    assert!(e.contains("asks for 2 tokens on layer 0, but the run is unbounded"), "{e}");
+}
+
+/// Aliases declared by a plugin (C descriptor or Rust `ALIASES`) select it like its name, list with
+/// it, and clash like names do.
+#[test]
+fn plugin_aliases_select_the_policy() {
+    let reg = registry();
+    assert_eq!(reg.get("hostile-c").unwrap().name, "hostile");
+    assert_eq!(reg.get("panicky-window").unwrap().name, "panicky");
+    assert_eq!(reg.get("hostile").unwrap().aliases, ["hostile-c"]);
+    let p = reg.create(&"panicky-window:panic_at=9".parse().unwrap(), &ctx(1, 1, Capacity::Bounded(2))).unwrap();
+    assert_eq!(p.name(), "panicky");
+    let mut again = PolicyRegistry::new();
+    let f: msrnn_core::Factory = Arc::new(|_, _, _| Err(Error::Input("unused".into())));
+    again.insert(Entry::new("hostile-c", "", None, Source::Builtin, f), false).unwrap();
+    let e = again.load_plugin(&built().hostile).unwrap_err().to_string();
+    assert!(e.contains("its policy `hostile-c` clashes with `hostile-c` (built-in)"), "{e}");
+}
+
+/// Parameters a Rust plugin leaves out take the defaults it declared; the listing shows them.
+#[test]
+fn plugin_defaults_come_from_the_declared_schema() {
+    let reg = registry();
+    let e = reg.get("panicky").unwrap();
+    let defaults: Vec<(&str, &str)> = e.params.iter().map(|p| (&*p.name, &*p.default)).collect();
+    assert_eq!(defaults[0], ("panic_at", "0"));
+    assert_eq!(defaults[5], ("keys", "false"));
+    // Nothing given: never panics, asks for no keys and the run's capacity.
+    let mut p = reg.create(&PolicySpec::new("panicky"), &ctx(1, 1, Capacity::Bounded(2))).unwrap();
+    assert_eq!((p.needs(), p.capacity()), (Needs::default(), None));
+    let mut f = Feeder::new(1, 1, Capacity::Bounded(2), 4);
+    for _ in 0..8 {
+        f.feed(1, p.as_mut()).1.unwrap();
+    }
+    assert_eq!(f.live(), vec![6, 7]);
 }

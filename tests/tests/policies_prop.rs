@@ -4,9 +4,9 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
-use msrnn_core::{
-    attend, Capacity, Decision, Entry, LayerState, Needs, Observation, Policy, PolicyContext, PolicySpec, Result,
-};
+use msrnn_core::policy::Result;
+use msrnn_core::{attend, Capacity, Context, Decision, Entry, LayerState, Needs, Observation, Policy, PolicySpec};
+use msrnn_tests::Rng;
 use proptest::prelude::*;
 
 /// What the spy saw at one step: (position, head-mean of the last row) per live slot, before eviction.
@@ -52,10 +52,10 @@ impl Policy for Spy {
 
 fn spec_for(e: &Entry, cap: usize, seed: u64) -> PolicySpec {
     let mut s = PolicySpec::new(e.name.clone());
-    if e.params.iter().any(|p| p.0 == "sinks") {
+    if e.params.iter().any(|p| p.name == "sinks") {
         s = s.with("sinks", msrnn_core::ParamValue::Int(cap.saturating_sub(1).min(3) as i64));
     }
-    if e.params.iter().any(|p| p.0 == "seed") {
+    if e.params.iter().any(|p| p.name == "seed") {
         s = s.with("seed", msrnn_core::ParamValue::Int(seed as i64));
     }
     s
@@ -89,7 +89,14 @@ fn run(e: &Entry, c: &Case) -> (Vec<Vec<u64>>, Vec<Seen>, Vec<Vec<u64>>) {
     let full = e.name == "full";
     let capacity = if full { Capacity::Unbounded } else { Capacity::Bounded(c.cap) };
     let reg = msrnn_policies::registry();
-    let ctx = PolicyContext { layer: 0, num_layers: 1, num_heads: c.heads, num_kv_heads: c.kv, capacity };
+    let ctx = Context {
+        layer: 0,
+        num_layers: 1,
+        num_heads: c.heads,
+        num_kv_heads: c.kv,
+        head_dim: 4,
+        capacity: capacity.get(),
+    };
     let inner = reg.create(&spec_for(e, c.cap, c.policy_seed), &ctx).expect("policy creation");
     let log = Arc::new(Mutex::new(Vec::new()));
     let mut spy = Spy { inner, log: log.clone() };
@@ -97,17 +104,8 @@ fn run(e: &Entry, c: &Case) -> (Vec<Vec<u64>>, Vec<Seen>, Vec<Vec<u64>>) {
     let mut next = 0u64;
     let mut after = Vec::new();
     let mut new_positions = Vec::new();
-    let mut x = c.data_seed | 1;
-    let mut rnd = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ((x >> 40) as f32 / (1u64 << 24) as f32) * 6.0 - 3.0
-            })
-            .collect()
-    };
+    let mut rng = Rng::new(c.data_seed);
+    let mut rnd = |n: usize| rng.vec(n, -3.0, 3.0);
     for &t in &c.chunks {
         let q = Tensor::from_vec(rnd(c.heads * t * 4), (c.heads, t, 4), &dev).unwrap();
         let k = Tensor::from_vec(rnd(c.kv * t * 4), (c.kv, t, 4), &dev).unwrap();
@@ -195,7 +193,7 @@ fn full_never_evicts_over_a_long_run() {
 fn tova_scores_a_chunk_by_its_last_row() {
     let dev = Device::Cpu;
     let reg = msrnn_policies::registry();
-    let ctx = PolicyContext { layer: 0, num_layers: 1, num_heads: 1, num_kv_heads: 1, capacity: Capacity::Bounded(2) };
+    let ctx = Context { layer: 0, num_layers: 1, num_heads: 1, num_kv_heads: 1, head_dim: 2, capacity: Some(2) };
     let mut p = reg.create(&"tova".parse().unwrap(), &ctx).unwrap();
     let mut layer = LayerState::new(1, 2, DType::F32, &dev, Capacity::Bounded(2), None, 4).unwrap();
     // Two old tokens: keys e0 and e1.

@@ -24,7 +24,7 @@ fn cfg(capacity: Capacity, positions: Positions) -> StateConfig {
 
 fn state_in(spec: &PolicySpec, capacity: Capacity, positions: Positions) -> MsrnnState {
     let r = msrnn_policies::registry();
-    MsrnnState::new(&cfg(capacity, positions), r.create_layers(spec, 2, 4, 2, capacity).unwrap()).unwrap()
+    MsrnnState::new(&cfg(capacity, positions), r.create_layers(spec, 2, 4, 2, 4, capacity).unwrap()).unwrap()
 }
 
 /// Feeds `steps` chunks of pseudo-random q/k/v (seeded by step index) and returns every output.
@@ -109,9 +109,9 @@ fn a_cloned_state_continues_exactly_like_the_original() {
         let mut a = state_in(&spec, cap, positions);
         feed(&mut a, 0..12);
         let r = msrnn_policies::registry();
-        let mut b = a.clone_with(r.create_layers(&spec, 2, 4, 2, cap).unwrap()).unwrap();
+        let mut b = a.clone_with(r.create_layers(&spec, 2, 4, 2, 4, cap).unwrap()).unwrap();
         assert_eq!(feed(&mut a, 12..30), feed(&mut b, 12..30), "{spec}");
         let other: PolicySpec = "window".parse().unwrap();
-        assert!(a.clone_with(r.create_layers(&other, 2, 4, 2, cap).unwrap()).is_err());
+        assert!(a.clone_with(r.create_layers(&other, 2, 4, 2, 4, cap).unwrap()).is_err());
     }
 }

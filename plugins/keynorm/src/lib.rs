@@ -15,37 +15,45 @@
 //! Build: `cargo build --release -p msrnn-plugin-keynorm` -> `target/release/libmsrnn_keynorm.so`;
 //! use: `msrnn ppl --plugin target/release/libmsrnn_keynorm.so --policies keynorm ...`.
 
-use msrnn_plugin_abi::{export_policy, lowest_scored, Context, Decision, Needs, Observation, Params, PluginPolicy};
+use msrnn_policy_api::{
+    export_policy, lowest_scored, Context, Decision, Declare, Error, Needs, Observation, Params, Policy, Result,
+};
 
 pub struct KeyNorm;
 
-impl PluginPolicy for KeyNorm {
+impl Declare for KeyNorm {
     const NAME: &'static str = "keynorm";
     const DESCRIPTION: &'static str =
         "keep the entries whose keys have the smallest L2 norm, averaged over KV heads (Devoto et al. 2024)";
 
-    fn create(_params: &Params, _ctx: &Context) -> Result<Self, String> {
+    fn create(_params: &Params, _ctx: &Context) -> Result<Self> {
         // The glue has already refused any parameter (the schema is empty).
         Ok(KeyNorm)
+    }
+}
+
+impl Policy for KeyNorm {
+    fn name(&self) -> &str {
+        Self::NAME
     }
 
     fn needs(&self) -> Needs {
         Needs { key_norms: true, ..Needs::default() }
     }
 
-    fn step(&mut self, obs: &Observation<'_>, budget: usize) -> Result<Decision, String> {
+    fn step(&mut self, obs: &Observation<'_>, budget: usize) -> Result<Decision> {
         let live = obs.live_count();
         if live <= budget {
             return Ok(Decision::Keep);
         }
         let norms = obs.mean_key_norms();
         if norms.is_empty() {
-            return Err(format!(
+            return Err(Error::Failed(format!(
                 "the observation has no key norms ({} values for {} KV heads x {} slots)",
                 obs.key_norms.len(),
                 obs.num_kv_heads,
                 obs.num_slots
-            ));
+            )));
         }
         // Lowest score goes first: score = -norm, so the largest norm goes first; NaN stays NaN,
         // which `lowest_scored` evicts first; ties evict the lower position.
@@ -76,9 +84,11 @@ mod tests {
             new_slots: &[1],
             num_heads: 2,
             num_kv_heads: 2,
+            head_dim: 0,
             rows: 0,
             probs: &[],
             key_norms: &norms,
+            keys: &[],
         };
         let mut p = KeyNorm;
         // over by 2: slot 4 (mean 4) then the tie at 3 between slot 1 (pos 7) and slot 3 (pos 4): the
@@ -86,6 +96,6 @@ mod tests {
         assert_eq!(p.step(&o, 3).unwrap(), Decision::Evict(vec![4, 3]));
         assert_eq!(p.step(&o, 5).unwrap(), Decision::Keep);
         let bare = Observation { key_norms: &[], ..o };
-        assert!(p.step(&bare, 3).unwrap_err().contains("no key norms"));
+        assert!(p.step(&bare, 3).unwrap_err().to_string().contains("no key norms"));
     }
 }
