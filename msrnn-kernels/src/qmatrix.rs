@@ -292,29 +292,56 @@ impl SyncPtr {
     }
 }
 
-/// A zeroed byte buffer aligned to 64 bytes (a cache line, and a 512-bit load).
+/// A zeroed byte buffer aligned to 64 bytes (a cache line, and a 512-bit load). Buffers of 2 MiB and more are aligned
+/// to 2 MiB and, on Linux, offered transparent huge pages: decode streams every weight once per token, and 4 KiB pages
+/// would cost a TLB miss every few blocks.
 struct AlignedBytes {
-    chunks: Vec<Align64>,
+    ptr: std::ptr::NonNull<u8>,
     len: usize,
+    layout: std::alloc::Layout,
 }
 
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct Align64([u8; 64]);
+// SAFETY: a plain owned byte buffer.
+unsafe impl Send for AlignedBytes {}
+unsafe impl Sync for AlignedBytes {}
+
+const HUGE_PAGE: usize = 2 << 20;
 
 impl AlignedBytes {
     fn zeroed(len: usize) -> Self {
-        Self { chunks: vec![Align64([0; 64]); len.div_ceil(64)], len }
+        let align = if len >= HUGE_PAGE { HUGE_PAGE } else { 64 };
+        let size = len.max(1).next_multiple_of(align);
+        let layout = std::alloc::Layout::from_size_align(size, align).expect("a valid buffer layout");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        #[cfg(target_os = "linux")]
+        if align == HUGE_PAGE {
+            extern "C" {
+                fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+            }
+            const MADV_HUGEPAGE: i32 = 14;
+            // SAFETY: the range is the allocation just made; the advice is only a hint (its result is ignored).
+            unsafe { madvise(raw as *mut std::ffi::c_void, size, MADV_HUGEPAGE) };
+        }
+        Self { ptr, len, layout }
     }
     fn len(&self) -> usize {
         self.len
     }
     fn as_slice(&self) -> &[u8] {
-        // SAFETY: the chunks are `len.div_ceil(64) * 64` initialized bytes.
-        unsafe { std::slice::from_raw_parts(self.chunks.as_ptr() as *const u8, self.len) }
+        // SAFETY: `len` initialized (zeroed) bytes owned by this value.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
     fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, uniquely borrowed.
-        unsafe { std::slice::from_raw_parts_mut(self.chunks.as_mut_ptr() as *mut u8, self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBytes {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }
 }

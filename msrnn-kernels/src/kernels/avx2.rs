@@ -45,6 +45,7 @@ unsafe fn q8_0<const N: usize>(tile: Tile, acts: &QActs, r0: usize, out: &mut [[
     let offset = _mm256_set1_epi8(-128);
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for b in 0..nb {
+        super::prefetch_block(tile, Format::Q8_0, b);
         for h in 0..2 {
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(tile.scales.add(b * sb + 16 * h) as *const __m128i));
             let c = tile.codes.add(b * cb + 32 * h);
@@ -78,6 +79,7 @@ unsafe fn q4_1<const N: usize>(tile: Tile, acts: &QActs, r0: usize, out: &mut [[
     let nibble = _mm256_set1_epi8(0x0F);
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     for b in 0..nb {
+        super::prefetch_block(tile, Format::Q4_1, b);
         for h in 0..2 {
             let sc = tile.scales.add(b * sb + 16 * h);
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(sc as *const __m128i));

@@ -44,6 +44,7 @@ unsafe fn q8_0<const N: usize>(tile: Tile, acts: &QActs, r0: usize, out: &mut [[
     let bias = acts.bias.as_ptr().add(r0 * nb);
     let mut acc = [_mm512_setzero_ps(); N];
     for b in 0..nb {
+        super::prefetch_block(tile, Format::Q8_0, b);
         let dw = _mm512_cvtph_ps(_mm256_loadu_si256(tile.scales.add(b * sb) as *const __m256i));
         let c = tile.codes.add(b * cb);
         let w: [__m512i; 8] = std::array::from_fn(|g| _mm512_loadu_si512(c.add(g * 64) as *const _));
@@ -75,6 +76,7 @@ unsafe fn q4_1<const N: usize>(tile: Tile, acts: &QActs, r0: usize, out: &mut [[
     let nibble = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); N];
     for b in 0..nb {
+        super::prefetch_block(tile, Format::Q4_1, b);
         let sc = tile.scales.add(b * sb);
         let dw = _mm512_cvtph_ps(_mm256_loadu_si256(sc as *const __m256i));
         let mw = _mm512_cvtph_ps(_mm256_loadu_si256(sc.add(2 * TILE) as *const __m256i));

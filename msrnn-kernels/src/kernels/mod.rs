@@ -53,6 +53,25 @@ pub(crate) struct Tile {
     pub nb: usize,
 }
 
+/// How far ahead of the block being computed the SIMD kernels prefetch weights, in bytes. The hardware prefetchers
+/// alone leave a decode step well short of the memory bandwidth (docs/performance.md has the measurements).
+pub(crate) const PREFETCH: usize = 1024;
+
+/// Prefetches the bytes `dist` ahead of block `b`'s place in the tile's linear order (the matrix is one contiguous
+/// run of tiles, so this runs on into the next tile).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn prefetch_block(tile: Tile, format: Format, b: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let per_block = scale_bytes(format) + code_bytes(format);
+    let p = tile.scales.wrapping_add(b * per_block + PREFETCH);
+    let mut off = 0;
+    while off < per_block {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);
+        off += 64;
+    }
+}
+
 /// Computes `out[i][lane]` = output `lane` of the tile for activation row `r0 + i`, `i < out.len()`.
 ///
 /// # Safety
