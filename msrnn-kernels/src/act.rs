@@ -46,13 +46,20 @@ impl QActs {
         self.d.resize(rows * nb, 0.0);
         self.s.resize(rows * nb, 0.0);
         self.bias.resize(rows * nb, 0);
-        let out = Out { qs: &mut self.qs, d: &mut self.d, s: &mut self.s, bias: &mut self.bias };
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if isa.is_supported() => unsafe { quantize_avx512(x, out) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512 if Isa::Avx2.is_supported() => unsafe { quantize_avx2(x, out) },
-            _ => quantize_blocks(x, out),
+        // Large calls (prefill chunks) quantize row chunks on the pool's threads; a row's codes do not depend on it.
+        const CHUNK: usize = 16;
+        if rows >= 2 * CHUNK && crate::pool::threads() > 1 {
+            let mut parts: Vec<(&[f32], Out<'_>)> = x
+                .chunks(CHUNK * in_dim)
+                .zip(self.qs.chunks_mut(CHUNK * in_dim))
+                .zip(self.d.chunks_mut(CHUNK * nb).zip(self.s.chunks_mut(CHUNK * nb)))
+                .zip(self.bias.chunks_mut(CHUNK * nb))
+                .map(|(((x, qs), (d, s)), bias)| (x, Out { qs, d, s, bias }))
+                .collect();
+            crate::pool::for_each_mut(&mut parts, &|_, (x, out)| quantize_with(isa, x, out));
+        } else {
+            let mut out = Out { qs: &mut self.qs, d: &mut self.d, s: &mut self.s, bias: &mut self.bias };
+            quantize_with(isa, x, &mut out);
         }
     }
 
@@ -60,6 +67,17 @@ impl QActs {
     #[inline(always)]
     pub(crate) fn group_ptr(&self, row: usize) -> *const u8 {
         self.qs[row * self.in_dim..].as_ptr() as *const u8
+    }
+}
+
+fn quantize_with(isa: Isa, x: &[f32], out: &mut Out<'_>) {
+    match isa {
+        // SAFETY: each variant runs only where the CPU supports it.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa.is_supported() => unsafe { quantize_avx512(x, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 if Isa::Avx2.is_supported() => unsafe { quantize_avx2(x, out) },
+        _ => quantize_blocks(x, out),
     }
 }
 
@@ -71,7 +89,7 @@ struct Out<'a> {
 }
 
 #[inline(always)]
-fn quantize_blocks(x: &[f32], out: Out<'_>) {
+fn quantize_blocks(x: &[f32], out: &mut Out<'_>) {
     let blocks = x.chunks_exact(BLOCK).zip(out.qs.chunks_exact_mut(BLOCK));
     for (((xb, qb), d), (s, bias)) in blocks.zip(out.d.iter_mut()).zip(out.s.iter_mut().zip(out.bias.iter_mut())) {
         let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -91,12 +109,12 @@ fn quantize_blocks(x: &[f32], out: Out<'_>) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quantize_avx2(x: &[f32], out: Out<'_>) {
+unsafe fn quantize_avx2(x: &[f32], out: &mut Out<'_>) {
     quantize_blocks(x, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn quantize_avx512(x: &[f32], out: Out<'_>) {
+unsafe fn quantize_avx512(x: &[f32], out: &mut Out<'_>) {
     quantize_blocks(x, out)
 }
