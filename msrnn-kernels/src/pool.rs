@@ -3,7 +3,9 @@
 //! Rules:
 //! - The caller participates: [`for_each`] publishes `n` tasks, the caller and the workers claim them one at a time
 //!   (dynamic claiming), and the call returns when all are done.
-//! - Workers spin for [`SPIN`] waiting for the next call, then park: an idle pool uses no CPU.
+//! - Workers wait for the next call spinning for [`SPIN`] (after the first microseconds, yielding the CPU at each
+//!   turn, so a worker that shares a core with its caller hands it back at once), then park: an idle pool uses no
+//!   CPU. The caller waits for the workers' last tasks the same way.
 //! - One call at a time: a call made while the pool is busy (another thread's call, or a task calling back into the
 //!   pool) runs its tasks inline on the calling thread. Results never depend on who ran a task.
 //! - Stalls: a worker that the OS deschedules while it holds a task makes the caller wait. When the caller waits much
@@ -24,6 +26,9 @@ pub const STALL: Duration = Duration::from_micros(200);
 pub const MIN_BACKOFF: Duration = Duration::from_millis(20);
 /// The longest serial period.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Spin iterations (a pause instruction each) before a waiting thread starts yielding its CPU.
+const PURE_SPINS: u32 = 256;
 
 /// Tasks per call that the claim word can count; larger calls are grouped.
 const MAX_TASKS: usize = (1 << 20) - 1;
@@ -186,6 +191,10 @@ fn worker_main(shared: &Shared, ctl: &WorkerCtl) {
                 break;
             }
             spins = spins.wrapping_add(1);
+            if spins > PURE_SPINS {
+                // Another thread (perhaps our caller, when a busy machine put us on its core) may want this CPU.
+                thread::yield_now();
+            }
             if spins.is_multiple_of(64) && since.elapsed() > SPIN {
                 ctl.sleeping.store(true, SeqCst);
                 if unpack(shared.word.load(SeqCst)).0 == seen && !ctl.stop.load(SeqCst) {
@@ -193,6 +202,7 @@ fn worker_main(shared: &Shared, ctl: &WorkerCtl) {
                 }
                 ctl.sleeping.store(false, SeqCst);
                 since = Instant::now();
+                spins = 0;
             } else {
                 std::hint::spin_loop();
             }
@@ -288,9 +298,15 @@ pub fn for_each(n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     let mean = t1.duration_since(t0) / mine.max(1) as u32;
     let patience = STALL.max(mean * 3);
     let mut stalled = false;
+    let mut spins = 0u32;
     while shared.done.load(Acquire) < n_tasks {
         if t1.elapsed() < patience {
-            std::hint::spin_loop();
+            spins += 1;
+            if spins > PURE_SPINS {
+                thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
             continue;
         }
         // A worker holds a task and is not running: sleep so the OS can run it here, and be woken when it is done.
