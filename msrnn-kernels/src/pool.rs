@@ -47,10 +47,21 @@ struct Desc {
     f: *const (dyn Fn(usize) + Sync + 'static),
 }
 
+/// Keeps a hot atomic on a cache line of its own (claims and completions would otherwise bounce one line).
+#[repr(align(64))]
+struct Line<T>(T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 struct Shared {
-    word: AtomicU64,
+    word: Line<AtomicU64>,
     desc: AtomicPtr<Desc>,
-    done: AtomicUsize,
+    done: Line<AtomicUsize>,
     panicked: AtomicBool,
     caller_sleeping: AtomicBool,
     caller: Mutex<Option<Thread>>,
@@ -91,9 +102,9 @@ fn pool() -> &'static Pool {
     POOL.get_or_init(|| {
         let pool = Pool {
             shared: Arc::new(Shared {
-                word: AtomicU64::new(0),
+                word: Line(AtomicU64::new(0)),
                 desc: AtomicPtr::new(std::ptr::null_mut()),
-                done: AtomicUsize::new(0),
+                done: Line(AtomicUsize::new(0)),
                 panicked: AtomicBool::new(false),
                 caller_sleeping: AtomicBool::new(false),
                 caller: Mutex::new(None),
