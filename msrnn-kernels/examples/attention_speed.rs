@@ -12,7 +12,7 @@ fn main() {
         let q_pos: Vec<u64> = (hi as u64 - t as u64..hi as u64).collect();
         let mut out = vec![0f32; t * h * d];
         let mut probs = vec![0f32; h * hi];
-        for isa in Isa::available() {
+        for isa in Isa::supported() {
             let s = Step {
                 q: &q,
                 q_stride: h * d,

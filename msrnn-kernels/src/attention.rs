@@ -45,47 +45,7 @@ pub fn read_key(buf: &[f32], slots: usize, g: usize, s: usize, key: &mut [f32]) 
     }
 }
 
-/// Instruction sets the attention step is compiled for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// No target features beyond the platform's baseline.
-    Portable,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-impl Isa {
-    /// The best variant this CPU runs.
-    pub fn detect() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Portable
-    }
-
-    /// Every variant this CPU runs, the portable one first.
-    pub fn available() -> Vec<Isa> {
-        let mut v = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                v.push(Isa::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                v.push(Isa::Avx512);
-            }
-        }
-        v
-    }
-}
+pub use crate::isa::Isa;
 
 /// One layer's attention step for `t = q_pos.len()` query rows.
 #[derive(Debug, Clone, Copy)]
@@ -155,9 +115,9 @@ pub struct Sink<'a> {
     pub prob_rows: usize,
 }
 
-/// Runs the whole step on the calling thread with the best variant.
+/// Runs the whole step on the calling thread with the active variant ([`crate::isa::active`]).
 pub fn attention(step: &Step<'_>, sink: Sink<'_>) -> Result<(), String> {
-    attention_with(Isa::detect(), step, sink, &|n, f| (0..n).for_each(f))
+    attention_with(crate::isa::active(), step, sink, &|n, f| (0..n).for_each(f))
 }
 
 /// Query rows handled together: each key and value row is read once per block, not once per row.
@@ -204,11 +164,13 @@ unsafe fn run(
     prob_rows: usize,
 ) {
     match isa {
-        Isa::Portable => rows_kv_head::<Lanes>(step, head, rows, out, out_stride, probs, prob_rows),
+        Isa::Scalar => rows_kv_head::<Lanes>(step, head, rows, out, out_stride, probs, prob_rows),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => rows_avx2(step, head, rows, out, out_stride, probs, prob_rows),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => rows_avx512(step, head, rows, out, out_stride, probs, prob_rows),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => rows_kv_head::<Lanes>(step, head, rows, out, out_stride, probs, prob_rows),
     }
 }
 
@@ -1044,10 +1006,10 @@ mod tests {
             let c = case(&mut rng, h, g, d, hi, t, w);
             let (want_out, want_probs) = reference(&c);
             let prob_rows = [0, 1, t][i % 3];
-            let simd = Isa::available().into_iter().filter(|&i| i != Isa::Portable).collect::<Vec<_>>();
-            let base = *simd.first().unwrap_or(&Isa::Portable);
+            let simd = Isa::supported().into_iter().filter(|&i| i != Isa::Scalar).collect::<Vec<_>>();
+            let base = *simd.first().unwrap_or(&Isa::Scalar);
             let (base_out, base_probs) = run_case(base, &c, prob_rows, false);
-            for isa in Isa::available() {
+            for isa in Isa::supported() {
                 let (out, probs) = run_case(isa, &c, prob_rows, false);
                 for (a, b) in out.iter().zip(&want_out) {
                     assert!((*a as f64 - b).abs() < 1e-5 * (1.0 + b.abs()), "{isa:?} shape {i}: {a} vs {b}");

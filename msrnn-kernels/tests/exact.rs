@@ -1,0 +1,290 @@
+//! Every instruction-set variant against plain references, on awkward sizes.
+//!
+//! References: (1) the exact integer-block formula written straight from the GGUF bytes (bit-equal expected, since
+//! every variant promises that sequence), (2) an f64 dot product of the dequantized weights with the unquantized
+//! inputs, within the bound that 8-bit activation blocks allow.
+
+use half::f16;
+use msrnn_kernels::act::QActs;
+use msrnn_kernels::format::{self, BLOCK};
+use msrnn_kernels::{pool, Format, Isa, QMatrix};
+use msrnn_tests::Rng;
+
+const IN_DIMS: [usize; 3] = [32, 96, 608];
+const OUT_DIMS: [usize; 5] = [1, 7, 13, 33, 200];
+const ROWS: [usize; 7] = [1, 2, 7, 13, 64, 65, 70];
+
+/// Random GGUF blocks: every code value possible (Q8_0 includes -128), scales of either sign for Q8_0.
+fn random_ggml(rng: &mut Rng, format: Format, out_dim: usize, in_dim: usize) -> Vec<u8> {
+    let n = out_dim * in_dim / BLOCK;
+    let mut bytes = Vec::with_capacity(n * format.block_bytes());
+    for _ in 0..n {
+        match format {
+            Format::Q8_0 => {
+                bytes.extend_from_slice(&f16::from_f32(rng.uniform(-0.02, 0.02)).to_le_bytes());
+                bytes.extend((0..32).map(|_| rng.below(256) as u8));
+            }
+            Format::Q4_1 => {
+                bytes.extend_from_slice(&f16::from_f32(rng.uniform(0.0, 0.02)).to_le_bytes());
+                bytes.extend_from_slice(&f16::from_f32(rng.uniform(-0.15, 0.0)).to_le_bytes());
+                bytes.extend((0..16).map(|_| rng.below(256) as u8));
+            }
+        }
+    }
+    bytes
+}
+
+/// Inputs with the awkward cases mixed in: an all-zero block, a lone spike, large and tiny magnitudes.
+fn random_x(rng: &mut Rng, rows: usize, in_dim: usize) -> Vec<f32> {
+    let mut x = rng.vec(rows * in_dim, -2.0, 2.0);
+    for (r, row) in x.chunks_exact_mut(in_dim).enumerate() {
+        match r % 4 {
+            0 => row[..BLOCK].fill(0.0),
+            1 => {
+                row[..BLOCK].fill(1e-3);
+                row[5] = 300.0;
+            }
+            2 => row.iter_mut().for_each(|v| *v *= 1e-4),
+            _ => {}
+        }
+    }
+    x
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+/// The exact integer-block formula, straight from the GGUF bytes.
+fn reference_exact(format: Format, bytes: &[u8], out_dim: usize, acts: &QActs) -> Vec<f32> {
+    let (nb, bb) = (acts.nb, format.block_bytes());
+    let mut y = vec![0f32; acts.rows * out_dim];
+    for r in 0..acts.rows {
+        for o in 0..out_dim {
+            let mut acc = 0f32;
+            for b in 0..nb {
+                let blk = &bytes[(o * nb + b) * bb..][..bb];
+                let xq = &acts.qs[r * acts.in_dim + b * BLOCK..][..BLOCK];
+                let dx = acts.d[r * nb + b];
+                match format {
+                    Format::Q8_0 => {
+                        let isum: i32 = (0..32).map(|j| blk[2 + j] as i8 as i32 * xq[j] as i32).sum();
+                        acc = (isum as f32).mul_add(f16_at(blk, 0) * dx, acc);
+                    }
+                    Format::Q4_1 => {
+                        let isum: i32 = (0..16)
+                            .map(|j| {
+                                (blk[4 + j] & 15) as i32 * xq[j] as i32 + (blk[4 + j] >> 4) as i32 * xq[j + 16] as i32
+                            })
+                            .sum();
+                        acc = (isum as f32).mul_add(f16_at(blk, 0) * dx, acc);
+                        acc = f16_at(blk, 2).mul_add(acts.s[r * nb + b], acc);
+                    }
+                }
+            }
+            y[r * out_dim + o] = acc;
+        }
+    }
+    y
+}
+
+/// f64 dot products of dequantized weights with the unquantized inputs, and for each output the bound that
+/// activation quantization allows: Σ|w| * d_x / 2 per block (plus a little for f32 rounding).
+fn reference_f64(w: &[f32], x: &[f32], rows: usize, out_dim: usize, in_dim: usize) -> (Vec<f64>, Vec<f64>) {
+    let (mut y, mut bound) = (vec![0f64; rows * out_dim], vec![0f64; rows * out_dim]);
+    for r in 0..rows {
+        let xr = &x[r * in_dim..][..in_dim];
+        for o in 0..out_dim {
+            let wr = &w[o * in_dim..][..in_dim];
+            let (mut dot, mut err, mut mag) = (0f64, 0f64, 0f64);
+            for b in 0..in_dim / BLOCK {
+                let (xb, wb) = (&xr[b * BLOCK..][..BLOCK], &wr[b * BLOCK..][..BLOCK]);
+                let dx = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 127.0;
+                for (wv, xv) in wb.iter().zip(xb) {
+                    dot += *wv as f64 * *xv as f64;
+                    err += (*wv as f64).abs() * dx * 0.5;
+                    mag += (*wv as f64 * *xv as f64).abs();
+                }
+            }
+            y[r * out_dim + o] = dot;
+            bound[r * out_dim + o] = err * 1.001 + mag * 1e-5 + 1e-30;
+        }
+    }
+    (y, bound)
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+#[test]
+fn every_variant_matches_both_references_on_awkward_sizes() {
+    let mut rng = Rng::new(13);
+    let isas = Isa::supported();
+    eprintln!("variants tested: {isas:?}");
+    for format in Format::ALL {
+        for in_dim in IN_DIMS {
+            for out_dim in OUT_DIMS {
+                let bytes = random_ggml(&mut rng, format, out_dim, in_dim);
+                let m = QMatrix::from_ggml(format, &bytes, out_dim, in_dim).unwrap();
+                let w = m.dequantize();
+                for rows in ROWS {
+                    // An unaligned slice: one f32 into the buffer.
+                    let buf = [vec![0.5f32], random_x(&mut rng, rows, in_dim)].concat();
+                    let x = &buf[1..];
+                    let acts = QActs::quantize(Isa::Scalar, x, rows, in_dim);
+                    let exact = reference_exact(format, &bytes, out_dim, &acts);
+                    let (y64, bound) = reference_f64(&w, x, rows, out_dim, in_dim);
+                    for &isa in &isas {
+                        let mut y = vec![f32::NAN; rows * out_dim];
+                        m.matmul_with(isa, x, rows, &mut y);
+                        let what = format!("{format} {isa} out {out_dim} in {in_dim} rows {rows}");
+                        assert_eq!(bits(&y), bits(&exact), "{what}: not the exact block formula");
+                        for (i, ((a, b), e)) in y.iter().zip(&y64).zip(&bound).enumerate() {
+                            assert!((*a as f64 - b).abs() <= *e, "{what}: y[{i}] = {a}, f64 reference {b} +- {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn activation_codes_are_identical_in_every_variant() {
+    let mut rng = Rng::new(5);
+    let x = random_x(&mut rng, 9, 608);
+    let base = QActs::quantize(Isa::Scalar, &x, 9, 608);
+    assert!(base.qs.iter().all(|&q| q != -128), "codes stay within +-127");
+    for isa in Isa::supported() {
+        let a = QActs::quantize(isa, &x, 9, 608);
+        assert_eq!(a.qs, base.qs, "{isa}");
+        assert_eq!(bits(&a.d), bits(&base.d), "{isa}");
+        assert_eq!(bits(&a.s), bits(&base.s), "{isa}");
+        assert_eq!(a.bias, base.bias, "{isa}");
+    }
+}
+
+#[test]
+fn a_rows_result_does_not_depend_on_the_batch_its_place_or_the_thread_count() {
+    let mut rng = Rng::new(99);
+    let (in_dim, out_dim, rows) = (608, 330, 70);
+    let before = pool::threads();
+    for format in Format::ALL {
+        let m = QMatrix::from_ggml(format, &random_ggml(&mut rng, format, out_dim, in_dim), out_dim, in_dim).unwrap();
+        let x = random_x(&mut rng, rows, in_dim);
+        for isa in Isa::supported() {
+            pool::set_threads(1);
+            let mut whole = vec![0f32; rows * out_dim];
+            m.matmul_with(isa, &x, rows, &mut whole);
+            // Alone, one row per call.
+            for r in 0..rows {
+                let mut y = vec![0f32; out_dim];
+                m.matmul_with(isa, &x[r * in_dim..][..in_dim], 1, &mut y);
+                assert_eq!(bits(&y), bits(&whole[r * out_dim..][..out_dim]), "{format} {isa}: row {r} alone");
+            }
+            // Reversed order, sub-batches of 7, and 2 or 3 threads.
+            for threads in [2, 3] {
+                pool::set_threads(threads);
+                let rev: Vec<f32> = (0..rows).rev().flat_map(|r| x[r * in_dim..][..in_dim].to_vec()).collect();
+                let mut y = vec![0f32; rows * out_dim];
+                m.matmul_with(isa, &rev, rows, &mut y);
+                for r in 0..rows {
+                    let got = &y[(rows - 1 - r) * out_dim..][..out_dim];
+                    assert_eq!(bits(got), bits(&whole[r * out_dim..][..out_dim]), "{format} {isa}: {threads} threads");
+                }
+                for start in (0..rows).step_by(7) {
+                    let n = 7.min(rows - start);
+                    let mut y = vec![0f32; n * out_dim];
+                    m.matmul_with(isa, &x[start * in_dim..(start + n) * in_dim], n, &mut y);
+                    assert_eq!(bits(&y), bits(&whole[start * out_dim..(start + n) * out_dim]), "{format} {isa}: chunk");
+                }
+            }
+        }
+    }
+    pool::set_threads(before);
+}
+
+#[test]
+fn gguf_bytes_round_trip_and_rows_dequantize_as_the_blocks_do() {
+    let mut rng = Rng::new(3);
+    for format in Format::ALL {
+        for (out_dim, in_dim) in [(1, 32), (7, 96), (33, 608), (17, 64)] {
+            let bytes = random_ggml(&mut rng, format, out_dim, in_dim);
+            let m = QMatrix::from_ggml(format, &bytes, out_dim, in_dim).unwrap();
+            assert_eq!(m.to_ggml(), bytes, "{format} {out_dim}x{in_dim}");
+            let mut want = vec![0f32; out_dim * in_dim];
+            format::dequantize_blocks(format, &bytes, &mut want);
+            assert_eq!(bits(&m.dequantize()), bits(&want), "{format} {out_dim}x{in_dim}");
+            assert!(m.bytes() >= bytes.len() && m.bytes() < bytes.len() + 16 * 64 + 16 * format.block_bytes() * 19);
+        }
+    }
+}
+
+#[test]
+fn quantizing_dense_weights_keeps_each_value_within_half_a_step() {
+    let mut rng = Rng::new(8);
+    let (out_dim, in_dim) = (9, 96);
+    let w = rng.vec(out_dim * in_dim, -1.0, 1.0);
+    for format in Format::ALL {
+        let m = QMatrix::quantize(format, &w, out_dim, in_dim).unwrap();
+        let back = m.dequantize();
+        for (blk_w, blk_b) in w.chunks(BLOCK).zip(back.chunks(BLOCK)) {
+            let (lo, hi) = blk_w.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            let step = match format {
+                Format::Q8_0 => lo.abs().max(hi.abs()) / 127.0,
+                Format::Q4_1 => (hi - lo) / 15.0,
+            };
+            for (a, b) in blk_w.iter().zip(blk_b) {
+                assert!((a - b).abs() <= step * 0.5 + 2e-3 * step.max(1e-3) + 1e-3 * a.abs(), "{format}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn concat_rows_stacks_outputs() {
+    let mut rng = Rng::new(21);
+    for format in Format::ALL {
+        let parts: Vec<QMatrix> = [5, 16, 19]
+            .iter()
+            .map(|&o| QMatrix::from_ggml(format, &random_ggml(&mut rng, format, o, 96), o, 96).unwrap())
+            .collect();
+        let refs: Vec<&QMatrix> = parts.iter().collect();
+        let all = QMatrix::concat_rows(&refs).unwrap();
+        assert_eq!((all.out_dim(), all.in_dim(), all.format()), (40, 96, format));
+        let x = random_x(&mut rng, 3, 96);
+        let mut y = vec![0f32; 3 * 40];
+        all.matmul(&x, 3, &mut y);
+        let mut col = 0;
+        for p in &parts {
+            let mut yp = vec![0f32; 3 * p.out_dim()];
+            p.matmul(&x, 3, &mut yp);
+            for r in 0..3 {
+                assert_eq!(bits(&yp[r * p.out_dim()..][..p.out_dim()]), bits(&y[r * 40 + col..][..p.out_dim()]));
+            }
+            col += p.out_dim();
+        }
+        let other = QMatrix::from_ggml(format, &random_ggml(&mut rng, format, 2, 64), 2, 64).unwrap();
+        assert!(QMatrix::concat_rows(&[&parts[0], &other]).is_err());
+        assert!(QMatrix::concat_rows(&[]).is_err());
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors_not_panics() {
+    assert!(QMatrix::from_ggml(Format::Q8_0, &[0; 34], 1, 33).is_err());
+    assert!(QMatrix::from_ggml(Format::Q8_0, &[0; 33], 1, 32).is_err());
+    assert!(QMatrix::from_ggml(Format::Q4_1, &[], 0, 32).is_err());
+    assert!(QMatrix::quantize(Format::Q4_1, &[0.0; 31], 1, 32).is_err());
+    assert_eq!(Format::from_ggml_id(3).unwrap(), Format::Q4_1);
+    assert!(Format::from_ggml_id(2).is_err());
+    assert!("avx9".parse::<Isa>().is_err());
+    assert_eq!("AVX2".parse::<Isa>().unwrap(), Isa::Avx2);
+}
+
+#[test]
+fn zero_rows_is_a_no_op() {
+    let m = QMatrix::quantize(Format::Q8_0, &[0.25; 64], 2, 32).unwrap();
+    m.matmul(&[], 0, &mut []);
+}
