@@ -6,7 +6,7 @@
 //! devices go through candle's ops.
 
 use candle_core::{DType, Tensor};
-use msrnn_kernels::attention::{attention, Sink, Step};
+use msrnn_kernels::attention::{attention_with, Sink, Step};
 use msrnn_kernels::rope::{rotate_keys_blocked, rotate_row};
 
 use crate::error::{Error, Result};
@@ -154,7 +154,8 @@ pub(crate) fn step_host(
             head_dim: d,
             scale,
         };
-        attention(&step, Sink { out, out_stride: qw, probs: &mut probs, prob_rows })
+        let sink = Sink { out, out_stride: qw, probs: &mut probs, prob_rows };
+        attention_with(msrnn_kernels::isa::active(), &step, sink, &|n, f| msrnn_kernels::pool::for_each(n, f))
             .map_err(|reason| Error::Shape { op: "attend", reason })?;
     }
     // What the next query cannot see through the model's window is gone for good: drop it before

@@ -89,23 +89,45 @@ pub fn attend_batch(
         let host = |x: &Tensor| -> Result<Vec<f32>> { Ok(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
         let (q, k, v) = (host(q)?, host(k)?, host(v)?);
         let mut out = vec![0f32; rows * qw];
-        let mut start = 0;
+        // One task per sequence, each with its own rows: sequences run in parallel on the pool (a
+        // single sequence parallelizes inside the kernel, over its KV heads).
+        struct Task<'s, 'b> {
+            item: &'s mut SeqStep<'b>,
+            q: &'s [f32],
+            k: &'s [f32],
+            v: &'s [f32],
+            out: &'s mut [f32],
+            result: Result<()>,
+        }
+        let mut tasks = Vec::with_capacity(batch.len());
+        let (mut start, mut rest) = (0, out.as_mut_slice());
         for item in batch.iter_mut() {
             let t = item.tokens.len();
-            let positions = item.state.next_positions(t);
-            let (l, policy) = item.state.layer_and_policy(layer);
-            crate::attend::step_host(
-                l,
-                policy,
-                &q[start * qw..(start + t) * qw],
-                &k[start * kw..(start + t) * kw],
-                &v[start * kw..(start + t) * kw],
-                &positions,
-                heads,
-                scale as f32,
-                &mut out[start * qw..(start + t) * qw],
-            )?;
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(t * qw);
+            rest = tail;
+            tasks.push(Task {
+                q: &q[start * qw..(start + t) * qw],
+                k: &k[start * kw..(start + t) * kw],
+                v: &v[start * kw..(start + t) * kw],
+                item,
+                out: mine,
+                result: Ok(()),
+            });
             start += t;
+        }
+        let run = |_: usize, task: &mut Task<'_, '_>| {
+            let positions = task.item.state.next_positions(task.item.tokens.len());
+            let (l, policy) = task.item.state.layer_and_policy(layer);
+            task.result =
+                crate::attend::step_host(l, policy, task.q, task.k, task.v, &positions, heads, scale as f32, task.out);
+        };
+        if tasks.len() == 1 {
+            run(0, &mut tasks[0]);
+        } else {
+            msrnn_kernels::pool::for_each_mut(&mut tasks, &run);
+        }
+        for task in tasks {
+            task.result?;
         }
         return Ok(Tensor::from_vec(out, (rows, qw), &Device::Cpu)?);
     }
