@@ -9,7 +9,8 @@
 //! - the step ([`attend`]): update, attention over live slots, compress;
 //! - the policy contract ([`Policy`], [`Observation`], [`Decision`]) and its [`PolicyRegistry`];
 //! - policies as shared-library plugins ([`plugin`]: [`PolicyRegistry::load_plugin`], `MSRNN_PLUGINS`);
-//! - what adapters implement ([`CausalLm`]) and what they get for free ([`perplexity`], [`generate`]).
+//! - what adapters implement ([`CausalLm`]) and what they get for free ([`perplexity`], [`generate`]);
+//! - rotary position embeddings ([`Rope`]), here because the state owns positions.
 
 mod attend;
 mod error;
@@ -20,6 +21,7 @@ mod persist;
 pub mod plugin;
 pub mod policy;
 mod registry;
+mod rope;
 mod spec;
 mod state;
 
@@ -32,6 +34,7 @@ pub use persist::StateHeader;
 pub use plugin::{Plugin, PLUGINS_ENV};
 pub use policy::{Decision, Needs, Observation, Policy, Rows};
 pub use registry::{BuiltinPolicy, Entry, Factory, ParamInfo, PolicyContext, PolicyRegistry, Source};
+pub use rope::{Rope, RopeStyle, RopeTables};
 pub use spec::{ParamValue, PolicySpec};
 pub use state::{Capacity, LayerState, MsrnnState, StateConfig};
 
