@@ -15,97 +15,51 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use msrnn_core::{CausalLm, ModelInfo, MsrnnState};
-use msrnn_llama::{GgufWeights, Linear, Result, RmsNorm, Tokenizer, WeightFormat};
+use candle_core::{Device, Tensor};
+use candle_nn::Activation;
+use msrnn_core::{CausalLm, ModelInfo, MsrnnState, Rope, RopeStyle, RopeTables};
+use msrnn_modelkit::{
+    blk, check_input, logits, AttentionProjections, GatedMlp, Linear, LoadOptions, Model, Result, RmsNorm, Tokenizer,
+    WeightFormat, WeightKinds, Weights,
+};
 
 use crate::config::GemmaConfig;
-use crate::rope::Rope;
-
-/// RMS norm `name`, its weight as stored (see above: the `1 +` is already in it).
-fn norm(w: &GgufWeights, name: &str, size: usize, eps: f64) -> Result<RmsNorm> {
-    Ok(RmsNorm::new(w.dense(name, &[size])?, eps))
-}
 
 /// Grouped-query attention with normalised queries and keys; the keys/values live in the state.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    proj: AttentionProjections,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
     scale: f64,
 }
 
 impl Attention {
-    pub(crate) fn load(w: &GgufWeights, layer: usize, cfg: &GemmaConfig) -> Result<Self> {
-        let (h, kvh, d, hid) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size);
-        let n = |s: &str| format!("blk.{layer}.{s}.weight");
+    pub(crate) fn load(w: &Weights, layer: usize, cfg: &GemmaConfig) -> Result<Self> {
+        let (d, eps) = (cfg.decoder.head_dim, cfg.decoder.rms_norm_eps);
         Ok(Self {
-            q: w.linear(&n("attn_q"), h * d, hid)?,
-            k: w.linear(&n("attn_k"), kvh * d, hid)?,
-            v: w.linear(&n("attn_v"), kvh * d, hid)?,
-            o: w.linear(&n("attn_output"), hid, h * d)?,
-            q_norm: norm(w, &n("attn_q_norm"), d, cfg.rms_norm_eps)?,
-            k_norm: norm(w, &n("attn_k_norm"), d, cfg.rms_norm_eps)?,
-            num_heads: h,
-            num_kv_heads: kvh,
-            head_dim: d,
+            proj: AttentionProjections::load(w, layer, cfg.decoder.attention())?,
+            q_norm: RmsNorm::load(w, &blk(layer, "attn_q_norm"), d, eps)?,
+            k_norm: RmsNorm::load(w, &blk(layer, "attn_k_norm"), d, eps)?,
             scale: cfg.attn_scale,
         })
     }
 
-    /// `x`: `[t, hidden]` -> `[t, hidden]`, reading and updating layer `layer` of `state`.
-    /// `cos`/`sin` are this layer's RoPE tables (local or global base).
+    /// `x`: `[t, hidden]` -> `[t, hidden]`, reading and updating layer `layer` of `state`, with
+    /// this layer's RoPE tables (local or global base).
     pub fn forward(
         &self,
         x: &Tensor,
         layer: usize,
         state: &mut MsrnnState,
         positions: &[u64],
-        (cos, sin): (&Tensor, &Tensor),
+        rope: &RopeTables,
     ) -> msrnn_core::Result<Tensor> {
-        let t = x.dim(0)?;
-        let heads = |y: Tensor, n: usize| -> candle_core::Result<Tensor> {
-            y.reshape((t, n, self.head_dim))?.transpose(0, 1)?.contiguous()
-        };
-        let q = Rope::apply(&self.q_norm.forward(&heads(self.q.forward(x)?, self.num_heads)?)?, cos, sin)?;
-        let k = Rope::apply(&self.k_norm.forward(&heads(self.k.forward(x)?, self.num_kv_heads)?)?, cos, sin)?;
-        let v = heads(self.v.forward(x)?, self.num_kv_heads)?;
+        let (q, k, v) = self.proj.project(x)?;
+        let q = rope.apply(&self.q_norm.forward(&q)?)?;
+        let k = rope.apply(&self.k_norm.forward(&k)?)?;
         let y = state.attend(layer, &q, &k, &v, positions, self.scale)?;
-        let y = y.transpose(0, 1)?.reshape((t, self.num_heads * self.head_dim))?;
-        Ok(self.o.forward(&y)?)
-    }
-}
-
-/// Gated feed-forward with GELU (tanh approximation): `down(gelu(gate(x)) * up(x))`.
-#[derive(Debug, Clone)]
-pub struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-}
-
-impl Mlp {
-    pub(crate) fn load(w: &GgufWeights, layer: usize, cfg: &GemmaConfig) -> Result<Self> {
-        let (hid, ffn) = (cfg.hidden_size, cfg.intermediate_size);
-        let n = |s: &str| format!("blk.{layer}.{s}.weight");
-        Ok(Self {
-            gate: w.linear(&n("ffn_gate"), ffn, hid)?,
-            up: w.linear(&n("ffn_up"), ffn, hid)?,
-            down: w.linear(&n("ffn_down"), hid, ffn)?,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // candle's `gelu` is the tanh approximation (`gelu_erf` is the exact one).
-        let g = self.gate.forward(x)?.gelu()?;
-        self.down.forward(&(g * self.up.forward(x)?)?)
+        Ok(self.proj.output(&y)?)
     }
 }
 
@@ -117,21 +71,23 @@ pub struct Block {
     attn: Attention,
     post_attn_norm: RmsNorm,
     ffn_norm: RmsNorm,
-    mlp: Mlp,
+    /// GELU (tanh approximation) gated: candle's `gelu` is that form (`gelu_erf` is the exact one).
+    mlp: GatedMlp,
     post_ffn_norm: RmsNorm,
     global: bool,
 }
 
 impl Block {
-    pub(crate) fn load(w: &GgufWeights, layer: usize, cfg: &GemmaConfig) -> Result<Self> {
-        let n = |s: &str| format!("blk.{layer}.{s}.weight");
-        let hidden_norm = |s: &str| norm(w, &n(s), cfg.hidden_size, cfg.rms_norm_eps);
+    pub(crate) fn load(w: &Weights, layer: usize, cfg: &GemmaConfig) -> Result<Self> {
+        let d = &cfg.decoder;
+        let hid = d.hidden_size;
+        let hidden_norm = |s: &str| RmsNorm::load(w, &blk(layer, s), hid, d.rms_norm_eps);
         Ok(Self {
             attn_norm: hidden_norm("attn_norm")?,
             attn: Attention::load(w, layer, cfg)?,
             post_attn_norm: hidden_norm("post_attention_norm")?,
             ffn_norm: hidden_norm("ffn_norm")?,
-            mlp: Mlp::load(w, layer, cfg)?,
+            mlp: GatedMlp::load(w, layer, hid, d.intermediate_size, Activation::GeluPytorchTanh)?,
             post_ffn_norm: hidden_norm("post_ffw_norm")?,
             global: cfg.is_global(layer),
         })
@@ -148,7 +104,7 @@ impl Block {
         layer: usize,
         state: &mut MsrnnState,
         positions: &[u64],
-        rope: (&Tensor, &Tensor),
+        rope: &RopeTables,
     ) -> msrnn_core::Result<Tensor> {
         let h = self.attn.forward(&self.attn_norm.forward(x)?, layer, state, positions, rope)?;
         let x = (x + self.post_attn_norm.forward(&h)?)?;
@@ -176,40 +132,22 @@ pub struct Gemma {
 }
 
 impl Gemma {
-    pub(crate) fn from_weights(w: &GgufWeights, cfg: GemmaConfig, tokenizer: Tokenizer) -> Result<Self> {
-        let (vocab, hid) = (cfg.vocab_size, cfg.hidden_size);
+    pub(crate) fn from_weights(w: &Weights, cfg: GemmaConfig, tokenizer: Tokenizer) -> Result<Self> {
+        let d = &cfg.decoder;
+        let (vocab, hid) = (d.vocab_size, d.hidden_size);
         // Gemma 3 ties the head to the embeddings; a file with its own head is honoured.
         let (embed, head) = if w.has("output.weight") {
             (w.linear("token_embd.weight", vocab, hid)?, Some(w.head("output.weight", vocab, hid, true)?))
         } else {
             (w.head("token_embd.weight", vocab, hid, true)?, None)
         };
-        let blocks = (0..cfg.num_layers).map(|l| Block::load(w, l, &cfg)).collect::<Result<Vec<_>>>()?;
-        let norm = norm(w, "output_norm.weight", hid, cfg.rms_norm_eps)?;
-        let info = ModelInfo {
-            family: crate::config::ARCH.into(),
-            name: cfg.name.clone(),
-            num_layers: cfg.num_layers,
-            num_heads: cfg.num_heads,
-            num_kv_heads: cfg.num_kv_heads,
-            head_dim: cfg.head_dim,
-            vocab_size: vocab,
-            max_context: cfg.max_context,
-            bos_token: tokenizer.bos_token(),
-            eos_tokens: tokenizer.eos_tokens().to_vec(),
-            layer_windows: cfg.layer_windows(),
-            // Keys/values stay f32 whatever the weights: the state is what the policies compare.
-            kv_dtype: DType::F32,
-        };
-        tracing::info!(
-            name = %cfg.name, layers = cfg.num_layers, heads = cfg.num_heads, kv_heads = cfg.num_kv_heads,
-            window = cfg.sliding_window, format = %w.format(),
-            matmul = %blocks.first().map(|b| b.attn.q.kind()).unwrap_or_default(),
-            head = %head.as_ref().unwrap_or(&embed).kind(), "loaded gemma3"
-        );
+        let blocks = (0..d.num_layers).map(|l| Block::load(w, l, &cfg)).collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(w, "output_norm.weight", hid, d.rms_norm_eps)?;
+        let info = d.model_info(crate::ARCH, &tokenizer, cfg.layer_windows());
         Ok(Self {
-            rope_local: Rope::new(cfg.head_dim, cfg.rope_theta_local),
-            rope_global: Rope::new(cfg.head_dim, cfg.rope_theta_global),
+            // The GGUF converter does not permute Gemma's Q/K rows: half-split pairs.
+            rope_local: Rope::new(d.head_dim, cfg.rope_theta_local, RopeStyle::HalfSplit),
+            rope_global: Rope::new(d.head_dim, cfg.rope_theta_global, RopeStyle::HalfSplit),
             info,
             blocks,
             norm,
@@ -223,7 +161,7 @@ impl Gemma {
     }
 
     /// Loads a Gemma 3 GGUF file (`general.architecture = gemma3`).
-    pub fn load(path: &Path, opts: &msrnn_llama::LoadOptions) -> Result<Gemma> {
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Gemma> {
         crate::loader::load(path, opts)
     }
 
@@ -237,10 +175,6 @@ impl Gemma {
         self.head.as_ref().unwrap_or(&self.embed)
     }
 
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
     pub fn config(&self) -> &GemmaConfig {
         &self.cfg
     }
@@ -248,14 +182,19 @@ impl Gemma {
     pub fn blocks(&self) -> &[Block] {
         &self.blocks
     }
+}
 
-    pub fn weight_format(&self) -> WeightFormat {
+impl Model for Gemma {
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn weight_format(&self) -> WeightFormat {
         self.format
     }
 
-    /// How the attention/MLP matrices and the output head are held (e.g. `Q8_0`).
-    pub fn weight_kinds(&self) -> (String, String) {
-        (self.blocks.first().map(|b| b.attn.q.kind()).unwrap_or_default(), self.output_head().kind())
+    fn weight_kinds(&self) -> WeightKinds {
+        WeightKinds::new(self.blocks.first().map(|b| b.attn.proj.kind()).unwrap_or_default(), self.output_head().kind())
     }
 }
 
@@ -269,30 +208,19 @@ impl CausalLm for Gemma {
     }
 
     fn forward(&self, tokens: &[u32], state: &mut MsrnnState, all_logits: bool) -> msrnn_core::Result<Tensor> {
-        msrnn_llama::check_input(tokens, self.cfg.vocab_size, state, self.blocks.len())?;
+        // The state must carry the local layers' windows (the model's): `check_input` checks them.
+        check_input(tokens, &self.info, state)?;
         let t = tokens.len();
-        for (l, b) in self.blocks.iter().enumerate() {
-            let want = if b.global { None } else { Some(self.cfg.sliding_window) };
-            if state.layer(l).window() != want {
-                return Err(msrnn_core::Error::Input(format!(
-                    "layer {l} of the state has window {:?}, the model {want:?} (build the state with new_state)",
-                    state.layer(l).window()
-                )));
-            }
-        }
         let _span = tracing::trace_span!("gemma_forward", t).entered();
         let positions = state.next_positions(t);
-        let local = self.rope_local.cos_sin(&positions, &self.device)?;
-        let global = self.rope_global.cos_sin(&positions, &self.device)?;
+        let local = self.rope_local.tables(&positions, &self.device)?;
+        let global = self.rope_global.tables(&positions, &self.device)?;
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = (self.embed.rows(&ids)? * self.cfg.embed_scale())?;
         for (l, block) in self.blocks.iter().enumerate() {
-            let rope = if block.global { (&global.0, &global.1) } else { (&local.0, &local.1) };
-            x = block.forward(&x, l, state, &positions, rope)?;
+            x = block.forward(&x, l, state, &positions, if block.global { &global } else { &local })?;
         }
         state.advance(t);
-        let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
-        let logits = self.output_head().forward(&self.norm.forward(&x)?)?;
-        Ok(logits.to_dtype(DType::F32)?)
+        Ok(logits(&x, all_logits, &self.norm, self.output_head())?)
     }
 }

@@ -5,144 +5,75 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use msrnn_core::{CausalLm, ModelInfo, MsrnnState};
+use candle_core::{Device, Tensor};
+use candle_nn::Activation;
+use msrnn_core::{CausalLm, ModelInfo, MsrnnState, Rope, RopeStyle, RopeTables};
+use msrnn_modelkit::{
+    blk, check_input, logits, AttentionProjections, GatedMlp, Linear, LoadOptions, Model, Result, RmsNorm, Tokenizer,
+    WeightFormat, WeightKinds, Weights,
+};
 
-use crate::config::{LlamaConfig, RopeStyle};
-use crate::error::Result;
-use crate::rope::Rope;
-use crate::tokenizer::Tokenizer;
-use crate::weights::{Linear, Tn, WeightFormat, WeightSource};
-
-/// RMS normalisation over the last dimension, times a learned scale (the weight as stored).
-#[derive(Debug, Clone)]
-pub struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    pub fn new(weight: Tensor, eps: f64) -> Self {
-        Self { weight, eps: eps as f32 }
-    }
-
-    pub(crate) fn load(w: &WeightSource, tn: Tn, layer: Option<usize>, size: usize, eps: f64) -> Result<Self> {
-        Ok(Self::new(w.dense(tn, layer, &[size])?, eps))
-    }
-
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
-    }
-}
+use crate::config::LlamaConfig;
 
 /// Grouped-query self-attention; the keys/values live in the state, not here.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
+    proj: AttentionProjections,
     scale: f64,
 }
 
 impl Attention {
-    pub(crate) fn load(w: &WeightSource, layer: usize, cfg: &LlamaConfig) -> Result<Self> {
-        let (h, kvh, d, hid) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size);
-        Ok(Self {
-            q: w.linear(Tn::AttnQ, Some(layer), h * d, hid)?,
-            k: w.linear(Tn::AttnK, Some(layer), kvh * d, hid)?,
-            v: w.linear(Tn::AttnV, Some(layer), kvh * d, hid)?,
-            o: w.linear(Tn::AttnO, Some(layer), hid, h * d)?,
-            num_heads: h,
-            num_kv_heads: kvh,
-            head_dim: d,
-            scale: 1.0 / (d as f64).sqrt(),
-        })
+    pub(crate) fn load(w: &Weights, layer: usize, cfg: &LlamaConfig) -> Result<Self> {
+        let d = &cfg.decoder;
+        Ok(Self { proj: AttentionProjections::load(w, layer, d.attention())?, scale: d.attn_scale() })
     }
 
     /// `x`: `[t, hidden]` -> `[t, hidden]`, reading and updating layer `layer` of `state`.
-    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: &Tensor,
         layer: usize,
         state: &mut MsrnnState,
         positions: &[u64],
-        rope: &Rope,
-        cos: &Tensor,
-        sin: &Tensor,
+        rope: &RopeTables,
     ) -> msrnn_core::Result<Tensor> {
-        let t = x.dim(0)?;
-        let heads = |y: Tensor, n: usize| -> candle_core::Result<Tensor> {
-            y.reshape((t, n, self.head_dim))?.transpose(0, 1)?.contiguous()
-        };
-        let q = rope.apply(&heads(self.q.forward(x)?, self.num_heads)?, cos, sin)?;
-        let k = rope.apply(&heads(self.k.forward(x)?, self.num_kv_heads)?, cos, sin)?;
-        let v = heads(self.v.forward(x)?, self.num_kv_heads)?;
+        let (q, k, v) = self.proj.project(x)?;
+        let (q, k) = (rope.apply(&q)?, rope.apply(&k)?);
         let y = state.attend(layer, &q, &k, &v, positions, self.scale)?;
-        let y = y.transpose(0, 1)?.reshape((t, self.num_heads * self.head_dim))?;
-        Ok(self.o.forward(&y)?)
+        Ok(self.proj.output(&y)?)
     }
 }
 
-/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
-#[derive(Debug, Clone)]
-pub struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-}
-
-impl Mlp {
-    pub(crate) fn load(w: &WeightSource, layer: usize, cfg: &LlamaConfig) -> Result<Self> {
-        let (hid, ffn) = (cfg.hidden_size, cfg.intermediate_size);
-        Ok(Self {
-            gate: w.linear(Tn::FfnGate, Some(layer), ffn, hid)?,
-            up: w.linear(Tn::FfnUp, Some(layer), ffn, hid)?,
-            down: w.linear(Tn::FfnDown, Some(layer), hid, ffn)?,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        self.down.forward(&(g * self.up.forward(x)?)?)
-    }
-}
-
-/// One transformer block: pre-norm attention and pre-norm MLP, each with a residual.
+/// One transformer block: pre-norm attention and pre-norm SwiGLU MLP, each with a residual.
 #[derive(Debug, Clone)]
 pub struct Block {
     attn_norm: RmsNorm,
     attn: Attention,
     ffn_norm: RmsNorm,
-    mlp: Mlp,
+    mlp: GatedMlp,
 }
 
 impl Block {
-    pub(crate) fn load(w: &WeightSource, layer: usize, cfg: &LlamaConfig) -> Result<Self> {
+    pub(crate) fn load(w: &Weights, layer: usize, cfg: &LlamaConfig) -> Result<Self> {
+        let d = &cfg.decoder;
+        let (hid, eps) = (d.hidden_size, d.rms_norm_eps);
         Ok(Self {
-            attn_norm: RmsNorm::load(w, Tn::AttnNorm, Some(layer), cfg.hidden_size, cfg.rms_norm_eps)?,
+            attn_norm: RmsNorm::load(w, &blk(layer, "attn_norm"), hid, eps)?,
             attn: Attention::load(w, layer, cfg)?,
-            ffn_norm: RmsNorm::load(w, Tn::FfnNorm, Some(layer), cfg.hidden_size, cfg.rms_norm_eps)?,
-            mlp: Mlp::load(w, layer, cfg)?,
+            ffn_norm: RmsNorm::load(w, &blk(layer, "ffn_norm"), hid, eps)?,
+            mlp: GatedMlp::load(w, layer, hid, d.intermediate_size, Activation::Silu)?,
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: &Tensor,
         layer: usize,
         state: &mut MsrnnState,
         positions: &[u64],
-        rope: &Rope,
-        cos: &Tensor,
-        sin: &Tensor,
+        rope: &RopeTables,
     ) -> msrnn_core::Result<Tensor> {
-        let h = self.attn.forward(&self.attn_norm.forward(x)?, layer, state, positions, rope, cos, sin)?;
+        let h = self.attn.forward(&self.attn_norm.forward(x)?, layer, state, positions, rope)?;
         let x = (x + h)?;
         let h = self.mlp.forward(&self.ffn_norm.forward(&x)?)?;
         Ok((x + h)?)
@@ -165,57 +96,43 @@ pub struct Llama {
 
 impl Llama {
     /// Loads every weight through `w`; `tokenizer` comes from the same file or directory.
-    pub(crate) fn from_source(w: &WeightSource, cfg: LlamaConfig, tokenizer: Tokenizer) -> Result<Self> {
-        let embeddings = w.dense(Tn::TokEmbd, None, &[cfg.vocab_size, cfg.hidden_size])?;
-        let blocks = (0..cfg.num_layers).map(|l| Block::load(w, l, &cfg)).collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::load(w, Tn::OutputNorm, None, cfg.hidden_size, cfg.rms_norm_eps)?;
-        let head = if w.contains(Tn::Output, None) {
-            w.linear(Tn::Output, None, cfg.vocab_size, cfg.hidden_size)?
+    pub(crate) fn from_weights(w: &Weights, cfg: LlamaConfig, tokenizer: Tokenizer) -> Result<Self> {
+        let d = &cfg.decoder;
+        let (vocab, hid) = (d.vocab_size, d.hidden_size);
+        let embeddings = w.dense("token_embd.weight", &[vocab, hid])?;
+        let blocks = (0..d.num_layers).map(|l| Block::load(w, l, &cfg)).collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(w, "output_norm.weight", hid, d.rms_norm_eps)?;
+        // The head is never padded for candle's fast kernels: on SmolLM2 that moves the perplexity
+        // more than it saves (docs/performance.md). GGUF converters drop a tied head.
+        let head = if w.has("output.weight") {
+            w.linear("output.weight", vocab, hid)?
         } else if cfg.tie_word_embeddings || w.is_gguf() {
-            w.tied_head(&embeddings, cfg.vocab_size, cfg.hidden_size)?
+            w.tied_head("token_embd.weight", &embeddings)?
         } else {
-            return Err(crate::Error::MissingTensor { path: w.path().into(), tensor: w.name(Tn::Output, None) });
+            return Err(msrnn_modelkit::Error::MissingTensor {
+                path: w.path().into(),
+                tensor: w.file_name("output.weight"),
+            });
         };
-        let info = ModelInfo {
-            family: "llama".into(),
-            name: cfg.name.clone(),
-            num_layers: cfg.num_layers,
-            num_heads: cfg.num_heads,
-            num_kv_heads: cfg.num_kv_heads,
-            head_dim: cfg.head_dim,
-            vocab_size: cfg.vocab_size,
-            max_context: cfg.max_context,
-            bos_token: tokenizer.bos_token(),
-            eos_tokens: tokenizer.eos_tokens().to_vec(),
-            layer_windows: vec![None; cfg.num_layers],
-            // Keys/values stay f32 whatever the weights: the state is what the policies compare.
-            kv_dtype: DType::F32,
-        };
-        tracing::info!(
-            name = %cfg.name, layers = cfg.num_layers, heads = cfg.num_heads, kv_heads = cfg.num_kv_heads,
-            format = %w.format, matmul = %blocks.first().map(|b| b.attn.q.kind()).unwrap_or_default(),
-            head = %head.kind(), "loaded llama"
-        );
+        let info = d.model_info(crate::FAMILY, &tokenizer, vec![None; d.num_layers]);
         Ok(Self {
-            rope: Rope::new(cfg.head_dim, cfg.rope_theta, cfg.rope_style),
+            rope: Rope::new(d.head_dim, cfg.rope_theta, cfg.rope_style),
             info,
             embeddings,
             blocks,
             norm,
             head,
             tokenizer,
-            device: w.device.clone(),
-            format: w.format,
+            device: w.device().clone(),
+            format: w.format(),
             cfg,
         })
     }
 
-    pub fn load(path: &Path, opts: &crate::LoadOptions) -> Result<Llama> {
+    /// Loads a GGUF file (`general.architecture = llama`), or a Hugging Face directory (or one of
+    /// its `.safetensors` files) with `config.json`, `*.safetensors` and `tokenizer.json`.
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Llama> {
         crate::loader::load(path, opts)
-    }
-
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -225,14 +142,19 @@ impl Llama {
     pub fn rope_style(&self) -> RopeStyle {
         self.rope.style()
     }
+}
 
-    pub fn weight_format(&self) -> WeightFormat {
+impl Model for Llama {
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn weight_format(&self) -> WeightFormat {
         self.format
     }
 
-    /// How the attention/MLP matrices and the output head are held (e.g. `Q4_1`, `Q8_0`).
-    pub fn weight_kinds(&self) -> (String, String) {
-        (self.blocks.first().map(|b| b.attn.q.kind()).unwrap_or_default(), self.head.kind())
+    fn weight_kinds(&self) -> WeightKinds {
+        WeightKinds::new(self.blocks.first().map(|b| b.attn.proj.kind()).unwrap_or_default(), self.head.kind())
     }
 }
 
@@ -246,35 +168,17 @@ impl CausalLm for Llama {
     }
 
     fn forward(&self, tokens: &[u32], state: &mut MsrnnState, all_logits: bool) -> msrnn_core::Result<Tensor> {
-        check_input(tokens, self.cfg.vocab_size, state, self.blocks.len())?;
+        check_input(tokens, &self.info, state)?;
         let t = tokens.len();
         let _span = tracing::trace_span!("llama_forward", t).entered();
         let positions = state.next_positions(t);
-        let (cos, sin) = self.rope.cos_sin(&positions, &self.device)?;
+        let rope = self.rope.tables(&positions, &self.device)?;
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embeddings.index_select(&ids, 0)?;
         for (l, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, l, state, &positions, &self.rope, &cos, &sin)?;
+            x = block.forward(&x, l, state, &positions, &rope)?;
         }
         state.advance(t);
-        let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
-        let logits = self.head.forward(&self.norm.forward(&x)?)?;
-        Ok(logits.to_dtype(DType::F32)?)
+        Ok(logits(&x, all_logits, &self.norm, &self.head)?)
     }
-}
-
-/// The input checks every adapter's `forward` starts with: at least one token, ids inside the
-/// vocabulary, a state with the model's layer count. Errors, never panics.
-pub fn check_input(tokens: &[u32], vocab_size: usize, state: &MsrnnState, num_layers: usize) -> msrnn_core::Result<()> {
-    use msrnn_core::Error::Input;
-    if tokens.is_empty() {
-        return Err(Input("forward needs at least one token".into()));
-    }
-    if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= vocab_size) {
-        return Err(Input(format!("token id {bad} is outside the vocabulary ({vocab_size})")));
-    }
-    if state.num_layers() != num_layers {
-        return Err(Input(format!("the state has {} layers, the model {num_layers}", state.num_layers())));
-    }
-    Ok(())
 }
