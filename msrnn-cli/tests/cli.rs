@@ -566,7 +566,7 @@ fn bench_refuses_baselines_candle_cannot_run_and_short_streams() {
 // ---- with Gemma 3 270M ----
 
 /// The second family through the same subcommands: a policy x capacity table (BOS + text, as the
-/// Gemma tokenizer wants), greedy generation, the listing. Short, so it stays within ~30 s.
+/// Gemma tokenizer wants), greedy generation, the listing. Kept short.
 #[test]
 fn gemma_runs_ppl_generate_and_policies_like_llama() {
     let Some(gemma) = gemma() else { return };
