@@ -11,4 +11,4 @@ pub mod tiny_llama;
 pub mod weights;
 
 pub use rng::Rng;
-pub use weights::{max_abs_diff, write_gguf, W};
+pub use weights::{max_abs_diff, write_gguf, Dims, W};

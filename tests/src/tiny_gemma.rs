@@ -9,7 +9,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 
 use crate::reference::{add, gated_mlp, gelu_tanh, matvec, rms, to_f32, SelfAttention};
 use crate::rng::Rng;
-use crate::weights::{metadata, write_gguf, W};
+use crate::weights::{metadata, write_gguf, Dims, W};
 
 /// Token types as GGUF stores them.
 pub const NORMAL: i32 = 1;
@@ -100,6 +100,22 @@ pub fn tiny_config() -> TinyConfig {
     }
 }
 
+impl TinyConfig {
+    pub fn dims(&self) -> Dims {
+        Dims {
+            hidden: self.hidden,
+            ffn: self.ffn,
+            layers: self.global.len(),
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            context: 128,
+            eps: self.eps,
+            theta: self.theta_global,
+        }
+    }
+}
+
 /// The model's weights by GGUF name.
 pub struct TinyGemma {
     pub cfg: TinyConfig,
@@ -110,19 +126,12 @@ impl TinyGemma {
     pub fn random(cfg: TinyConfig, seed: u64) -> Self {
         let mut rng = Rng::new(seed);
         let mut w = HashMap::new();
-        let (h, f, d) = (cfg.hidden, cfg.ffn, cfg.head_dim);
+        let (h, d) = (cfg.hidden, cfg.head_dim);
         w.insert("token_embd.weight".into(), W::random(&mut rng, cfg.vocab, h, 0.2));
         for l in 0..cfg.global.len() {
-            let mut mat = |name: &str, rows, cols, scale| {
-                w.insert(format!("blk.{l}.{name}.weight"), W::random(&mut rng, rows, cols, scale));
-            };
-            mat("attn_q", cfg.heads * d, h, 0.5);
-            mat("attn_k", cfg.kv_heads * d, h, 0.5);
-            mat("attn_v", cfg.kv_heads * d, h, 0.5);
-            mat("attn_output", h, cfg.heads * d, 0.3);
-            mat("ffn_gate", f, h, 0.4);
-            mat("ffn_up", f, h, 0.4);
-            mat("ffn_down", h, f, 0.3);
+            for (name, m) in cfg.dims().random_block(&mut rng, [0.5, 0.5, 0.5, 0.3, 0.4, 0.4, 0.3]) {
+                w.insert(format!("blk.{l}.{name}.weight"), m);
+            }
         }
         // Norm weights as the GGUF stores them (the `1 +` already folded in). Query/key norms are
         // large so that attention is sharp and the window visibly matters.
@@ -155,19 +164,9 @@ impl TinyGemma {
     pub fn gguf_metadata(&self) -> Vec<(String, Value)> {
         let c = &self.cfg;
         let vocab = tiny_vocab();
-        metadata([
+        let mut md = metadata([
             ("general.architecture", Value::String("gemma3".into())),
             ("general.name", Value::String("tiny-gemma".into())),
-            ("gemma3.context_length", Value::U32(128)),
-            ("gemma3.embedding_length", Value::U32(c.hidden as u32)),
-            ("gemma3.block_count", Value::U32(c.global.len() as u32)),
-            ("gemma3.feed_forward_length", Value::U32(c.ffn as u32)),
-            ("gemma3.attention.head_count", Value::U32(c.heads as u32)),
-            ("gemma3.attention.head_count_kv", Value::U32(c.kv_heads as u32)),
-            ("gemma3.attention.key_length", Value::U32(c.head_dim as u32)),
-            ("gemma3.attention.value_length", Value::U32(c.head_dim as u32)),
-            ("gemma3.attention.layer_norm_rms_epsilon", Value::F32(c.eps as f32)),
-            ("gemma3.rope.freq_base", Value::F32(c.theta_global as f32)),
             ("gemma3.attention.sliding_window", Value::U32(c.window as u32)),
             (
                 "gemma3.attention.sliding_window_pattern",
@@ -184,7 +183,9 @@ impl TinyGemma {
             ("tokenizer.ggml.padding_token_id", Value::U32(0)),
             ("tokenizer.ggml.add_bos_token", Value::Bool(true)),
             ("tokenizer.ggml.add_space_prefix", Value::Bool(false)),
-        ])
+        ]);
+        md.extend(c.dims().gguf_metadata("gemma3"));
+        md
     }
 
     pub fn write_gguf(&self, path: &Path, dtype: GgmlDType) {

@@ -10,7 +10,7 @@ use candle_core::Tensor;
 
 use crate::reference::{add, gated_mlp, matvec, rms, silu, to_f32, SelfAttention};
 use crate::rng::Rng;
-use crate::weights::{metadata, write_gguf, W};
+use crate::weights::{metadata, write_gguf, Dims, W};
 
 pub const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 /// Merges of the tiny vocabulary, in rank order (byte-level strings: `Ġ` is a space).
@@ -106,6 +106,22 @@ pub fn tiny_config() -> TinyConfig {
     }
 }
 
+impl TinyConfig {
+    pub fn dims(&self) -> Dims {
+        Dims {
+            hidden: self.hidden,
+            ffn: self.ffn,
+            layers: self.layers,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            context: self.max_context,
+            eps: self.eps,
+            theta: self.theta,
+        }
+    }
+}
+
 /// The model's weights by Hugging Face name.
 pub struct TinyLlama {
     pub cfg: TinyConfig,
@@ -125,27 +141,26 @@ const BLOCK_NAMES: [(&str, &str); 9] = [
     ("ffn_norm", "post_attention_layernorm"),
 ];
 
+/// The Hugging Face name of block `l`'s tensor `gguf`.
+fn hf_name(l: usize, gguf: &str) -> String {
+    let hf = BLOCK_NAMES.iter().find(|(g, _)| *g == gguf).expect("a block tensor").1;
+    format!("model.layers.{l}.{hf}.weight")
+}
+
 impl TinyLlama {
     pub fn random(cfg: TinyConfig, seed: u64) -> Self {
         let mut rng = Rng::new(seed);
         let mut w = HashMap::new();
-        let (h, f, d) = (cfg.hidden, cfg.ffn, cfg.head_dim);
+        let h = cfg.hidden;
         w.insert("model.embed_tokens.weight".into(), W::random(&mut rng, cfg.vocab, h, 1.0));
         if !cfg.tied {
             w.insert("lm_head.weight".into(), W::random(&mut rng, cfg.vocab, h, 0.3));
         }
         for l in 0..cfg.layers {
-            let mut mat = |name: &str, rows, cols, scale| {
-                w.insert(format!("model.layers.{l}.{name}.weight"), W::random(&mut rng, rows, cols, scale));
-            };
             // Large enough Q/K scales that attention is far from uniform and positions matter.
-            mat("self_attn.q_proj", cfg.heads * d, h, 0.5);
-            mat("self_attn.k_proj", cfg.kv_heads * d, h, 0.5);
-            mat("self_attn.v_proj", cfg.kv_heads * d, h, 0.3);
-            mat("self_attn.o_proj", h, cfg.heads * d, 0.3);
-            mat("mlp.gate_proj", f, h, 0.3);
-            mat("mlp.up_proj", f, h, 0.3);
-            mat("mlp.down_proj", h, f, 0.3);
+            for (gguf, m) in cfg.dims().random_block(&mut rng, [0.5, 0.5, 0.3, 0.3, 0.3, 0.3, 0.3]) {
+                w.insert(hf_name(l, gguf), m);
+            }
         }
         for l in 0..cfg.layers {
             for name in ["input_layernorm", "post_attention_layernorm"] {
@@ -206,8 +221,8 @@ impl TinyLlama {
             out.push(("output.weight".into(), self.get("lm_head.weight").quantize(dtype)));
         }
         for l in 0..c.layers {
-            for (gguf, hf) in BLOCK_NAMES {
-                let mut w = self.get(&format!("model.layers.{l}.{hf}.weight")).clone();
+            for (gguf, _) in BLOCK_NAMES {
+                let mut w = self.get(&hf_name(l, gguf)).clone();
                 if permute_qk && gguf == "attn_q" {
                     w = w.permute_rows(c.heads, c.head_dim);
                 } else if permute_qk && gguf == "attn_k" {
@@ -226,17 +241,10 @@ impl TinyLlama {
         let mut md = metadata([
             ("general.architecture", Value::String(arch.into())),
             ("general.name", Value::String("tiny-llama".into())),
-            ("llama.block_count", Value::U32(c.layers as u32)),
-            ("llama.context_length", Value::U32(c.max_context as u32)),
-            ("llama.embedding_length", Value::U32(c.hidden as u32)),
-            ("llama.feed_forward_length", Value::U32(c.ffn as u32)),
-            ("llama.attention.head_count", Value::U32(c.heads as u32)),
-            ("llama.attention.head_count_kv", Value::U32(c.kv_heads as u32)),
-            ("llama.rope.freq_base", Value::F32(c.theta as f32)),
-            ("llama.attention.layer_norm_rms_epsilon", Value::F32(c.eps as f32)),
             ("llama.rope.dimension_count", Value::U32(c.head_dim as u32)),
             ("llama.vocab_size", Value::U32(c.vocab as u32)),
         ]);
+        md.extend(c.dims().gguf_metadata("llama"));
         md.extend(bpe_tokenizer_metadata());
         md
     }

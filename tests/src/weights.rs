@@ -58,6 +58,53 @@ impl W {
     }
 }
 
+/// The sizes of a tiny decoder, as every family's GGUF metadata states them (llama.cpp's
+/// `{arch}.*` keys, which `msrnn_modelkit::DecoderConfig::from_gguf` reads).
+#[derive(Debug, Clone, Copy)]
+pub struct Dims {
+    pub hidden: usize,
+    pub ffn: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub context: usize,
+    pub eps: f64,
+    pub theta: f64,
+}
+
+/// The matrices of a LLaMA-like block by GGUF name, in the order [`Dims::random_block`] draws them.
+pub const BLOCK_MATRICES: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+
+impl Dims {
+    /// The `{arch}.*` hyper-parameters.
+    pub fn gguf_metadata(&self, arch: &str) -> Vec<(String, Value)> {
+        let u = |n: usize| Value::U32(n as u32);
+        [
+            ("block_count", u(self.layers)),
+            ("context_length", u(self.context)),
+            ("embedding_length", u(self.hidden)),
+            ("feed_forward_length", u(self.ffn)),
+            ("attention.head_count", u(self.heads)),
+            ("attention.head_count_kv", u(self.kv_heads)),
+            ("attention.key_length", u(self.head_dim)),
+            ("attention.value_length", u(self.head_dim)),
+            ("attention.layer_norm_rms_epsilon", Value::F32(self.eps as f32)),
+            ("rope.freq_base", Value::F32(self.theta as f32)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("{arch}.{k}"), v))
+        .collect()
+    }
+
+    /// One block's [`BLOCK_MATRICES`], in `[out, in]` layout, uniform in `±scales[i]`.
+    pub fn random_block(&self, rng: &mut Rng, scales: [f32; 7]) -> Vec<(&'static str, W)> {
+        let (h, f, q, kv) = (self.hidden, self.ffn, self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let shapes = [(q, h), (kv, h), (kv, h), (h, q), (f, h), (f, h), (h, f)];
+        BLOCK_MATRICES.iter().zip(shapes).zip(scales).map(|((&n, (r, c)), s)| (n, W::random(rng, r, c, s))).collect()
+    }
+}
+
 /// Writes a GGUF file with candle's writer.
 pub fn write_gguf(path: &Path, metadata: &[(String, Value)], tensors: &[(String, QTensor)]) {
     let mut f = std::fs::File::create(path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));

@@ -13,7 +13,7 @@ use msrnn_tests::files::scratch;
 use msrnn_tests::reference::{add, gated_mlp, gelu_tanh, matvec, rms, to_f32, SelfAttention};
 use msrnn_tests::tiny_llama::{bpe_tokenizer_metadata, tiny_vocab, TinyLlama};
 use msrnn_tests::weights::metadata;
-use msrnn_tests::{max_abs_diff, write_gguf, Rng, W};
+use msrnn_tests::{max_abs_diff, write_gguf, Dims, Rng, W};
 // Linked for their registrations.
 use msrnn_gemma as _;
 use msrnn_llama as _;
@@ -22,38 +22,32 @@ use msrnn_toyfamily as _;
 /// A toy model: two blocks, weights by GGUF name.
 struct ToyModel {
     w: Vec<(String, W)>,
-    hidden: usize,
-    ffn: usize,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    layers: usize,
+    dims: Dims,
 }
-
-const EPS: f64 = 1e-5;
-const THETA: f64 = 10_000.0;
 
 impl ToyModel {
     fn random(seed: u64) -> Self {
-        let (vocab, hidden, ffn, heads, kv_heads, head_dim, layers) = (tiny_vocab().len(), 32, 48, 4, 2, 8, 2);
+        let dims = Dims {
+            hidden: 32,
+            ffn: 48,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            context: 64,
+            eps: 1e-5,
+            theta: 1e4,
+        };
         let mut rng = Rng::new(seed);
-        let mut w = vec![("token_embd.weight".to_string(), W::random(&mut rng, vocab, hidden, 1.0))];
-        for l in 0..layers {
-            w.push((format!("blk.{l}.attn_norm.weight"), W::norm(&mut rng, hidden, 1.0, 0.2)));
-            for (name, rows, cols) in [
-                ("attn_q", heads * head_dim, hidden),
-                ("attn_k", kv_heads * head_dim, hidden),
-                ("attn_v", kv_heads * head_dim, hidden),
-                ("attn_output", hidden, heads * head_dim),
-                ("ffn_gate", ffn, hidden),
-                ("ffn_up", ffn, hidden),
-                ("ffn_down", hidden, ffn),
-            ] {
-                w.push((format!("blk.{l}.{name}.weight"), W::random(&mut rng, rows, cols, 0.5)));
+        let mut w = vec![("token_embd.weight".to_string(), W::random(&mut rng, tiny_vocab().len(), dims.hidden, 1.0))];
+        for l in 0..dims.layers {
+            w.push((format!("blk.{l}.attn_norm.weight"), W::norm(&mut rng, dims.hidden, 1.0, 0.2)));
+            for (name, m) in dims.random_block(&mut rng, [0.5; 7]) {
+                w.push((format!("blk.{l}.{name}.weight"), m));
             }
         }
-        w.push(("output_norm.weight".to_string(), W::norm(&mut rng, hidden, 1.0, 0.2)));
-        Self { w, hidden, ffn, heads, kv_heads, head_dim, layers }
+        w.push(("output_norm.weight".to_string(), W::norm(&mut rng, dims.hidden, 1.0, 0.2)));
+        Self { w, dims }
     }
 
     fn get(&self, name: &str) -> &W {
@@ -64,15 +58,8 @@ impl ToyModel {
         let mut md = metadata([
             ("general.architecture", Value::String(arch.into())),
             ("general.name", Value::String("tiny-toy".into())),
-            ("toy.block_count", Value::U32(self.layers as u32)),
-            ("toy.context_length", Value::U32(64)),
-            ("toy.embedding_length", Value::U32(self.hidden as u32)),
-            ("toy.feed_forward_length", Value::U32(self.ffn as u32)),
-            ("toy.attention.head_count", Value::U32(self.heads as u32)),
-            ("toy.attention.head_count_kv", Value::U32(self.kv_heads as u32)),
-            ("toy.rope.freq_base", Value::F32(THETA as f32)),
-            ("toy.attention.layer_norm_rms_epsilon", Value::F32(EPS as f32)),
         ]);
+        md.extend(self.dims.gguf_metadata("toy"));
         md.extend(bpe_tokenizer_metadata());
         md
     }
@@ -87,29 +74,30 @@ impl ToyModel {
         let emb = self.get("token_embd.weight");
         let mut x: Vec<Vec<f64>> =
             tokens.iter().map(|&id| emb.row(id as usize).iter().map(|&v| v as f64).collect()).collect();
-        for l in 0..self.layers {
+        let d = &self.dims;
+        for l in 0..d.layers {
             let g = |s: &str| self.get(&format!("blk.{l}.{s}.weight"));
             let attn = SelfAttention {
                 q: g("attn_q"),
                 k: g("attn_k"),
                 v: g("attn_v"),
                 o: g("attn_output"),
-                heads: self.heads,
-                kv_heads: self.kv_heads,
-                head_dim: self.head_dim,
-                theta: THETA,
+                heads: d.heads,
+                kv_heads: d.kv_heads,
+                head_dim: d.head_dim,
+                theta: d.theta,
                 window: None,
                 qk_norms: None,
             };
-            let hs: Vec<Vec<f64>> = x.iter().map(|v| rms(v, g("attn_norm"), EPS)).collect();
+            let hs: Vec<Vec<f64>> = x.iter().map(|v| rms(v, g("attn_norm"), d.eps)).collect();
             for (xp, o) in x.iter_mut().zip(attn.forward(&hs)) {
                 add(xp, &o);
-                let hn = rms(xp, g("attn_norm"), EPS);
+                let hn = rms(xp, g("attn_norm"), d.eps);
                 add(xp, &gated_mlp(g("ffn_gate"), g("ffn_up"), g("ffn_down"), &hn, gelu_tanh));
             }
         }
         let norm = self.get("output_norm.weight");
-        to_f32(x.iter().map(|v| matvec(emb, &rms(v, norm, EPS))).collect())
+        to_f32(x.iter().map(|v| matvec(emb, &rms(v, norm, d.eps))).collect())
     }
 }
 
