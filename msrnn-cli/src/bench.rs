@@ -231,8 +231,7 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
                 b.load(&path, bw, &device).with_context(|| format!("{}: cannot load {}", b.name(), path.display()))?;
             let (kind, max) = (w.kind(), b.max_positions());
             let name = format!("{} ({kind})", b.name());
-            baseline_notes
-                .push(format!("{name}: {} with {kind} matrices; it stops at position {max}", b.description()));
+            baseline_notes.push(format!("{name}: {}, {kind} matrices; it stops at position {max}", b.description()));
             w.clear();
             let mut pos = 0;
             for &context in &contexts {
