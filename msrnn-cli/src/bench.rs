@@ -1,21 +1,18 @@
 //! `msrnn bench`: prefill and decode speed, KV bytes and peak memory per policy vs. context length,
-//! with the full cache and candle's own `quantized_llama` as baselines.
+//! with the full cache and, when the model's family has one, its baseline (another implementation
+//! of the family on the same file, e.g. candle's own `quantized_llama`) for comparison.
 
-use std::io::Cursor;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
 use clap::Args;
 use msrnn_core::{Capacity, PolicySpec};
-use msrnn_llama::WeightFormat;
+use msrnn_modelkit::{BaselineModel, WeightFormat};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::model::{Family, LoadedModel};
+use crate::model::LoadedModel;
 use crate::plot::{self, Chart, Series};
 use crate::report::{self, bytes};
 use crate::{policy, Ctx};
@@ -31,8 +28,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "C", default_value_t = 128)]
     pub(crate) capacity: usize,
 
-    /// Context lengths: tokens prefilled before decoding is timed. The defaults take about a
-    /// minute on 2 cores; `--contexts 512,2048,8192` shows the full cache's growth (several minutes).
+    /// Context lengths: tokens prefilled before decoding is timed. `--contexts 512,2048,8192` shows
+    /// the full cache's growth (and takes much longer).
     #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "256,1024")]
     pub(crate) contexts: Vec<usize>,
 
@@ -49,14 +46,16 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) tokens_file: Option<PathBuf>,
 
-    /// Leave out the baseline rows of candle's own quantized_llama (on by default for llama GGUF
-    /// models; it runs the same file, full cache, up to position 4096).
+    /// Leave out the baseline rows: another implementation of the model's family run on the same
+    /// file with a full cache, when the family has one (candle's own quantized_llama for LLaMA GGUF
+    /// files).
     #[arg(long)]
     pub(crate) no_baseline: bool,
 
     /// How the baseline holds its matrices, comma-separated: `native` (the file's own blocks, what
-    /// a candle user gets: Q4_1 for the reference model), `q8_0` or `f32` (converted like ours, to
-    /// compare the two implementations kernel for kernel).
+    /// a user of that implementation gets: Q4_1 for the reference model), or a converted format
+    /// such as `q8_0` or `f32` (converted like ours, to compare the two implementations kernel for
+    /// kernel).
     #[arg(long, value_name = "FORMATS", value_delimiter = ',', default_value = "native", value_parser = crate::parse_weights)]
     pub(crate) baseline_weights: Vec<WeightFormat>,
 
@@ -79,7 +78,7 @@ pub struct BenchArgs {
 
 #[derive(Debug, Clone, Serialize)]
 struct Row {
-    /// Policy spec, or `candle quantized_llama (KIND)`.
+    /// Policy spec, or the baseline's name and how it holds its matrices (`candle quantized_llama (Q4_1)`).
     name: String,
     /// `None` for the unbounded cache.
     capacity: Option<usize>,
@@ -102,8 +101,6 @@ struct Row {
     /// them; `--stream` measures one policy's memory alone.
     peak_rss_bytes: Option<u64>,
 }
-
-const BASELINE: &str = "candle quantized_llama";
 
 pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
     let registry = policy::registry(ctx)?;
@@ -129,15 +126,25 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
     if let Some(n) = a.stream {
         return crate::stream::run(ctx, &registry, &specs, n, &a);
     }
-    for w in &a.baseline_weights {
-        if !matches!(w, WeightFormat::Native | WeightFormat::Q8_0 | WeightFormat::F32) {
-            bail!("--baseline-weights {w}: candle's quantized_llama can run native, q8_0 or f32");
-        }
-    }
     let text_path = report::text_path(a.tokens_file.as_deref(), "--tokens-file")?;
     report::read_text(&text_path, "--tokens-file")?;
 
     let m = crate::model::load(&ctx.global)?;
+    // The family's baseline, if it has one that runs this file and the flags want it.
+    let baseline = m
+        .family()
+        .and_then(|f| f.baseline)
+        .filter(|b| !a.no_baseline && !a.baseline_weights.is_empty() && b.runs(&m.path));
+    if let Some(b) = baseline {
+        if let Some(w) = a.baseline_weights.iter().find(|w| !b.formats().contains(w)) {
+            let can: Vec<String> = b.formats().iter().map(|f| f.to_string()).collect();
+            let can = match can.split_last() {
+                Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+                _ => can.join(""),
+            };
+            bail!("--baseline-weights {w}: {} can run {can}", b.name());
+        }
+    }
     let all = report::tokenize_file(&m, &text_path, "--tokens-file")?;
     let need = contexts[contexts.len() - 1] + a.decode_steps;
     if all.len() < need {
@@ -161,7 +168,6 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
              cache's outputs do not"
         );
     }
-    let baseline = !a.no_baseline && !a.baseline_weights.is_empty() && m.family == Family::Llama && m.path.is_file();
     eprintln!(
         "bench: {}, capacity {}, contexts {:?}, {} decode steps, {} threads{}",
         m.describe(),
@@ -169,10 +175,10 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         contexts,
         a.decode_steps,
         ctx.threads,
-        if baseline { format!(", baseline {BASELINE} up to {}", MAX_SEQ_LEN) } else { String::new() }
+        baseline.map_or(String::new(), |b| format!(", baseline {} up to position {}", b.name(), b.max_positions()))
     );
 
-    let n_baselines = if baseline { a.baseline_weights.len() as u64 } else { 0 };
+    let n_baselines = if baseline.is_some() { a.baseline_weights.len() as u64 } else { 0 };
     let last = contexts[contexts.len() - 1] as u64;
     let total: u64 = grid.len() as u64 * (last + (contexts.len() * a.decode_steps) as u64)
         + n_baselines * (last + a.decode_steps as u64);
@@ -216,32 +222,30 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
     let model_json = m.to_json();
     let (path, describe, device) = (m.path.clone(), m.describe(), m.model().device().clone());
     let mut baseline_notes = Vec::new();
-    if baseline {
+    if let Some(b) = baseline {
         // Our model goes first so the baseline's peak memory holds one set of weights.
         drop(m);
         for &bw in &a.baseline_weights {
-            pb.set_message(format!("loading {BASELINE} ({bw})"));
-            let (mut w, kind) = load_baseline(&path, bw, &device)?;
-            let name = format!("{BASELINE} ({kind})");
-            baseline_notes.push(format!(
-                "{name}: candle's own LLaMA on the same file with {kind} matrices and a full cache that is concatenated \
-                 (copied) every step; it stops at position {MAX_SEQ_LEN}"
-            ));
-            w.clear_kv_cache();
+            pb.set_message(format!("loading {} ({bw})", b.name()));
+            let mut w =
+                b.load(&path, bw, &device).with_context(|| format!("{}: cannot load {}", b.name(), path.display()))?;
+            let (kind, max) = (w.kind(), b.max_positions());
+            let name = format!("{} ({kind})", b.name());
+            baseline_notes.push(format!("{name}: {}, {kind} matrices; it stops at position {max}", b.description()));
+            w.clear();
             let mut pos = 0;
             for &context in &contexts {
-                if context + a.decode_steps > MAX_SEQ_LEN {
-                    report::note(&pb, &format!("{name} @ {context}: skipped (it stops at position {MAX_SEQ_LEN})"));
+                if context + a.decode_steps > max {
+                    report::note(&pb, &format!("{name} @ {context}: skipped (it stops at position {max})"));
                     continue;
                 }
                 pb.set_message(format!("{name} @ {context}"));
-                let row = bench_baseline(&mut w, &device, &name, &info, &mut pos, context, tokens, &a, &mut |n| {
-                    pb.inc(n as u64)
-                })?;
+                let row =
+                    bench_baseline(&mut *w, &name, &info, &mut pos, context, tokens, &a, &mut |n| pb.inc(n as u64))?;
                 report::note(&pb, &row_line(&row));
                 rows.push(row);
             }
-            w.clear_kv_cache();
+            w.clear();
         }
     }
     pb.finish_and_clear();
@@ -388,52 +392,10 @@ fn round_steps(steps: usize, r: usize) -> usize {
     steps / rounds + usize::from(r < steps % rounds)
 }
 
-/// candle's quantized_llama on the same GGUF: `native` keeps the file's blocks, `q8_0` / `f32`
-/// convert every 2-D matrix in memory (through a GGUF written to a buffer, since
-/// `ModelWeights` loads only from a GGUF).
-fn load_baseline(path: &std::path::Path, weights: WeightFormat, device: &Device) -> Result<(ModelWeights, String)> {
-    let ctx = || format!("{BASELINE}: cannot load {}", path.display());
-    let mut f = std::fs::File::open(path).with_context(ctx)?;
-    let ct = gguf_file::Content::read(&mut f).with_context(ctx)?;
-    let target = match weights {
-        WeightFormat::Q8_0 => GgmlDType::Q8_0,
-        WeightFormat::F32 => GgmlDType::F32,
-        _ => GgmlDType::Q8_0,
-    };
-    if !matches!(weights, WeightFormat::Q8_0 | WeightFormat::F32) {
-        let kind =
-            ct.tensor_infos.get("blk.0.attn_q.weight").map_or("native".into(), |t| format!("{:?}", t.ggml_dtype));
-        return Ok((ModelWeights::from_gguf(ct, &mut f, device).with_context(ctx)?, kind));
-    }
-    let cpu = Device::Cpu;
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    let mut names: Vec<&String> = ct.tensor_infos.keys().collect();
-    names.sort();
-    for name in names {
-        let t = ct.tensor(&mut f, name, &cpu).with_context(ctx)?;
-        let dims = t.shape().dims().to_vec();
-        let t = if dims.len() == 2 && dims[1] % 32 == 0 && t.dtype() != target {
-            QTensor::quantize(&t.dequantize(&cpu)?, target)?
-        } else {
-            t
-        };
-        tensors.push((name.clone(), t));
-    }
-    let mut buf = Cursor::new(Vec::new());
-    let md: Vec<(&str, &gguf_file::Value)> = ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    gguf_file::write(&mut buf, &md, &ts).with_context(ctx)?;
-    drop(tensors);
-    buf.set_position(0);
-    let ct = gguf_file::Content::read(&mut buf).with_context(ctx)?;
-    Ok((ModelWeights::from_gguf(ct, &mut buf, device).with_context(ctx)?, format!("{target:?}")))
-}
-
-/// candle's model, continuing from position `pos` like [`OursRun::bench`].
+/// The baseline, continuing from position `pos` (its cache holds every token so far).
 #[allow(clippy::too_many_arguments)]
 fn bench_baseline(
-    w: &mut ModelWeights,
-    dev: &Device,
+    w: &mut dyn BaselineModel,
     name: &str,
     info: &msrnn_core::ModelInfo,
     pos: &mut usize,
@@ -446,16 +408,14 @@ fn bench_baseline(
     let rss_ok = report::reset_peak_rss();
     let t0 = Instant::now();
     for piece in tokens[start..context].chunks(a.chunk) {
-        let x = Tensor::new(piece, dev)?.unsqueeze(0)?;
-        w.forward(&x, *pos).with_context(|| format!("{name} prefill at {pos}"))?;
+        w.forward(piece, *pos).with_context(|| format!("{name} prefill at {pos}"))?;
         *pos += piece.len();
         progress(piece.len());
     }
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for i in 0..a.decode_steps {
-        let x = Tensor::new(&tokens[context + i..context + i + 1], dev)?.unsqueeze(0)?;
-        let logits = w.forward(&x, *pos)?;
+        let logits = w.forward(&tokens[context + i..context + i + 1], *pos)?;
         *pos += 1;
         std::hint::black_box(logits.flatten_all()?.to_vec1::<f32>()?);
         progress(1);

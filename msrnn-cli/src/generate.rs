@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use msrnn_core::generate::SplitMix64;
 use msrnn_core::{generate, Capacity, GenerateOptions, MsrnnState, PolicySpec, Sampling, StopReason};
-use msrnn_llama::{TokenStream, Tokenizer};
+use msrnn_modelkit::{TokenStream, Tokenizer};
 
 use crate::model::LoadedModel;
 use crate::policy;

@@ -16,7 +16,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
-use msrnn_llama::WeightFormat;
+use msrnn_modelkit::WeightFormat;
+// The model families: each registers itself in the model kit's registry, which is how the
+// subcommands find them. Adding a family is one line here and one in Cargo.toml.
+use msrnn_gemma as _;
+use msrnn_llama as _;
 
 const LONG_ABOUT: &str = "\
 Run a pretrained decoder-only transformer as a finite multi-state RNN.
@@ -58,8 +62,10 @@ pub struct Global {
     pub model: Option<PathBuf>,
 
     /// How the weight matrices are held in memory: native (as stored in the file; Q4_1 for the
-    /// reference GGUF), q8_0 (re-quantized at load), f16 or f32 (dequantized). q8_0 is the default:
-    /// on CPU it decodes about 3x faster than the Q4_1 blocks as stored and 2x faster than f32, for about 1% more perplexity.
+    /// reference GGUF), q8_0 (re-quantized at load), fast (q8_0 padded for candle's AVX-512
+    /// kernels: faster, a little less exact), f16 or f32 (dequantized). q8_0 is the default: on CPU
+    /// it decodes much faster than Q4_1 blocks or f32, close to f32's perplexity
+    /// (docs/performance.md has the numbers).
     #[arg(long, global = true, help_heading = "Global options", value_name = "FORMAT", default_value = "q8_0", value_parser = parse_weights)]
     pub weights: WeightFormat,
 
@@ -74,10 +80,10 @@ pub struct Global {
     )]
     pub device: String,
 
-    /// Threads for candle's CPU kernels. Default: half the available cores, at most 4 (so 1 on a
-    /// 2-core machine). candle's workers spin while they wait, so oversubscribed cores (other
-    /// processes, or more threads than cores) make every step much slower rather than faster;
-    /// on a dedicated machine try the physical core count.
+    /// Threads for candle's CPU kernels. Default: half the available cores, at most 4. candle's
+    /// workers spin while they wait, so oversubscribed cores (other processes, or more threads than
+    /// cores) make every step slower rather than faster; on a machine of your own try the physical
+    /// core count.
     #[arg(long, global = true, help_heading = "Global options", value_name = "N", env = "MSRNN_THREADS")]
     pub threads: Option<usize>,
 

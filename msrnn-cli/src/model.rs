@@ -1,7 +1,6 @@
-//! Finding and loading the model, and naming it for state files.
-//!
-//! A model family is one arm of [`Family`]: detect it (GGUF `general.architecture`), load it, and
-//! implement [`Lm`] for its type.
+//! Finding and loading the model, and naming it for state files. The family comes from the model
+//! kit's registry (each family crate linked into the binary registers itself): nothing here names
+//! one.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -9,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use msrnn_core::{CausalLm, ModelInfo};
-use msrnn_gemma::Gemma;
-use msrnn_llama::{Llama, LoadOptions, Tokenizer, WeightFormat};
+use msrnn_modelkit::{Family, LoadOptions, Model, Tokenizer, WeightFormat};
 use serde_json::json;
 
 use crate::Global;
@@ -20,55 +18,9 @@ pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const FETCH_HINT: &str = "fetch the reference model (SmolLM2-135M-Instruct, 98 MB) with ./scripts/fetch-model.sh, \
      or pass --model PATH (a .gguf file or a Hugging Face model directory)";
 
-/// What the CLI needs from a loaded model beyond [`CausalLm`].
-pub trait Lm: CausalLm {
-    fn tokenizer(&self) -> &Tokenizer;
-    /// How the matrices are held (e.g. `Q8_0`), for reports.
-    fn weight_kinds(&self) -> String;
-}
-
-/// `Q8_0`, or `Q4_1 (head Q8_0)` when the head is held differently.
-fn kinds((m, h): (String, String)) -> String {
-    if m == h {
-        m
-    } else {
-        format!("{m} (head {h})")
-    }
-}
-
-impl Lm for Llama {
-    fn tokenizer(&self) -> &Tokenizer {
-        Llama::tokenizer(self)
-    }
-    fn weight_kinds(&self) -> String {
-        kinds(Llama::weight_kinds(self))
-    }
-}
-
-impl Lm for Gemma {
-    fn tokenizer(&self) -> &Tokenizer {
-        Gemma::tokenizer(self)
-    }
-    fn weight_kinds(&self) -> String {
-        kinds(Gemma::weight_kinds(self))
-    }
-}
-
-/// The model families the CLI can load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    Llama,
-    /// Gemma 3 (GGUF only).
-    Gemma3,
-}
-
-/// What the error messages list (GGUF `general.architecture` values).
-const SUPPORTED: &str = "llama, gemma3";
-
 /// A loaded model with everything the subcommands report about it.
 pub struct LoadedModel {
-    pub lm: Box<dyn Lm>,
-    pub family: Family,
+    pub lm: Box<dyn Model>,
     pub path: PathBuf,
     /// Identifies the weights for state files: file name, size, a digest of its first bytes, and
     /// the weight format (the cached keys/values depend on it).
@@ -86,6 +38,10 @@ impl LoadedModel {
     }
     pub fn info(&self) -> &ModelInfo {
         self.lm.info()
+    }
+    /// The registry entry of the model's family (its baseline, for `bench`).
+    pub fn family(&self) -> Option<&'static Family> {
+        msrnn_modelkit::family(&self.info().family)
     }
     /// The file name without `.gguf` (or the directory name): what the user knows the model by.
     pub fn short_name(&self) -> String {
@@ -110,7 +66,7 @@ impl LoadedModel {
             "name": i.name,
             "family": i.family,
             "weights": self.weights.to_string(),
-            "matmul": self.lm.weight_kinds(),
+            "matmul": self.lm.weight_kinds().to_string(),
             "layers": i.num_layers,
             "heads": i.num_heads,
             "kv_heads": i.num_kv_heads,
@@ -159,33 +115,6 @@ pub fn resolve(global: &Global) -> Result<(PathBuf, bool)> {
     bail!("no model found ({where_}); {FETCH_HINT}")
 }
 
-fn detect_family(path: &Path) -> Result<Family> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read it", path.display()))?;
-    if meta.is_dir() || path.extension().is_some_and(|e| e == "safetensors") {
-        let dir =
-            if meta.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
-        let cfg = dir.join("config.json");
-        let json: serde_json::Value = match std::fs::read_to_string(&cfg) {
-            // The loader reports a missing config.json with the full story.
-            Err(_) => return Ok(Family::Llama),
-            Ok(s) => serde_json::from_str(&s).with_context(|| format!("{}: not valid JSON", cfg.display()))?,
-        };
-        return match json.get("model_type").and_then(|v| v.as_str()) {
-            None | Some("llama") => Ok(Family::Llama),
-            Some(other) => bail!(
-                "{}: model_type `{other}` is not supported in a model directory (supported: llama; {SUPPORTED} as .gguf files)",
-                cfg.display()
-            ),
-        };
-    }
-    let arch = msrnn_llama::gguf_architecture(path)?;
-    match arch.as_str() {
-        "llama" => Ok(Family::Llama),
-        msrnn_gemma::ARCH => Ok(Family::Gemma3),
-        other => bail!("{}: GGUF architecture `{other}` is not supported (supported: {SUPPORTED})", path.display()),
-    }
-}
-
 /// Loads the model `global` names (or the default one).
 pub fn load(global: &Global) -> Result<LoadedModel> {
     let device = crate::device(&global.device)?;
@@ -196,16 +125,11 @@ pub fn load(global: &Global) -> Result<LoadedModel> {
 
 pub fn load_path(path: &Path, weights: WeightFormat, device: &candle_core::Device) -> Result<LoadedModel> {
     let t0 = Instant::now();
-    let family = detect_family(path)?;
-    let opts = LoadOptions { weights, device: device.clone() };
-    let lm: Box<dyn Lm> = match family {
-        Family::Llama => Box::new(Llama::load(path, &opts)?),
-        Family::Gemma3 => Box::new(Gemma::load(path, &opts)?),
-    };
+    let lm = msrnn_modelkit::load_model(path, &LoadOptions { weights, device: device.clone() })?;
     let id = model_id(path, weights)?;
     let load_time = t0.elapsed();
-    tracing::info!(path = %path.display(), ?family, %id, secs = load_time.as_secs_f64(), "model loaded");
-    Ok(LoadedModel { lm, family, path: path.to_path_buf(), id, weights, load_time })
+    tracing::info!(%id, secs = load_time.as_secs_f64(), "model loaded");
+    Ok(LoadedModel { lm, path: path.to_path_buf(), id, weights, load_time })
 }
 
 /// 64-bit FNV-1a: enough to tell two model files apart, no dependency.

@@ -10,7 +10,7 @@
 //! - the policy contract, re-exported from msrnn-policy-api ([`Policy`], [`Observation`], [`Decision`],
 //!   [`Declare`]), and its [`PolicyRegistry`] ([`builtin_policy!`] registers a built-in);
 //! - policies as shared-library plugins ([`plugin`]: [`PolicyRegistry::load_plugin`], `MSRNN_PLUGINS`);
-//! - what adapters implement ([`CausalLm`]) and what they get for free ([`perplexity`], [`generate`]).
+//! - what adapters implement ([`CausalLm`]) and what they get for free ([`perplexity`], [`generate`]);
 
 mod attend;
 pub mod batch;

@@ -9,7 +9,8 @@
 use std::time::Instant;
 
 use msrnn_core::{new_state, perplexity, Capacity, CausalLm, EvalMode, PolicySpec};
-use msrnn_gemma::{Gemma, LoadOptions, WeightFormat};
+use msrnn_gemma::Gemma;
+use msrnn_modelkit::{LoadOptions, Model, WeightFormat};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a: Vec<String> = std::env::args().collect();

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use msrnn_llama::gguf::{check_config, AttentionShape, Metadata};
-use msrnn_llama::{Error, Result};
+use msrnn_modelkit::gguf::Metadata;
+use msrnn_modelkit::{DecoderConfig, Error, Result};
 
 /// The architecture this crate implements (`general.architecture`).
 pub const ARCH: &str = "gemma3";
@@ -24,16 +24,7 @@ pub const LOCAL_ROPE_THETA: f64 = 10_000.0;
 /// Hyper-parameters of a Gemma 3 text decoder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GemmaConfig {
-    pub name: String,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_layers: usize,
-    pub num_heads: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: usize,
-    pub vocab_size: usize,
-    /// Context length the model was trained for.
-    pub max_context: usize,
+    pub decoder: DecoderConfig,
     /// RoPE base of the global layers.
     pub rope_theta_global: f64,
     /// RoPE base of the local layers.
@@ -42,7 +33,6 @@ pub struct GemmaConfig {
     pub sliding_window: usize,
     /// Per layer: true for a global layer (whole context), false for a local one (sliding window).
     pub global_layers: Vec<bool>,
-    pub rms_norm_eps: f64,
     /// Multiplies `q . k` (Gemma: `query_pre_attn_scalar^-1/2`, here `1/sqrt(head_dim)`).
     pub attn_scale: f64,
 }
@@ -55,41 +45,43 @@ impl GemmaConfig {
 
     /// The model's own window per layer, as [`msrnn_core::ModelInfo::layer_windows`] wants it.
     pub fn layer_windows(&self) -> Vec<Option<usize>> {
-        (0..self.num_layers).map(|l| if self.is_global(l) { None } else { Some(self.sliding_window) }).collect()
+        (0..self.decoder.num_layers).map(|l| if self.is_global(l) { None } else { Some(self.sliding_window) }).collect()
+    }
+
+    /// Each layer's rotary embedding, for the state (which applies it): base 1e4 on local layers,
+    /// the file's base on global ones; the GGUF converter does not permute Gemma's Q/K rows, so
+    /// dimensions `i` and `i + d/2` pair up.
+    pub fn layer_rope(&self) -> Vec<Option<msrnn_core::RopeSpec>> {
+        (0..self.decoder.num_layers)
+            .map(|l| {
+                let theta = if self.is_global(l) { self.rope_theta_global } else { self.rope_theta_local };
+                Some(msrnn_core::RopeSpec { theta, style: msrnn_core::RopeStyle::HalfSplit })
+            })
+            .collect()
     }
 
     /// Multiplies the token embeddings (`sqrt(hidden)`, in f32 as llama.cpp computes it).
     pub fn embed_scale(&self) -> f64 {
-        (self.hidden_size as f32).sqrt() as f64
+        (self.decoder.hidden_size as f32).sqrt() as f64
     }
 
-    pub(crate) fn validate(&self, path: &Path) -> Result<()> {
-        let sizes = [
-            ("hidden size", self.hidden_size),
-            ("feed-forward size", self.intermediate_size),
-            ("layer count", self.num_layers),
-            ("head count", self.num_heads),
-            ("KV head count", self.num_kv_heads),
-            ("head dim", self.head_dim),
-            ("vocabulary size", self.vocab_size),
-            ("context length", self.max_context),
-            ("sliding window", self.sliding_window),
-        ];
-        check_config(path, &sizes, self.num_heads, self.num_kv_heads, self.head_dim, self.rms_norm_eps)?;
+    /// Checks what the decoder's own checks leave out.
+    fn validate(self, path: &Path) -> Result<Self> {
+        self.decoder.validate(path)?;
         let bad = |reason: String| Err(Error::Config { path: path.to_path_buf(), reason });
-        if self.global_layers.len() != self.num_layers {
-            return bad(format!(
-                "a layer pattern of {} layers for {} layers",
-                self.global_layers.len(),
-                self.num_layers
-            ));
+        if self.sliding_window == 0 {
+            return bad("sliding window is 0".into());
+        }
+        let n = self.decoder.num_layers;
+        if self.global_layers.len() != n {
+            return bad(format!("a layer pattern of {} layers for {n} layers", self.global_layers.len()));
         }
         for (name, theta) in [("global", self.rope_theta_global), ("local", self.rope_theta_local)] {
             if !(theta > 0.0 && theta.is_finite()) {
                 return bad(format!("{name} rope base {theta} is not a positive number"));
             }
         }
-        Ok(())
+        Ok(self)
     }
 
     /// From the `gemma3.*` keys of a GGUF file whose architecture was already checked.
@@ -97,7 +89,6 @@ impl GemmaConfig {
         let md = Metadata { path, ct };
         let key = |k: &str| format!("{ARCH}.{k}");
         let unsupported = |what: String| Err(Error::Unsupported { path: path.into(), what });
-        let AttentionShape { hidden_size, num_heads, num_kv_heads, head_dim } = md.attention_shape(ARCH)?;
         // Gemma 3's larger sizes scale the global RoPE (linear, factor 8); the 270M/1B do not. Not
         // implemented rather than silently wrong.
         if let Some(Value::String(s)) = md.get(&key("rope.scaling.type")) {
@@ -118,16 +109,8 @@ impl GemmaConfig {
                 }
             }
         }
-        let vocab_size = match ct.tensor_infos.get("token_embd.weight") {
-            Some(ti) if ti.shape.rank() == 2 => ti.shape.dims()[0],
-            Some(ti) => {
-                let reason =
-                    format!("`token_embd.weight` has shape {:?}, expected [vocab, {hidden_size}]", ti.shape.dims());
-                return Err(Error::Config { path: path.into(), reason });
-            }
-            None => return Err(Error::MissingTensor { path: path.into(), tensor: "token_embd.weight".into() }),
-        };
-        let num_layers = md.usize(&key("block_count"))?;
+        let decoder = DecoderConfig::from_gguf(&md, ARCH, 32_768, 1e-6)?;
+        let num_layers = decoder.num_layers;
         let pattern_key = key("attention.sliding_window_pattern");
         let global_layers = match md.get(&pattern_key) {
             None => (0..num_layers).map(|l| (l + 1) % GLOBAL_EVERY == 0).collect(),
@@ -142,24 +125,14 @@ impl GemmaConfig {
                 return Err(md.bad(&pattern_key, format!("expected an array of bools, found {:?}", v.value_type())))
             }
         };
-        let cfg = Self {
-            name: md.model_name(ARCH),
-            hidden_size,
-            intermediate_size: md.usize(&key("feed_forward_length"))?,
-            num_layers,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            vocab_size,
-            max_context: md.opt_usize(&key("context_length"))?.unwrap_or(32_768),
+        Self {
             rope_theta_global: md.opt_f64(&key("rope.freq_base"))?.unwrap_or(1_000_000.0),
             rope_theta_local: LOCAL_ROPE_THETA,
             sliding_window: md.usize(&key("attention.sliding_window"))?,
             global_layers,
-            rms_norm_eps: md.opt_f64(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-6),
-            attn_scale: 1.0 / (head_dim as f64).sqrt(),
-        };
-        cfg.validate(path)?;
-        Ok(cfg)
+            attn_scale: decoder.attn_scale(),
+            decoder,
+        }
+        .validate(path)
     }
 }

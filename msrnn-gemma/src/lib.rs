@@ -10,15 +10,20 @@
 //! [`msrnn_core::ModelInfo::layer_windows`] and the core's state enforces it; a user's capacity C
 //! then bounds the global layers, and the local ones hold `min(C, 511)` tokens after each step.
 //!
-//! - Weights from a GGUF file through msrnn-llama's [`GgufWeights`](msrnn_llama::GgufWeights) and
-//!   [`Linear`], in any of its [`WeightFormat`]s (re-quantizing to Q8_0 is the fast choice on CPU:
-//!   the file's Q5_0 blocks have no SIMD kernel in candle).
-//! - The tokenizer rebuilt from GGUF metadata (SentencePiece BPE with byte fallback) as an
-//!   msrnn-llama [`Tokenizer`], with [`TokenStream`] for streaming text.
+//! This crate holds the config, the model, the loader and the tokenizer construction; the shared
+//! pieces are msrnn-modelkit's:
+//! - weights from a GGUF file through [`Weights`](msrnn_modelkit::Weights), in any
+//!   [`WeightFormat`](msrnn_modelkit::WeightFormat) (re-quantizing to Q8_0 is the fast choice on
+//!   CPU: the file's Q5_0 blocks have no SIMD kernel in candle);
+//! - the tokenizer rebuilt from GGUF metadata (SentencePiece BPE with byte fallback) as a
+//!   [`Tokenizer`](msrnn_modelkit::Tokenizer).
+//!
+//! Registered as the `gemma3` family ([`msrnn_modelkit::load_model`] finds it).
 //!
 //! ```no_run
-//! use msrnn_core::{generate, new_state, Capacity, CausalLm, GenerateOptions, PolicySpec};
-//! use msrnn_gemma::{Gemma, LoadOptions, WeightFormat};
+//! use msrnn_core::{generate, new_state, Capacity, GenerateOptions, PolicySpec};
+//! use msrnn_gemma::Gemma;
+//! use msrnn_modelkit::{LoadOptions, Model, WeightFormat};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let opts = LoadOptions { weights: WeightFormat::Q8_0, ..Default::default() };
 //! let model = Gemma::load("models/gemma-3-270m-q4_k_m.gguf".as_ref(), &opts)?;
@@ -38,7 +43,5 @@ mod model;
 mod tokenizer;
 
 pub use config::{GemmaConfig, ARCH, GLOBAL_EVERY, LOCAL_ROPE_THETA};
-pub use model::{Attention, Block, Gemma, Mlp};
-/// Shared with msrnn-llama, so every family loads, fails and tokenizes the same way.
-pub use msrnn_llama::{Error, Linear, LoadOptions, Result, RmsNorm, TokenStream, Tokenizer, WeightFormat};
+pub use model::{Attention, Block, Gemma};
 pub use tokenizer::CHAT_FORMAT;

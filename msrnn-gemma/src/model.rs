@@ -1,4 +1,5 @@
-//! The Gemma 3 forward pass with attention delegated to the multi-state ([`MsrnnState::attend`]).
+//! The Gemma 3 forward pass over a batch of sequences, attention delegated to each sequence's
+//! multi-state (`msrnn_core::batch::attend_batch`).
 //!
 //! What Gemma adds to a LLaMA block, each in its own struct below: RMS-normalised queries and keys
 //! before RoPE, norms after attention and after the MLP (on the branch, before the residual add),
@@ -15,46 +16,32 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use msrnn_core::{CausalLm, ModelInfo, RopeSpec, RopeStyle, SeqStep};
-use msrnn_llama::{GgufWeights, Linear, Result, RmsNorm, Tokenizer, WeightFormat};
+use candle_core::{Device, Tensor};
+use candle_nn::Activation;
+use msrnn_core::{CausalLm, ModelInfo, SeqStep};
+use msrnn_modelkit::{
+    batch_tokens, blk, finish_batch, AttentionProjections, GatedMlp, Linear, LoadOptions, Model, Result, RmsNorm,
+    Tokenizer, WeightFormat, WeightKinds, Weights,
+};
 
 use crate::config::GemmaConfig;
-
-/// RMS norm `name`, its weight as stored (see above: the `1 +` is already in it).
-fn norm(w: &GgufWeights, name: &str, size: usize, eps: f64) -> Result<RmsNorm> {
-    Ok(RmsNorm::new(w.dense(name, &[size])?, eps))
-}
 
 /// Grouped-query attention with normalised queries and keys; the keys/values live in the state.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    proj: AttentionProjections,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
     scale: f64,
 }
 
 impl Attention {
-    pub(crate) fn load(w: &GgufWeights, layer: usize, cfg: &GemmaConfig) -> Result<Self> {
-        let (h, kvh, d, hid) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size);
-        let n = |s: &str| format!("blk.{layer}.{s}.weight");
+    pub(crate) fn load(w: &Weights, layer: usize, cfg: &GemmaConfig) -> Result<Self> {
+        let (d, eps) = (cfg.decoder.head_dim, cfg.decoder.rms_norm_eps);
         Ok(Self {
-            q: w.linear(&n("attn_q"), h * d, hid)?,
-            k: w.linear(&n("attn_k"), kvh * d, hid)?,
-            v: w.linear(&n("attn_v"), kvh * d, hid)?,
-            o: w.linear(&n("attn_output"), hid, h * d)?,
-            q_norm: norm(w, &n("attn_q_norm"), d, cfg.rms_norm_eps)?,
-            k_norm: norm(w, &n("attn_k_norm"), d, cfg.rms_norm_eps)?,
-            num_heads: h,
-            num_kv_heads: kvh,
-            head_dim: d,
+            proj: AttentionProjections::load(w, layer, cfg.decoder.attention())?,
+            q_norm: RmsNorm::load(w, &blk(layer, "attn_q_norm"), d, eps)?,
+            k_norm: RmsNorm::load(w, &blk(layer, "attn_k_norm"), d, eps)?,
             scale: cfg.attn_scale,
         })
     }
@@ -63,43 +50,15 @@ impl Attention {
     /// sequence's rows attend through layer `layer` of its own state, which rotates the normalised
     /// queries and keys at this layer's base (local or global).
     pub fn forward(&self, x: &Tensor, layer: usize, batch: &mut [SeqStep<'_>]) -> msrnn_core::Result<Tensor> {
-        let rows = x.dim(0)?;
-        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let (q, k, v) = self.proj.project(x)?;
+        let (rows, d) = (x.dim(0)?, self.proj.shape().head_dim);
         // Per-head norms over the last dimension: a free reshape to [rows * heads, d] and back.
-        let norm = |y: Tensor, n: &RmsNorm, heads: usize| -> candle_core::Result<Tensor> {
-            n.forward(&y.reshape((rows * heads, d))?)?.reshape((rows, heads * d))
+        let per_head = |y: &Tensor, norm: &RmsNorm| -> candle_core::Result<Tensor> {
+            let w = y.dim(1)?;
+            norm.forward(&y.reshape((rows * w / d, d))?)?.reshape((rows, w))
         };
-        let q = norm(self.q.forward(x)?, &self.q_norm, h)?;
-        let k = norm(self.k.forward(x)?, &self.k_norm, kv)?;
-        let v = self.v.forward(x)?;
-        let y = msrnn_core::batch::attend_batch(layer, &q, &k, &v, batch, self.scale)?;
-        Ok(self.o.forward(&y)?)
-    }
-}
-
-/// Gated feed-forward with GELU (tanh approximation): `down(gelu(gate(x)) * up(x))`.
-#[derive(Debug, Clone)]
-pub struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-}
-
-impl Mlp {
-    pub(crate) fn load(w: &GgufWeights, layer: usize, cfg: &GemmaConfig) -> Result<Self> {
-        let (hid, ffn) = (cfg.hidden_size, cfg.intermediate_size);
-        let n = |s: &str| format!("blk.{layer}.{s}.weight");
-        Ok(Self {
-            gate: w.linear(&n("ffn_gate"), ffn, hid)?,
-            up: w.linear(&n("ffn_up"), ffn, hid)?,
-            down: w.linear(&n("ffn_down"), hid, ffn)?,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // candle's `gelu` is the tanh approximation (`gelu_erf` is the exact one).
-        let g = self.gate.forward(x)?.gelu()?;
-        self.down.forward(&(g * self.up.forward(x)?)?)
+        let (q, k) = (per_head(&q, &self.q_norm)?, per_head(&k, &self.k_norm)?);
+        self.proj.attend((&q, &k, &v), layer, batch, self.scale)
     }
 }
 
@@ -111,21 +70,23 @@ pub struct Block {
     attn: Attention,
     post_attn_norm: RmsNorm,
     ffn_norm: RmsNorm,
-    mlp: Mlp,
+    /// GELU (tanh approximation) gated: candle's `gelu` is that form (`gelu_erf` is the exact one).
+    mlp: GatedMlp,
     post_ffn_norm: RmsNorm,
     global: bool,
 }
 
 impl Block {
-    pub(crate) fn load(w: &GgufWeights, layer: usize, cfg: &GemmaConfig) -> Result<Self> {
-        let n = |s: &str| format!("blk.{layer}.{s}.weight");
-        let hidden_norm = |s: &str| norm(w, &n(s), cfg.hidden_size, cfg.rms_norm_eps);
+    pub(crate) fn load(w: &Weights, layer: usize, cfg: &GemmaConfig) -> Result<Self> {
+        let d = &cfg.decoder;
+        let hid = d.hidden_size;
+        let hidden_norm = |s: &str| RmsNorm::load(w, &blk(layer, s), hid, d.rms_norm_eps);
         Ok(Self {
             attn_norm: hidden_norm("attn_norm")?,
             attn: Attention::load(w, layer, cfg)?,
             post_attn_norm: hidden_norm("post_attention_norm")?,
             ffn_norm: hidden_norm("ffn_norm")?,
-            mlp: Mlp::load(w, layer, cfg)?,
+            mlp: GatedMlp::load(w, layer, hid, d.intermediate_size, Activation::GeluPytorchTanh)?,
             post_ffn_norm: hidden_norm("post_ffw_norm")?,
             global: cfg.is_global(layer),
         })
@@ -161,49 +122,23 @@ pub struct Gemma {
 }
 
 impl Gemma {
-    pub(crate) fn from_weights(w: &GgufWeights, cfg: GemmaConfig, tokenizer: Tokenizer) -> Result<Self> {
-        let (vocab, hid) = (cfg.vocab_size, cfg.hidden_size);
+    pub(crate) fn from_weights(w: &Weights, cfg: GemmaConfig, tokenizer: Tokenizer) -> Result<Self> {
+        let d = &cfg.decoder;
+        let (vocab, hid) = (d.vocab_size, d.hidden_size);
         // Gemma 3 ties the head to the embeddings; a file with its own head is honoured.
         let (embed, head) = if w.has("output.weight") {
             (w.linear("token_embd.weight", vocab, hid)?, Some(w.head("output.weight", vocab, hid, true)?))
         } else {
             (w.head("token_embd.weight", vocab, hid, true)?, None)
         };
-        let blocks = (0..cfg.num_layers).map(|l| Block::load(w, l, &cfg)).collect::<Result<Vec<_>>>()?;
-        let norm = norm(w, "output_norm.weight", hid, cfg.rms_norm_eps)?;
-        let info = ModelInfo {
-            family: crate::config::ARCH.into(),
-            name: cfg.name.clone(),
-            num_layers: cfg.num_layers,
-            num_heads: cfg.num_heads,
-            num_kv_heads: cfg.num_kv_heads,
-            head_dim: cfg.head_dim,
-            vocab_size: vocab,
-            max_context: cfg.max_context,
-            bos_token: tokenizer.bos_token(),
-            eos_tokens: tokenizer.eos_tokens().to_vec(),
-            layer_windows: cfg.layer_windows(),
-            layer_rope: (0..cfg.num_layers)
-                .map(|l| {
-                    let theta = if cfg.is_global(l) { cfg.rope_theta_global } else { cfg.rope_theta_local };
-                    // Gemma's converter keeps the Hugging Face layout: dims i and i + d/2 pair up.
-                    Some(RopeSpec { theta, style: RopeStyle::HalfSplit })
-                })
-                .collect(),
-            // Keys/values stay f32 whatever the weights: the state is what the policies compare.
-            kv_dtype: DType::F32,
-        };
-        tracing::info!(
-            name = %cfg.name, layers = cfg.num_layers, heads = cfg.num_heads, kv_heads = cfg.num_kv_heads,
-            window = cfg.sliding_window, format = %w.format(),
-            matmul = %blocks.first().map(|b| b.attn.q.kind()).unwrap_or_default(),
-            head = %head.as_ref().unwrap_or(&embed).kind(), "loaded gemma3"
-        );
+        let blocks = (0..d.num_layers).map(|l| Block::load(w, l, &cfg)).collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(w, "output_norm.weight", hid, d.rms_norm_eps)?;
+        let info = d.model_info(crate::ARCH, &tokenizer, cfg.layer_windows(), cfg.layer_rope());
         Ok(Self { info, blocks, norm, embed, head, tokenizer, device: w.device().clone(), format: w.format(), cfg })
     }
 
     /// Loads a Gemma 3 GGUF file (`general.architecture = gemma3`).
-    pub fn load(path: &Path, opts: &msrnn_llama::LoadOptions) -> Result<Gemma> {
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Gemma> {
         crate::loader::load(path, opts)
     }
 
@@ -217,10 +152,6 @@ impl Gemma {
         self.head.as_ref().unwrap_or(&self.embed)
     }
 
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
     pub fn config(&self) -> &GemmaConfig {
         &self.cfg
     }
@@ -228,14 +159,19 @@ impl Gemma {
     pub fn blocks(&self) -> &[Block] {
         &self.blocks
     }
+}
 
-    pub fn weight_format(&self) -> WeightFormat {
+impl Model for Gemma {
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn weight_format(&self) -> WeightFormat {
         self.format
     }
 
-    /// How the attention/MLP matrices and the output head are held (e.g. `Q8_0`).
-    pub fn weight_kinds(&self) -> (String, String) {
-        (self.blocks.first().map(|b| b.attn.q.kind()).unwrap_or_default(), self.output_head().kind())
+    fn weight_kinds(&self) -> WeightKinds {
+        WeightKinds::new(self.blocks.first().map(|b| b.attn.proj.kind()).unwrap_or_default(), self.output_head().kind())
     }
 }
 
@@ -249,18 +185,14 @@ impl CausalLm for Gemma {
     }
 
     fn forward_batch(&self, batch: &mut [SeqStep<'_>]) -> msrnn_core::Result<Vec<Tensor>> {
-        use msrnn_core::batch;
-        batch::check_batch(batch, &self.info)?;
-        let ids = batch::stacked_tokens(batch);
+        // `batch_tokens` also checks that each state carries the local layers' windows (the model's).
+        let ids = batch_tokens(batch, &self.info)?;
         let _span = tracing::trace_span!("gemma_forward", rows = ids.len(), seqs = batch.len()).entered();
         let ids = Tensor::new(ids, &self.device)?;
         let mut x = (self.embed.rows(&ids)? * self.cfg.embed_scale())?;
         for (l, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, l, batch)?;
         }
-        batch::advance(batch);
-        let (rows, counts) = batch::logit_rows(batch);
-        let logits = self.output_head().forward(&self.norm.forward(&batch::select_rows(&x, &rows)?)?)?;
-        batch::split_logits(&logits, &counts)
+        finish_batch(&x, batch, &self.norm, self.output_head())
     }
 }

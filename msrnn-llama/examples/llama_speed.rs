@@ -10,7 +10,8 @@
 use std::time::Instant;
 
 use msrnn_core::{new_state, perplexity, Capacity, CausalLm, EvalMode, PolicySpec};
-use msrnn_llama::{Llama, LoadOptions, WeightFormat};
+use msrnn_llama::Llama;
+use msrnn_modelkit::{LoadOptions, Model, WeightFormat};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -39,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let t = Instant::now();
     let m = Llama::load(model.as_ref(), &LoadOptions { weights, ..Default::default() })?;
-    println!("loaded {model} ({weights}, matmuls/head {:?}) in {:.2?}", m.weight_kinds(), t.elapsed());
+    println!("loaded {model} ({weights}, matmuls {}) in {:.2?}", m.weight_kinds(), t.elapsed());
     println!("bytes per cached token: {}", m.info().kv_bytes_per_token());
     let reg = msrnn_policies::registry();
     let spec: PolicySpec = policy.parse()?;

@@ -2,19 +2,22 @@
 //!
 //! LLaMA-family decoders (SmolLM2, Llama 2, TinyLlama, ...) as multi-state RNNs: the model's
 //! attention runs through [`msrnn_core::MsrnnState::attend`], so any compression policy bounds its
-//! key/value cache.
+//! key/value cache. This crate holds the config, the model and the loader; the shared pieces
+//! (weights in every format, the tokenizer, norms, errors) are msrnn-modelkit's.
 //!
-//! - Weights from a GGUF file (quantized matmuls through candle's `QMatMul`, optionally
-//!   re-quantized to Q8_0 or dequantized: [`WeightFormat`]) or from a Hugging Face directory
-//!   (`config.json` + `*.safetensors` + `tokenizer.json`).
+//! - Weights from a GGUF file (`general.architecture = llama`) or a Hugging Face directory
+//!   (`config.json` + `*.safetensors` + `tokenizer.json`, `model_type = llama`), in any
+//!   [`WeightFormat`](msrnn_modelkit::WeightFormat).
 //! - RoPE at absolute positions, interleaved for GGUF (whose converter permuted the Q/K rows) and
 //!   half-split for safetensors; RMSNorm; SwiGLU; grouped-query attention; tied embeddings.
-//! - The tokenizer from `tokenizer.json` or rebuilt from GGUF metadata (byte-level BPE), chat
-//!   prompts, and [`TokenStream`] for streaming text.
+//! - The byte-level BPE tokenizer, from GGUF metadata or `tokenizer.json`.
+//! - Registered as the `llama` family ([`msrnn_modelkit::load_model`] finds it), with candle's own
+//!   `quantized_llama` as the baseline `msrnn bench` compares with.
 //!
 //! ```no_run
-//! use msrnn_core::{generate, new_state, Capacity, CausalLm, GenerateOptions, PolicySpec};
-//! use msrnn_llama::{Llama, LoadOptions};
+//! use msrnn_core::{generate, new_state, Capacity, GenerateOptions, PolicySpec};
+//! use msrnn_llama::Llama;
+//! use msrnn_modelkit::{LoadOptions, Model};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let model = Llama::load("models/SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(), &LoadOptions::default())?;
 //! let registry = msrnn_policies::registry();
@@ -27,22 +30,12 @@
 //! # Ok(()) }
 //! ```
 
-//! Other family adapters (msrnn-gemma) build on the shared pieces here: [`gguf`] (opening a file,
-//! typed metadata), [`GgufWeights`] and [`Linear`] (tensors in any [`WeightFormat`]), [`Tokenizer`]
-//! (built from a `tokenizers` model with [`Tokenizer::new`]), [`Error`] and [`RmsNorm`].
-
+mod baseline;
 mod config;
-mod error;
-pub mod gguf;
 mod loader;
 mod model;
-mod tokenizer;
-mod weights;
 
-pub use config::{LlamaConfig, RopeStyle};
-pub use error::{Error, Result};
-/// The `general.architecture` of a GGUF file (the CLI picks a model family with it).
-pub use gguf::architecture as gguf_architecture;
-pub use model::{check_input, Attention, Block, Llama, Mlp, RmsNorm};
-pub use tokenizer::{ChatFormat, TokenStream, Tokenizer};
-pub use weights::{GgufWeights, Linear, LoadOptions, WeightFormat};
+pub use baseline::CandleLlama;
+pub use config::LlamaConfig;
+pub use loader::{FAMILY, HF_NAMES};
+pub use model::{Attention, Block, Llama};

@@ -1,50 +1,60 @@
-//! Opening a model: a `.gguf` file, or a directory (or one of its `.safetensors` files) with
-//! `config.json`, `*.safetensors` and `tokenizer.json`.
+//! Opening a model: a `.gguf` file, or a Hugging Face directory (or one of its `.safetensors`
+//! files) with `config.json`, `*.safetensors` and `tokenizer.json`; and the family's entry in the
+//! registry the CLI loads through.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use msrnn_modelkit::gguf::{self, Metadata};
+use msrnn_modelkit::{hf_dir, Error, Family, LoadOptions, Model, NameMap, Result, Tokenizer, Weights};
 
 use crate::config::LlamaConfig;
-use crate::error::{Error, Result};
-use crate::gguf::{self, Metadata};
 use crate::model::Llama;
-use crate::tokenizer::Tokenizer;
-use crate::weights::{GgufWeights, WeightSource};
-use crate::LoadOptions;
+
+/// The family's name and GGUF architecture.
+pub const FAMILY: &str = "llama";
+
+/// The Hugging Face names of the tensors the model asks for by GGUF name.
+pub const HF_NAMES: NameMap = &[
+    ("token_embd", "model.embed_tokens"),
+    ("output_norm", "model.norm"),
+    ("output", "lm_head"),
+    ("blk.#.attn_norm", "model.layers.#.input_layernorm"),
+    ("blk.#.attn_q", "model.layers.#.self_attn.q_proj"),
+    ("blk.#.attn_k", "model.layers.#.self_attn.k_proj"),
+    ("blk.#.attn_v", "model.layers.#.self_attn.v_proj"),
+    ("blk.#.attn_output", "model.layers.#.self_attn.o_proj"),
+    ("blk.#.ffn_norm", "model.layers.#.post_attention_layernorm"),
+    ("blk.#.ffn_gate", "model.layers.#.mlp.gate_proj"),
+    ("blk.#.ffn_up", "model.layers.#.mlp.up_proj"),
+    ("blk.#.ffn_down", "model.layers.#.mlp.down_proj"),
+];
+
+msrnn_modelkit::inventory::submit! {
+    Family {
+        name: FAMILY,
+        architectures: &[FAMILY],
+        model_types: &[FAMILY],
+        load: load_boxed,
+        baseline: Some(&crate::baseline::CandleLlama),
+    }
+}
+
+fn load_boxed(path: &Path, opts: &LoadOptions) -> Result<Box<dyn Model>> {
+    Ok(Box::new(load(path, opts)?))
+}
 
 pub(crate) fn load(path: &Path, opts: &LoadOptions) -> Result<Llama> {
     let _span = tracing::info_span!("load", path = %path.display(), weights = %opts.weights).entered();
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.is_dir() {
-        return load_safetensors(path, opts);
+    if let Some(dir) = hf_dir(path)? {
+        let config_path = dir.join("config.json");
+        let json = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let cfg = LlamaConfig::from_hf_json(&config_path, &json)?;
+        let weights = Weights::safetensors(&dir, HF_NAMES, opts)?;
+        let tokenizer = Tokenizer::from_hf_dir(&dir)?;
+        return Llama::from_weights(&weights, cfg, tokenizer);
     }
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let not_gguf = gguf::check_magic(path, &mut file)?.is_err();
-    if not_gguf && path.extension().is_some_and(|e| e == "safetensors") {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        return load_safetensors(dir, opts);
-    }
-    let (file, content) = gguf::open(path, Some("llama"))?;
+    let (file, content) = gguf::open(path, Some(FAMILY))?;
     let cfg = LlamaConfig::from_gguf(path, &content)?;
     let tokenizer = Tokenizer::from_gguf(&Metadata { path, ct: &content })?;
-    let source = WeightSource::gguf(GgufWeights::new(path, content, file, opts)?);
-    Llama::from_source(&source, cfg, tokenizer)
-}
-
-fn load_safetensors(dir: &Path, opts: &LoadOptions) -> Result<Llama> {
-    let config_path = dir.join("config.json");
-    let json = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-    let (cfg, extras) = LlamaConfig::from_hf_json(&config_path, &json)?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors") && p.is_file())
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(Error::Config { path: dir.into(), reason: "the directory has no *.safetensors files".into() });
-    }
-    let tokenizer = Tokenizer::from_dir(dir, &extras)?;
-    let source = WeightSource::safetensors(dir, &files, opts)?;
-    Llama::from_source(&source, cfg, tokenizer)
+    Llama::from_weights(&Weights::gguf(path, content, file, opts)?, cfg, tokenizer)
 }

