@@ -3,7 +3,9 @@
 //! costs in perplexity and buys in speed and memory.
 
 mod bench;
+mod bench_batch;
 mod generate;
+mod llama_bench;
 mod model;
 mod plot;
 mod policy;
@@ -16,6 +18,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
+use msrnn_core::Positions;
 use msrnn_modelkit::WeightFormat;
 // The model families: each registers itself in the model kit's registry, which is how the
 // subcommands find them. Adding a family is one line here and one in Cargo.toml.
@@ -80,12 +83,20 @@ pub struct Global {
     )]
     pub device: String,
 
-    /// Threads for candle's CPU kernels. Default: half the available cores, at most 4. candle's
+    /// Threads for the CPU kernels (msrnn's and candle's). Default: half the available cores, at most 4. candle's
     /// workers spin while they wait, so oversubscribed cores (other processes, or more threads than
     /// cores) make every step slower rather than faster; on a machine of your own try the physical
     /// core count.
     #[arg(long, global = true, help_heading = "Global options", value_name = "N", env = "MSRNN_THREADS")]
     pub threads: Option<usize>,
+
+    /// Where rotary embeddings place queries and keys: `absolute` (each token at its position in
+    /// the stream, as the model was trained) or `cache` (at its rank among the tokens a layer
+    /// keeps, as StreamingLLM does: distances stay below C however long the run). Used by every
+    /// state a subcommand builds and recorded in state files. [default: absolute; with --resume:
+    /// the saved one]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "MODE", env = "MSRNN_POSITIONS", value_parser = parse_positions)]
+    pub positions: Option<Positions>,
 
     /// Load a compression-policy plugin (a shared library) so its policy can be named like a
     /// built-in; repeatable. Paths in MSRNN_PLUGINS (colon-separated) are loaded too.
@@ -95,6 +106,17 @@ pub struct Global {
     /// More logs on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, takes precedence).
     #[arg(short, long, global = true, help_heading = "Global options", action = ArgAction::Count)]
     pub verbose: u8,
+}
+
+pub(crate) fn parse_positions(s: &str) -> Result<Positions, String> {
+    s.parse::<Positions>().map_err(|e| e.to_string())
+}
+
+impl Global {
+    /// The position mode of new states: --positions, else absolute.
+    pub fn positions(&self) -> Positions {
+        self.positions.unwrap_or_default()
+    }
 }
 
 pub(crate) fn parse_weights(s: &str) -> Result<WeightFormat, String> {
@@ -148,6 +170,8 @@ fn set_threads(requested: Option<usize>) -> Result<usize> {
     // Still single-threaded here: nothing else reads the environment concurrently.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    // msrnn's own kernels (matrices, attention) run on their pool, the calling thread included.
+    msrnn_kernels::pool::set_threads(n);
     Ok(n)
 }
 
@@ -174,7 +198,13 @@ fn run(cli: Cli) -> Result<()> {
     let ctx = Ctx { global: cli.global, threads };
     match cli.command {
         Command::Generate(a) => generate::run(&ctx, a),
-        Command::Ppl(a) => ppl::run(&ctx, a),
+        Command::Ppl(a) => {
+            // ppl builds its states itself (absolute positions) until it takes the option.
+            if ctx.global.positions.is_some_and(|p| p != Positions::Absolute) {
+                bail!("ppl does not take --positions yet: its states use absolute positions");
+            }
+            ppl::run(&ctx, a)
+        }
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Policies => policy::list(&ctx),
         Command::State(a) => state::run(&ctx, a),
