@@ -64,12 +64,11 @@ pub struct Global {
     #[arg(long, global = true, help_heading = "Global options", value_name = "PATH", env = "MSRNN_MODEL")]
     pub model: Option<PathBuf>,
 
-    /// How the weight matrices are held in memory: native (as stored in the file; Q4_1 for the
-    /// reference GGUF), q8_0 (re-quantized at load), fast (q8_0 padded for candle's AVX-512
-    /// kernels: faster, a little less exact), f16 or f32 (dequantized). q8_0 is the default: on CPU
-    /// it decodes much faster than Q4_1 blocks or f32, close to f32's perplexity
-    /// (docs/performance.md has the numbers).
-    #[arg(long, global = true, help_heading = "Global options", value_name = "FORMAT", default_value = "q8_0", value_parser = parse_weights)]
+    /// How the weight matrices are held in memory: auto (on the CPU, each matrix as stored when
+    /// msrnn's kernels read its blocks, Q4_1 and Q8_0, else re-quantized to Q8_0), native (as
+    /// stored, always), q8_0 (re-quantized at load), f16 or f32 (dequantized: the exact reference).
+    /// docs/performance.md compares them.
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FORMAT", default_value = "auto", value_parser = parse_weights)]
     pub weights: WeightFormat,
 
     /// Where the model runs: `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
@@ -83,7 +82,7 @@ pub struct Global {
     )]
     pub device: String,
 
-    /// Threads for the CPU kernels (msrnn's and candle's). Default: half the available cores, at most 4. candle's
+    /// Threads for candle's CPU kernels. Default: half the available cores, at most 4. candle's
     /// workers spin while they wait, so oversubscribed cores (other processes, or more threads than
     /// cores) make every step slower rather than faster; on a machine of your own try the physical
     /// core count.
@@ -170,8 +169,9 @@ fn set_threads(requested: Option<usize>) -> Result<usize> {
     // Still single-threaded here: nothing else reads the environment concurrently.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
-    // msrnn's own kernels (matrices, attention) run on their pool, the calling thread included.
+    // msrnn's own kernels (quantized matmuls, attention) run on their pool.
     msrnn_kernels::pool::set_threads(n);
+    msrnn_kernels::isa::from_env().context("MSRNN_ISA")?;
     Ok(n)
 }
 
