@@ -392,7 +392,8 @@ fn save_then_resume_continues_exactly_like_one_run() {
         "policy       h2o",
         "capacity     24",
         "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "weights q8_0",
+        "weights auto",
+        "positions    absolute",
         "greedy",
         "turns        1",
     ] {
@@ -408,7 +409,7 @@ fn save_then_resume_continues_exactly_like_one_run() {
     );
     fails(
         msrnn().args(["--weights", "native", "generate", "-n", "2", "--resume"]).arg(&state),
-        &["saved with model", "weights q8_0", "weights native"],
+        &["saved with model", "weights auto", "weights native"],
     );
     // a new turn on top of the saved conversation works
     let o = ok(msrnn().args(["generate", "-n", "8", "--resume"]).arg(&state).arg("And then?"));
