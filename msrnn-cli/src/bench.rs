@@ -82,7 +82,7 @@ pub struct BenchArgs {
 
     /// With --kv-budget: the largest batch measured, so a small C does not ask for thousands of
     /// sequences (the table says where it binds).
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    #[arg(long, value_name = "N", default_value_t = 256, requires = "kv_budget")]
     pub(crate) max_batch: usize,
 
     /// Also run llama.cpp's `llama-bench` (built by ./scripts/build-llama-bench.sh into
@@ -93,7 +93,7 @@ pub struct BenchArgs {
     pub(crate) llama_bench: Option<PathBuf>,
 
     /// Repetitions of each llama-bench test (its -r).
-    #[arg(long, value_name = "N", default_value_t = 3)]
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "llama_bench")]
     pub(crate) llama_reps: usize,
 
     /// Write every row and the settings as JSON.

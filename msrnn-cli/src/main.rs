@@ -43,6 +43,10 @@ Examples:
   msrnn generate --policy window+i:sinks=4 --capacity 128 --max-tokens 200 --prompt-file story.txt
   msrnn ppl --tokens 1024 --capacities 32,64,128 --out results/ppl.json --plot results/ppl.svg
   msrnn bench --contexts 256,1024,4096 --out results/bench.json --plot results/bench.svg
+  msrnn bench --batch 1,4,16,64 --policies tova --capacity 512 --contexts 1024
+  msrnn bench --kv-budget 4GiB --policies tova --capacity 512 --contexts 8192
+  msrnn bench --llama-bench .peers/llama-bench --contexts 1024 --decode-steps 32
+  msrnn generate --jsonl \"Name a river.\" \"Name a mountain.\"
   msrnn policies
   msrnn generate --save-state chat.st \"Hello!\" && msrnn generate --resume chat.st \"Tell me more.\"";
 
