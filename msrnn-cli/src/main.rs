@@ -3,7 +3,9 @@
 //! costs in perplexity and buys in speed and memory.
 
 mod bench;
+mod bench_batch;
 mod generate;
+mod llama_bench;
 mod model;
 mod plot;
 mod policy;
@@ -16,6 +18,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
+use msrnn_core::Positions;
 use msrnn_modelkit::WeightFormat;
 // The model families: each registers itself in the model kit's registry, which is how the
 // subcommands find them. Adding a family is one line here and one in Cargo.toml.
@@ -40,6 +43,10 @@ Examples:
   msrnn generate --policy window+i:sinks=4 --capacity 128 --max-tokens 200 --prompt-file story.txt
   msrnn ppl --tokens 1024 --capacities 32,64,128 --out results/ppl.json --plot results/ppl.svg
   msrnn bench --contexts 256,1024,4096 --out results/bench.json --plot results/bench.svg
+  msrnn bench --batch 1,4,16,64 --policies tova --capacity 512 --contexts 1024
+  msrnn bench --kv-budget 4GiB --policies tova --capacity 512 --contexts 8192
+  msrnn bench --llama-bench .peers/llama-bench --contexts 1024 --decode-steps 32
+  msrnn generate --jsonl \"Name a river.\" \"Name a mountain.\"
   msrnn policies
   msrnn generate --save-state chat.st \"Hello!\" && msrnn generate --resume chat.st \"Tell me more.\"";
 
@@ -86,6 +93,14 @@ pub struct Global {
     #[arg(long, global = true, help_heading = "Global options", value_name = "N", env = "MSRNN_THREADS")]
     pub threads: Option<usize>,
 
+    /// Where rotary embeddings place queries and keys: `absolute` (each token at its position in
+    /// the stream, as the model was trained) or `cache` (at its rank among the tokens a layer
+    /// keeps, as StreamingLLM does: distances stay below C however long the run). Used by every
+    /// state a subcommand builds and recorded in state files. [default: absolute; with --resume:
+    /// the saved one]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "MODE", env = "MSRNN_POSITIONS", value_parser = parse_positions)]
+    pub positions: Option<Positions>,
+
     /// Load a compression-policy plugin (a shared library) so its policy can be named like a
     /// built-in; repeatable. Paths in MSRNN_PLUGINS (colon-separated) are loaded too.
     #[arg(long = "plugin", global = true, help_heading = "Global options", value_name = "PATH")]
@@ -94,6 +109,17 @@ pub struct Global {
     /// More logs on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, takes precedence).
     #[arg(short, long, global = true, help_heading = "Global options", action = ArgAction::Count)]
     pub verbose: u8,
+}
+
+pub(crate) fn parse_positions(s: &str) -> Result<Positions, String> {
+    s.parse::<Positions>().map_err(|e| e.to_string())
+}
+
+impl Global {
+    /// The position mode of new states: --positions, else absolute.
+    pub fn positions(&self) -> Positions {
+        self.positions.unwrap_or_default()
+    }
 }
 
 pub(crate) fn parse_weights(s: &str) -> Result<WeightFormat, String> {
@@ -176,7 +202,13 @@ fn run(cli: Cli) -> Result<()> {
     let ctx = Ctx { global: cli.global, threads };
     match cli.command {
         Command::Generate(a) => generate::run(&ctx, a),
-        Command::Ppl(a) => ppl::run(&ctx, a),
+        Command::Ppl(a) => {
+            // ppl builds its states itself (absolute positions) until it takes the option.
+            if ctx.global.positions.is_some_and(|p| p != Positions::Absolute) {
+                bail!("ppl does not take --positions yet: its states use absolute positions");
+            }
+            ppl::run(&ctx, a)
+        }
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Policies => policy::list(&ctx),
         Command::State(a) => state::run(&ctx, a),
