@@ -24,6 +24,7 @@
 
 mod full;
 mod h2o;
+mod h2o_ema;
 mod keydiff;
 mod pyramid;
 mod random;
@@ -35,12 +36,13 @@ mod window_sinks;
 
 pub use full::Full;
 pub use h2o::H2o;
+pub use h2o_ema::H2oEma;
 pub use keydiff::{anchor_similarity, KeyDiff};
 pub use pyramid::{pyramid_capacities, Pyramid};
 pub use random::Random;
 pub use snapkv::SnapKv;
 pub use tova::Tova;
-pub use tova_ema::TovaEma;
+pub use tova_ema::{ema_update, TovaEma};
 pub use window::Window;
 pub use window_sinks::WindowSinks;
 

@@ -50,7 +50,7 @@ impl Declare for TovaEma {
 
 /// Updates `scores` with every query row of `obs`, oldest first: an entry that arrives at row `r`
 /// starts at its attention in row `r`, and every row after its arrival decays and adds.
-pub(crate) fn ema_update(obs: &Observation<'_>, decay: f64, scores: &mut Vec<f64>) {
+pub fn ema_update(obs: &Observation<'_>, decay: f64, scores: &mut Vec<f64>) {
     if scores.len() < obs.num_slots {
         scores.resize(obs.num_slots, 0.0);
     }

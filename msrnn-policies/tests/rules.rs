@@ -1,7 +1,9 @@
 //! Each policy's rule on small hand-computed cases.
 
 use msrnn_core::{Capacity, Context, Decision, MsrnnState, Observation, Policy, PolicySpec, StateConfig};
-use msrnn_policies::{pyramid_capacities, registry, H2o, KeyDiff, Random, SnapKv, Tova, TovaEma, Window, WindowSinks};
+use msrnn_policies::{
+    pyramid_capacities, registry, H2o, H2oEma, KeyDiff, Random, SnapKv, Tova, TovaEma, Window, WindowSinks,
+};
 
 struct Obs {
     positions: Vec<u64>,
@@ -158,7 +160,9 @@ fn creation_checks_params_and_capacity() {
 #[test]
 fn registry_lists_every_builtin_with_a_description() {
     let names: Vec<String> = registry().entries().map(|e| e.name.clone()).collect();
-    for n in ["full", "h2o", "keydiff", "pyramid", "random", "snapkv", "tova", "tova-ema", "window", "window+i"] {
+    for n in
+        ["full", "h2o", "h2o-ema", "keydiff", "pyramid", "random", "snapkv", "tova", "tova-ema", "window", "window+i"]
+    {
         assert!(names.contains(&n.to_string()), "{n} missing from {names:?}");
     }
     assert!(registry().entries().all(|e| !e.description.is_empty() && !e.description.contains('\n')));
@@ -364,4 +368,50 @@ fn pyramid_wraps_a_base_policy_through_the_registry() {
     assert!(err("pyramid:base=h2o:recnt=1").contains("unknown parameter `recnt`"));
     assert!(err("pyramid:beta=0.5").contains("at least 1"));
     assert_eq!(r.get("pyramidkv").unwrap().name, "pyramid");
+}
+
+#[test]
+fn h2o_ema_keeps_the_heavy_hitters_and_fills_the_rest_by_moving_average() {
+    // decay 0.5, one head. Rows: (1), (0.2, 0.8), (0, 0.3, 0.7).
+    //   sums:  1 | 1.2, 0.8      | 1.2, 1.1, 0.7
+    //   EMAs:  1 | 0.6, 0.8      | 0.3, 0.55, 0.7
+    let steps = [
+        Obs::new(&[0], &[0]).probs(1, &[&[1.0]]),
+        Obs::new(&[0, 1], &[1]).probs(1, &[&[0.2, 0.8]]),
+        Obs::new(&[0, 1, 2], &[2]).probs(1, &[&[0.0, 0.3, 0.7]]),
+    ];
+    let run = |p: &mut dyn Policy, budget| {
+        for o in &steps[..2] {
+            assert!(evicted(p, o, 4).is_empty());
+        }
+        evicted(p, &steps[2], budget)
+    };
+    // One heavy hitter (slot 0, sum 1.2) is kept although its average is the lowest; the lowest
+    // average among the rest (slot 1) goes.
+    assert_eq!(run(&mut H2oEma::new(1, 0.5), 2), vec![1]);
+    let mut p = H2oEma::new(1, 0.5);
+    run(&mut p, 4);
+    assert_close(&p.save_state(), &[1.2, 1.1, 0.7, 0.3, 0.55, 0.7]);
+    // Without heavy hitters it is tova-ema.
+    assert_eq!(run(&mut H2oEma::new(0, 0.5), 2), vec![0]);
+    assert_eq!(run(&mut TovaEma::new(0.5), 2), vec![0]);
+    // The heavy hitters never take more than the budget.
+    assert_eq!(run(&mut H2oEma::new(1, 0.5), 1), vec![1, 2]);
+    assert_eq!(run(&mut H2oEma::new(5, 0.5), 1), vec![1, 2]);
+    // Defaults: heavy = floor(C/8), decay = 1 - 8/C.
+    let r = registry();
+    let defaults: Vec<(String, String)> =
+        r.get("h2o-ema").unwrap().params.iter().map(|p| (p.name.to_string(), p.default.to_string())).collect();
+    assert_eq!(defaults, [("heavy".into(), "0.125".into()), ("decay".into(), "1-8/C".into())]);
+    let with = |spec: &str| {
+        let mut p = r.create(&spec.parse().unwrap(), &ctx(0, 1, Some(16))).unwrap();
+        let got = run(p.as_mut(), 2);
+        (got, p.save_state())
+    };
+    assert_eq!(with("h2o-ema"), with("h2o-ema:heavy=0.125,decay=0.5"));
+    // C = 16: two heavy hitters, slots 0 and 1 (sums 1.2 and 1.1): slot 2 goes.
+    assert_eq!(with("h2o-ema").0, vec![2]);
+    let err = |s: &str| r.create(&s.parse().unwrap(), &ctx(0, 1, Some(8))).err().unwrap().to_string();
+    assert!(err("h2o-ema:heavy=2").contains("[0, 1]"));
+    assert!(err("h2o-ema:decay=1").contains("[0, 1)"));
 }

@@ -1,6 +1,7 @@
 //! A perplexity grid of policies x capacities run as ONE batch (`perplexity_batch`): every decode
 //! step feeds the same token to every state, so with f32 weights the batch shares each matmul and a
-//! whole grid costs a few single runs. This is how the tables in docs/policies.md were made.
+//! whole grid costs a few single runs. This is how the tables in docs/policies.md were made; the
+//! example also registers `hybrid`, the screening policy those tables compare (see `hybrid.rs`).
 //!
 //! ```sh
 //! RAYON_NUM_THREADS=2 cargo run --release -p msrnn-policies --example grid -- \
@@ -10,9 +11,12 @@
 //!
 //! Options: `--model FILE` (default `models/SmolLM2-135M-Instruct.Q4_1.gguf`), `--text FILE`,
 //! `--tokens N` (from the text's start, BOS included when the model uses one), `--capacities
-//! C,...`, `--policies SPEC;SPEC;...` (`;`-separated, since specs use commas), `--weights
+//! C,...`, `--policies SPEC;SPEC;...` (`;`-separated, since specs use commas; `full` runs once,
+//! unbounded, as the reference), `--weights
 //! f32|q8_0|native` (default f32), `--chunk N` (chunked mode instead of decode). The table goes to
 //! stdout; each cell's NLL sum to stderr as `cell POLICY C NLL_SUM SCORED PPL`.
+
+mod hybrid;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -97,6 +101,12 @@ fn run() -> Result<(), String> {
     let mut cells: Vec<(PolicySpec, usize)> = Vec::new();
     let mut states: Vec<MsrnnState> = Vec::new();
     for spec in &a.policies {
+        if reg.get(&spec.name).map_err(|e| e.to_string())?.name == "full" {
+            // The unbounded reference: one run, shown in every column.
+            states.push(new_state(&model, &reg, spec, Capacity::Unbounded, chunk).map_err(|e| e.to_string())?);
+            cells.push((spec.clone(), 0));
+            continue;
+        }
         for &c in &a.capacities {
             let cap = Capacity::bounded(c).map_err(|e| e.to_string())?;
             states.push(new_state(&model, &reg, spec, cap, chunk).map_err(|e| format!("{spec} at C={c}: {e}"))?);
@@ -133,7 +143,7 @@ fn run() -> Result<(), String> {
     for spec in &a.policies {
         out.push_str(&format!("\n| {:width$} |", spec.to_string()));
         for &c in &a.capacities {
-            let i = cells.iter().position(|(s, cc)| s == spec && *cc == c).expect("every cell ran");
+            let i = cells.iter().position(|(s, cc)| s == spec && (*cc == c || *cc == 0)).expect("every cell ran");
             out.push_str(&format!(" {:>7.3} |", results[i].ppl));
         }
     }
