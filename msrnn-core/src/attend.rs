@@ -158,6 +158,9 @@ pub(crate) fn step_host(
         attention_with(msrnn_kernels::isa::active(), &step, sink, &|n, f| msrnn_kernels::pool::for_each(n, f))
             .map_err(|reason| Error::Shape { op: "attend", reason })?;
     }
+    if let Some(buf) = ranked {
+        RANKED.set(buf);
+    }
     // What the next query cannot see through the model's window is gone for good: drop it before
     // the policy spends budget on it.
     layer.drop_outside_window(positions[t - 1] + 1);
@@ -166,8 +169,15 @@ pub(crate) fn step_host(
     compress(layer, policy, probs, prob_rows, hi, &new_slots, positions[t - 1] + 1, n_heads)
 }
 
-/// Cache mode: rotates the queries (in place) and every live key (into a new buffer, returned) at
-/// their token's rank among the layer's live tokens.
+thread_local! {
+    /// Cache mode's keys rotated by rank, reused from step to step by the thread that runs the step:
+    /// a fresh buffer per step would be zeroed (and, at this size, mapped and faulted in) on every
+    /// token, and one per layer would double the keys' memory.
+    static RANKED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Cache mode: rotates the queries (in place) and every live key (into this thread's reused buffer,
+/// returned; the caller puts it back) at their token's rank among the layer's live tokens.
 fn rotate_by_rank(layer: &mut LayerState, new_slots: &[usize], q: &mut [f32], n_heads: usize) -> Vec<f32> {
     let hi = layer.high;
     let mut rank = vec![0u32; hi];
@@ -179,7 +189,8 @@ fn rotate_by_rank(layer: &mut LayerState, new_slots: &[usize], q: &mut [f32], n_
     let (style, half) = (rope.style(), rope.half());
     let (cos, sin) = rope.table(layer.order.len());
     let Kv::Host { k, .. } = &layer.kv else { unreachable!("host rotation on a device state") };
-    let mut rotated = vec![0f32; k.len()];
+    let mut rotated = RANKED.take();
+    rotated.resize(k.len(), 0.0);
     rotate_keys_blocked(k, &mut rotated, slots, hi, g, d, &rank, cos, sin, style);
     for (row, &s) in q.chunks_mut(n_heads * d).zip(new_slots) {
         let r = rank[s] as usize * half;
