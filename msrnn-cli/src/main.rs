@@ -3,11 +3,12 @@
 //! costs in perplexity and buys in speed and memory.
 
 mod bench;
+mod eval;
 mod generate;
+mod inspect;
 mod model;
 mod plot;
 mod policy;
-mod ppl;
 mod report;
 mod state;
 mod stream;
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
+use msrnn_core::Positions;
 use msrnn_modelkit::WeightFormat;
 // The model families: each registers itself in the model kit's registry, which is how the
 // subcommands find them. Adding a family is one line here and one in Cargo.toml.
@@ -38,7 +40,10 @@ const AFTER_HELP: &str = "\
 Examples:
   msrnn generate \"What is the capital of France?\"
   msrnn generate --policy window+i:sinks=4 --capacity 128 --max-tokens 200 --prompt-file story.txt
-  msrnn ppl --tokens 1024 --capacities 32,64,128 --out results/ppl.json --plot results/ppl.svg
+  msrnn eval ppl --tokens 1024 --capacities 32,64,128 --out results/ppl.json --plot results/ppl.svg
+  msrnn eval passkey --lengths 1024,2048 --policies full,tova --capacities 128,512 --plot acc.svg --heatmap depth.svg
+  msrnn eval passkey --shard 0/4 --out part0.json && msrnn eval merge part*.json --out all.json
+  msrnn inspect --policy tova --capacity 128 --tokens 2048 --plot kept.png
   msrnn bench --contexts 256,1024,4096 --out results/bench.json --plot results/bench.svg
   msrnn policies
   msrnn generate --save-state chat.st \"Hello!\" && msrnn generate --resume chat.st \"Tell me more.\"";
@@ -87,6 +92,12 @@ pub struct Global {
     #[arg(long, global = true, help_heading = "Global options", value_name = "N", env = "MSRNN_THREADS")]
     pub threads: Option<usize>,
 
+    /// Where rotary embeddings place tokens: `absolute` (at their position in the stream, as the
+    /// model was trained) or `cache` (at their rank among the tokens a layer keeps, as
+    /// StreamingLLM does: positions never run past the capacity, however long the stream).
+    #[arg(long, global = true, help_heading = "Global options", value_name = "MODE", default_value = "absolute", value_parser = parse_positions, env = "MSRNN_POSITIONS")]
+    pub positions: Positions,
+
     /// Load a compression-policy plugin (a shared library) so its policy can be named like a
     /// built-in; repeatable. Paths in MSRNN_PLUGINS (colon-separated) are loaded too.
     #[arg(long = "plugin", global = true, help_heading = "Global options", value_name = "PATH")]
@@ -97,6 +108,10 @@ pub struct Global {
     pub verbose: u8,
 }
 
+pub(crate) fn parse_positions(s: &str) -> Result<Positions, String> {
+    s.parse::<Positions>().map_err(|e| e.to_string())
+}
+
 pub(crate) fn parse_weights(s: &str) -> Result<WeightFormat, String> {
     s.parse::<WeightFormat>().map_err(|e| e.to_string())
 }
@@ -105,8 +120,14 @@ pub(crate) fn parse_weights(s: &str) -> Result<WeightFormat, String> {
 enum Command {
     /// Generate text, streaming tokens as they come; optionally save or resume the state.
     Generate(generate::GenerateArgs),
-    /// Perplexity of a text for a grid of policies x cache capacities (table, JSON, plot).
-    Ppl(ppl::PplArgs),
+    /// Perplexity of a text for a grid of policies x cache capacities (table, JSON, plot); the
+    /// same as `msrnn eval ppl`.
+    Ppl(eval::ppl::PplArgs),
+    /// Evaluation tasks over grids of policies x capacities: perplexity, passkey retrieval, and the
+    /// merge of shards run apart (`--shard I/N`).
+    Eval(eval::EvalArgs),
+    /// Which tokens each layer keeps, at the end of a text and over time, by kind of token.
+    Inspect(inspect::InspectArgs),
     /// Decode and prefill speed, KV bytes and peak memory per policy vs. context length.
     Bench(bench::BenchArgs),
     /// List the compression policies: built-ins and loaded plugins, with their parameters.
@@ -174,7 +195,9 @@ fn run(cli: Cli) -> Result<()> {
     let ctx = Ctx { global: cli.global, threads };
     match cli.command {
         Command::Generate(a) => generate::run(&ctx, a),
-        Command::Ppl(a) => ppl::run(&ctx, a),
+        Command::Ppl(a) => eval::ppl::run(&ctx, a),
+        Command::Eval(a) => eval::run(&ctx, a),
+        Command::Inspect(a) => inspect::run(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Policies => policy::list(&ctx),
         Command::State(a) => state::run(&ctx, a),

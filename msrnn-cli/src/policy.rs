@@ -2,7 +2,10 @@
 //! lists, and `msrnn policies`.
 
 use anyhow::{Context, Result};
-use msrnn_core::{new_state, Capacity, CausalLm, MsrnnState, PolicyRegistry, PolicySpec, Source, PLUGINS_ENV};
+use msrnn_core::{
+    new_state, new_state_positioned, Capacity, CausalLm, MsrnnState, PolicyRegistry, PolicySpec, Positions, Source,
+    PLUGINS_ENV,
+};
 
 use crate::Ctx;
 
@@ -76,6 +79,19 @@ pub fn make_state(
     max_chunk: usize,
 ) -> Result<MsrnnState> {
     new_state(model, r, spec, capacity, max_chunk).with_context(|| format!("policy `{spec}` at capacity {capacity}"))
+}
+
+/// [`make_state`] in the given position mode (`--positions`).
+pub fn make_state_at(
+    model: &dyn CausalLm,
+    r: &PolicyRegistry,
+    spec: &PolicySpec,
+    capacity: Capacity,
+    max_chunk: usize,
+    positions: Positions,
+) -> Result<MsrnnState> {
+    new_state_positioned(model, r, spec, capacity, max_chunk, positions)
+        .with_context(|| format!("policy `{spec}` at capacity {capacity}"))
 }
 
 /// `msrnn policies`.
