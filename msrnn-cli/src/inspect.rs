@@ -100,7 +100,7 @@ pub fn run(ctx: &Ctx, a: InspectArgs) -> Result<()> {
     let tokens = &all[..a.tokens];
     let n = tokens.len();
     let chunk = if a.mode == Mode::Chunked { a.chunk } else { 1 };
-    let positions = ctx.global.positions;
+    let positions = ctx.global.positions();
     let mut state = policy::make_state_at(m.model(), &registry, &spec, capacity, chunk, positions)?;
     let layers = state.num_layers();
 

@@ -3,9 +3,11 @@
 //! costs in perplexity and buys in speed and memory.
 
 mod bench;
+mod bench_batch;
 mod eval;
 mod generate;
 mod inspect;
+mod llama_bench;
 mod model;
 mod plot;
 mod policy;
@@ -45,6 +47,10 @@ Examples:
   msrnn eval passkey --shard 0/4 --out part0.json && msrnn eval merge part*.json --out all.json
   msrnn inspect --policy tova --capacity 128 --tokens 2048 --plot kept.png
   msrnn bench --contexts 256,1024,4096 --out results/bench.json --plot results/bench.svg
+  msrnn bench --batch 1,4,16,64 --policies tova --capacity 512 --contexts 1024
+  msrnn bench --kv-budget 4GiB --policies tova --capacity 512 --contexts 8192
+  msrnn bench --llama-bench .peers/llama-bench --contexts 1024 --decode-steps 32
+  msrnn generate --jsonl \"Name a river.\" \"Name a mountain.\"
   msrnn policies
   msrnn generate --save-state chat.st \"Hello!\" && msrnn generate --resume chat.st \"Tell me more.\"";
 
@@ -66,12 +72,11 @@ pub struct Global {
     #[arg(long, global = true, help_heading = "Global options", value_name = "PATH", env = "MSRNN_MODEL")]
     pub model: Option<PathBuf>,
 
-    /// How the weight matrices are held in memory: native (as stored in the file; Q4_1 for the
-    /// reference GGUF), q8_0 (re-quantized at load), fast (q8_0 padded for candle's AVX-512
-    /// kernels: faster, a little less exact), f16 or f32 (dequantized). q8_0 is the default: on CPU
-    /// it decodes much faster than Q4_1 blocks or f32, close to f32's perplexity
-    /// (docs/performance.md has the numbers).
-    #[arg(long, global = true, help_heading = "Global options", value_name = "FORMAT", default_value = "q8_0", value_parser = parse_weights)]
+    /// How the weight matrices are held in memory: auto (on the CPU, each matrix as stored when
+    /// msrnn's kernels read its blocks, Q4_1 and Q8_0, else re-quantized to Q8_0), native (as
+    /// stored, always), q8_0 (re-quantized at load), f16 or f32 (dequantized: the exact reference).
+    /// docs/performance.md compares them.
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FORMAT", default_value = "auto", value_parser = parse_weights)]
     pub weights: WeightFormat,
 
     /// Where the model runs: `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
@@ -92,11 +97,13 @@ pub struct Global {
     #[arg(long, global = true, help_heading = "Global options", value_name = "N", env = "MSRNN_THREADS")]
     pub threads: Option<usize>,
 
-    /// Where rotary embeddings place tokens: `absolute` (at their position in the stream, as the
-    /// model was trained) or `cache` (at their rank among the tokens a layer keeps, as
-    /// StreamingLLM does: positions never run past the capacity, however long the stream).
-    #[arg(long, global = true, help_heading = "Global options", value_name = "MODE", default_value = "absolute", value_parser = parse_positions, env = "MSRNN_POSITIONS")]
-    pub positions: Positions,
+    /// Where rotary embeddings place queries and keys: `absolute` (each token at its position in
+    /// the stream, as the model was trained) or `cache` (at its rank among the tokens a layer
+    /// keeps, as StreamingLLM does: distances stay below C however long the run). Used by every
+    /// state a subcommand builds and recorded in state files. [default: absolute; with --resume:
+    /// the saved one]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "MODE", env = "MSRNN_POSITIONS", value_parser = parse_positions)]
+    pub positions: Option<Positions>,
 
     /// Load a compression-policy plugin (a shared library) so its policy can be named like a
     /// built-in; repeatable. Paths in MSRNN_PLUGINS (colon-separated) are loaded too.
@@ -110,6 +117,13 @@ pub struct Global {
 
 pub(crate) fn parse_positions(s: &str) -> Result<Positions, String> {
     s.parse::<Positions>().map_err(|e| e.to_string())
+}
+
+impl Global {
+    /// The position mode of new states: --positions, else absolute.
+    pub fn positions(&self) -> Positions {
+        self.positions.unwrap_or_default()
+    }
 }
 
 pub(crate) fn parse_weights(s: &str) -> Result<WeightFormat, String> {
@@ -169,6 +183,9 @@ fn set_threads(requested: Option<usize>) -> Result<usize> {
     // Still single-threaded here: nothing else reads the environment concurrently.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    // msrnn's own kernels (quantized matmuls, attention) run on their pool.
+    msrnn_kernels::pool::set_threads(n);
+    msrnn_kernels::isa::from_env().context("MSRNN_ISA")?;
     Ok(n)
 }
 

@@ -416,7 +416,7 @@ pub fn run(ctx: &Ctx, a: PasskeyArgs) -> Result<()> {
         Mode::Chunked => a.chunk,
         Mode::Decode => 1,
     };
-    let positions = ctx.global.positions;
+    let positions = ctx.global.positions();
     g.check(m.model(), &registry, chunk, positions)?;
 
     // The cells: policy cell x length x depth.

@@ -112,7 +112,7 @@ pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
         Mode::Decode => (EvalMode::Decode, 1),
         Mode::Chunked => (EvalMode::Chunked(a.chunk), a.chunk),
     };
-    let positions = ctx.global.positions;
+    let positions = ctx.global.positions();
     // The grid, validated before anything runs: every policy must accept every capacity.
     g.check(m.model(), &registry, chunk, positions)?;
     let max_ctx = m.info().max_context;
