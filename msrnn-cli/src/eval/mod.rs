@@ -43,6 +43,9 @@ enum Task {
     Passkey(passkey::PasskeyArgs),
     /// Join the --out files of shards (`--shard I/N`) into the one table, JSON and pictures.
     Merge(merge::MergeArgs),
+    /// Anything else: refused with the list of tasks.
+    #[command(external_subcommand)]
+    Unknown(Vec<String>),
 }
 
 pub fn run(ctx: &Ctx, a: EvalArgs) -> Result<()> {
@@ -50,6 +53,11 @@ pub fn run(ctx: &Ctx, a: EvalArgs) -> Result<()> {
         Task::Ppl(a) => ppl::run(ctx, a),
         Task::Passkey(a) => passkey::run(ctx, a),
         Task::Merge(a) => merge::run(a),
+        Task::Unknown(words) => bail!(
+            "unknown eval task `{}`: the tasks are {}, merge (see `msrnn eval --help`)",
+            words.first().map_or("", String::as_str),
+            TASKS.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
