@@ -374,8 +374,8 @@ fn eval_errors_are_clear() {
     fails(&mut with(&["eval", "passkey", "--heatmap", "h.txt"]), 1, &["--heatmap h.txt", ".svg or .png"]);
     fails(&mut with(&["eval", "ppl", "--segment", "0"]), 1, &["--segment"]);
     fails(&mut with(&["eval", "passkey", "--policies", "tova,nosuch"]), 1, &["nosuch"]);
-    fails(&mut msrnn().args(["eval", "merge", "/nonexistent/a.json"]), 1, &["/nonexistent/a.json"]);
-    fails(&mut msrnn().args(["eval", "merge"]), 2, &["FILES"]);
+    fails(msrnn().args(["eval", "merge", "/nonexistent/a.json"]), 1, &["/nonexistent/a.json"]);
+    fails(msrnn().args(["eval", "merge"]), 2, &["FILES"]);
     fails(&mut with(&["inspect", "--capacity", "0"]), 1, &["--capacity"]);
 }
 

@@ -624,6 +624,9 @@ fn matches(r: &Value, policy: &str, cap: Option<u64>) -> bool {
     r["policy"] == policy && r["capacity"].as_u64() == cap
 }
 
+/// A column of a table: its header and which results it counts.
+type Column = (String, Box<dyn Fn(&Value) -> bool>);
+
 /// Accuracy by length and by depth, one row per policy and capacity.
 fn table(doc: &Doc) -> Result<String> {
     let s = &doc.settings;
@@ -632,7 +635,7 @@ fn table(doc: &Doc) -> Result<String> {
         s["depths"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
     let pct = |x: Option<f64>| x.map_or("-".to_string(), super::percent);
     let rows = rows_of(doc);
-    let by = |cols: Vec<(String, Box<dyn Fn(&Value) -> bool>)>| {
+    let by = |cols: Vec<Column>| {
         let mut header = vec!["policy".to_string(), "C".to_string()];
         header.extend(cols.iter().map(|c| c.0.clone()));
         header.push("all".into());
@@ -652,7 +655,7 @@ fn table(doc: &Doc) -> Result<String> {
             .collect();
         report::table(&header, &body)
     };
-    let by_length: Vec<(String, Box<dyn Fn(&Value) -> bool>)> = lengths
+    let by_length: Vec<Column> = lengths
         .iter()
         .map(|&l| {
             (
@@ -661,7 +664,7 @@ fn table(doc: &Doc) -> Result<String> {
             )
         })
         .collect();
-    let by_depth: Vec<(String, Box<dyn Fn(&Value) -> bool>)> = depths
+    let by_depth: Vec<Column> = depths
         .iter()
         .map(|&d| {
             (format!("d={d}"), Box::new(move |r: &Value| r["depth"].as_f64() == Some(d)) as Box<dyn Fn(&Value) -> bool>)
