@@ -7,12 +7,14 @@
 //! only, so every policy meets the same prompts (paired comparisons), and a shard or a smaller grid
 //! meets the same ones as the whole.
 //!
-//! Prompt (raw text, no chat template), exactly `length` tokens:
-//! instruction, a blank line, haystack up to the depth, the needle ("The pass key is NNNNN.
-//! Remember it. NNNNN is the pass key."), the rest of the haystack, a blank line, "What is the pass
-//! key? The pass key is". The haystack is the classic repeated filler sentences, or lines of the
-//! bundled plays from a seeded play and line (`--haystack plays`); its first unit is cut at the
-//! front so the prompt has the exact length.
+//! Prompt (raw text, no chat template), exactly `length` tokens, one running text: instruction,
+//! haystack up to the depth, the needle ("The pass key is NNNNN. Remember it. NNNNN is the pass
+//! key."), the rest of the haystack (at least one unit, a filler paragraph or a play's line: a
+//! needle right before the question makes a small model echo "... is the pass key" instead of the
+//! key), "What is the pass key? The pass key is". With blank lines around the haystack SmolLM2-135M lost half the keys from 2,048
+//! tokens on; as one running text it answers them (docs/evaluation.md). The haystack is the classic
+//! repeated filler sentences, or lines of the bundled plays from a seeded play and line
+//! (`--haystack plays`); its first unit is cut at the front so the prompt has the exact length.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,7 +56,15 @@ pub const FORMAT: Format = Format {
 
 impl Format {
     fn to_json(&self) -> Value {
-        json!({ "instruction": self.instruction, "filler": self.filler, "needle": self.needle, "question": self.question })
+        json!({
+            "instruction": self.instruction,
+            "filler": self.filler,
+            "needle": self.needle,
+            "question": self.question,
+            "layout": "instruction haystack needle haystack(>= 1 unit) question as one running text: filler \
+                       units, needle and question each after a space; with plays, the instruction ends in a \
+                       newline and each line does",
+        })
     }
 }
 
@@ -82,8 +92,8 @@ pub struct PasskeyArgs {
     #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "1024,2048,4096")]
     lengths: Vec<usize>,
 
-    /// Depths of the key in the haystack, from 0 (right after the instruction) to 1 (right before
-    /// the question).
+    /// Depths of the key in the haystack, from 0 (right after the instruction) to 1 (the end of the
+    /// haystack, one filler paragraph or play line before the question).
     #[arg(
         long,
         value_name = "D,...",
@@ -174,8 +184,9 @@ pub struct Prompt {
 }
 
 /// Lays out exactly `length` tokens: `head`, haystack units up to the boundary nearest `depth` of
-/// the haystack, `needle`, the other units, `tail`. Units come from `next_unit`; the haystack's
-/// first tokens are cut so the total is exact (a prompt starts mid-sentence, like an excerpt).
+/// the haystack (never after the last unit: one unit at least follows the needle), `needle`, the
+/// other units, `tail`. Units come from `next_unit`; the haystack's first tokens are cut so the
+/// total is exact (a prompt starts mid-sentence, like an excerpt).
 pub fn assemble(
     head: &[u32],
     needle: &[u32],
@@ -216,7 +227,7 @@ pub fn assemble(
     for u in &units {
         bounds.push(bounds.last().expect("starts with 0") + u.len());
     }
-    let at = (0..bounds.len())
+    let at = (0..units.len())
         .min_by(|&a, &b| (bounds[a] as f64 - target).abs().total_cmp(&(bounds[b] as f64 - target).abs()))
         .expect("at least one boundary");
     let mut tokens = Vec::with_capacity(length);
@@ -236,7 +247,8 @@ pub fn assemble(
 
 /// Where haystack text comes from.
 enum Source {
-    /// The filler's sentences, each with a leading space, cycled.
+    /// The filler paragraph (all its sentences) with a leading space, repeated: the unit the key
+    /// goes between, so a key at depth 1 still has a whole paragraph after it.
     Filler(Vec<String>),
     /// The plays' non-empty lines, per play.
     Plays(Vec<(String, Vec<String>)>),
@@ -244,13 +256,7 @@ enum Source {
 
 impl Source {
     fn filler() -> Self {
-        let s: Vec<String> = FORMAT
-            .filler
-            .split_inclusive(". ")
-            .map(|x| format!(" {}", x.trim()))
-            .filter(|x| !x.trim().is_empty())
-            .collect();
-        Source::Filler(s)
+        Source::Filler(vec![format!(" {}", FORMAT.filler.trim())])
     }
 
     fn plays(dir: &Path) -> Result<Self> {
@@ -345,9 +351,22 @@ fn pieces(tok: &Tokenizer, src: &Source, key: u32) -> Result<(Vec<u32>, Vec<u32>
         Source::Plays(_) => format!("{needle}\n"),
     };
     Ok((
-        tok.encode(&format!("{}\n\n", FORMAT.instruction), tok.wants_bos())?,
+        // Filler units and the needle start with a space, play lines end with a newline.
+        tok.encode(
+            &match src {
+                Source::Filler(_) => FORMAT.instruction.to_string(),
+                Source::Plays(_) => format!("{}\n", FORMAT.instruction),
+            },
+            tok.wants_bos(),
+        )?,
         tok.encode(&needle, false)?,
-        tok.encode(&format!("\n\n{}", FORMAT.question), false)?,
+        tok.encode(
+            &match src {
+                Source::Filler(_) => format!(" {}", FORMAT.question),
+                Source::Plays(_) => FORMAT.question.to_string(),
+            },
+            false,
+        )?,
     ))
 }
 
@@ -807,7 +826,8 @@ mod tests {
             assert_eq!(&t[at..at + 2], &needle);
             let hay = 50 - 7;
             let off = (at - 3) as f64;
-            assert!((off - depth * hay as f64).abs() <= 2.0, "depth {depth}: needle after {off} of {hay} tokens");
+            assert!((off - depth * hay as f64).abs() <= 4.0, "depth {depth}: needle after {off} of {hay} tokens");
+            assert!(at + 2 + 4 <= 48, "depth {depth}: a whole unit follows the needle");
             // the haystack's first unit was cut at its front: units stay whole after it
             assert_eq!(t[3..].iter().filter(|&&x| x == 90).count(), 1);
         }
