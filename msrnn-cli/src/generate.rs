@@ -18,7 +18,7 @@ use crate::report::bytes;
 use crate::state::{self as statefile, Conversation};
 use crate::Ctx;
 
-pub const DEFAULT_POLICY: &str = "h2o-ema";
+pub const DEFAULT_POLICY: &str = "tova";
 pub const DEFAULT_CAPACITY: usize = 512;
 
 #[derive(Args, Debug)]
@@ -57,7 +57,7 @@ pub struct GenerateArgs {
     out_dir: Option<PathBuf>,
 
     /// Compression policy: NAME[:key=value,...] (`msrnn policies` lists them). `full` keeps every
-    /// token (the plain transformer). [default: h2o-ema; with --resume: the saved one]
+    /// token (the plain transformer). [default: tova; with --resume: the saved one]
     #[arg(long, short = 'p', value_name = "SPEC")]
     policy: Option<String>,
 
