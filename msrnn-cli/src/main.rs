@@ -4,12 +4,13 @@
 
 mod bench;
 mod bench_batch;
+mod eval;
 mod generate;
+mod inspect;
 mod llama_bench;
 mod model;
 mod plot;
 mod policy;
-mod ppl;
 mod report;
 mod state;
 mod stream;
@@ -41,7 +42,10 @@ const AFTER_HELP: &str = "\
 Examples:
   msrnn generate \"What is the capital of France?\"
   msrnn generate --policy window+i:sinks=4 --capacity 128 --max-tokens 200 --prompt-file story.txt
-  msrnn ppl --tokens 1024 --capacities 32,64,128 --out results/ppl.json --plot results/ppl.svg
+  msrnn eval ppl --tokens 1024 --capacities 32,64,128 --out results/ppl.json --plot results/ppl.svg
+  msrnn eval passkey --lengths 1024,2048 --policies full,tova --capacities 128,512 --plot acc.svg --heatmap depth.svg
+  msrnn eval passkey --shard 0/4 --out part0.json && msrnn eval merge part*.json --out all.json
+  msrnn inspect --policy tova --capacity 128 --tokens 2048 --plot kept.png
   msrnn bench --contexts 256,1024,4096 --out results/bench.json --plot results/bench.svg
   msrnn bench --batch 1,4,16,64 --policies tova --capacity 512 --contexts 1024
   msrnn bench --kv-budget 4GiB --policies tova --capacity 512 --contexts 8192
@@ -131,8 +135,14 @@ pub(crate) fn parse_weights(s: &str) -> Result<WeightFormat, String> {
 enum Command {
     /// Generate text, streaming tokens as they come; optionally save or resume the state.
     Generate(generate::GenerateArgs),
-    /// Perplexity of a text for a grid of policies x cache capacities (table, JSON, plot).
-    Ppl(ppl::PplArgs),
+    /// Perplexity of a text for a grid of policies x cache capacities (table, JSON, plot); the
+    /// same as `msrnn eval ppl`.
+    Ppl(eval::ppl::PplArgs),
+    /// Evaluation tasks over grids of policies x capacities: perplexity, passkey retrieval, and the
+    /// merge of shards run apart (`--shard I/N`).
+    Eval(eval::EvalArgs),
+    /// Which tokens each layer keeps, at the end of a text and over time, by kind of token.
+    Inspect(inspect::InspectArgs),
     /// Decode and prefill speed, KV bytes and peak memory per policy vs. context length.
     Bench(bench::BenchArgs),
     /// List the compression policies: built-ins and loaded plugins, with their parameters.
@@ -203,13 +213,9 @@ fn run(cli: Cli) -> Result<()> {
     let ctx = Ctx { global: cli.global, threads };
     match cli.command {
         Command::Generate(a) => generate::run(&ctx, a),
-        Command::Ppl(a) => {
-            // ppl builds its states itself (absolute positions) until it takes the option.
-            if ctx.global.positions.is_some_and(|p| p != Positions::Absolute) {
-                bail!("ppl does not take --positions yet: its states use absolute positions");
-            }
-            ppl::run(&ctx, a)
-        }
+        Command::Ppl(a) => eval::ppl::run(&ctx, a),
+        Command::Eval(a) => eval::run(&ctx, a),
+        Command::Inspect(a) => inspect::run(&ctx, a),
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Policies => policy::list(&ctx),
         Command::State(a) => state::run(&ctx, a),

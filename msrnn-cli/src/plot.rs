@@ -1,7 +1,8 @@
 //! Line charts with plotters, as SVG or PNG (chosen by the file's extension).
 //!
-//! The x axis is logarithmic (capacities and context lengths double) with a tick at every measured
-//! value; the y axis is logarithmic or linear, ticked at round numbers.
+//! Line charts: the x axis is logarithmic (capacities and context lengths double) with a tick at
+//! every measured value, or linear (positions in a stream); the y axis is logarithmic or linear,
+//! ticked at round numbers. Heatmaps: a grid of coloured cells per panel, panels in rows.
 
 use std::path::{Path, PathBuf};
 
@@ -55,11 +56,20 @@ pub fn draw(path: &Path, chart: &Chart) -> Result<()> {
 
 /// Charts side by side in one picture.
 pub fn draw_panels(path: &Path, charts: &[Chart]) -> Result<()> {
+    draw_panels_scaled(path, charts, true)
+}
+
+/// Charts side by side, the x axis linear (positions in a stream) rather than logarithmic.
+pub fn draw_panels_linear_x(path: &Path, charts: &[Chart]) -> Result<()> {
+    draw_panels_scaled(path, charts, false)
+}
+
+fn draw_panels_scaled(path: &Path, charts: &[Chart], log_x: bool) -> Result<()> {
     crate::report::create_parent(path, "--plot")?;
     let size = (900 * charts.len() as u32, 500);
     match format_of(path) {
-        Some(Format::Svg) => render(SVGBackend::new(path, size).into_drawing_area(), charts),
-        Some(Format::Png) => render(BitMapBackend::new(path, size).into_drawing_area(), charts),
+        Some(Format::Svg) => render(SVGBackend::new(path, size).into_drawing_area(), charts, log_x),
+        Some(Format::Png) => render(BitMapBackend::new(path, size).into_drawing_area(), charts, log_x),
         None => bail!("{}: the file must end in .svg or .png", path.display()),
     }
 }
@@ -68,11 +78,11 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("cannot draw the chart: {e:?}")
 }
 
-fn render<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, charts: &[Chart]) -> Result<()> {
+fn render<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, charts: &[Chart], log_x: bool) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
     let panels = root.split_evenly((1, charts.len()));
     for (area, c) in panels.iter().zip(charts) {
-        panel(area, c)?;
+        panel(area, c, log_x)?;
     }
     root.present().map_err(err)?;
     Ok(())
@@ -94,6 +104,13 @@ impl Axis {
         } else {
             v
         }
+    }
+
+    /// The x axis: linear from zero, ticked at round numbers.
+    fn x_linear(xs: &[f64]) -> Self {
+        let hi = xs.iter().copied().filter(|x| x.is_finite()).fold(0.0, f64::max);
+        let hi = if hi > 0.0 { hi * 1.04 } else { 1.0 };
+        Axis { lo: 0.0, hi, log: false, ticks: linear_ticks(0.0, hi) }
     }
 
     /// The x axis: logarithmic, ticks at the distinct x values, a margin on both sides.
@@ -163,11 +180,12 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(23, 190, 207),
 ];
 
-fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Chart) -> Result<()> {
+fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Chart, log_x: bool) -> Result<()> {
     let xs: Vec<f64> = c.series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
     let ys: Vec<f64> =
         c.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).chain(c.hlines.iter().map(|h| h.1)).collect();
-    let (x, y) = (Axis::x(&xs), Axis::y(&ys, c.log_y));
+    let x = if log_x { Axis::x(&xs) } else { Axis::x_linear(&xs) };
+    let y = Axis::y(&ys, c.log_y);
     let (x0, x1) = (x.lo, x.hi);
 
     let (w, _) = area.dim_in_pixel();
@@ -197,7 +215,8 @@ fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Chart) -> Result
     }
     for (i, s) in c.series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.0 > 0.0 && p.1.is_finite()).collect();
+        let pts: Vec<(f64, f64)> =
+            s.points.iter().copied().filter(|p| (p.0 > 0.0 || !log_x) && p.1.is_finite()).collect();
         chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2))).map_err(err)?;
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(err)?;
     }
@@ -226,6 +245,139 @@ fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Chart) -> Result
         }
         right.draw(&Text::new(name.clone(), (40, y - 8), font.clone())).map_err(err)?;
     }
+    Ok(())
+}
+
+/// One heatmap panel: `values[row][col]` coloured on a scale from `range.0` (light) to `range.1`
+/// (dark); `None` cells stay blank. Row 0 is drawn at the top.
+pub struct Heatmap {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    /// Labels under chosen columns: (column, text).
+    pub x_ticks: Vec<(usize, String)>,
+    /// Labels left of chosen rows: (row, text).
+    pub y_ticks: Vec<(usize, String)>,
+    pub values: Vec<Vec<Option<f64>>>,
+    pub range: (f64, f64),
+    /// Writes each cell's value in it with this format (small grids only).
+    pub annotate: Option<fn(f64) -> String>,
+}
+
+/// Heatmap panels, `per_row` to a row, each `panel` pixels (width, height).
+pub fn draw_heatmaps(path: &Path, maps: &[Heatmap], per_row: usize, panel: (u32, u32)) -> Result<()> {
+    crate::report::create_parent(path, "--plot")?;
+    let per_row = per_row.clamp(1, maps.len().max(1));
+    let rows = maps.len().div_ceil(per_row).max(1);
+    let size = (panel.0 * per_row as u32, panel.1 * rows as u32);
+    match format_of(path) {
+        Some(Format::Svg) => render_heat(SVGBackend::new(path, size).into_drawing_area(), maps, per_row, rows),
+        Some(Format::Png) => render_heat(BitMapBackend::new(path, size).into_drawing_area(), maps, per_row, rows),
+        None => bail!("{}: the file must end in .svg or .png", path.display()),
+    }
+}
+
+fn render_heat<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    maps: &[Heatmap],
+    per_row: usize,
+    rows: usize,
+) -> Result<()> {
+    root.fill(&WHITE).map_err(err)?;
+    let areas = root.split_evenly((rows, per_row));
+    for (area, m) in areas.iter().zip(maps) {
+        heat_panel(area, m)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Light yellow to dark blue through green (close to viridis, reversed so that 0 is light).
+fn heat_color(f: f64) -> RGBColor {
+    const STOPS: [(f64, [f64; 3]); 5] = [
+        (0.0, [253.0, 231.0, 37.0]),
+        (0.25, [94.0, 201.0, 98.0]),
+        (0.5, [33.0, 145.0, 140.0]),
+        (0.75, [59.0, 82.0, 139.0]),
+        (1.0, [68.0, 1.0, 84.0]),
+    ];
+    let f = if f.is_finite() { f.clamp(0.0, 1.0) } else { 0.0 };
+    let i = STOPS.iter().rposition(|s| s.0 <= f).unwrap_or(0).min(STOPS.len() - 2);
+    let (a, b) = (STOPS[i], STOPS[i + 1]);
+    let t = (f - a.0) / (b.0 - a.0);
+    let c = |k: usize| (a.1[k] + t * (b.1[k] - a.1[k])).round() as u8;
+    RGBColor(c(0), c(1), c(2))
+}
+
+fn heat_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, m: &Heatmap) -> Result<()> {
+    let (w, h) = area.dim_in_pixel();
+    let (w, h) = (w as i32, h as i32);
+    let font = |size: u32| ("sans-serif", size).into_font().color(&BLACK);
+    // Margins: title on top, x labels below, y labels left, the colour scale right.
+    let (left, right, top, bottom) = (78, 64, 34, 52);
+    let (pw, ph) = ((w - left - right).max(10), (h - top - bottom).max(10));
+    let nrows = m.values.len().max(1);
+    let ncols = m.values.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let x_of = |c: usize| left + (c as f64 * pw as f64 / ncols as f64).round() as i32;
+    let y_of = |r: usize| top + (r as f64 * ph as f64 / nrows as f64).round() as i32;
+    let (lo, hi) = m.range;
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    area.draw(&Text::new(m.title.clone(), (left, 8), font(16))).map_err(err)?;
+    for (r, row) in m.values.iter().enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            let Some(v) = v else { continue };
+            let (x0, y0, x1, y1) = (x_of(c), y_of(r), x_of(c + 1).max(x_of(c) + 1), y_of(r + 1).max(y_of(r) + 1));
+            let color = heat_color((v - lo) / span);
+            area.draw(&Rectangle::new([(x0, y0), (x1, y1)], color.filled())).map_err(err)?;
+            if let Some(fmt) = m.annotate {
+                let text_color = if (v - lo) / span > 0.55 { WHITE } else { BLACK };
+                let style =
+                    ("sans-serif", 13).into_font().color(&text_color).pos(plotters::style::text_anchor::Pos::new(
+                        plotters::style::text_anchor::HPos::Center,
+                        plotters::style::text_anchor::VPos::Center,
+                    ));
+                area.draw(&Text::new(fmt(*v), ((x0 + x1) / 2, (y0 + y1) / 2), style)).map_err(err)?;
+            }
+        }
+    }
+    area.draw(&Rectangle::new([(left, top), (left + pw, top + ph)], BLACK.stroke_width(1))).map_err(err)?;
+    let centered = |size: u32| {
+        ("sans-serif", size).into_font().color(&BLACK).pos(plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Center,
+            plotters::style::text_anchor::VPos::Top,
+        ))
+    };
+    for (c, label) in &m.x_ticks {
+        let x = (x_of(*c) + x_of(c + 1)) / 2;
+        area.draw(&PathElement::new(vec![(x, top + ph), (x, top + ph + 4)], BLACK)).map_err(err)?;
+        area.draw(&Text::new(label.clone(), (x, top + ph + 6), centered(12))).map_err(err)?;
+    }
+    area.draw(&Text::new(m.x_label.clone(), (left + pw / 2, top + ph + 26), centered(13))).map_err(err)?;
+    let right_aligned = ("sans-serif", 12).into_font().color(&BLACK).pos(plotters::style::text_anchor::Pos::new(
+        plotters::style::text_anchor::HPos::Right,
+        plotters::style::text_anchor::VPos::Center,
+    ));
+    for (r, label) in &m.y_ticks {
+        let y = (y_of(*r) + y_of(r + 1)) / 2;
+        area.draw(&PathElement::new(vec![(left - 4, y), (left, y)], BLACK)).map_err(err)?;
+        area.draw(&Text::new(label.clone(), (left - 6, y), right_aligned.clone())).map_err(err)?;
+    }
+    let vertical = ("sans-serif", 13).into_font().color(&BLACK).transform(FontTransform::Rotate270).pos(
+        plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Center,
+            plotters::style::text_anchor::VPos::Top,
+        ),
+    );
+    area.draw(&Text::new(m.y_label.clone(), (4, top + ph / 2), vertical)).map_err(err)?;
+    // The colour scale, right of the panel, `hi` on top.
+    let (sx, steps) = (left + pw + 14, 40);
+    for i in 0..steps {
+        let f = 1.0 - i as f64 / steps as f64;
+        let (y0, y1) = (top + ph * i / steps, top + ph * (i + 1) / steps);
+        area.draw(&Rectangle::new([(sx, y0), (sx + 12, y1.max(y0 + 1))], heat_color(f).filled())).map_err(err)?;
+    }
+    area.draw(&Text::new(significant(hi), (sx + 15, top), font(11))).map_err(err)?;
+    area.draw(&Text::new(significant(lo), (sx + 15, top + ph - 11), font(11))).map_err(err)?;
     Ok(())
 }
 

@@ -70,19 +70,8 @@ pub fn capacity_for(r: &PolicyRegistry, spec: &PolicySpec, c: usize, flag: &str)
     }
 }
 
-/// A fresh state with absolute positions, with errors that say which policy and capacity were
-/// refused.
-pub fn make_state(
-    model: &dyn CausalLm,
-    r: &PolicyRegistry,
-    spec: &PolicySpec,
-    capacity: Capacity,
-    max_chunk: usize,
-) -> Result<MsrnnState> {
-    make_state_at(model, r, spec, capacity, max_chunk, Positions::Absolute)
-}
-
-/// [`make_state`] in the given position mode (`--positions`).
+/// A fresh state in the given position mode (`--positions`), with errors that say which policy
+/// and capacity were refused.
 pub fn make_state_at(
     model: &dyn CausalLm,
     r: &PolicyRegistry,

@@ -457,11 +457,13 @@ fn a_tiny_ppl_grid_writes_json_svg_and_png() {
     assert!(full["capacity"].is_null());
     let tova16 = results.iter().find(|r| r["policy"] == "tova" && r["capacity"] == 16).unwrap();
     assert!(tova16["max_live"].as_u64().unwrap() <= 16 + 16, "C plus one chunk at most: {tova16}");
-    assert_eq!(v["mode"], "chunked");
-    assert_eq!(v["chunk"], 16);
-    assert_eq!(v["text"]["tokens"], 64);
-    assert!(v["model"]["id"].as_str().unwrap().contains("SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert!(v["command"].as_array().unwrap().iter().any(|a| a == "--capacities"));
+    // the eval document: settings decide results, run says how this run went
+    assert_eq!(v["task"], "ppl");
+    assert_eq!(v["settings"]["mode"], "chunked");
+    assert_eq!(v["settings"]["chunk"], 16);
+    assert_eq!(v["settings"]["text"]["tokens"], 64);
+    assert!(v["settings"]["model"]["id"].as_str().unwrap().contains("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(v["run"]["command"].as_array().unwrap().iter().any(|a| a == "--capacities"));
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(
         svg.starts_with("<svg") && svg.contains("<text") && svg.contains("tova") && svg.contains("perplexity"),
@@ -598,9 +600,9 @@ fn gemma_runs_ppl_generate_and_policies_like_llama() {
     }
     assert!(table.contains("C=16"), "{table}");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(v["model"]["family"], "gemma3");
-    assert_eq!(v["text"]["bos"], true, "Gemma scores BOS + text");
-    assert_eq!(v["text"]["first_tokens"][0], 2, "BOS first");
+    assert_eq!(v["settings"]["model"]["family"], "gemma3");
+    assert_eq!(v["settings"]["text"]["bos"], true, "Gemma scores BOS + text");
+    assert_eq!(v["settings"]["text"]["first_tokens"][0], 2, "BOS first");
 
     let o = ok(msrnn().arg("--model").arg(&gemma).args([
         "generate",
@@ -959,7 +961,7 @@ fn the_summary_line_says_prefill_and_decode_apart() {
 }
 
 /// --positions reaches the state and its file; a resumed run takes the saved mode, and refuses
-/// another; ppl does not take it yet.
+/// another (ppl's use of it is tested in tests/eval.rs).
 #[test]
 fn positions_are_used_and_recorded_in_state_files() {
     let (d, model, _) = tiny_and_text("positions");
@@ -1020,7 +1022,6 @@ fn positions_are_used_and_recorded_in_state_files() {
     .arg(&json));
     assert_eq!(json_file(&json)["positions"], "cache");
     usage_error(msrnn().args(["--positions", "sideways", "policies"]), &["--positions", "sideways"]);
-    fails(msrnn().args(["--positions", "cache", "ppl"]), &["ppl does not take --positions"]);
 }
 
 /// The same with the real model and the chat template: two prompts of different lengths together

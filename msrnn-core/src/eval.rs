@@ -66,6 +66,20 @@ pub fn perplexity_batch(
     mode: EvalMode,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Perplexity>> {
+    perplexity_batch_with(model, states, tokens, mode, progress, &mut |_, _, _| {})
+}
+
+/// [`perplexity_batch`] that also hands every scored token's NLL to `on_nll(state, target, nll)`
+/// (`target` is the scored token's index in `tokens`, from 1): what per-segment curves over a long
+/// stream are built from.
+pub fn perplexity_batch_with(
+    model: &dyn CausalLm,
+    states: &mut [&mut MsrnnState],
+    tokens: &[u32],
+    mode: EvalMode,
+    progress: &mut dyn FnMut(usize),
+    on_nll: &mut dyn FnMut(usize, usize, f64),
+) -> Result<Vec<Perplexity>> {
     if tokens.len() < 2 {
         return Err(Error::Input(format!("perplexity needs at least 2 tokens, got {}", tokens.len())));
     }
@@ -85,9 +99,12 @@ pub fn perplexity_batch(
     for (c, piece) in inputs.chunks(chunk).enumerate() {
         let start = c * chunk;
         let logits = crate::batch::forward_all(model, piece, states, Logits::All)?;
-        for ((a, l), st) in acc.iter_mut().zip(logits).zip(states.iter()) {
+        for (s, ((a, l), st)) in acc.iter_mut().zip(logits).zip(states.iter()).enumerate() {
             for (i, row) in l.to_vec2::<f32>()?.iter().enumerate() {
-                a.nll_sum += nll(row, tokens[start + i + 1]);
+                let target = start + i + 1;
+                let x = nll(row, tokens[target]);
+                on_nll(s, target, x);
+                a.nll_sum += x;
                 a.scored += 1;
             }
             a.max_live = a.max_live.max(st.max_live());

@@ -29,7 +29,7 @@ mod util;
 
 pub use attend::attend;
 pub use error::{Error, Result};
-pub use eval::{perplexity, perplexity_batch, EvalMode, Perplexity};
+pub use eval::{perplexity, perplexity_batch, perplexity_batch_with, EvalMode, Perplexity};
 pub use generate::{generate, generate_batch, GenItem, GenerateOptions, Generation, Sampler, Sampling, StopReason};
 pub use model::{new_state, new_state_positioned, CausalLm, Logits, ModelInfo, SeqStep};
 pub use persist::StateHeader;
