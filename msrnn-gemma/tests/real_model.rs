@@ -248,7 +248,8 @@ fn every_policy_keeps_the_state_bounded_over_2000_tokens() {
             for l in 0..18 {
                 let n = st.layer(l).live_count();
                 let global = [5, 11, 17].contains(&l);
-                let bound = if global { C } else { C.min(511) };
+                let own = st.layer(l).capacity().budget();
+                let bound = if global { own } else { own.min(511) };
                 assert!(n <= bound, "{policy}: layer {l} holds {n} > {bound} after {seen} tokens");
                 if !global {
                     let oldest = st.layer(l).live_positions()[0];
