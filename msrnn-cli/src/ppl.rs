@@ -87,11 +87,12 @@ pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
     }
     plot::check_paths(&a.plot, "--plot")?;
     let text_path = report::text_path(a.text.as_deref(), "--text")?;
-    // Read the text before the model loads: a bad path fails at once.
-    let text_bytes = report::read_text(&text_path, "--text")?.len();
+    // Open the text before the model loads: a bad path fails at once.
+    let text_bytes = report::check_text(&text_path, "--text")?;
 
     let m = crate::model::load(&ctx.global)?;
-    let all = report::tokenize_file(&m, &text_path, "--text")?;
+    // Only as much of the text as --tokens needs is read.
+    let all = report::tokenize_prefix(&m, &text_path, "--text", a.tokens)?.tokens;
     if all.len() < a.tokens {
         bail!(
             "--text {} has {} tokens, fewer than --tokens {}; use a longer text or a smaller --tokens",
@@ -201,7 +202,6 @@ pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
                 "path": text_path.display().to_string(),
                 "bytes": text_bytes,
                 "tokens": a.tokens,
-                "tokens_in_file": all.len(),
                 "bos": m.tokenizer().wants_bos(),
                 "first_tokens": &tokens[..tokens.len().min(16)],
             },
