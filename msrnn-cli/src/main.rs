@@ -3,7 +3,9 @@
 //! costs in perplexity and buys in speed and memory.
 
 mod bench;
+mod bench_batch;
 mod generate;
+mod llama_bench;
 mod model;
 mod plot;
 mod policy;
@@ -16,6 +18,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
+use msrnn_core::Positions;
 use msrnn_modelkit::WeightFormat;
 // The model families: each registers itself in the model kit's registry, which is how the
 // subcommands find them. Adding a family is one line here and one in Cargo.toml.
@@ -42,6 +45,10 @@ Examples:
   msrnn generate --policy window+i:sinks=4 --capacity 128 --max-tokens 200 --prompt-file story.txt
   msrnn ppl --tokens 1024 --capacities 32,64,128 --out results/ppl.json --plot results/ppl.svg
   msrnn bench --contexts 256,1024,4096 --out results/bench.json --plot results/bench.svg
+  msrnn bench --batch 1,4,16,64 --policies tova --capacity 512 --contexts 1024
+  msrnn bench --kv-budget 4GiB --policies tova --capacity 512 --contexts 8192
+  msrnn bench --llama-bench .peers/llama-bench --contexts 1024 --decode-steps 32
+  msrnn generate --jsonl \"Name a river.\" \"Name a mountain.\"
   msrnn policies
   msrnn generate --save-state chat.st \"Hello!\" && msrnn generate --resume chat.st \"Tell me more.\"";
 
@@ -63,12 +70,11 @@ pub struct Global {
     #[arg(long, global = true, help_heading = "Global options", value_name = "PATH", env = "MSRNN_MODEL")]
     pub model: Option<PathBuf>,
 
-    /// How the weight matrices are held in memory: native (as stored in the file; Q4_1 for the
-    /// reference GGUF), q8_0 (re-quantized at load), fast (q8_0 padded for candle's AVX-512
-    /// kernels: faster, a little less exact), f16 or f32 (dequantized). q8_0 is the default: on CPU
-    /// it decodes much faster than Q4_1 blocks or f32, close to f32's perplexity
-    /// (docs/performance.md has the numbers).
-    #[arg(long, global = true, help_heading = "Global options", value_name = "FORMAT", default_value = "q8_0", value_parser = parse_weights)]
+    /// How the weight matrices are held in memory: auto (on the CPU, each matrix as stored when
+    /// msrnn's kernels read its blocks, Q4_1 and Q8_0, else re-quantized to Q8_0), native (as
+    /// stored, always), q8_0 (re-quantized at load), f16 or f32 (dequantized: the exact reference).
+    /// docs/performance.md compares them.
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FORMAT", default_value = "auto", value_parser = parse_weights)]
     pub weights: WeightFormat,
 
     /// Where the model runs: `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
@@ -89,6 +95,14 @@ pub struct Global {
     #[arg(long, global = true, help_heading = "Global options", value_name = "N", env = "MSRNN_THREADS")]
     pub threads: Option<usize>,
 
+    /// Where rotary embeddings place queries and keys: `absolute` (each token at its position in
+    /// the stream, as the model was trained) or `cache` (at its rank among the tokens a layer
+    /// keeps, as StreamingLLM does: distances stay below C however long the run). Used by every
+    /// state a subcommand builds and recorded in state files. [default: absolute; with --resume:
+    /// the saved one]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "MODE", env = "MSRNN_POSITIONS", value_parser = parse_positions)]
+    pub positions: Option<Positions>,
+
     /// Load a compression-policy plugin so its policy can be named like a built-in: a shared
     /// library (trusted code, run in the process) or a WebAssembly module (.wasm, run in a sandbox
     /// with a memory cap and an instruction limit per call: MSRNN_WASM_MEMORY_MB,
@@ -99,6 +113,17 @@ pub struct Global {
     /// More logs on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, if set, takes precedence).
     #[arg(short, long, global = true, help_heading = "Global options", action = ArgAction::Count)]
     pub verbose: u8,
+}
+
+pub(crate) fn parse_positions(s: &str) -> Result<Positions, String> {
+    s.parse::<Positions>().map_err(|e| e.to_string())
+}
+
+impl Global {
+    /// The position mode of new states: --positions, else absolute.
+    pub fn positions(&self) -> Positions {
+        self.positions.unwrap_or_default()
+    }
 }
 
 pub(crate) fn parse_weights(s: &str) -> Result<WeightFormat, String> {
@@ -152,6 +177,9 @@ fn set_threads(requested: Option<usize>) -> Result<usize> {
     // Still single-threaded here: nothing else reads the environment concurrently.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    // msrnn's own kernels (quantized matmuls, attention) run on their pool.
+    msrnn_kernels::pool::set_threads(n);
+    msrnn_kernels::isa::from_env().context("MSRNN_ISA")?;
     Ok(n)
 }
 
@@ -178,7 +206,13 @@ fn run(cli: Cli) -> Result<()> {
     let ctx = Ctx { global: cli.global, threads };
     match cli.command {
         Command::Generate(a) => generate::run(&ctx, a),
-        Command::Ppl(a) => ppl::run(&ctx, a),
+        Command::Ppl(a) => {
+            // ppl builds its states itself (absolute positions) until it takes the option.
+            if ctx.global.positions.is_some_and(|p| p != Positions::Absolute) {
+                bail!("ppl does not take --positions yet: its states use absolute positions");
+            }
+            ppl::run(&ctx, a)
+        }
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Policies => policy::list(&ctx),
         Command::State(a) => state::run(&ctx, a),

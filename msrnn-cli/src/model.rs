@@ -54,8 +54,7 @@ impl LoadedModel {
     }
     /// A short description for headings: `SmolLM2-135M-Instruct.Q4_1 (llama, Q8_0)`.
     pub fn describe(&self) -> String {
-        let padded = if self.weights == WeightFormat::Fast { ", padded to 256-wide blocks" } else { "" };
-        format!("{} ({}, {}{padded})", self.short_name(), self.info().family, self.lm.weight_kinds())
+        format!("{} ({}, {})", self.short_name(), self.info().family, self.lm.weight_kinds())
     }
     /// Everything about the model a result file needs to be reproduced.
     pub fn to_json(&self) -> serde_json::Value {

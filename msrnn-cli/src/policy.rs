@@ -2,7 +2,10 @@
 //! lists, and `msrnn policies`.
 
 use anyhow::{Context, Result};
-use msrnn_core::{new_state, Capacity, CausalLm, MsrnnState, PolicyRegistry, PolicySpec, Source, PLUGINS_ENV};
+use msrnn_core::{
+    new_state_positioned, Capacity, CausalLm, MsrnnState, Policy, PolicyRegistry, PolicySpec, Positions, Source,
+    PLUGINS_ENV,
+};
 
 use crate::Ctx;
 
@@ -67,7 +70,8 @@ pub fn capacity_for(r: &PolicyRegistry, spec: &PolicySpec, c: usize, flag: &str)
     }
 }
 
-/// A fresh state, with errors that say which policy and capacity were refused.
+/// A fresh state with absolute positions, with errors that say which policy and capacity were
+/// refused.
 pub fn make_state(
     model: &dyn CausalLm,
     r: &PolicyRegistry,
@@ -75,7 +79,30 @@ pub fn make_state(
     capacity: Capacity,
     max_chunk: usize,
 ) -> Result<MsrnnState> {
-    new_state(model, r, spec, capacity, max_chunk).with_context(|| format!("policy `{spec}` at capacity {capacity}"))
+    make_state_at(model, r, spec, capacity, max_chunk, Positions::Absolute)
+}
+
+/// [`make_state`] in the given position mode (`--positions`).
+pub fn make_state_at(
+    model: &dyn CausalLm,
+    r: &PolicyRegistry,
+    spec: &PolicySpec,
+    capacity: Capacity,
+    max_chunk: usize,
+    positions: Positions,
+) -> Result<MsrnnState> {
+    new_state_positioned(model, r, spec, capacity, max_chunk, positions)
+        .with_context(|| format!("policy `{spec}` at capacity {capacity}"))
+}
+
+/// A copy of `state` (prefilled, say) with its own fresh policy instances carrying the original's
+/// bookkeeping: one sequence of a batch forked from one prompt.
+pub fn fork(model: &dyn CausalLm, r: &PolicyRegistry, spec: &PolicySpec, state: &MsrnnState) -> Result<MsrnnState> {
+    let i = model.info();
+    let policies: Vec<Box<dyn Policy>> = r
+        .create_layers(spec, i.num_layers, i.num_heads, i.num_kv_heads, i.head_dim, state.capacity())
+        .with_context(|| format!("policy `{spec}`"))?;
+    state.clone_with(policies).with_context(|| format!("cannot copy a `{spec}` state"))
 }
 
 /// `msrnn policies`.

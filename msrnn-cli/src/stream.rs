@@ -58,19 +58,20 @@ pub fn run(ctx: &Ctx, registry: &PolicyRegistry, specs: &[PolicySpec], n: usize,
     let repeats = n as f64 / text.len() as f64;
 
     eprintln!(
-        "stream: {}, {n} tokens of {} ({:.2}x the text), {} per step, capacity {}, {} threads",
+        "stream: {}, {n} tokens of {} ({:.2}x the text), {} per step, capacity {}, {} threads, {} positions",
         m.describe(),
         text_path.display(),
         repeats,
         a.chunk,
         a.capacity,
-        ctx.threads
+        ctx.threads,
+        ctx.global.positions()
     );
     let pb = report::progress((n * specs.len()) as u64);
     let mut rows = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let cap = policy::capacity_for(registry, spec, a.capacity, "--capacity")?;
-        let mut state = policy::make_state(m.model(), registry, spec, cap, a.chunk)?;
+        let mut state = policy::make_state_at(m.model(), registry, spec, cap, a.chunk, ctx.global.positions())?;
         pb.set_message(spec.to_string());
         let every = n / CHECKPOINTS;
         let (mut fed, mut since, mut step_secs) = (0usize, 0usize, 0.0f64);
@@ -153,6 +154,7 @@ pub fn run(ctx: &Ctx, registry: &PolicyRegistry, specs: &[PolicySpec], n: usize,
             "text_tokens": text.len(),
             "stream_tokens": n,
             "tokens_per_step": a.chunk,
+            "positions": ctx.global.positions().to_string(),
             "capacity": a.capacity,
             "threads": ctx.threads,
             "checkpoints": rows,

@@ -392,7 +392,8 @@ fn save_then_resume_continues_exactly_like_one_run() {
         "policy       h2o",
         "capacity     24",
         "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "weights q8_0",
+        "weights auto",
+        "positions    absolute",
         "greedy",
         "turns        1",
     ] {
@@ -408,7 +409,7 @@ fn save_then_resume_continues_exactly_like_one_run() {
     );
     fails(
         msrnn().args(["--weights", "native", "generate", "-n", "2", "--resume"]).arg(&state),
-        &["saved with model", "weights q8_0", "weights native"],
+        &["saved with model", "weights auto", "weights native"],
     );
     // a new turn on top of the saved conversation works
     let o = ok(msrnn().args(["generate", "-n", "8", "--resume"]).arg(&state).arg("And then?"));
@@ -613,4 +614,432 @@ fn gemma_runs_ppl_generate_and_policies_like_llama() {
 
     let o = ok(msrnn().arg("--model").arg(&gemma).arg("policies"));
     assert!(stdout(&o).lines().any(|l| l.starts_with("tova ")), "{}", stdout(&o));
+}
+
+// ---- batches, KV budgets, llama.cpp, several prompts, positions (a tiny model: instant) ----
+
+/// A tiny random model and a text long enough for its contexts.
+fn tiny_and_text(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let d = scratch(name);
+    let model = d.join("tiny.gguf");
+    TinyLlama::random(tiny_config(), 5).write_gguf(&model, GgmlDType::F32, true);
+    let text = d.join("text.txt");
+    std::fs::write(&text, "the quick brown fox jumps over the lazy dog. ".repeat(8)).unwrap();
+    (d, model, text)
+}
+
+/// Runs and expects clap's usage error (exit 2) naming every needle.
+fn usage_error(c: &mut Command, needles: &[&str]) {
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "expected a usage error\nstderr:\n{}", stderr(&o));
+    for n in needles {
+        assert!(stderr(&o).contains(n), "stderr lacks {n:?}:\n{}", stderr(&o));
+    }
+}
+
+fn json_file(p: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn bench_batch_writes_a_row_per_batch_size() {
+    let (d, model, text) = tiny_and_text("bench-batch");
+    let (json, svg) = (d.join("batch.json"), d.join("batch.svg"));
+    let o = ok(msrnn()
+        .arg("--model")
+        .arg(&model)
+        .args([
+            "bench",
+            "--batch",
+            "3,1,2",
+            "--policies",
+            "window",
+            "--capacity",
+            "8",
+            "--contexts",
+            "12,24",
+            "--decode-steps",
+            "3",
+            "--tokens-file",
+        ])
+        .arg(&text)
+        .arg("--out")
+        .arg(&json)
+        .arg("--plot")
+        .arg(&svg));
+    let table = stdout(&o);
+    for s in ["Batched decode", "tok/s (all)", "ms/tok (each)", "x batch 1", "window", "full"] {
+        assert!(table.contains(s), "table lacks {s}:\n{table}");
+    }
+    let v = json_file(&json);
+    assert_eq!(v["kind"], "msrnn-bench-batch");
+    assert_eq!(v["batch_sizes"], serde_json::json!([1, 2, 3]));
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2 * 2 * 3, "(full, window) x 2 contexts x 3 batch sizes: {rows:?}");
+    // 2 layers x (K, V) x 2 KV heads x 16 x 4 bytes per token
+    let token = 2 * 2 * 2 * 16 * 4;
+    for r in rows {
+        assert_eq!(r["decode_steps"], 3, "{r}");
+        let (b, tps, ms) =
+            (r["batch"].as_f64().unwrap(), r["tokens_per_s"].as_f64().unwrap(), r["ms_per_token"].as_f64().unwrap());
+        assert!(tps > 0.0 && (tps - b * 1000.0 / ms).abs() < 1e-6 * tps, "aggregate = batch / step time: {r}");
+        if r["batch"] == 1 {
+            assert_eq!(r["speedup"], 1.0, "{r}");
+        }
+        let live = r["live_kv_bytes_per_seq"].as_u64().unwrap();
+        if r["name"] == "window" {
+            assert_eq!(live, 8 * token, "C tokens per layer: {r}");
+        } else {
+            // the full cache: the context, the untimed step and the longest round (1 step)
+            assert_eq!(live, (r["context"].as_u64().unwrap() + 2) * token, "{r}");
+        }
+    }
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.contains("batch (sequences decoding together)") && svg.contains("window @ 24"), "{svg:.300}");
+}
+
+/// --kv-budget sizes each batch by one sequence's live KV bytes (allocated bytes reported beside),
+/// caps it with --max-batch, and compares each bounded policy with the full cache.
+#[test]
+fn kv_budget_measures_the_largest_batch_that_fits() {
+    let (d, model, text) = tiny_and_text("kv-budget");
+    let json = d.join("budget.json");
+    let token = 2 * 2 * 2 * 16 * 4u64;
+    // The full cache at context 40 holds 40 + 1 + 1 tokens at most (4 steps in 4 rounds, each after
+    // an untimed one): 21504 bytes; 3 fit in 70000.
+    // window C=8 holds 4096 bytes: 17 fit, --max-batch 5 measures 5.
+    let o = ok(msrnn()
+        .arg("--model")
+        .arg(&model)
+        .args([
+            "bench",
+            "--kv-budget",
+            "70000",
+            "--max-batch",
+            "5",
+            "--policies",
+            "window",
+            "--capacity",
+            "8",
+            "--contexts",
+            "40",
+            "--decode-steps",
+            "4",
+            "--tokens-file",
+        ])
+        .arg(&text)
+        .arg("--out")
+        .arg(&json));
+    let table = stdout(&o);
+    for s in ["KV budget 68.4 KiB", "KV/seq live", "fit alloc", "5 (cap)", "x full", "the full cache's throughput"] {
+        assert!(table.contains(s), "table lacks {s}:\n{table}");
+    }
+    assert!(stderr(&o).contains("17 sequences fit, --max-batch 5 measures 5"), "{}", stderr(&o));
+    let v = json_file(&json);
+    assert_eq!((v["kind"].as_str(), v["kv_budget_bytes"].as_u64()), (Some("msrnn-bench-kv-budget"), Some(70000)));
+    assert_eq!(v["kv_budget_counts"], "live");
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let row = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap();
+    let (full, window) = (row("full"), row("window"));
+    assert_eq!(full["live_kv_bytes_per_seq"].as_u64().unwrap(), 42 * token);
+    assert_eq!(
+        (full["fits_live"].as_u64(), full["batch"].as_u64(), full["capped"].as_bool()),
+        (Some(3), Some(3), Some(false))
+    );
+    assert_eq!(window["live_kv_bytes_per_seq"].as_u64().unwrap(), 8 * token);
+    assert_eq!(
+        (window["fits_live"].as_u64(), window["batch"].as_u64(), window["capped"].as_bool()),
+        (Some(17), Some(5), Some(true))
+    );
+    for r in [full, window] {
+        let alloc = r["allocated_kv_bytes_per_seq"].as_u64().unwrap();
+        assert!(alloc >= r["live_kv_bytes_per_seq"].as_u64().unwrap(), "{r}");
+        assert_eq!(r["fits_allocated"].as_u64().unwrap(), 70000 / alloc, "{r}");
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert_eq!(full["speedup"], 1.0);
+    let x = window["speedup"].as_f64().unwrap();
+    assert!((x - window["tokens_per_s"].as_f64().unwrap() / full["tokens_per_s"].as_f64().unwrap()).abs() < 1e-9);
+    // a budget too small for one sequence of the full cache says so and measures nothing for it
+    let o = ok(msrnn()
+        .arg("--model")
+        .arg(&model)
+        .args([
+            "bench",
+            "--kv-budget",
+            "10KiB",
+            "--policies",
+            "window",
+            "--capacity",
+            "8",
+            "--contexts",
+            "40",
+            "--decode-steps",
+            "1",
+            "--tokens-file",
+        ])
+        .arg(&text));
+    assert!(stderr(&o).contains("does not fit in 10.0 KiB"), "{}", stderr(&o));
+    usage_error(msrnn().args(["bench", "--kv-budget", "4 parsecs"]), &["--kv-budget", "unknown unit"]);
+    usage_error(msrnn().args(["bench", "--kv-budget", "1GiB", "--batch", "4"]), &["--kv-budget", "--batch"]);
+}
+
+/// A stand-in for llama-bench: a shell script that records its arguments and prints `json`.
+#[cfg(unix)]
+fn fake_llama_bench(dir: &std::path::Path, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("llama-bench");
+    std::fs::write(&p, format!("#!/bin/sh\necho \"$@\" > \"{}\"\n{body}\n", dir.join("args").display())).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[cfg(unix)]
+#[test]
+fn llama_bench_rows_join_the_table_and_failures_are_clear() {
+    let (d, model, text) = tiny_and_text("llama-bench");
+    let base = |c: &mut Command| {
+        c.arg("--model").arg(&model).args([
+            "bench",
+            "--policies",
+            "window",
+            "--capacity",
+            "8",
+            "--contexts",
+            "16,32",
+            "--decode-steps",
+            "2",
+            "--tokens-file",
+        ]);
+        c.arg(&text);
+    };
+    // refused before any work: a missing path, a directory, a file that is not executable
+    let mut c = msrnn();
+    base(&mut c);
+    fails(
+        c.args(["--llama-bench", "/nonexistent/llama-bench"]),
+        &["--llama-bench /nonexistent/llama-bench", "no such file", "build-llama-bench.sh"],
+    );
+    let mut c = msrnn();
+    base(&mut c);
+    fails(c.arg("--llama-bench").arg(&d), &["not a file"]);
+    let mut c = msrnn();
+    base(&mut c);
+    fails(c.arg("--llama-bench").arg(&text), &["not executable"]);
+    // a failing llama-bench: its stderr in the error
+    let bad = fake_llama_bench(&d, "echo 'error: failed to load model' >&2\nexit 3");
+    let mut c = msrnn();
+    base(&mut c);
+    fails(c.arg("--llama-bench").arg(&bad), &["--llama-bench", "failed", "failed to load model"]);
+    // one that answers: its rows (pp and tg at each depth) join ours
+    let test = |p: u32, n: u32, depth: u32, ts: f64| {
+        format!(
+            r#"{{"build_commit":"abc1234","model_type":"llama 1M Q4_1","n_prompt":{p},"n_gen":{n},"n_depth":{depth},"avg_ts":{ts},"stddev_ts":0.1}}"#
+        )
+    };
+    let json = format!(
+        "[{},{},{},{}]",
+        test(16, 0, 16, 400.0),
+        test(0, 2, 16, 50.0),
+        test(16, 0, 32, 320.0),
+        test(0, 2, 32, 40.0)
+    );
+    let good = fake_llama_bench(&d, &format!("cat <<'EOF'\n{json}\nEOF"));
+    let out = d.join("bench.json");
+    let mut c = msrnn();
+    base(&mut c);
+    let o = ok(c.args(["--no-baseline", "--llama-reps", "1", "--llama-bench"]).arg(&good).arg("--out").arg(&out));
+    let args = std::fs::read_to_string(d.join("args")).unwrap();
+    assert_eq!(args.trim(), format!("-m {} -t 1 -p 16 -n 2 -d 16,32 -r 1 -o json", model.display()));
+    let table = stdout(&o);
+    let llama: Vec<&str> = table.lines().filter(|l| l.starts_with("llama.cpp (Q4_1)")).collect();
+    assert_eq!(llama.len(), 2, "{table}");
+    assert!(llama[0].contains("400") && llama[0].contains("20.00"), "pp 400 tokens/s, tg 50 tokens/s: {table}");
+    assert!(llama[1].contains("320") && llama[1].contains("25.00"), "{table}");
+    let v = json_file(&out);
+    assert_eq!(v["llama_bench"]["build_commit"], "abc1234");
+    assert_eq!(v["llama_bench"]["tests"].as_array().unwrap().len(), 4);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "(full, window, llama.cpp) x 2 contexts: {rows:?}");
+    let l = rows.iter().find(|r| r["name"] == "llama.cpp (Q4_1)" && r["context"] == 32).unwrap();
+    assert_eq!((l["decode_ms_per_token"].as_f64(), l["prefill_tokens_per_s"].as_f64()), (Some(25.0), Some(320.0)));
+    assert!(l["peak_live_kv_bytes"].is_null());
+    // and with --batch, its generation rows join as batch 1
+    let mut c = msrnn();
+    base(&mut c);
+    let o = ok(c.args(["--batch", "1,2", "--llama-bench"]).arg(&good));
+    assert_eq!(stdout(&o).lines().filter(|l| l.starts_with("llama.cpp (Q4_1)")).count(), 2, "{}", stdout(&o));
+    usage_error(msrnn().args(["bench", "--stream", "100", "--llama-bench"]).arg(&good), &["--llama-bench", "--stream"]);
+}
+
+/// Several prompts in one batch: each answer is exactly the one the prompt gets alone (greedy),
+/// streamed as JSON lines or to one file each; save/resume stays single-prompt.
+#[test]
+fn several_prompts_get_their_single_prompt_answers() {
+    let (d, model, _) = tiny_and_text("multi-prompt");
+    let prompts = ["hello the world", "the quick brown fox jumps over the lazy dog", "a"];
+    let gen = |c: &mut Command| {
+        c.arg("--model").arg(&model).args(["generate", "--raw", "--policy", "window", "--capacity", "12", "-n", "20"]);
+    };
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let mut c = msrnn();
+            gen(&mut c);
+            stdout(&ok(c.arg(p)))
+        })
+        .collect();
+    assert!(alone.iter().all(|a| !a.is_empty()), "{alone:?}");
+    // JSON lines: token events, then one summary per prompt with the whole answer
+    let mut c = msrnn();
+    gen(&mut c);
+    let o = ok(c.arg("--jsonl").args(prompts));
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (i, want) in alone.iter().enumerate() {
+        let streamed: String = lines
+            .iter()
+            .filter(|l| l["prompt"] == i && l.get("done").is_none())
+            .map(|l| l["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(&streamed, want, "prompt {i}");
+        let done: Vec<_> = lines.iter().filter(|l| l["prompt"] == i && l["done"] == true).collect();
+        assert_eq!(done.len(), 1, "{lines:?}");
+        assert_eq!(done[0]["text"].as_str().unwrap(), want);
+        assert_eq!(done[0]["generated_tokens"], 20);
+        assert_eq!(done[0]["stop"], "--max-tokens reached");
+    }
+    let err = stderr(&o);
+    assert!(err.contains("3 prompts in one batch") && err.contains("prompt 2: 20 tokens"), "{err}");
+    // one file per answer, prompts from a file, one per line
+    let file = d.join("prompts.txt");
+    std::fs::write(&file, format!("{}\n\n{}\n{}\n", prompts[0], prompts[1], prompts[2])).unwrap();
+    let dir = d.join("answers");
+    let mut c = msrnn();
+    gen(&mut c);
+    let o = ok(c.arg("--prompt-file").arg(&file).arg("--each-line").arg("--out-dir").arg(&dir));
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+    for (i, want) in alone.iter().enumerate() {
+        assert_eq!(&std::fs::read_to_string(dir.join(format!("answer-{i}.txt"))).unwrap(), want, "answer {i}");
+    }
+    // printed one after another without either flag; --repeat answers each again
+    let mut c = msrnn();
+    gen(&mut c);
+    let o = ok(c.args(["--repeat", "2", prompts[0], prompts[2]]));
+    let want = format!(
+        "--- answer 0 ---\n{a}\n--- answer 1 ---\n{b}\n--- answer 2 ---\n{a}\n--- answer 3 ---\n{b}\n",
+        a = alone[0],
+        b = alone[2]
+    );
+    assert_eq!(stdout(&o), want);
+    let mut c = msrnn();
+    gen(&mut c);
+    fails(
+        c.arg("--save-state").arg(d.join("s.st")).args(prompts),
+        &["--save-state and --resume take one prompt", "3 prompts"],
+    );
+    let mut c = msrnn();
+    gen(&mut c);
+    fails(c.args(["--each-line", "hi"]), &["--each-line"]);
+}
+
+/// The summary says prefill and decode apart (the first generated token comes from the prefill).
+#[test]
+fn the_summary_line_says_prefill_and_decode_apart() {
+    let (_, model, _) = tiny_and_text("summary");
+    let o = ok(msrnn().arg("--model").arg(&model).args(["generate", "--raw", "-n", "9", "hello the world"]));
+    let err = stderr(&o);
+    let line = err.lines().find(|l| l.contains("prefill")).unwrap_or_else(|| panic!("{err}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // 9 tokens (--max-tokens reached): prefill N tokens in X s (Y tokens/s); decode 8 tokens in X s (Y tokens/s); model load X s
+    assert_eq!(&words[..4], ["9", "tokens", "(--max-tokens", "reached):"], "{line}");
+    assert_eq!(words[4], "prefill", "{line}");
+    assert!(words[5].parse::<usize>().unwrap() > 0 && words[6] == "tokens" && words[7] == "in", "{line}");
+    assert!(line.contains("tokens/s); decode 8 tokens in ") && line.contains("; model load "), "{line}");
+}
+
+/// --positions reaches the state and its file; a resumed run takes the saved mode, and refuses
+/// another; ppl does not take it yet.
+#[test]
+fn positions_are_used_and_recorded_in_state_files() {
+    let (d, model, _) = tiny_and_text("positions");
+    let st = d.join("cache.st");
+    let m = |c: &mut Command| {
+        c.arg("--model").arg(&model);
+    };
+    let mut c = msrnn();
+    m(&mut c);
+    let o = ok(c
+        .args([
+            "--positions",
+            "cache",
+            "generate",
+            "--raw",
+            "--policy",
+            "window",
+            "--capacity",
+            "8",
+            "-n",
+            "6",
+            "--save-state",
+        ])
+        .arg(&st)
+        .arg("hello the world"));
+    assert!(stderr(&o).contains("cache positions"), "{}", stderr(&o));
+    let o = ok(msrnn().args(["state", "show"]).arg(&st));
+    assert!(stdout(&o).contains("positions    cache"), "{}", stdout(&o));
+    let mut c = msrnn();
+    m(&mut c);
+    let o = ok(c.args(["generate", "-n", "4", "--resume"]).arg(&st));
+    assert!(stderr(&o).contains("cache positions"), "the saved mode: {}", stderr(&o));
+    let mut c = msrnn();
+    m(&mut c);
+    fails(
+        c.args(["--positions", "absolute", "generate", "-n", "4", "--resume"]).arg(&st),
+        &["saved with positions `cache`"],
+    );
+    // bench records the mode it ran in
+    let (_, _, text) = tiny_and_text("positions-bench");
+    let json = d.join("stream.json");
+    let mut c = msrnn();
+    m(&mut c);
+    ok(c.args([
+        "--positions",
+        "cache",
+        "bench",
+        "--stream",
+        "20",
+        "--policies",
+        "window",
+        "--capacity",
+        "8",
+        "--tokens-file",
+    ])
+    .arg(&text)
+    .arg("--out")
+    .arg(&json));
+    assert_eq!(json_file(&json)["positions"], "cache");
+    usage_error(msrnn().args(["--positions", "sideways", "policies"]), &["--positions", "sideways"]);
+    fails(msrnn().args(["--positions", "cache", "ppl"]), &["ppl does not take --positions"]);
+}
+
+/// The same with the real model and the chat template: two prompts of different lengths together
+/// give each the answer it gets alone (the batched engine's promise, end to end).
+#[test]
+fn real_model_prompts_in_one_batch_answer_as_alone() {
+    if model().is_none() {
+        return;
+    }
+    let prompts = ["What is the capital of France?", "Write one sentence about the sea and the wind at night."];
+    let base = ["generate", "--policy", "tova", "--capacity", "16", "-n", "16"];
+    let alone: Vec<String> = prompts.iter().map(|p| stdout(&ok(msrnn().args(base).arg(p)))).collect();
+    let o = ok(msrnn().args(base).arg("--jsonl").args(prompts));
+    for (i, want) in alone.iter().enumerate() {
+        let done = stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|l| l["prompt"] == i && l["done"] == true)
+            .unwrap();
+        assert_eq!(done["text"].as_str().unwrap(), want, "prompt {i}");
+    }
 }

@@ -127,9 +127,9 @@ impl Gemma {
         let (vocab, hid) = (d.vocab_size, d.hidden_size);
         // Gemma 3 ties the head to the embeddings; a file with its own head is honoured.
         let (embed, head) = if w.has("output.weight") {
-            (w.linear("token_embd.weight", vocab, hid)?, Some(w.head("output.weight", vocab, hid, true)?))
+            (w.linear("token_embd.weight", vocab, hid)?, Some(w.linear("output.weight", vocab, hid)?))
         } else {
-            (w.head("token_embd.weight", vocab, hid, true)?, None)
+            (w.linear("token_embd.weight", vocab, hid)?, None)
         };
         let blocks = (0..d.num_layers).map(|l| Block::load(w, l, &cfg)).collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(w, "output_norm.weight", hid, d.rms_norm_eps)?;

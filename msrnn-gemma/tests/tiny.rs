@@ -178,9 +178,8 @@ fn weight_formats_agree_with_f32() {
     }
     let q = load(&fx.path, WeightFormat::Q8_0);
     assert_eq!(q.weight_kinds(), WeightKinds::new("Q8_0", "Q8_0"));
-    // The Q8_0 head (64 wide) is padded to 256 columns for candle's fast kernels; F32 is not.
-    assert_eq!(q.output_head().padding(), 192);
-    assert_eq!(f32m.output_head().padding(), 0);
+    // On the CPU Q8_0 runs on msrnn's kernels, F32 on candle's.
+    assert!(q.output_head().is_kernel() && !f32m.output_head().is_kernel());
     // A Q8_0 file keeps its blocks natively, embeddings included (read row by row).
     let dir = scratch("q8file");
     let path = dir.join("q8.gguf");

@@ -215,7 +215,7 @@ fn weight_formats_are_applied_and_stay_close() {
         (&fx.gguf, WeightFormat::Native, "f32", 1e-5),
         (&fx.gguf, WeightFormat::Q8_0, "Q8_0", 2.0),
         (&fx.gguf, WeightFormat::F16, "f16", 0.15),
-        (&fx.gguf, WeightFormat::Fast, "Q8_0", 2.0),
+        (&fx.gguf, WeightFormat::Auto, "f32", 1e-5),
         (&fx.st_dir, WeightFormat::Native, "f32", 1e-4),
         (&fx.st_dir, WeightFormat::Q8_0, "Q8_0", 2.0),
         (&fx.st_dir, WeightFormat::F16, "f16", 0.15),
@@ -229,7 +229,7 @@ fn weight_formats_are_applied_and_stay_close() {
         if d >= tol {
             failures.push(format!("{} {fmt}: {d} >= {tol}", path.display()));
         }
-        if matches!(fmt, WeightFormat::Q8_0 | WeightFormat::Fast) {
+        if fmt == WeightFormat::Q8_0 {
             assert!(d > 0.0, "Q8_0 must actually quantize");
         }
     }
@@ -239,10 +239,12 @@ fn weight_formats_are_applied_and_stay_close() {
     // A file stored in Q8_0 keeps its blocks natively; the tied head uses the embedding's blocks.
     let q8 = fx.gguf.with_file_name("q8.gguf");
     fx.model.write_gguf(&q8, GgmlDType::Q8_0, true);
-    let m = load(&q8, WeightFormat::Native);
-    assert_eq!(m.weight_kinds(), WeightKinds::new("Q8_0", "Q8_0"));
-    let got = run(&m, &mut state(&m, "full", Capacity::Unbounded, 20), &toks, 20);
-    assert!(max_abs_diff(&got, &reference) < 2.0);
+    for fmt in [WeightFormat::Native, WeightFormat::Auto] {
+        let m = load(&q8, fmt);
+        assert_eq!(m.weight_kinds(), WeightKinds::new("Q8_0", "Q8_0"));
+        let got = run(&m, &mut state(&m, "full", Capacity::Unbounded, 20), &toks, 20);
+        assert!(max_abs_diff(&got, &reference) < 2.0);
+    }
 }
 
 #[test]

@@ -60,7 +60,7 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
-    #[error("unknown weight format `{0}` (expected one of: native, q8_0, fast, f16, f32)")]
+    #[error("unknown weight format `{0}` (expected one of: auto, native, q8_0, f16, f32)")]
     UnknownWeightFormat(String),
 
     #[error(transparent)]

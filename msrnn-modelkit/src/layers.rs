@@ -12,24 +12,69 @@ use crate::linear::Linear;
 use crate::weights::{blk, Weights};
 
 /// The four matrices of grouped-query self-attention (`attn_q`, `attn_k`, `attn_v`, `attn_output`
-/// of a block) and the head layout the state's `attend` takes and returns. Query head `h` reads
-/// KV head `h / (num_heads / num_kv_heads)`.
+/// of a block) and the head layout the state's attention takes and returns. Query head `h` reads
+/// KV head `h / (num_heads / num_kv_heads)`. Queries, keys and values come out of one matmul when
+/// their matrices are held alike (one pass over the input, quantized once).
 #[derive(Debug, Clone)]
 pub struct AttentionProjections {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    qkv: Projection,
     o: Linear,
     shape: AttentionShape,
+}
+
+/// Several matrices applied to the same input: stacked into one when they are held alike, each on
+/// its own otherwise (e.g. a file mixing block formats, kept as stored).
+#[derive(Debug, Clone)]
+enum Projection {
+    Fused { m: Linear, widths: Vec<usize> },
+    Split(Vec<Linear>),
+}
+
+impl Projection {
+    fn new(parts: Vec<Linear>, widths: Vec<usize>) -> Self {
+        let refs: Vec<&Linear> = parts.iter().collect();
+        match Linear::concat(&refs) {
+            Ok(m) => Projection::Fused { m, widths },
+            Err(_) => Projection::Split(parts),
+        }
+    }
+
+    fn kind(&self) -> String {
+        match self {
+            Projection::Fused { m, .. } => m.kind(),
+            Projection::Split(ms) => ms[0].kind(),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        match self {
+            Projection::Split(ms) => ms.iter().map(|m| m.forward(x)).collect(),
+            Projection::Fused { m, widths } => {
+                let y = m.forward(x)?;
+                let mut start = 0;
+                widths
+                    .iter()
+                    .map(|&w| {
+                        let part = y.narrow(1, start, w);
+                        start += w;
+                        part
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 impl AttentionProjections {
     pub fn load(w: &Weights, layer: usize, shape: AttentionShape) -> Result<Self> {
         let AttentionShape { hidden_size: hid, num_heads: h, num_kv_heads: kvh, head_dim: d } = shape;
+        let parts = vec![
+            w.linear(&blk(layer, "attn_q"), h * d, hid)?,
+            w.linear(&blk(layer, "attn_k"), kvh * d, hid)?,
+            w.linear(&blk(layer, "attn_v"), kvh * d, hid)?,
+        ];
         Ok(Self {
-            q: w.linear(&blk(layer, "attn_q"), h * d, hid)?,
-            k: w.linear(&blk(layer, "attn_k"), kvh * d, hid)?,
-            v: w.linear(&blk(layer, "attn_v"), kvh * d, hid)?,
+            qkv: Projection::new(parts, vec![h * d, kvh * d, kvh * d]),
             o: w.linear(&blk(layer, "attn_output"), hid, h * d)?,
             shape,
         })
@@ -41,14 +86,18 @@ impl AttentionProjections {
 
     /// How the matrices are held (the query's stands for all four).
     pub fn kind(&self) -> String {
-        self.q.kind()
+        self.qkv.kind()
     }
 
     /// `x` `[rows, hidden]` (every sequence of a step stacked) -> queries `[rows, num_heads *
     /// head_dim]`, keys and values `[rows, num_kv_heads * head_dim]`: token-major and unrotated, as
     /// the state takes them (it rotates them in its position mode).
     pub fn project(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        Ok((self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?))
+        let mut parts = self.qkv.forward(x)?.into_iter();
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(q), Some(k), Some(v)) => Ok((q, k, v)),
+            _ => candle_core::bail!("the attention projection lost a part"),
+        }
     }
 
     /// Each sequence's rows attend through layer `layer` of its own state, then the output
@@ -82,24 +131,25 @@ impl AttentionProjections {
 /// (Gemma).
 #[derive(Debug, Clone)]
 pub struct GatedMlp {
-    gate: Linear,
-    up: Linear,
+    gate_up: Projection,
     down: Linear,
     act: Activation,
 }
 
 impl GatedMlp {
     pub fn load(w: &Weights, layer: usize, hidden: usize, ffn: usize, act: Activation) -> Result<Self> {
+        let parts =
+            vec![w.linear(&blk(layer, "ffn_gate"), ffn, hidden)?, w.linear(&blk(layer, "ffn_up"), ffn, hidden)?];
         Ok(Self {
-            gate: w.linear(&blk(layer, "ffn_gate"), ffn, hidden)?,
-            up: w.linear(&blk(layer, "ffn_up"), ffn, hidden)?,
+            gate_up: Projection::new(parts, vec![ffn, ffn]),
             down: w.linear(&blk(layer, "ffn_down"), hidden, ffn)?,
             act,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let g = self.gate.forward(x)?.apply(&self.act)?;
-        self.down.forward(&(g * self.up.forward(x)?)?)
+        let mut parts = self.gate_up.forward(x)?.into_iter();
+        let (Some(g), Some(u)) = (parts.next(), parts.next()) else { candle_core::bail!("the gated MLP lost a part") };
+        self.down.forward(&(g.apply(&self.act)? * u)?)
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
@@ -22,16 +22,16 @@ use crate::linear::Linear;
 /// How the attention and MLP matrices (and the output head) are kept in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
-    /// As stored: a GGUF file keeps its quantized blocks (e.g. Q4_1); safetensors, which are never
-    /// quantized, are widened to f32.
+    /// The fast choice: on the CPU each matrix as stored when msrnn's kernels read its blocks (GGUF
+    /// Q4_1 and Q8_0), other block formats re-quantized to Q8_0 at load, dense ones kept f32; on
+    /// other devices as stored. Safetensors, which are never quantized, stay f32.
     #[default]
+    Auto,
+    /// As stored, always (block formats the CPU kernels lack run on candle's kernels); safetensors
+    /// are widened to f32.
     Native,
-    /// Re-quantized to Q8_0 at load (fast SIMD kernels on CPU, close to the original weights).
+    /// Re-quantized to Q8_0 at load (the file's Q8_0 matrices are kept as they are).
     Q8_0,
-    /// Q8_0 with every matrix zero-padded to a multiple of 256 input columns, so that candle's
-    /// repacked AVX-512 VNNI kernels run every matmul (see [`Linear`]). Faster on such CPUs, at a
-    /// perplexity cost: those kernels quantize activations in blocks of 256 values, not 32.
-    Fast,
     /// Dequantized to f16; activations are cast to f16 for each matmul.
     F16,
     /// Dequantized to f32: the reference for exactness tests.
@@ -41,9 +41,9 @@ pub enum WeightFormat {
 impl fmt::Display for WeightFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            WeightFormat::Auto => "auto",
             WeightFormat::Native => "native",
             WeightFormat::Q8_0 => "q8_0",
-            WeightFormat::Fast => "fast",
             WeightFormat::F16 => "f16",
             WeightFormat::F32 => "f32",
         })
@@ -54,22 +54,12 @@ impl FromStr for WeightFormat {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(WeightFormat::Auto),
             "native" => Ok(WeightFormat::Native),
             "q8_0" | "q8-0" | "q80" => Ok(WeightFormat::Q8_0),
-            "fast" | "q8_0-fast" => Ok(WeightFormat::Fast),
             "f16" => Ok(WeightFormat::F16),
             "f32" => Ok(WeightFormat::F32),
             _ => Err(Error::UnknownWeightFormat(s.to_string())),
-        }
-    }
-}
-
-impl WeightFormat {
-    /// `Fast` is Q8_0 with every matrix padded; other formats pad only where asked.
-    pub(crate) fn padded(self, pad_k: bool) -> (WeightFormat, bool) {
-        match self {
-            WeightFormat::Fast => (WeightFormat::Q8_0, true),
-            f => (f, pad_k),
         }
     }
 }
@@ -83,7 +73,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { weights: WeightFormat::Native, device: Device::Cpu }
+        Self { weights: WeightFormat::Auto, device: Device::Cpu }
     }
 }
 
@@ -273,34 +263,30 @@ impl Weights {
 
     /// A `[out, in]` matrix as a [`Linear`] in the requested format.
     pub fn linear(&self, name: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
-        self.head(name, out_dim, in_dim, false)
-    }
-
-    /// Like [`Weights::linear`], zero-padded for candle's fast kernels when held as Q8_0 on CPU and
-    /// `pad` asks for it (see [`Linear`]): meant for output heads, which dominate a decode step.
-    pub fn head(&self, name: &str, out_dim: usize, in_dim: usize, pad: bool) -> Result<Linear> {
         match &self.source {
             Source::Gguf(g) => {
                 let q = g.read(&self.path, &self.device, name, &[out_dim, in_dim])?;
-                Linear::from_qtensor(q, self.format, name, pad).map_err(|e| self.read_err(name, e))
+                Linear::from_qtensor(q, self.format, name).map_err(|e| self.read_err(name, e))
             }
             Source::Safetensors { names, .. } => {
                 let w = self.dense(name, &[out_dim, in_dim])?;
                 let name = translate(names, name);
-                Linear::from_dense(&w, self.format, &name, pad).map_err(|e| self.read_err(&name, e))
+                Linear::from_dense(&w, self.format, &name).map_err(|e| self.read_err(&name, e))
             }
         }
     }
 
     /// An output head tied to the embedding matrix `name`, already read as `embeddings` (dense
-    /// f32): a GGUF file's quantized blocks are kept as they are for `Native`, `Q8_0` and `Fast`;
-    /// otherwise the dense matrix is reused (or converted), never read twice.
+    /// f32): a GGUF file's quantized blocks are read as a [`Linear`] of their own unless the format
+    /// is dense, in which case the dense matrix is reused (or converted), never read twice.
     pub fn tied_head(&self, name: &str, embeddings: &Tensor) -> Result<Linear> {
         let (vocab, hidden) = embeddings.dims2().map_err(|e| self.read_err(name, e))?;
         match (self.is_gguf(), self.format) {
-            (true, WeightFormat::Native | WeightFormat::Q8_0 | WeightFormat::Fast) => self.linear(name, vocab, hidden),
-            (_, WeightFormat::F32 | WeightFormat::Native) => Ok(Linear::new(QMatMul::Tensor(embeddings.clone()))),
-            _ => Linear::from_dense(embeddings, self.format, name, false).map_err(|e| self.read_err(name, e)),
+            (true, WeightFormat::Auto | WeightFormat::Native | WeightFormat::Q8_0) => self.linear(name, vocab, hidden),
+            (_, WeightFormat::F32 | WeightFormat::Native | WeightFormat::Auto) => {
+                Ok(Linear::dense_f32(embeddings.clone()))
+            }
+            _ => Linear::from_dense(embeddings, self.format, name).map_err(|e| self.read_err(name, e)),
         }
     }
 }
@@ -333,14 +319,14 @@ mod tests {
 
     #[test]
     fn weight_format_parses_and_displays() {
-        for f in [WeightFormat::Native, WeightFormat::Q8_0, WeightFormat::Fast, WeightFormat::F16, WeightFormat::F32] {
+        for f in [WeightFormat::Auto, WeightFormat::Native, WeightFormat::Q8_0, WeightFormat::F16, WeightFormat::F32] {
             assert_eq!(f.to_string().parse::<WeightFormat>().unwrap(), f);
         }
         assert_eq!("Q8_0".parse::<WeightFormat>().unwrap(), WeightFormat::Q8_0);
         let e = "q4".parse::<WeightFormat>().unwrap_err();
         assert!(matches!(e, Error::UnknownWeightFormat(_)) && e.to_string().contains("q8_0"), "{e}");
         let d = LoadOptions::default();
-        assert_eq!(d.weights, WeightFormat::Native);
+        assert_eq!(d.weights, WeightFormat::Auto);
         assert!(d.device.is_cpu());
     }
 }

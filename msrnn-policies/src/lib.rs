@@ -11,24 +11,39 @@
 //! | `h2o` | a recent window + the highest accumulated attention | every row, every step |
 //! | `tova` | the C highest head-averaged attention of the newest query | the last row |
 //! | `random` | a seeded random C | nothing |
+//! | `tova-ema` | the C highest moving averages of head-averaged attention | every row, every step |
+//! | `h2o-ema` | C/8 heavy hitters (accumulated attention) + the highest moving averages | every row, every step |
+//! | `keydiff` | the keys least similar to the mean key direction | the keys |
+//! | `snapkv` | a recent window + the highest pooled attention of its queries | every row, every step |
+//! | `pyramid` | per-layer capacities (more below, fewer above) around any `base` | what the base needs |
 //!
 //! **Chunks.** When several tokens arrive at once, the core writes them all, runs attention with a
 //! causal mask, and calls the policy once: `window`/`window+i`/`random` act on positions alone,
 //! `tova` scores by the chunk's *last* query row (as the reference code does after a prefill), and
-//! `h2o` adds every row of the chunk to its accumulators (each row is one step's query, so the
-//! scores equal those of one-token-at-a-time feeding up to the point where it evicts).
+//! `h2o`, `tova-ema`, `h2o-ema` and `snapkv` take every row of the chunk as one step's query (so
+//! their statistics equal those of one-token-at-a-time feeding up to the point where they evict).
 
 mod full;
 mod h2o;
+mod h2o_ema;
+mod keydiff;
+mod pyramid;
 mod random;
+mod snapkv;
 mod tova;
+mod tova_ema;
 mod window;
 mod window_sinks;
 
 pub use full::Full;
 pub use h2o::H2o;
+pub use h2o_ema::H2oEma;
+pub use keydiff::{anchor_similarity, KeyDiff};
+pub use pyramid::{pyramid_capacities, Pyramid};
 pub use random::Random;
+pub use snapkv::SnapKv;
 pub use tova::Tova;
+pub use tova_ema::{ema_update, TovaEma};
 pub use window::Window;
 pub use window_sinks::WindowSinks;
 

@@ -206,3 +206,55 @@ fn tova_scores_a_chunk_by_its_last_row() {
     // Last row: e0 gets ~1, the rest ~0 (ties among the zero keys keep the newest, position 4).
     assert_eq!(layer.live_positions(), vec![0, 4]);
 }
+
+/// Runs `spec` unbounded-in-effect (capacity above the tokens fed) through the real `attend`,
+/// feeding `chunks`; returns the policy's saved bookkeeping.
+fn bookkeeping_after(spec: &str, chunks: &[usize], seed: u64) -> Vec<f64> {
+    let dev = Device::Cpu;
+    let total: usize = chunks.iter().sum();
+    let cap = total + 1;
+    let ctx = Context { layer: 0, num_layers: 1, num_heads: 2, num_kv_heads: 1, head_dim: 4, capacity: Some(cap) };
+    let mut p = msrnn_policies::registry().create(&spec.parse().unwrap(), &ctx).unwrap();
+    let mut layer = LayerState::new(1, 4, DType::F32, &dev, Capacity::Bounded(cap), None, 8).unwrap();
+    let mut rng = Rng::new(seed);
+    let (q, k, v) = (rng.vec(2 * total * 4, -2.0, 2.0), rng.vec(total * 4, -2.0, 2.0), rng.vec(total * 4, -2.0, 2.0));
+    let mut next = 0usize;
+    for &t in chunks {
+        let rows = |x: &[f32], heads: usize| {
+            // head-major [heads, t, 4] from token-major [total, heads, 4]
+            let mut out = Vec::with_capacity(heads * t * 4);
+            for h in 0..heads {
+                for i in next..next + t {
+                    out.extend_from_slice(&x[(i * heads + h) * 4..][..4]);
+                }
+            }
+            Tensor::from_vec(out, (heads, t, 4), &dev).unwrap()
+        };
+        let pos: Vec<u64> = (next as u64..(next + t) as u64).collect();
+        attend(&rows(&q, 2), &rows(&k, 1), &rows(&v, 1), &pos, &mut layer, p.as_mut(), 0.5).unwrap();
+        next += t;
+    }
+    p.save_state()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Per-step statistics take one step per token inside a chunk: before anything is evicted,
+    /// chunked feeding leaves the same scores as one token at a time.
+    #[test]
+    fn chunks_update_per_step_statistics_once_per_token(
+        chunks in prop::collection::vec(1usize..=5, 1..8),
+        seed in any::<u64>(),
+    ) {
+        let total: usize = chunks.iter().sum();
+        for spec in ["tova-ema:decay=0.7", "h2o"] {
+            let chunked = bookkeeping_after(spec, &chunks, seed);
+            let decoded = bookkeeping_after(spec, &vec![1; total], seed);
+            prop_assert_eq!(chunked.len(), decoded.len());
+            for (a, b) in chunked.iter().zip(&decoded) {
+                prop_assert!((a - b).abs() < 1e-5, "{}: {:?} vs {:?}", spec, chunked, decoded);
+            }
+        }
+    }
+}
