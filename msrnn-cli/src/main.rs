@@ -88,9 +88,10 @@ pub struct Global {
     )]
     pub device: String,
 
-    /// Threads for candle's CPU kernels. Default: half the available cores, at most 4. candle's
-    /// workers spin while they wait, so oversubscribed cores (other processes, or more threads than
-    /// cores) make every step slower rather than faster; on a machine of your own try the physical
+    /// Threads for the CPU: msrnn's kernel pool (matrices split by output tiles, a batch's
+    /// attention by sequence) and candle's ops. Default: half the available cores, at most 4.
+    /// Threads that wait spin briefly, so oversubscribed cores (other processes, or more threads
+    /// than cores) make steps slower rather than faster; on a machine of your own try the physical
     /// core count.
     #[arg(long, global = true, help_heading = "Global options", value_name = "N", env = "MSRNN_THREADS")]
     pub threads: Option<usize>,

@@ -10,10 +10,11 @@
 //! ```
 //!
 //! Options: `--model FILE`, `--policies SPEC;SPEC`, `--capacities C,...`, `--filler N` (filler
-//! sentences of about 25 tokens each), `--chunk N`, `--weights f32|q8_0|native` (default f32).
+//! sentences of about 25 tokens each), `--chunk N`, `--weights f32|q8_0|native|auto` (default f32).
 
 use msrnn_core::{generate_batch, new_state, Capacity, GenItem, GenerateOptions, MsrnnState, PolicySpec, Sampling};
-use msrnn_llama::{Llama, LoadOptions, WeightFormat};
+use msrnn_llama::Llama;
+use msrnn_modelkit::{LoadOptions, Model as _, WeightFormat};
 
 const KEYS: [u32; 3] = [71432, 50981, 23867];
 const DEPTHS: [f64; 2] = [0.25, 0.6];
@@ -67,6 +68,7 @@ fn run() -> Result<(), String> {
                     "f32" => WeightFormat::F32,
                     "q8_0" => WeightFormat::Q8_0,
                     "native" => WeightFormat::Native,
+                    "auto" => WeightFormat::Auto,
                     other => return Err(format!("--weights {other}: f32, q8_0 or native")),
                 }
             }

@@ -13,7 +13,7 @@
 //! `--tokens N` (from the text's start, BOS included when the model uses one), `--capacities
 //! C,...`, `--policies SPEC;SPEC;...` (`;`-separated, since specs use commas; `full` runs once,
 //! unbounded, as the reference), `--weights
-//! f32|q8_0|native` (default f32), `--chunk N` (chunked mode instead of decode). The table goes to
+//! f32|q8_0|native|auto` (default f32), `--chunk N` (chunked mode instead of decode). The table goes to
 //! stdout; each cell's NLL sum to stderr as `cell POLICY C NLL_SUM SCORED PPL`.
 
 mod hybrid;
@@ -22,7 +22,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use msrnn_core::{new_state, perplexity_batch, Capacity, EvalMode, MsrnnState, PolicySpec};
-use msrnn_llama::{Llama, LoadOptions, WeightFormat};
+use msrnn_llama::Llama;
+use msrnn_modelkit::{LoadOptions, Model as _, WeightFormat};
 
 struct Args {
     model: PathBuf,
@@ -66,6 +67,7 @@ fn parse() -> Result<Args, String> {
                     "f32" => WeightFormat::F32,
                     "q8_0" => WeightFormat::Q8_0,
                     "native" => WeightFormat::Native,
+                    "auto" => WeightFormat::Auto,
                     other => return Err(format!("--weights {other}: f32, q8_0 or native")),
                 }
             }
