@@ -272,6 +272,11 @@ pub fn read_content<R: Read + Seek>(path: &Path, r: &mut R, file_len: u64) -> Re
         for _ in 0..n_dims {
             let d = h.count(&what("shape")).map_err(corrupt)?;
             let d = usize::try_from(d).map_err(|_| corrupt(format!("tensor `{name}` has a dimension of {d}")))?;
+            // No model has an empty tensor, and candle's reader casts an empty buffer's dangling
+            // pointer to the block type, which aborts on its alignment check.
+            if d == 0 {
+                return Err(corrupt(format!("tensor `{name}` has a dimension of 0 (no elements)")));
+            }
             dims.push(d);
         }
         // GGUF lists dimensions innermost first; candle's shapes are outermost first.

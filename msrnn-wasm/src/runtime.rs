@@ -109,16 +109,23 @@ impl std::fmt::Debug for WasmPlugin {
     }
 }
 
+/// `msrnn_compress(instance, obs, budget, evict, evict_cap, evict_len, err, err_cap) -> code`.
+type CompressArgs = (i32, i32, i64, i32, i64, i32, i32, i64);
+/// `msrnn_save_state(instance, out, cap, len, err, err_cap) -> code`.
+type SaveArgs = (i32, i32, i64, i32, i32, i64);
+/// `msrnn_load_state(instance, data, len, err, err_cap) -> code`.
+type LoadArgs = (i32, i32, i64, i32, i64);
+
 /// The exports an instance is driven through (C signatures compiled for wasm32: pointers and
 /// `usize` are i32, `uint64_t` i64).
 struct Fns {
     alloc: TypedFunc<(i32, i32), i32>,
     free: Option<TypedFunc<(i32, i32, i32), ()>>,
     create: TypedFunc<(i32, i32, i32, i32, i64), i32>,
-    compress: TypedFunc<(i32, i32, i64, i32, i64, i32, i32, i64), i32>,
+    compress: TypedFunc<CompressArgs, i32>,
     reset: Option<TypedFunc<i32, ()>>,
-    save: Option<TypedFunc<(i32, i32, i64, i32, i32, i64), i32>>,
-    load: Option<TypedFunc<(i32, i32, i64, i32, i64), i32>>,
+    save: Option<TypedFunc<SaveArgs, i32>>,
+    load: Option<TypedFunc<LoadArgs, i32>>,
 }
 
 /// One running instance of the module: its store, memory, exports and a scratch block in its

@@ -154,12 +154,17 @@ fn hand_made_gguf_lies_are_refused_with_clear_errors() {
         (with(16, 1 << 40), "metadata entries"),
         (with(24, 1 << 60), "claims 1152921504606846976 bytes"),
         (base[..base.len() - 100].to_vec(), "the file is truncated: tensor"),
-        (base[..40].to_vec(), "the file ends"),
+        (base[..40].to_vec(), "but the file has 16 bytes after the counts"),
     ];
     for (bytes, needle) in cases {
         let e = read_content_from_bytes(&bytes).unwrap_err().to_string();
         assert!(e.contains(needle), "expected `{needle}` in: {e}");
     }
+    // Found by the corruption test: an empty tensor made candle's reader abort (an empty buffer's
+    // pointer cast to f32 blocks is misaligned).
+    let empty = gguf_header(&[], &[("t".into(), vec![0, 4], 0, 0)]);
+    let e = read_content_from_bytes(&empty).unwrap_err().to_string();
+    assert!(e.contains("tensor `t` has a dimension of 0"), "{e}");
 }
 
 proptest! {
@@ -360,21 +365,25 @@ proptest! {
 // Plugin descriptors and answers
 // ---------------------------------------------------------------------------------------------
 
-/// A wasm32 memory image holding a well-formed descriptor at 0 with its strings and one parameter
-/// after it (what `export_policy!` builds inside a module).
+/// Where [`descriptor_image`] places the descriptor (0 would be a NULL pointer).
+const DESC_AT: usize = 8;
+
+/// A wasm32 memory image holding a well-formed descriptor at [`DESC_AT`] with its strings and one
+/// parameter after it (what `export_policy!` builds inside a module).
 fn descriptor_image() -> Vec<u8> {
     let mut m = vec![0u8; 512];
     let put32 = |m: &mut Vec<u8>, at: usize, v: u32| m[at..at + 4].copy_from_slice(&v.to_le_bytes());
     let put64 = |m: &mut Vec<u8>, at: usize, v: u64| m[at..at + 8].copy_from_slice(&v.to_le_bytes());
-    put32(&mut m, 0, abi::ABI_VERSION);
-    put32(&mut m, 4, 200); // name
-    put32(&mut m, 8, 220); // description
-    put32(&mut m, 12, 100); // aliases
-    put64(&mut m, 16, 1);
-    put32(&mut m, 24, 120); // params
-    put64(&mut m, 32, 1);
+    let d = DESC_AT;
+    put32(&mut m, d, abi::ABI_VERSION);
+    put32(&mut m, d + 4, 200); // name
+    put32(&mut m, d + 8, 220); // description
+    put32(&mut m, d + 12, 100); // aliases
+    put64(&mut m, d + 16, 1);
+    put32(&mut m, d + 24, 120); // params
+    put64(&mut m, d + 32, 1);
     for (at, f) in [(40, 1), (44, 2), (48, 3), (52, 4), (56, 5), (60, 6)] {
-        put32(&mut m, at, f);
+        put32(&mut m, d + at, f);
     }
     put32(&mut m, 100, 240); // alias -> "alias"
     put32(&mut m, 120, 260); // param name
@@ -391,14 +400,14 @@ const ALL_EXPORTS: &[&str] = &["msrnn_reset", "msrnn_save_state", "msrnn_load_st
 
 #[test]
 fn a_well_formed_descriptor_image_reads_back() {
-    let (info, d) = msrnn_wasm::read_descriptor(msrnn_wasm::Mem(&descriptor_image()), 0, ALL_EXPORTS)
+    let (info, d) = msrnn_wasm::read_descriptor(msrnn_wasm::Mem(&descriptor_image()), DESC_AT as u32, ALL_EXPORTS)
         .map_err(|e| e.to_string())
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(info.name, "policy");
     assert_eq!(info.aliases, ["alias"]);
     assert_eq!(info.params, Some(vec![Param::new("sinks", "4", "help")]));
     assert!(d.reset && d.state);
-    let e = msrnn_wasm::read_descriptor(msrnn_wasm::Mem(&descriptor_image()), 0, &[]).unwrap_err();
+    let e = msrnn_wasm::read_descriptor(msrnn_wasm::Mem(&descriptor_image()), DESC_AT as u32, &[]).unwrap_err();
     assert!(e.contains("declares `reset` but does not export `msrnn_reset`"), "{e}");
 }
 
@@ -410,7 +419,7 @@ proptest! {
     #[test]
     fn corrupt_descriptors_are_checked_or_refused(edits in prop::collection::vec(edit(), 1..6), at in 0u32..600) {
         let m = corrupt(&descriptor_image(), &edits, usize::MAX);
-        if let Ok((info, _)) = msrnn_wasm::read_descriptor(msrnn_wasm::Mem(&m), at.saturating_sub(500), ALL_EXPORTS) {
+        if let Ok((info, _)) = msrnn_wasm::read_descriptor(msrnn_wasm::Mem(&m), at.checked_sub(500).unwrap_or(DESC_AT as u32), ALL_EXPORTS) {
             prop_assert!(info.check().is_ok());
         }
     }
@@ -585,15 +594,15 @@ fn write_fuzz_seeds() {
     for (i, s) in REAL_SPECS.iter().chain(&["full", "window", "h2o:recent=0.5,heavy=0.1"]).enumerate() {
         std::fs::write(dir("spec").join(format!("spec{i}")), s).unwrap();
     }
-    let mut img = 0u32.to_le_bytes().to_vec();
+    let mut img = (DESC_AT as u32).to_le_bytes().to_vec();
     img.extend(descriptor_image());
     std::fs::write(dir("descriptor").join("full"), &img).unwrap();
     // keynorm's, as export_policy! builds it: no aliases, an empty schema, every function.
     let mut k = descriptor_image();
-    k[12..24].fill(0);
-    k[32..40].fill(0);
+    k[DESC_AT + 12..DESC_AT + 24].fill(0);
+    k[DESC_AT + 32..DESC_AT + 40].fill(0);
     k[200..207].copy_from_slice(b"keynorm");
-    let mut img = 0u32.to_le_bytes().to_vec();
+    let mut img = (DESC_AT as u32).to_le_bytes().to_vec();
     img.extend(k);
     std::fs::write(dir("descriptor").join("keynorm-like"), img).unwrap();
 }
