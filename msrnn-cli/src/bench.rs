@@ -166,7 +166,7 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         return crate::bench_batch::run(ctx, &registry, &specs, &contexts, &a);
     }
     let text_path = report::text_path(a.tokens_file.as_deref(), "--tokens-file")?;
-    report::read_text(&text_path, "--tokens-file")?;
+    report::check_text(&text_path, "--tokens-file")?;
 
     let m = crate::model::load(&ctx.global)?;
     let llama = a.llama_bench.as_ref().map(|p| llama_settings(p, &m, ctx, &contexts, &a)).transpose()?;
@@ -185,8 +185,8 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
             bail!("--baseline-weights {w}: {} can run {can}", b.name());
         }
     }
-    let all = report::tokenize_file(&m, &text_path, "--tokens-file")?;
     let need = contexts[contexts.len() - 1] + a.decode_steps;
+    let all = report::tokenize_prefix(&m, &text_path, "--tokens-file", need)?.tokens;
     if all.len() < need {
         bail!(
             "--tokens-file {} has {} tokens; the longest context plus --decode-steps needs {need}: use a longer text or shorter --contexts",

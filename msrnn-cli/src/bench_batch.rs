@@ -143,17 +143,17 @@ pub fn run(
         }
     }
     let text_path = report::text_path(a.tokens_file.as_deref(), "--tokens-file")?;
-    report::read_text(&text_path, "--tokens-file")?;
+    report::check_text(&text_path, "--tokens-file")?;
     let m = crate::model::load(&ctx.global)?;
     let llama = match &a.llama_bench {
         Some(p) => Some(llama_settings(p, &m, ctx, contexts, a)?),
         None => None,
     };
-    let all = report::tokenize_file(&m, &text_path, "--tokens-file")?;
     let rounds = ROUNDS.min(a.decode_steps);
     let longest_round = a.decode_steps.div_ceil(rounds);
     // Each round restarts from the prefilled state: one untimed step, then the round's steps.
     let need = contexts[contexts.len() - 1] + 1 + longest_round;
+    let all = report::tokenize_prefix(&m, &text_path, "--tokens-file", need)?.tokens;
     if all.len() < need {
         bail!(
             "--tokens-file {} has {} tokens; the longest context plus a round of decode steps needs {need}: use a longer \

@@ -275,6 +275,13 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
     };
 
     let m = crate::model::load(&ctx.global)?;
+    // The default capacity is at most the model's context (a capacity asked for above it is refused).
+    let capacity = match (capacity, a.capacity, &saved_header) {
+        (Capacity::Bounded(c), None, None) if m.info().max_context > 0 => {
+            Capacity::Bounded(c.min(m.info().max_context))
+        }
+        (c, ..) => c,
+    };
     let chunk = a.prefill_chunk.max(1);
     let tok = m.tokenizer();
     let chat = match &conv {

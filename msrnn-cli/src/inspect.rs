@@ -91,9 +91,10 @@ pub fn run(ctx: &Ctx, a: InspectArgs) -> Result<()> {
     }
     plot::check_paths(&a.plot, "--plot")?;
     let text_path = report::text_path(a.text.as_deref(), "--text")?;
-    report::read_text(&text_path, "--text")?;
+    report::check_text(&text_path, "--text")?;
     let m = crate::model::load(&ctx.global)?;
-    let all = report::tokenize_file(&m, &text_path, "--text")?;
+    // Only as much of the text as --tokens needs is read.
+    let all = report::tokenize_prefix(&m, &text_path, "--text", a.tokens)?.tokens;
     if all.len() < a.tokens {
         bail!("--text {} has {} tokens, fewer than --tokens {}", text_path.display(), all.len(), a.tokens);
     }

@@ -25,6 +25,8 @@ use msrnn_modelkit::WeightFormat;
 // subcommands find them. Adding a family is one line here and one in Cargo.toml.
 use msrnn_gemma as _;
 use msrnn_llama as _;
+// WebAssembly policy plugins, run in a sandbox: registers the kind, so `--plugin x.wasm` works.
+use msrnn_wasm as _;
 
 const LONG_ABOUT: &str = "\
 Run a pretrained decoder-only transformer as a finite multi-state RNN.
@@ -106,8 +108,10 @@ pub struct Global {
     #[arg(long, global = true, help_heading = "Global options", value_name = "MODE", env = "MSRNN_POSITIONS", value_parser = parse_positions)]
     pub positions: Option<Positions>,
 
-    /// Load a compression-policy plugin (a shared library) so its policy can be named like a
-    /// built-in; repeatable. Paths in MSRNN_PLUGINS (colon-separated) are loaded too.
+    /// Load a compression-policy plugin so its policy can be named like a built-in: a shared
+    /// library (trusted code, run in the process) or a WebAssembly module (.wasm, run in a sandbox
+    /// with a memory cap and an instruction limit per call: MSRNN_WASM_MEMORY_MB,
+    /// MSRNN_WASM_FUEL); repeatable. Paths in MSRNN_PLUGINS (colon-separated) are loaded too.
     #[arg(long = "plugin", global = true, help_heading = "Global options", value_name = "PATH")]
     pub plugins: Vec<PathBuf>,
 

@@ -128,6 +128,16 @@ pub fn text_path(arg: Option<&Path>, flag: &str) -> Result<PathBuf> {
     }
 }
 
+/// Fails now if the text file cannot be opened (before a model loads), reading none of it.
+pub fn check_text(path: &Path, flag: &str) -> Result<u64> {
+    let f = std::fs::File::open(path).with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
+    let meta = f.metadata().with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
+    if meta.is_dir() {
+        anyhow::bail!("{flag} {}: is a directory, not a text file", path.display());
+    }
+    Ok(meta.len())
+}
+
 pub fn read_text(path: &Path, flag: &str) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
     String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{flag} {}: not UTF-8 text ({e})", path.display()))
@@ -156,9 +166,16 @@ pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// Tokens of a text file for experiments: the whole text, BOS first when the model wants one.
-pub fn tokenize_file(m: &crate::model::LoadedModel, path: &Path, flag: &str) -> Result<Vec<u32>> {
-    let text = read_text(path, flag)?;
+/// The first `n` tokens of a text file (BOS first when the model wants one), reading only as
+/// much of the file as they need; fewer when the text is shorter.
+pub fn tokenize_prefix(
+    m: &crate::model::LoadedModel,
+    path: &Path,
+    flag: &str,
+    n: usize,
+) -> Result<msrnn_modelkit::TextPrefix> {
+    let f = std::fs::File::open(path).with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
     let tok = m.tokenizer();
-    tok.encode(&text, tok.wants_bos()).with_context(|| format!("{flag} {}: cannot tokenize it", path.display()))
+    tok.encode_prefix(std::io::BufReader::new(f), n, tok.wants_bos())
+        .with_context(|| format!("{flag} {}: cannot tokenize it", path.display()))
 }

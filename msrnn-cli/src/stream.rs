@@ -43,7 +43,8 @@ pub fn run(ctx: &Ctx, registry: &PolicyRegistry, specs: &[PolicySpec], n: usize,
     }
     let text_path = report::text_path(a.tokens_file.as_deref(), "--tokens-file")?;
     let m = crate::model::load(&ctx.global)?;
-    let text = report::tokenize_file(&m, &text_path, "--tokens-file")?;
+    // The text is repeated to reach n tokens: more than n of it is never needed.
+    let text = report::tokenize_prefix(&m, &text_path, "--tokens-file", n)?.tokens;
     if text.len() < 2 {
         bail!("--tokens-file {}: too short to stream", text_path.display());
     }

@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::positions::{Positions, RopeSpec};
 use crate::registry::PolicyRegistry;
 use crate::spec::PolicySpec;
@@ -40,6 +40,27 @@ impl ModelInfo {
     /// Bytes one cached token costs across all layers (keys and values).
     pub fn kv_bytes_per_token(&self) -> usize {
         self.num_layers * 2 * self.num_kv_heads * self.head_dim * self.kv_dtype.size_in_bytes()
+    }
+
+    /// Refuses a bounded capacity above the model's context, saying what such a state would cost:
+    /// a bounded state never needs to hold more tokens than the model was trained to attend to, and
+    /// a huge C would otherwise be an allocation the machine cannot make. Unbounded (`full`) grows
+    /// with the tokens fed and is always accepted here.
+    pub fn check_capacity(&self, capacity: Capacity) -> Result<()> {
+        let Capacity::Bounded(c) = capacity else { return Ok(()) };
+        if self.max_context == 0 || c <= self.max_context {
+            return Ok(());
+        }
+        let per_token = self.kv_bytes_per_token() as u128;
+        let cost = per_token * c as u128;
+        let human = u64::try_from(cost).map_or_else(|_| format!("{cost} bytes"), crate::util::human_bytes);
+        Err(Error::InvalidCapacity(format!(
+            "capacity {c} is more than the model's context of {ctx} tokens: a state that size would take {human} \
+             ({c} tokens x {per_token} bytes of keys and values per token over {layers} layers), and a bounded \
+             state never needs to hold more than the context; use a capacity of at most {ctx} (or the `full` policy)",
+            ctx = self.max_context,
+            layers = self.num_layers,
+        )))
     }
 }
 
@@ -138,8 +159,46 @@ pub fn new_state_positioned(
     positions: Positions,
 ) -> Result<MsrnnState> {
     let i = model.info();
+    i.check_capacity(capacity)?;
     let policies = registry.create_layers(spec, i.num_layers, i.num_heads, i.num_kv_heads, i.head_dim, capacity)?;
     let mut cfg = model.state_config(capacity, max_chunk);
     cfg.positions = positions;
     MsrnnState::new(&cfg, policies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smollm2_shape() -> ModelInfo {
+        ModelInfo {
+            family: "llama".into(),
+            name: "t".into(),
+            num_layers: 30,
+            num_heads: 9,
+            num_kv_heads: 3,
+            head_dim: 64,
+            vocab_size: 49152,
+            max_context: 8192,
+            bos_token: None,
+            eos_tokens: Vec::new(),
+            layer_windows: vec![None; 30],
+            layer_rope: Vec::new(),
+            kv_dtype: DType::F32,
+        }
+    }
+
+    #[test]
+    fn a_capacity_above_the_context_is_refused_with_its_cost() {
+        let i = smollm2_shape();
+        assert!(i.check_capacity(Capacity::Bounded(8192)).is_ok());
+        assert!(i.check_capacity(Capacity::Unbounded).is_ok());
+        let e = i.check_capacity(Capacity::Bounded(1_000_000_000_000)).unwrap_err().to_string();
+        // 30 layers x 2 x 3 KV heads x 64 dims x 4 bytes = 46,080 bytes per token.
+        assert!(e.contains("capacity 1000000000000 is more than the model's context of 8192 tokens"), "{e}");
+        assert!(e.contains("40.9 PiB") && e.contains("46080 bytes of keys and values per token over 30 layers"), "{e}");
+        assert!(e.contains("at most 8192"), "{e}");
+        let e = i.check_capacity(Capacity::Bounded(usize::MAX)).unwrap_err().to_string();
+        assert!(e.contains("bytes (18446744073709551615 tokens"), "{e}");
+    }
 }

@@ -7,6 +7,7 @@
 //! bookkeeping). Header metadata: format version, model id, policy spec, capacity, tokens seen.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -69,15 +70,27 @@ impl MsrnnState {
             .map_err(|e| Error::StateFile(format!("{}: {e}", path.display())))
     }
 
-    /// Reads only the header of a state file.
+    /// Reads only the header of a state file (its first bytes, however large the file).
     pub fn read_header(path: &Path) -> Result<StateHeader> {
-        let bytes = std::fs::read(path).map_err(|e| Error::StateFile(format!("{}: {e}", path.display())))?;
-        header_of(&bytes, path)
+        let fail = |e: String| Error::StateFile(format!("{}: {e}", path.display()));
+        let mut f = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+        let len = f.metadata().map_err(|e| fail(e.to_string()))?.len();
+        let mut n = [0u8; 8];
+        let n = match f.read_exact(&mut n) {
+            Ok(()) => u64::from_le_bytes(n),
+            Err(_) => return Err(not_a_state(path, "it is shorter than a safetensors header")),
+        };
+        if n > MAX_HEADER.min(len - 8) {
+            return Err(not_a_state(path, &format!("its header claims {n} bytes, but the file has {len}")));
+        }
+        let mut json = vec![0u8; n as usize];
+        f.read_exact(&mut json).map_err(|e| fail(e.to_string()))?;
+        header_json(&json, path)
     }
 
-    /// Replaces this (freshly created) state with the one saved at `path`, refusing a file from
-    /// another model, policy or capacity.
-    pub fn load(&mut self, path: &Path, model: &str, policy: &PolicySpec) -> Result<StateHeader> {
+    /// Reads a whole state file: its header and its tensors, checked against each other and
+    /// against this state's shape. Nothing of this state changes.
+    fn read_file(&self, path: &Path, model: &str, policy: &PolicySpec) -> Result<(StateHeader, Vec<SavedLayer>)> {
         let bytes = std::fs::read(path).map_err(|e| Error::StateFile(format!("{}: {e}", path.display())))?;
         let h = header_of(&bytes, path)?;
         let refuse = |what: &str, saved: String, now: String| {
@@ -104,36 +117,138 @@ impl MsrnnState {
         if h.num_layers != self.num_layers() {
             return refuse("layer count", h.num_layers.to_string(), self.num_layers().to_string());
         }
+        // safetensors checks that every tensor's bytes lie inside the file and match its shape.
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::StateFile(format!("{}: {e}", path.display())))?;
+        let corrupt = |i: usize, reason: String| Error::StateFile(format!("{}: layer {i}: {reason}", path.display()));
         let get = |name: String| -> Result<Tensor> {
             let view = st.tensor(&name).map_err(|e| Error::StateFile(format!("{}: {name}: {e}", path.display())))?;
-            Ok(candle_core::safetensors::Load::load(&view, &Device::Cpu)?)
+            candle_core::safetensors::Load::load(&view, &Device::Cpu)
+                .map_err(|e| Error::StateFile(format!("{}: {name}: {e}", path.display())))
         };
+        let mut layers = Vec::with_capacity(self.num_layers());
         for i in 0..self.num_layers() {
-            let dtype = self.layers[i].dtype();
+            let l = &self.layers[i];
+            let dtype = l.dtype();
             let k = get(format!("layer.{i}.k"))?;
             if k.dtype() != dtype {
                 return refuse("key dtype", k.dtype().as_str().into(), dtype.as_str().into());
             }
-            let (kh, _, kd) = k.dims3()?;
-            let (sh, sd) = (self.layers[i].num_kv_heads(), self.layers[i].head_dim());
+            let (kh, slots, kd) = k.dims3().map_err(|e| corrupt(i, format!("keys: {e}")))?;
+            let (sh, sd) = (l.num_kv_heads(), l.head_dim());
             if (kh, kd) != (sh, sd) {
                 return refuse("KV shape", format!("{kh}x{kd}"), format!("{sh}x{sd}"));
             }
             let v = get(format!("layer.{i}.v"))?;
+            if v.dims() != k.dims() || v.dtype() != k.dtype() {
+                return Err(corrupt(
+                    i,
+                    format!("values {:?} {:?} beside keys {:?} {:?}", v.dims(), v.dtype(), k.dims(), k.dtype()),
+                ));
+            }
+            let vec1 = |name: &str, dt: DType| -> Result<Tensor> {
+                let t = get(format!("layer.{i}.{name}"))?;
+                if t.dtype() != dt || t.dims() != [slots] {
+                    return Err(corrupt(
+                        i,
+                        format!("{name} is {:?} {:?}, expected {dt:?} [{slots}]", t.dtype(), t.dims()),
+                    ));
+                }
+                Ok(t)
+            };
             let pos: Vec<u64> =
-                get(format!("layer.{i}.positions"))?.to_vec1::<i64>()?.into_iter().map(|x| x as u64).collect();
-            let live: Vec<bool> =
-                get(format!("layer.{i}.live"))?.to_vec1::<u8>()?.into_iter().map(|x| x != 0).collect();
-            let pol = get(format!("layer.{i}.policy"))?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-            self.layers[i].restore(k, v, pos, live)?;
-            let p = &mut self.policies[i];
-            p.load_state(&pol).map_err(|e| Error::from_policy(e, p.name(), i))?;
+                vec1("positions", DType::I64)?.to_vec1::<i64>()?.into_iter().map(|x| x as u64).collect();
+            let live: Vec<bool> = vec1("live", DType::U8)?.to_vec1::<u8>()?.into_iter().map(|x| x != 0).collect();
+            // What the header promises: no layer holds more than its capacity or the tokens seen,
+            // and every kept token was seen (its position is below the count), once.
+            let n_live = live.iter().filter(|&&x| x).count() as u64;
+            let cap = l.capacity().get().map_or(u64::MAX, |c| c as u64);
+            if n_live > cap.min(h.tokens_seen) {
+                return Err(corrupt(
+                    i,
+                    format!(
+                        "{n_live} live entries, more than its capacity {} or the {} tokens seen",
+                        l.capacity(),
+                        h.tokens_seen
+                    ),
+                ));
+            }
+            if let Some(p) = pos.iter().zip(&live).find(|(&p, &l)| l && p >= h.tokens_seen).map(|(p, _)| p) {
+                return Err(corrupt(
+                    i,
+                    format!("a live entry at position {p}, but only {} tokens were seen", h.tokens_seen),
+                ));
+            }
+            let mut kept: Vec<u64> = pos.iter().zip(&live).filter(|(_, &l)| l).map(|(&p, _)| p).collect();
+            kept.sort_unstable();
+            if let Some(w) = kept.windows(2).find(|w| w[0] == w[1]) {
+                return Err(corrupt(i, format!("two live entries hold position {}", w[0])));
+            }
+            let pol = get(format!("layer.{i}.policy"))?;
+            if pol.rank() != 1 {
+                return Err(corrupt(
+                    i,
+                    format!("the policy's bookkeeping has shape {:?}, expected one vector", pol.dims()),
+                ));
+            }
+            let pol = pol.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            layers.push(SavedLayer { k, v, pos, live, pol });
+        }
+        Ok((h, layers))
+    }
+
+    /// Replaces this (freshly created) state with the one saved at `path`, refusing a file from
+    /// another model, policy or capacity, and a file whose tensors disagree with its header or with
+    /// this state's shape. The whole file is checked before anything changes; if a policy then
+    /// refuses its saved bookkeeping, the state is left empty (as created).
+    pub fn load(&mut self, path: &Path, model: &str, policy: &PolicySpec) -> Result<StateHeader> {
+        let (h, layers) = self.read_file(path, model, policy)?;
+        let restored = (|| {
+            for (i, s) in layers.into_iter().enumerate() {
+                self.layers[i].restore(s.k, s.v, s.pos, s.live)?;
+                let p = &mut self.policies[i];
+                p.load_state(&s.pol).map_err(|e| Error::from_policy(e, p.name(), i))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = restored {
+            self.reset();
+            return Err(e);
         }
         self.set_tokens_seen(h.tokens_seen);
         Ok(h)
     }
+}
+
+/// One layer as read from a file, checked, not yet restored.
+struct SavedLayer {
+    k: Tensor,
+    v: Tensor,
+    pos: Vec<u64>,
+    live: Vec<bool>,
+    pol: Vec<f64>,
+}
+
+/// safetensors' own limit on a header.
+const MAX_HEADER: u64 = 100_000_000;
+
+fn not_a_state(path: &Path, why: &str) -> Error {
+    Error::StateFile(format!("{} is not a state file: {why}", path.display()))
+}
+
+/// The msrnn header inside a safetensors header's JSON (`__metadata__.msrnn`).
+fn header_json(json: &[u8], path: &Path) -> Result<StateHeader> {
+    #[derive(Deserialize)]
+    struct Outer {
+        #[serde(rename = "__metadata__")]
+        metadata: Option<HashMap<String, String>>,
+    }
+    let outer: Outer = serde_json::from_slice(json).map_err(|e| not_a_state(path, &e.to_string()))?;
+    let json =
+        outer.metadata.as_ref().and_then(|m| m.get("msrnn")).ok_or_else(|| {
+            Error::StateFile(format!("{} is a safetensors file but not an msrnn state", path.display()))
+        })?;
+    serde_json::from_str(json).map_err(|e| Error::StateFile(format!("{}: bad header: {e}", path.display())))
 }
 
 fn header_of(bytes: &[u8], path: &Path) -> Result<StateHeader> {

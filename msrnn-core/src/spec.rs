@@ -97,7 +97,15 @@ impl FromStr for PolicySpec {
         let s = s.trim();
         let bad = |reason: &str| Error::InvalidSpec { spec: s.to_string(), reason: reason.to_string() };
         if s.starts_with('{') {
-            return serde_json::from_str(s).map_err(|e| bad(&e.to_string()));
+            let spec: PolicySpec = serde_json::from_str(s).map_err(|e| bad(&e.to_string()))?;
+            // The same rules as the `name:k=v` form (found by fuzzing: `{"params":{"":1}}` was accepted).
+            if spec.name.trim().is_empty() {
+                return Err(bad("the policy name is empty"));
+            }
+            if spec.params.keys().any(|k| k.trim().is_empty()) {
+                return Err(bad("a parameter has an empty name"));
+            }
+            return Ok(spec);
         }
         let (name, rest) = s.split_once(':').map_or((s, ""), |(n, r)| (n.trim(), r));
         if name.is_empty() {
@@ -114,6 +122,14 @@ impl FromStr for PolicySpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_specs_follow_the_text_form_rules() {
+        let e = r#"{"name":"h2o","params":{"":20}}"#.parse::<PolicySpec>().unwrap_err().to_string();
+        assert!(e.contains("a parameter has an empty name"), "{e}");
+        let e = r#"{"name":" ","params":{}}"#.parse::<PolicySpec>().unwrap_err().to_string();
+        assert!(e.contains("the policy name is empty"), "{e}");
+    }
 
     #[test]
     fn parses_the_three_forms_and_round_trips() {

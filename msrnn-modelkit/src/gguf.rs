@@ -11,6 +11,10 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use crate::config::AttentionShape;
 use crate::error::{Error, Result};
 
+#[path = "gguf_header.rs"]
+mod header;
+pub use header::{read_content, read_content_from_bytes, tensor_bytes, MAX_DEPTH, MAX_DIMS, MAX_STRING, MAX_VALUES};
+
 const MAGIC: &[u8; 4] = b"GGUF";
 
 /// Whether the file starts with the GGUF magic; `Err(reason)` says what it starts with instead.
@@ -32,8 +36,9 @@ pub(crate) fn check_magic(path: &Path, file: &mut File) -> Result<std::result::R
     })
 }
 
-/// Opens a GGUF file and parses its header (metadata and tensor table). With `arch`, a file of
-/// another `general.architecture` is refused.
+/// Opens a GGUF file and parses its header (metadata and tensor table), checking every count,
+/// shape and offset against the file's size ([`read_content`]). With `arch`, a file of another
+/// `general.architecture` is refused.
 pub fn open(path: &Path, arch: Option<&str>) -> Result<(File, Content)> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
@@ -44,10 +49,7 @@ pub fn open(path: &Path, arch: Option<&str>) -> Result<(File, Content)> {
         return Err(Error::NotGguf { path: path.into(), reason });
     }
     file.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
-    let content = Content::read(&mut BufReader::new(&mut file)).map_err(|e| Error::NotGguf {
-        path: path.into(),
-        reason: format!("cannot parse the header (truncated or corrupt?): {e}"),
-    })?;
+    let content = read_content(path, &mut BufReader::new(&mut file), meta.len())?;
     if let Some(expected) = arch {
         let found = Metadata { path, ct: &content }.architecture()?;
         if found != expected {
@@ -73,7 +75,7 @@ pub struct Metadata<'a> {
     pub ct: &'a Content,
 }
 
-fn int_of(v: &Value) -> Option<i128> {
+pub(crate) fn int_of(v: &Value) -> Option<i128> {
     Some(match *v {
         Value::U8(x) => x.into(),
         Value::I8(x) => x.into(),

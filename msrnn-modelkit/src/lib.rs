@@ -59,7 +59,7 @@ pub use model::{batch_tokens, finish_batch, Model, WeightKinds};
 pub use msrnn_core::{Positions, Rope, RopeSpec, RopeStyle};
 pub use norm::RmsNorm;
 pub use stream::TokenStream;
-pub use tokenizer::{ChatFormat, Tokenizer};
+pub use tokenizer::{ChatFormat, TextPrefix, Tokenizer, PREFIX_MARGIN};
 pub use weights::{blk, LoadOptions, NameMap, WeightFormat, Weights};
 
 /// Re-exported so family crates can `inventory::submit!` a [`Family`] without naming the

@@ -78,6 +78,20 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// Tokens that must follow the last one [`Tokenizer::encode_prefix`] returns before it stops
+/// reading: far from where the text was cut, tokens no longer depend on what follows.
+pub const PREFIX_MARGIN: usize = 64;
+
+/// The first tokens of a text and how much of it was read for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextPrefix {
+    pub tokens: Vec<u32>,
+    /// Bytes of the text read.
+    pub bytes_read: u64,
+    /// Whether the whole text was read (it may then hold fewer tokens than asked for).
+    pub whole: bool,
+}
+
 fn tk_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
@@ -93,6 +107,45 @@ impl Tokenizer {
         }
         ids.extend_from_slice(enc.get_ids());
         Ok(ids)
+    }
+
+    /// The first `n` tokens of the UTF-8 text `r` yields, reading only as much of it as they need
+    /// (a 10 GB file asked for 2,048 tokens is read a few kilobytes at a time, not loaded whole).
+    ///
+    /// The text read so far is tokenized again each time the read doubles, and reading stops once
+    /// [`PREFIX_MARGIN`] tokens follow the `n`th: tokenizers here split words at whitespace and
+    /// punctuation, so tokens that far from the cut are those the whole text would give. Fewer
+    /// than `n` tokens come back when the text ends first.
+    pub fn encode_prefix(&self, mut r: impl std::io::Read, n: usize, add_bos: bool) -> Result<TextPrefix> {
+        use std::io::Read;
+        let mut buf: Vec<u8> = Vec::new();
+        // A token is a few bytes of English text: start near what `n` tokens take, then double.
+        let mut want = n.saturating_mul(8).clamp(1 << 12, 1 << 26);
+        loop {
+            let before = buf.len();
+            let mut chunk = (&mut r).take(want.saturating_sub(before) as u64);
+            chunk.read_to_end(&mut buf).map_err(|e| Error::Tokenizer(format!("cannot read the text: {e}")))?;
+            let eof = buf.len() < want;
+            let text = match std::str::from_utf8(&buf) {
+                Ok(t) => t,
+                // A character cut in two by the read: decode up to it, the rest comes with the next read.
+                Err(e) if e.error_len().is_none() && !eof => {
+                    std::str::from_utf8(&buf[..e.valid_up_to()]).expect("valid")
+                }
+                Err(e) => {
+                    return Err(Error::Tokenizer(format!(
+                        "the text is not UTF-8 (bad bytes at offset {})",
+                        e.valid_up_to()
+                    )))
+                }
+            };
+            let mut ids = self.encode(text, add_bos)?;
+            if eof || ids.len() >= n.saturating_add(PREFIX_MARGIN) {
+                ids.truncate(n);
+                return Ok(TextPrefix { tokens: ids, bytes_read: buf.len() as u64, whole: eof });
+            }
+            want = want.saturating_mul(2);
+        }
     }
 
     /// The text of `ids`, special tokens included (the exact inverse of [`Tokenizer::encode`]).

@@ -163,7 +163,8 @@ impl Weights {
         let mut infos: Vec<(&String, &gguf_file::TensorInfo)> = content.tensor_infos.iter().collect();
         infos.sort_by_key(|(_, ti)| ti.offset);
         for (name, ti) in infos {
-            let size = (ti.shape.elem_count() / ti.ggml_dtype.block_size() * ti.ggml_dtype.type_size()) as u64;
+            // A header from anywhere but `gguf::open` may hold a shape that overflows.
+            let size = crate::gguf::tensor_bytes(ti).unwrap_or(u64::MAX);
             let end = content.tensor_data_offset.saturating_add(ti.offset).saturating_add(size);
             if end > file_len {
                 return Err(Error::Truncated {

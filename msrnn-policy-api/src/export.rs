@@ -62,6 +62,11 @@ use crate::{Context, Decision, Declare, Params};
 /// #     assert_eq!(p.step(&obs, 5).unwrap(), Decision::Evict(vec![]));
 /// # }
 /// ```
+///
+/// Built for `wasm32-unknown-unknown`, the same line makes a WebAssembly plugin: the descriptor is
+/// the same, and the functions it points to are exported by name as well (`msrnn_create`,
+/// `msrnn_compress`, ... with the C signatures), next to `msrnn_alloc`/`msrnn_free`, through which
+/// the host places a call's arguments in the module's memory (see `docs/plugins.md`).
 #[macro_export]
 macro_rules! export_policy {
     ($ty:ty) => {
@@ -70,7 +75,108 @@ macro_rules! export_policy {
             static CELL: $crate::export::DescriptorCell = $crate::export::DescriptorCell::new();
             CELL.get::<$ty>()
         }
+        $crate::__export_wasm_entry_points!($ty);
     };
+}
+
+/// The WebAssembly entry points of [`export_policy!`]: a module cannot hand the host function
+/// pointers, so each function of the descriptor is also exported under a fixed name.
+#[cfg(target_family = "wasm")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_wasm_entry_points {
+    ($ty:ty) => {
+        #[unsafe(no_mangle)]
+        pub extern "C" fn msrnn_alloc(size: usize, align: usize) -> *mut u8 {
+            $crate::export::wasm_alloc(size, align)
+        }
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn msrnn_free(ptr: *mut u8, size: usize, align: usize) {
+            $crate::export::wasm_free(ptr, size, align)
+        }
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn msrnn_create(
+            params: *const ::std::ffi::c_char,
+            ctx: *const $crate::abi::RawContext,
+            needs_out: *mut $crate::abi::RawNeeds,
+            err: *mut ::std::ffi::c_char,
+            err_cap: u64,
+        ) -> *mut ::std::ffi::c_void {
+            $crate::export::create::<$ty>(params, ctx, needs_out, err, err_cap)
+        }
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn msrnn_compress(
+            instance: *mut ::std::ffi::c_void,
+            obs: *const $crate::abi::RawObservation,
+            budget: u64,
+            evict: *mut u64,
+            evict_cap: u64,
+            evict_len: *mut u64,
+            err: *mut ::std::ffi::c_char,
+            err_cap: u64,
+        ) -> i32 {
+            $crate::export::compress::<$ty>(instance, obs, budget, evict, evict_cap, evict_len, err, err_cap)
+        }
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn msrnn_reset(instance: *mut ::std::ffi::c_void) {
+            $crate::export::reset::<$ty>(instance)
+        }
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn msrnn_destroy(instance: *mut ::std::ffi::c_void) {
+            $crate::export::destroy::<$ty>(instance)
+        }
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn msrnn_save_state(
+            instance: *mut ::std::ffi::c_void,
+            out: *mut f64,
+            cap: u64,
+            len: *mut u64,
+            err: *mut ::std::ffi::c_char,
+            err_cap: u64,
+        ) -> i32 {
+            $crate::export::save_state::<$ty>(instance, out, cap, len, err, err_cap)
+        }
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn msrnn_load_state(
+            instance: *mut ::std::ffi::c_void,
+            data: *const f64,
+            len: u64,
+            err: *mut ::std::ffi::c_char,
+            err_cap: u64,
+        ) -> i32 {
+            $crate::export::load_state::<$ty>(instance, data, len, err, err_cap)
+        }
+    };
+}
+
+/// Native builds export the descriptor only.
+#[cfg(not(target_family = "wasm"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_wasm_entry_points {
+    ($ty:ty) => {};
+}
+
+/// `msrnn_alloc` of a WebAssembly plugin: `size` bytes aligned to `align`, or NULL.
+#[cfg(target_family = "wasm")]
+pub fn wasm_alloc(size: usize, align: usize) -> *mut u8 {
+    match std::alloc::Layout::from_size_align(size.max(1), align.max(1)) {
+        // SAFETY: the layout has a non-zero size.
+        Ok(l) => unsafe { std::alloc::alloc(l) },
+        Err(_) => std::ptr::null_mut(),
+    }
+}
+
+/// `msrnn_free` of a WebAssembly plugin: frees what [`wasm_alloc`] gave for the same size and
+/// alignment.
+///
+/// # Safety
+/// `ptr` must come from `wasm_alloc(size, align)` and not have been freed.
+#[cfg(target_family = "wasm")]
+pub unsafe fn wasm_free(ptr: *mut u8, size: usize, align: usize) {
+    if let (false, Ok(l)) = (ptr.is_null(), std::alloc::Layout::from_size_align(size.max(1), align.max(1))) {
+        std::alloc::dealloc(ptr, l)
+    }
 }
 
 struct Shared(PolicyDescriptor);
@@ -162,7 +268,10 @@ unsafe fn write_err(err: *mut c_char, cap: u64, msg: &str) {
     *err.add(n) = 0;
 }
 
-unsafe extern "C" fn create<T: Declare>(
+/// The C function of the ABI (docs/plugins.md states its contract).
+#[doc(hidden)]
+#[allow(clippy::missing_safety_doc)]
+pub unsafe extern "C" fn create<T: Declare>(
     params: *const c_char,
     ctx: *const RawContext,
     needs_out: *mut RawNeeds,
@@ -201,7 +310,10 @@ unsafe extern "C" fn create<T: Declare>(
 }
 
 #[allow(clippy::too_many_arguments)]
-unsafe extern "C" fn compress<T: Declare>(
+/// The C function of the ABI (docs/plugins.md states its contract).
+#[doc(hidden)]
+#[allow(clippy::missing_safety_doc)]
+pub unsafe extern "C" fn compress<T: Declare>(
     instance: *mut c_void,
     obs: *const RawObservation,
     budget: u64,
@@ -253,7 +365,10 @@ unsafe extern "C" fn compress<T: Declare>(
     }
 }
 
-unsafe extern "C" fn save_state<T: Declare>(
+/// The C function of the ABI (docs/plugins.md states its contract).
+#[doc(hidden)]
+#[allow(clippy::missing_safety_doc)]
+pub unsafe extern "C" fn save_state<T: Declare>(
     instance: *mut c_void,
     out: *mut f64,
     cap: u64,
@@ -286,7 +401,10 @@ unsafe extern "C" fn save_state<T: Declare>(
     }
 }
 
-unsafe extern "C" fn load_state<T: Declare>(
+/// The C function of the ABI (docs/plugins.md states its contract).
+#[doc(hidden)]
+#[allow(clippy::missing_safety_doc)]
+pub unsafe extern "C" fn load_state<T: Declare>(
     instance: *mut c_void,
     data: *const f64,
     len: u64,
@@ -317,7 +435,10 @@ unsafe extern "C" fn load_state<T: Declare>(
     }
 }
 
-unsafe extern "C" fn reset<T: Declare>(instance: *mut c_void) {
+/// The C function of the ABI (docs/plugins.md states its contract).
+#[doc(hidden)]
+#[allow(clippy::missing_safety_doc)]
+pub unsafe extern "C" fn reset<T: Declare>(instance: *mut c_void) {
     if instance.is_null() {
         return;
     }
@@ -329,7 +450,10 @@ unsafe extern "C" fn reset<T: Declare>(instance: *mut c_void) {
     }
 }
 
-unsafe extern "C" fn destroy<T: Declare>(instance: *mut c_void) {
+/// The C function of the ABI (docs/plugins.md states its contract).
+#[doc(hidden)]
+#[allow(clippy::missing_safety_doc)]
+pub unsafe extern "C" fn destroy<T: Declare>(instance: *mut c_void) {
     if instance.is_null() {
         return;
     }

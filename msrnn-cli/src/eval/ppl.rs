@@ -82,21 +82,28 @@ pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
     let pictures = Pictures { plot: a.grid.plot.clone(), heatmap: vec![] };
     pictures.check()?;
     let text_paths = if a.text.is_empty() { vec![report::text_path(None, "--text")?] } else { a.text.clone() };
-    // Read the texts before the model loads: a bad path fails at once.
-    let mut texts = Vec::new();
+    // Open the texts before the model loads: a bad path fails at once.
+    let mut sizes = Vec::new();
     for p in &text_paths {
-        texts.push(report::read_text(p, "--text")?);
+        sizes.push(report::check_text(p, "--text")?);
     }
 
     let m = crate::model::load(&ctx.global)?;
     let tok = m.tokenizer();
     let mut all: Vec<u32> = Vec::new();
     let mut files = Vec::new();
-    for (i, (p, t)) in text_paths.iter().zip(&texts).enumerate() {
+    // Only as much of the texts as --tokens needs is read.
+    for (i, (p, bytes)) in text_paths.iter().zip(&sizes).enumerate() {
+        let need = a.tokens.saturating_sub(all.len());
+        if need == 0 {
+            break;
+        }
+        let f = std::fs::File::open(p).with_context(|| format!("--text {}: cannot read it", p.display()))?;
         let ids = tok
-            .encode(t, i == 0 && tok.wants_bos())
-            .with_context(|| format!("--text {}: cannot tokenize it", p.display()))?;
-        files.push(json!({ "name": super::file_name(p), "bytes": t.len(), "tokens": ids.len() }));
+            .encode_prefix(std::io::BufReader::new(f), need, i == 0 && tok.wants_bos())
+            .with_context(|| format!("--text {}: cannot tokenize it", p.display()))?
+            .tokens;
+        files.push(json!({ "name": super::file_name(p), "bytes": bytes, "tokens": ids.len() }));
         all.extend(ids);
     }
     let names = text_paths.iter().map(|p| super::file_name(p)).collect::<Vec<_>>().join(" + ");

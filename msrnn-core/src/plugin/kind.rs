@@ -20,6 +20,72 @@ pub trait PluginKind: Send + Sync + 'static {
     fn path(&self) -> &str;
     /// One instance for one layer; `params` are already checked against [`PluginInfo::params`].
     fn instantiate(&self, params: &Params, ctx: &Context) -> crate::Result<Box<dyn Policy>>;
+    /// The policy's name, as selected with `--policies NAME`.
+    fn name(&self) -> &str {
+        &self.info().name
+    }
+}
+
+impl std::fmt::Debug for dyn PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginKind").field("name", &self.info().name).field("path", &self.path()).finish()
+    }
+}
+
+impl<T: PluginKind + ?Sized> PluginKind for std::sync::Arc<T> {
+    fn info(&self) -> &PluginInfo {
+        (**self).info()
+    }
+    fn path(&self) -> &str {
+        (**self).path()
+    }
+    fn instantiate(&self, params: &Params, ctx: &Context) -> crate::Result<Box<dyn Policy>> {
+        (**self).instantiate(params, ctx)
+    }
+}
+
+/// A kind of plugin besides native libraries, registered by the crate that implements it
+/// (`inventory::submit!`, as model families are): the registry opens a file with the kind whose
+/// magic bytes it starts with, and as a native library otherwise. So msrnn-core stays light, and
+/// a binary that links msrnn-wasm loads `.wasm` policies wherever a plugin path is accepted.
+pub struct PluginLoader {
+    /// For messages and listings: `WebAssembly`.
+    pub kind: &'static str,
+    /// The first bytes of this kind's files (`\0asm` for WebAssembly).
+    pub magic: &'static [u8],
+    /// Opens and checks the file (an absolute or relative path, as the user gave it).
+    pub open: fn(&std::path::Path) -> crate::Result<std::sync::Arc<dyn PluginKind>>,
+}
+
+inventory::collect!(PluginLoader);
+
+/// WebAssembly's magic: a module given to a binary without the WebAssembly kind gets an error that
+/// says so, rather than "not a shared library".
+const WASM_MAGIC: &[u8] = b"\0asm";
+
+/// Opens the plugin at `path` with the kind its first bytes name (see [`PluginLoader`]), else as a
+/// native shared library.
+pub fn open_plugin(path: &std::path::Path) -> crate::Result<std::sync::Arc<dyn PluginKind>> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(8);
+    // An unreadable file falls through to the native loader, whose errors say what is wrong.
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.take(8).read_to_end(&mut head);
+    }
+    for l in inventory::iter::<PluginLoader> {
+        if !l.magic.is_empty() && head.starts_with(l.magic) {
+            return (l.open)(path);
+        }
+    }
+    if head.starts_with(WASM_MAGIC) {
+        return Err(crate::Error::Plugin {
+            path: path.display().to_string(),
+            reason: "it is a WebAssembly module, but this program was built without the WebAssembly plugin kind \
+                     (link the msrnn-wasm crate)"
+                .into(),
+        });
+    }
+    Ok(std::sync::Arc::new(super::library::Plugin::open(path)?))
 }
 
 /// The handshake every kind does first, before reading anything else the plugin declares.

@@ -11,7 +11,9 @@
 //! - `library`: a native plugin ([`Plugin`]): a shared library opened from the path the user named,
 //!   its descriptor read and checked;
 //! - `instance`: one layer's instance of a native plugin, a [`crate::Policy`] over the C functions;
-//! - `registry`: [`crate::PolicyRegistry::load_plugin`], overrides, `MSRNN_PLUGINS`.
+//! - `registry`: [`crate::PolicyRegistry::load_plugin`], overrides, `MSRNN_PLUGINS`; the kind of a
+//!   file is picked by its first bytes among the [`PluginLoader`]s linked in (msrnn-wasm registers
+//!   WebAssembly), native otherwise.
 //!
 //! Every decision a plugin returns is validated before the core sees it (and again by the core);
 //! a bad one or a failure (a panic caught by the Rust glue included) is an error naming the policy,
@@ -24,8 +26,8 @@ mod library;
 mod registry;
 
 pub use kind::{
-    check_observation, check_version, code_meaning, decision_from, message, params_text, PluginInfo, PluginKind,
-    MAX_DECLARED,
+    check_observation, check_version, code_meaning, decision_from, message, open_plugin, params_text, PluginInfo,
+    PluginKind, PluginLoader, MAX_DECLARED,
 };
 pub use library::Plugin;
 pub use msrnn_policy_api::abi;

@@ -5,8 +5,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::kind::PluginKind;
-use super::library::Plugin;
+use super::kind::{open_plugin, PluginKind};
 use crate::error::{Error, Result};
 use crate::registry::{Entry, Factory, PolicyRegistry, Source};
 
@@ -15,14 +14,16 @@ pub const PLUGINS_ENV: &str = "MSRNN_PLUGINS";
 
 impl PolicyRegistry {
     /// Loads the plugin at `path` and registers its policy. A name already taken (by a built-in or
-    /// another plugin) is an error; see [`PolicyRegistry::load_plugin_overriding`].
-    pub fn load_plugin(&mut self, path: impl AsRef<Path>) -> Result<Plugin> {
-        self.add_plugin(Plugin::open(path)?, false)
+    /// another plugin) is an error; see [`PolicyRegistry::load_plugin_overriding`]. The kind comes
+    /// from the file: a registered [`PluginLoader`](super::PluginLoader) whose magic it starts with (WebAssembly, when
+    /// msrnn-wasm is linked), else a native shared library.
+    pub fn load_plugin(&mut self, path: impl AsRef<Path>) -> Result<Arc<dyn PluginKind>> {
+        self.add_plugin(open_plugin(path.as_ref())?, false)
     }
 
     /// Like [`PolicyRegistry::load_plugin`], but the plugin's policy replaces one of the same name.
-    pub fn load_plugin_overriding(&mut self, path: impl AsRef<Path>) -> Result<Plugin> {
-        self.add_plugin(Plugin::open(path)?, true)
+    pub fn load_plugin_overriding(&mut self, path: impl AsRef<Path>) -> Result<Arc<dyn PluginKind>> {
+        self.add_plugin(open_plugin(path.as_ref())?, true)
     }
 
     /// Registers a loaded plugin of any kind (`replace`: may take the name of an existing entry).
@@ -52,13 +53,13 @@ impl PolicyRegistry {
 
     /// Loads every plugin listed in `list` (paths separated by `:`, `;` on Windows; empty entries
     /// skipped), in order, stopping at the first failure.
-    pub fn load_plugin_list(&mut self, list: &OsStr) -> Result<Vec<Plugin>> {
+    pub fn load_plugin_list(&mut self, list: &OsStr) -> Result<Vec<Arc<dyn PluginKind>>> {
         std::env::split_paths(list).filter(|p| !p.as_os_str().is_empty()).map(|p| self.load_plugin(&p)).collect()
     }
 
     /// Loads every plugin listed in the `MSRNN_PLUGINS` environment variable (see
     /// [`PolicyRegistry::load_plugin_list`]); none when it is unset or empty.
-    pub fn load_plugins_from_env(&mut self) -> Result<Vec<Plugin>> {
+    pub fn load_plugins_from_env(&mut self) -> Result<Vec<Arc<dyn PluginKind>>> {
         match std::env::var_os(PLUGINS_ENV) {
             Some(list) => self.load_plugin_list(&list),
             None => Ok(Vec::new()),
@@ -69,6 +70,7 @@ impl PolicyRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugin::Plugin;
 
     fn tmp(name: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("msrnn-core-plugin-{}", std::process::id()));
