@@ -9,7 +9,6 @@
 //! they always run.
 
 use std::path::PathBuf;
-use std::process::Output;
 
 use assert_cmd::Command;
 use candle_core::quantized::GgmlDType;
@@ -31,49 +30,18 @@ fn hamlet() -> Option<PathBuf> {
 }
 
 /// `msrnn` run from the repository root, with a clean environment and one thread.
+mod common;
+use common::{fails_with, ok, stderr, stdout};
+
 fn msrnn() -> Command {
-    let mut c = Command::cargo_bin("msrnn").unwrap();
-    c.current_dir(root())
-        .env_remove("MSRNN_MODEL")
-        .env_remove("MSRNN_PLUGINS")
-        .env_remove("RUST_LOG")
-        .env("MSRNN_THREADS", "1")
-        .timeout(std::time::Duration::from_secs(240));
-    c
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Runs and expects success.
-fn ok(c: &mut Command) -> Output {
-    let o = c.output().unwrap();
-    assert!(
-        o.status.success(),
-        "expected success, got {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        stdout(&o),
-        stderr(&o)
-    );
-    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
-    o
+    common::msrnn(240)
 }
 
 /// Runs, expects exit code 1 (an error, not a panic: a panic exits 101) and returns stderr, after
-/// checking it contains every needle.
+/// checking it is an `error: ` line holding every needle.
 fn fails(c: &mut Command, needles: &[&str]) -> String {
-    let o = c.output().unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "expected a clean error (exit 1)\nstdout:\n{}\nstderr:\n{err}", stdout(&o));
-    assert!(!err.contains("panicked"), "{err}");
+    let err = fails_with(c, 1, needles);
     assert!(err.starts_with("error: ") || err.contains("\nerror: "), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
-    }
     err
 }
 

@@ -5,7 +5,6 @@
 //! real-model grid in one batch equals the sequential grid.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use assert_cmd::Command;
 use candle_core::quantized::GgmlDType;
@@ -13,48 +12,11 @@ use msrnn_tests::files::{scratch, workspace as root};
 use msrnn_tests::tiny_llama::{tiny_config, TinyLlama};
 use serde_json::Value;
 
+mod common;
+use common::{fails_with as fails, ok, stdout};
+
 fn msrnn() -> Command {
-    let mut c = Command::cargo_bin("msrnn").unwrap();
-    c.current_dir(root())
-        .env_remove("MSRNN_MODEL")
-        .env_remove("MSRNN_PLUGINS")
-        .env_remove("MSRNN_POSITIONS")
-        .env_remove("RUST_LOG")
-        .env("MSRNN_THREADS", "1")
-        .timeout(std::time::Duration::from_secs(300));
-    c
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(c: &mut Command) -> Output {
-    let o = c.output().unwrap();
-    assert!(
-        o.status.success(),
-        "expected success, got {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        stdout(&o),
-        stderr(&o)
-    );
-    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
-    o
-}
-
-/// Expects a clean error (exit 1 for ours, 2 for the argument parser's) naming every needle.
-fn fails(c: &mut Command, code: i32, needles: &[&str]) -> String {
-    let o = c.output().unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(code), "expected exit {code}\nstdout:\n{}\nstderr:\n{err}", stdout(&o));
-    assert!(!err.contains("panicked"), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
-    }
-    err
+    common::msrnn(300)
 }
 
 fn json(p: &Path) -> Value {
