@@ -48,10 +48,7 @@ impl Declare for H2oEma {
         if !(0.0..=1.0).contains(&frac) {
             return Err(Error::Param(format!("`heavy` is a fraction of the capacity in [0, 1], got {frac}")));
         }
-        let decay = params.get_given::<f64>("decay")?.unwrap_or_else(|| TovaEma::default_decay(ctx.capacity));
-        if !(0.0..1.0).contains(&decay) {
-            return Err(Error::Param(format!("`decay` must be in [0, 1), got {decay}")));
-        }
+        let decay = TovaEma::decay(params, ctx)?;
         Ok(H2oEma::new(ctx.capacity.map_or(0, |c| (frac * c as f64).floor() as usize), decay))
     }
 }

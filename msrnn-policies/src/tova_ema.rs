@@ -30,6 +30,15 @@ impl TovaEma {
     pub fn default_decay(c: Option<usize>) -> f64 {
         c.map_or(0.99, |c| (1.0 - 8.0 / c as f64).max(0.0))
     }
+
+    /// The `decay` parameter as given, else [`TovaEma::default_decay`]; it must lie in `[0, 1)`.
+    pub fn decay(params: &Params, ctx: &Context) -> Result<f64> {
+        let decay = params.get_given::<f64>("decay")?.unwrap_or_else(|| Self::default_decay(ctx.capacity));
+        if !(0.0..1.0).contains(&decay) {
+            return Err(Error::Param(format!("`decay` must be in [0, 1), got {decay}")));
+        }
+        Ok(decay)
+    }
 }
 
 impl Declare for TovaEma {
@@ -40,11 +49,7 @@ impl Declare for TovaEma {
         &[Param::new("decay", "1-8/C", "weight of the past in s <- d*s + (1-d)*a, in [0, 1); 0 is TOVA")];
 
     fn create(params: &Params, ctx: &Context) -> Result<Self> {
-        let decay = params.get_given::<f64>("decay")?.unwrap_or_else(|| Self::default_decay(ctx.capacity));
-        if !(0.0..1.0).contains(&decay) {
-            return Err(Error::Param(format!("`decay` must be in [0, 1), got {decay}")));
-        }
-        Ok(TovaEma::new(decay))
+        Ok(TovaEma::new(Self::decay(params, ctx)?))
     }
 }
 
