@@ -235,7 +235,9 @@ pub struct Ctx {
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
-    if let Err(e) = run(cli) {
+    let result = run(cli);
+    tracing::debug!(stats = ?msrnn_kernels::pool::stats(), "thread pool");
+    if let Err(e) = result {
         // A closed pipe (`msrnn generate ... | head`) is the reader's choice, not an error.
         if e.chain()
             .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))

@@ -50,5 +50,34 @@ fn main() {
             }
             println!("hi {hi:5} t {t:4} {isa:?}: {:.1} us per layer, x30 layers = {:.2} ms", dt * 1e6, dt * 30e3);
         }
+        // The active variant on the pool, one thread then two (a decode step splits its slots).
+        for threads in [1, 2] {
+            msrnn_kernels::pool::set_threads(threads);
+            let mut dt = f64::MAX;
+            for _ in 0..if t > 100 { 5 } else { 1000 } {
+                let s = Step {
+                    q: &q,
+                    q_stride: h * d,
+                    q_pos: &q_pos,
+                    k: &k,
+                    v: &v,
+                    slots,
+                    hi,
+                    slot_pos: &slot_pos,
+                    live: &live,
+                    window: None,
+                    num_heads: h,
+                    num_kv_heads: g,
+                    head_dim: d,
+                    scale: 0.125,
+                };
+                let t0 = Instant::now();
+                let sink = Sink { out: &mut out, out_stride: h * d, probs: &mut probs, prob_rows: 1 };
+                attention_with(msrnn_kernels::isa::active(), &s, sink, &|n, f| msrnn_kernels::pool::for_each(n, f))
+                    .unwrap();
+                dt = dt.min(t0.elapsed().as_secs_f64());
+            }
+            println!("hi {hi:5} t {t:4} pool, {threads} thread(s): {:.1} us per layer", dt * 1e6);
+        }
     }
 }

@@ -126,25 +126,87 @@ const ROW_BLOCK: usize = 8;
 /// Runs `f(i)` once for every `i < n`, on any threads (a thread pool's `for_each`).
 pub type Parallel<'a> = &'a (dyn Fn(usize, &(dyn Fn(usize) + Sync)) + Sync);
 
-/// Runs the step as independent tasks (one per KV head and block of query rows) through
-/// `parallel`.
+/// Key slots per task when a step has a single block of query rows (a decode step). One task per
+/// KV head would leave too few tasks for the threads (SmolLM2's three KV heads split 2:1 over two
+/// threads); splitting the slots fixes that, and a fixed size keeps the results independent of the
+/// thread count.
+const SPLIT: usize = 512;
+
+/// Runs the step as independent tasks through `parallel`: one per KV head and block of query rows,
+/// or, for a single block over more than [`SPLIT`] slots, one per KV head and range of `SPLIT`
+/// slots, whose partial softmaxes (max, sum, unnormalized output) are merged afterwards.
 pub fn attention_with(isa: Isa, step: &Step<'_>, sink: Sink<'_>, parallel: Parallel<'_>) -> Result<(), String> {
     step.check(sink.out.len(), sink.out_stride, sink.probs.len(), sink.prob_rows)?;
     let t = step.rows();
     let g = step.num_kv_heads;
     let blocks = t.div_ceil(ROW_BLOCK);
-    let out = SyncPtr(sink.out.as_mut_ptr());
-    let probs = SyncPtr(sink.probs.as_mut_ptr());
-    let (out_stride, prob_rows) = (sink.out_stride, sink.prob_rows);
-    let task = |i: usize| {
-        let (head, block) = (i % g, i / g);
-        let rows = block * ROW_BLOCK..((block + 1) * ROW_BLOCK).min(t);
-        // SAFETY: `check` validated the slice lengths; tasks write disjoint regions (their own KV
-        // head's query heads in their own rows), and the slices outlive `parallel`.
-        unsafe { run(isa, step, head, rows, out, out_stride, probs, prob_rows) };
+    let width = step.hi.div_ceil(L) * L;
+    let splits = if blocks == 1 { width.div_ceil(SPLIT) } else { 1 };
+    let hi = step.hi;
+    let mut dst = Dst {
+        // A decode step over a hole-free state sees every slot: computed once, not per task.
+        unmasked_from: step.slot_pos[..hi].iter().copied().max().unwrap_or(0),
+        dense: !step.live[..hi].contains(&false),
+        out: SyncPtr(sink.out.as_mut_ptr()),
+        out_stride: sink.out_stride,
+        probs: SyncPtr(sink.probs.as_mut_ptr()),
+        prob_rows: sink.prob_rows,
+        part: None,
     };
-    parallel(g * blocks, &task);
+    if splits <= 1 {
+        let task = |i: usize| {
+            let (head, block) = (i % g, i / g);
+            let rows = block * ROW_BLOCK..((block + 1) * ROW_BLOCK).min(t);
+            // SAFETY: `check` validated the slice lengths; tasks write disjoint regions (their own KV
+            // head's query heads in their own rows), and the slices outlive `parallel`.
+            unsafe { run(isa, step, head, rows, 0..width, &dst) };
+        };
+        parallel(g * blocks, &task);
+        return Ok(());
+    }
+    let part_len = step.num_heads * (step.head_dim + 2);
+    let mut part = vec![0f32; splits * t * part_len];
+    dst.part = Some(SyncPtr(part.as_mut_ptr()));
+    let task = |i: usize| {
+        let (head, c) = (i % g, i / g);
+        // SAFETY: as above; each task writes its own part entries and its own slots' probabilities.
+        unsafe { run(isa, step, head, 0..t, c * SPLIT..((c + 1) * SPLIT).min(width), &dst) };
+    };
+    parallel(g * splits, &task);
+    merge(step, &part, splits, sink);
     Ok(())
+}
+
+/// Joins the split tasks' partial softmaxes: with `m_c`, `l_c`, `o_c` the max, sum of exponentials
+/// and unnormalized output of range `c`, the row's result is `Σ_c w_c o_c / Σ_c w_c l_c` with
+/// `w_c = exp(m_c - max_c m_c)`, and range `c`'s probabilities scale by `w_c / Σ_c w_c l_c`.
+fn merge(step: &Step<'_>, part: &[f32], splits: usize, sink: Sink<'_>) {
+    let (t, h, d, hi) = (step.rows(), step.num_heads, step.head_dim, step.hi);
+    let part_len = h * (d + 2);
+    for r in 0..t {
+        for head in 0..h {
+            let at = |c: usize| &part[(c * t + r) * part_len + head * (d + 2)..][..d + 2];
+            let m = (0..splits).map(|c| at(c)[0]).fold(f32::NEG_INFINITY, f32::max);
+            let w = |c: usize| if at(c)[0] == f32::NEG_INFINITY { 0.0 } else { exp_lane(at(c)[0] - m) };
+            let z: f32 = (0..splits).map(|c| w(c) * at(c)[1]).sum();
+            let o = &mut sink.out[r * sink.out_stride + head * d..][..d];
+            o.fill(0.0);
+            for c in 0..splits {
+                let scale = w(c) / z;
+                if scale == 0.0 {
+                    continue;
+                }
+                for (o, &x) in o.iter_mut().zip(&at(c)[2..]) {
+                    *o += scale * x;
+                }
+                if r + sink.prob_rows >= t {
+                    let row = &mut sink.probs[((r + sink.prob_rows - t) * h + head) * hi..][..hi];
+                    let range = c * SPLIT..((c + 1) * SPLIT).min(hi);
+                    row[range].iter_mut().for_each(|p| *p *= scale);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -152,63 +214,64 @@ struct SyncPtr(*mut f32);
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
-#[allow(clippy::too_many_arguments)]
-unsafe fn run(
-    isa: Isa,
-    step: &Step<'_>,
-    head: usize,
-    rows: Range<usize>,
+/// Where a task writes: the step's outputs and probability rows, and with split slots the partial
+/// softmaxes (`[split][row][head][max, sum, d outputs]`) in place of the outputs.
+struct Dst {
+    /// Every slot of `[0, hi)` is live, and a query at or past `unmasked_from` (the newest slot's
+    /// position) sees them all when there is no window.
+    dense: bool,
+    unmasked_from: u64,
     out: SyncPtr,
     out_stride: usize,
     probs: SyncPtr,
     prob_rows: usize,
-) {
+    part: Option<SyncPtr>,
+}
+
+unsafe fn run(isa: Isa, step: &Step<'_>, head: usize, rows: Range<usize>, slots: Range<usize>, dst: &Dst) {
     match isa {
-        Isa::Scalar => rows_kv_head::<Lanes>(step, head, rows, out, out_stride, probs, prob_rows),
+        Isa::Scalar => rows_kv_head::<Lanes>(step, head, rows, slots, dst),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => rows_avx2(step, head, rows, out, out_stride, probs, prob_rows),
+        Isa::Avx2 => rows_avx2(step, head, rows, slots, dst),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => rows_avx512(step, head, rows, out, out_stride, probs, prob_rows),
+        Isa::Avx512 => rows_avx512(step, head, rows, slots, dst),
         #[cfg(not(target_arch = "x86_64"))]
-        _ => rows_kv_head::<Lanes>(step, head, rows, out, out_stride, probs, prob_rows),
+        _ => rows_kv_head::<Lanes>(step, head, rows, slots, dst),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(s: &Step<'_>, g: usize, r: Range<usize>, o: SyncPtr, os: usize, p: SyncPtr, pr: usize) {
-    rows_kv_head::<x86::Avx2>(s, g, r, o, os, p, pr)
+unsafe fn rows_avx2(s: &Step<'_>, g: usize, r: Range<usize>, k: Range<usize>, d: &Dst) {
+    rows_kv_head::<x86::Avx2>(s, g, r, k, d)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn rows_avx512(s: &Step<'_>, g: usize, r: Range<usize>, o: SyncPtr, os: usize, p: SyncPtr, pr: usize) {
-    rows_kv_head::<x86::Avx512>(s, g, r, o, os, p, pr)
+unsafe fn rows_avx512(s: &Step<'_>, g: usize, r: Range<usize>, k: Range<usize>, d: &Dst) {
+    rows_kv_head::<x86::Avx512>(s, g, r, k, d)
 }
 
-/// The query heads of KV head `g` for query rows `rows`, in blocks of [`ROW_BLOCK`] rows: scores
-/// for every slot of `[0, hi)` rounded up to whole key blocks (`-inf` where a row cannot see the
-/// slot), softmax, then the values weighted by the non-zero probabilities.
+/// The query heads of KV head `g` for query rows `rows` over the key slots `slots` (a range of
+/// whole key blocks inside `[0, hi)` rounded up), in blocks of [`ROW_BLOCK`] rows: scores (`-inf`
+/// where a row cannot see the slot), softmax, then the values weighted by the non-zero
+/// probabilities. With `dst.part` the softmax is left unnormalized and the outputs, maxima and sums
+/// go to the split's part entries for [`merge`].
 #[inline(always)]
-unsafe fn rows_kv_head<V: Simd>(
-    s: &Step<'_>,
-    g: usize,
-    rows: Range<usize>,
-    out: SyncPtr,
-    out_stride: usize,
-    probs: SyncPtr,
-    prob_rows: usize,
-) {
+unsafe fn rows_kv_head<V: Simd>(s: &Step<'_>, g: usize, rows: Range<usize>, slots: Range<usize>, dst: &Dst) {
     let (d, hi) = (s.head_dim, s.hi);
     let group = s.num_heads / s.num_kv_heads;
     let t = s.rows();
-    let nblk = hi.div_ceil(L);
-    let width = nblk * L;
-    let keys = s.k.as_ptr().add(g * s.slots * d);
-    let vals = s.v.as_ptr().add(g * s.slots * d);
-    let scores = vec![0f32; ROW_BLOCK * group * width];
-    let dense = s.live[..hi].iter().all(|&l| l);
-    let max_pos = s.slot_pos[..hi].iter().copied().max().unwrap_or(0);
+    let k0 = slots.start;
+    let width = slots.len();
+    let nblk = width / L;
+    // Slots of this range that hold values (the last block may run past hi).
+    let live_n = hi.min(slots.end).saturating_sub(k0);
+    let keys = s.k.as_ptr().add(g * s.slots * d + k0 * d);
+    let vals = s.v.as_ptr().add((g * s.slots + k0) * d);
+    let scores = vec![0f32; rows.len().min(ROW_BLOCK) * group * width];
+    let part_len = s.num_heads * (d + 2);
+    let split = k0 / SPLIT;
     let mut start = rows.start;
     while start < rows.end {
         let block = start..(start + ROW_BLOCK).min(rows.end);
@@ -231,10 +294,11 @@ unsafe fn rows_kv_head<V: Simd>(
         for (b, r) in block.clone().enumerate() {
             let p = s.q_pos[r];
             // A decode step over a hole-free state sees every slot: only the block tail is masked.
-            let first = if dense && p >= max_pos && s.window.is_none() { hi } else { 0 };
+            let first = if dst.dense && p >= dst.unmasked_from && s.window.is_none() { live_n } else { 0 };
             for slot in first..width {
-                let seen = slot < hi && s.live[slot] && {
-                    let sp = s.slot_pos[slot];
+                let at = k0 + slot;
+                let seen = at < hi && s.live[at] && {
+                    let sp = s.slot_pos[at];
                     sp <= p && s.window.is_none_or(|w| p - sp < w)
                 };
                 if !seen {
@@ -244,28 +308,45 @@ unsafe fn rows_kv_head<V: Simd>(
                 }
             }
         }
+        // Where the outputs of query x (row b, head j of the group) go: the step's output, or the
+        // split's part entry after its max and sum.
+        let part_at = |x: usize| {
+            let (b, j) = (x / group, x % group);
+            let r = block.start + b;
+            dst.part.map(|p| p.0.add((split * t + r) * part_len + (g * group + j) * (d + 2)))
+        };
         for x in 0..nq {
-            softmax::<V>(std::slice::from_raw_parts_mut(row_ptr(x), width));
+            let row = std::slice::from_raw_parts_mut(row_ptr(x), width);
+            match part_at(x) {
+                None => softmax::<V>(row),
+                Some(e) => {
+                    let (m, z) = exp_shifted::<V>(row);
+                    (*e, *e.add(1)) = (m, z);
+                }
+            }
         }
         for (b, r) in block.clone().enumerate() {
             // The row's query heads share each value row they read.
-            let o = out.0.add(r * out_stride + g * group * d);
+            let o = |j: usize| match part_at(b * group + j) {
+                Some(e) => e.add(2),
+                None => dst.out.0.add(r * dst.out_stride + (g * group + j) * d),
+            };
             let p = |j: usize| row_ptr(b * group + j) as *const f32;
             let mut j = 0;
             while j < group {
                 let n = (group - j).min(4);
                 if d % (4 * L) == 0 {
                     let ps = |i: usize| p(j + i.min(n - 1));
-                    let os = |i: usize| o.add((j + i.min(n - 1)) * d);
+                    let os = |i: usize| o(j + i.min(n - 1));
                     match n {
-                        4 => pv4::<V, 4>([ps(0), ps(1), ps(2), ps(3)], hi, vals, d, [os(0), os(1), os(2), os(3)]),
-                        3 => pv4::<V, 3>([ps(0), ps(1), ps(2)], hi, vals, d, [os(0), os(1), os(2)]),
-                        2 => pv4::<V, 2>([ps(0), ps(1)], hi, vals, d, [os(0), os(1)]),
-                        _ => pv4::<V, 1>([ps(0)], hi, vals, d, [os(0)]),
+                        4 => pv4::<V, 4>([ps(0), ps(1), ps(2), ps(3)], live_n, vals, d, [os(0), os(1), os(2), os(3)]),
+                        3 => pv4::<V, 3>([ps(0), ps(1), ps(2)], live_n, vals, d, [os(0), os(1), os(2)]),
+                        2 => pv4::<V, 2>([ps(0), ps(1)], live_n, vals, d, [os(0), os(1)]),
+                        _ => pv4::<V, 1>([ps(0)], live_n, vals, d, [os(0)]),
                     }
                 } else {
                     for i in 0..n {
-                        pv::<V>(std::slice::from_raw_parts(p(j + i), hi), vals, d, o.add((j + i) * d));
+                        pv::<V>(std::slice::from_raw_parts(p(j + i), live_n), vals, d, o(j + i));
                     }
                 }
                 j += n;
@@ -274,9 +355,9 @@ unsafe fn rows_kv_head<V: Simd>(
         for x in 0..nq {
             let (b, j) = (x / group, x % group);
             let r = block.start + b;
-            if r + prob_rows >= t {
-                let dst = probs.0.add(((r + prob_rows - t) * s.num_heads + g * group + j) * hi);
-                std::ptr::copy_nonoverlapping(row_ptr(x), dst, hi);
+            if r + dst.prob_rows >= t {
+                let at = ((r + dst.prob_rows - t) * s.num_heads + g * group + j) * hi + k0;
+                std::ptr::copy_nonoverlapping(row_ptr(x), dst.probs.0.add(at), live_n);
             }
         }
         start = block.end;
@@ -403,6 +484,24 @@ unsafe fn pv_ragged<V: Simd>(p: &[f32], vals: *const f32, d: usize, c: usize, w:
 /// In-place softmax of a row with at least one finite entry; `-inf` entries become exactly 0.
 #[inline(always)]
 unsafe fn softmax<V: Simd>(x: &mut [f32]) {
+    let (_, z) = exp_shifted::<V>(x);
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let sum = V::splat(z);
+    let mut i = 0;
+    while i + L <= n {
+        V::load(p.add(i)).div(sum).store(p.add(i));
+        i += L;
+    }
+    if i < n {
+        V::load_part(p.add(i), n - i).div(sum).store_part(p.add(i), n - i);
+    }
+}
+
+/// The unnormalized half of [`softmax`] for one split range: `x <- exp(x - max)` in place, returning
+/// `(max, sum)`; a row with no finite entry becomes zeros with max `-inf` and sum 0.
+#[inline(always)]
+unsafe fn exp_shifted<V: Simd>(x: &mut [f32]) -> (f32, f32) {
     let n = x.len();
     let p = x.as_mut_ptr();
     let mut m = V::splat(f32::NEG_INFINITY);
@@ -414,7 +513,12 @@ unsafe fn softmax<V: Simd>(x: &mut [f32]) {
     if i < n {
         m = m.max(V::load_part_with(p.add(i), n - i, f32::NEG_INFINITY));
     }
-    let max = V::splat(m.max_lane());
+    let top = m.max_lane();
+    if top == f32::NEG_INFINITY {
+        x.fill(0.0);
+        return (top, 0.0);
+    }
+    let max = V::splat(top);
     let mut acc = V::splat(0.0);
     i = 0;
     while i + L <= n {
@@ -424,20 +528,11 @@ unsafe fn softmax<V: Simd>(x: &mut [f32]) {
         i += L;
     }
     if i < n {
-        // Lanes past the row hold -inf - max = -inf, whose exp is 0: they add nothing.
         let e = V::load_part_with(p.add(i), n - i, f32::NEG_INFINITY).sub(max).exp();
         e.store_part(p.add(i), n - i);
         acc = acc.add(e);
     }
-    let sum = V::splat(acc.sum());
-    i = 0;
-    while i + L <= n {
-        V::load(p.add(i)).div(sum).store(p.add(i));
-        i += L;
-    }
-    if i < n {
-        V::load_part(p.add(i), n - i).div(sum).store_part(p.add(i), n - i);
-    }
+    (top, acc.sum())
 }
 
 trait Simd: Copy {
@@ -1001,6 +1096,13 @@ mod tests {
             (9, 3, 64, 130, 1, None),
             (4, 1, 256, 34, 2, None),
             (3, 3, 128, 64, 9, Some(40)),
+            // one block of rows over more than SPLIT slots: split ranges, merged
+            (9, 3, 64, 600, 1, None),
+            (9, 3, 64, 777, 3, None),
+            (9, 3, 64, 1024, 1, None),
+            // a window so narrow that whole ranges see nothing
+            (4, 1, 17, 530, 2, Some(5)),
+            (6, 2, 12, 513, 8, Some(300)),
         ];
         for (i, &(h, g, d, hi, t, w)) in shapes.iter().enumerate() {
             let c = case(&mut rng, h, g, d, hi, t, w);
