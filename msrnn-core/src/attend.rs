@@ -6,8 +6,8 @@
 //! devices go through candle's ops.
 
 use candle_core::{DType, Tensor};
-use msrnn_kernels::attention::{attention_with, Sink, Step};
-use msrnn_kernels::rope::{rotate_keys_blocked, rotate_row};
+use msrnn_kernels::attention::{attention_with, KeyAngles, Sink, Step};
+use msrnn_kernels::rope::{block_angles, rotate_row};
 
 use crate::error::{Error, Result};
 use crate::policy::{validate, Observation, Policy, Rows};
@@ -119,8 +119,8 @@ pub(crate) fn step_host(
     for (i, &s) in new_slots.iter().enumerate() {
         layer.write_host(s, &keys_in[i * kw..][..kw], &v[i * kw..][..kw]);
     }
-    let ranked = match (&layer.rope, layer.mode) {
-        (Some(_), Positions::Cache) => Some(rotate_by_rank(layer, &new_slots, &mut qr, n_heads)),
+    let angles = match (&layer.rope, layer.mode) {
+        (Some(_), Positions::Cache) => Some(rank_angles(layer, &new_slots, &mut qr, n_heads)),
         _ => None,
     };
 
@@ -137,7 +137,11 @@ pub(crate) fn step_host(
     let mut probs = vec![0f32; prob_rows * n_heads * hi];
     {
         let Kv::Host { k: keys, v: vals } = &layer.kv else { unreachable!("host step on a device state") };
-        let keys = ranked.as_deref().unwrap_or(keys);
+        let style = layer.rope.as_ref().map(|r| r.style());
+        let key_angles = match (&angles, style) {
+            (Some((cos, sin)), Some(style)) => Some(KeyAngles { cos, sin, style }),
+            _ => None,
+        };
         let step = Step {
             q: &qr,
             q_stride: qw,
@@ -153,13 +157,14 @@ pub(crate) fn step_host(
             num_kv_heads: g,
             head_dim: d,
             scale,
+            key_angles,
         };
         let sink = Sink { out, out_stride: qw, probs: &mut probs, prob_rows };
         attention_with(msrnn_kernels::isa::active(), &step, sink, &|n, f| msrnn_kernels::pool::for_each(n, f))
             .map_err(|reason| Error::Shape { op: "attend", reason })?;
     }
-    if let Some(buf) = ranked {
-        RANKED.set(buf);
+    if let Some(buf) = angles {
+        ANGLES.set(buf);
     }
     // What the next query cannot see through the model's window is gone for good: drop it before
     // the policy spends budget on it.
@@ -170,33 +175,31 @@ pub(crate) fn step_host(
 }
 
 thread_local! {
-    /// Cache mode's keys rotated by rank, reused from step to step by the thread that runs the step:
-    /// a fresh buffer per step would be zeroed (and, at this size, mapped and faulted in) on every
-    /// token, and one per layer would double the keys' memory.
-    static RANKED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Cache mode's per-block key angles ([`block_angles`]), reused from step to step by the thread
+    /// that runs the step (a fresh buffer per layer and token would be zeroed and faulted in).
+    static ANGLES: std::cell::Cell<(Vec<f32>, Vec<f32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
 }
 
-/// Cache mode: rotates the queries (in place) and every live key (into this thread's reused buffer,
-/// returned; the caller puts it back) at their token's rank among the layer's live tokens.
-fn rotate_by_rank(layer: &mut LayerState, new_slots: &[usize], q: &mut [f32], n_heads: usize) -> Vec<f32> {
+/// Cache mode: rotates the queries (in place) at their token's rank among the layer's live tokens,
+/// and lays out every live key's angles by rank for the attention kernel, which rotates each key
+/// block as it scores it (into this thread's reused buffers, returned; the caller puts them back).
+fn rank_angles(layer: &mut LayerState, new_slots: &[usize], q: &mut [f32], n_heads: usize) -> (Vec<f32>, Vec<f32>) {
     let hi = layer.high;
     let mut rank = vec![0u32; hi];
     for (r, &s) in layer.order.iter().enumerate() {
         rank[s] = r as u32;
     }
-    let (g, d, slots) = (layer.num_kv_heads, layer.head_dim, layer.num_slots());
+    let d = layer.head_dim;
     let rope = layer.rope.as_mut().expect("cache mode needs a rotary embedding");
     let (style, half) = (rope.style(), rope.half());
     let (cos, sin) = rope.table(layer.order.len());
-    let Kv::Host { k, .. } = &layer.kv else { unreachable!("host rotation on a device state") };
-    let mut rotated = RANKED.take();
-    rotated.resize(k.len(), 0.0);
-    rotate_keys_blocked(k, &mut rotated, slots, hi, g, d, &rank, cos, sin, style);
+    let (mut ct, mut st) = ANGLES.take();
+    block_angles(&rank, hi, half, cos, sin, &mut ct, &mut st);
     for (row, &s) in q.chunks_mut(n_heads * d).zip(new_slots) {
         let r = rank[s] as usize * half;
         rotate_row(row, n_heads, d, &cos[r..r + half], &sin[r..r + half], style);
     }
-    rotated
+    (ct, st)
 }
 
 /// The device path: candle ops on head-major tensors.

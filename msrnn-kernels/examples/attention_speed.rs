@@ -28,6 +28,7 @@ fn main() {
                 num_kv_heads: g,
                 head_dim: d,
                 scale: 0.125,
+                key_angles: None,
             };
             let iters = if t > 100 {
                 5
@@ -70,6 +71,7 @@ fn main() {
                     num_kv_heads: g,
                     head_dim: d,
                     scale: 0.125,
+                    key_angles: None,
                 };
                 let t0 = Instant::now();
                 let sink = Sink { out: &mut out, out_stride: h * d, probs: &mut probs, prob_rows: 1 };

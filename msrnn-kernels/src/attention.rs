@@ -14,6 +14,8 @@
 
 use std::ops::Range;
 
+use crate::rope::{pair, RopeStyle};
+
 /// Lanes of the vector code: one AVX-512 register of f32, two AVX2 ones.
 const L: usize = 16;
 
@@ -71,6 +73,18 @@ pub struct Step<'a> {
     pub num_kv_heads: usize,
     pub head_dim: usize,
     pub scale: f32,
+    /// Keys stored unrotated (cache mode): each key block is rotated by these angles right before
+    /// it is scored, in registers, instead of rotating the whole buffer into a copy first.
+    pub key_angles: Option<KeyAngles<'a>>,
+}
+
+/// The rotation of every key block: `cos`/`sin` as [`crate::rope::block_angles`] lays them out
+/// (`[blocks][d/2][16]`), and how the head's dimensions pair up.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyAngles<'a> {
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+    pub style: RopeStyle,
 }
 
 impl Step<'_> {
@@ -101,6 +115,16 @@ impl Step<'_> {
         }
         if prob_rows > t || probs_len < prob_rows * h * self.hi {
             return fail(format!("{probs_len} probability values for {prob_rows} rows of {h} x {}", self.hi));
+        }
+        if let Some(a) = self.key_angles {
+            let want = self.hi.div_ceil(KEY_BLOCK) * (d / 2) * KEY_BLOCK;
+            if d % 2 != 0 || a.cos.len() < want || a.sin.len() < want {
+                return fail(format!(
+                    "key angles for head size {d}: {} and {} of {want} values",
+                    a.cos.len(),
+                    a.sin.len()
+                ));
+            }
         }
         Ok(())
     }
@@ -270,26 +294,27 @@ unsafe fn rows_kv_head<V: Simd>(s: &Step<'_>, g: usize, rows: Range<usize>, slot
     let keys = s.k.as_ptr().add(g * s.slots * d + k0 * d);
     let vals = s.v.as_ptr().add((g * s.slots + k0) * d);
     let scores = vec![0f32; rows.len().min(ROW_BLOCK) * group * width];
+    // One rotated key block at a time (cache mode), read back from L1 by every query of the task.
+    let rotated = vec![0f32; if s.key_angles.is_some() { d * L } else { 0 }];
     let part_len = s.num_heads * (d + 2);
     let split = k0 / SPLIT;
     let mut start = rows.start;
     while start < rows.end {
         let block = start..(start + ROW_BLOCK).min(rows.end);
         let nq = block.len() * group;
-        let q_ptr = |x: usize| s.q.as_ptr().add((block.start + x / group) * s.q_stride + (g * group + x % group) * d);
         let row_ptr = |x: usize| scores.as_ptr().add(x * width) as *mut f32;
-        let mut x = 0;
-        while x < nq {
-            let n = (nq - x).min(4);
-            let qs = |i: usize| q_ptr(x + i.min(n - 1));
-            let ds = |i: usize| row_ptr(x + i.min(n - 1));
-            match n {
-                4 => qk::<V, 4>([qs(0), qs(1), qs(2), qs(3)], keys, nblk, d, s.scale, [ds(0), ds(1), ds(2), ds(3)]),
-                3 => qk::<V, 3>([qs(0), qs(1), qs(2)], keys, nblk, d, s.scale, [ds(0), ds(1), ds(2)]),
-                2 => qk::<V, 2>([qs(0), qs(1)], keys, nblk, d, s.scale, [ds(0), ds(1)]),
-                _ => qk::<V, 1>([qs(0)], keys, nblk, d, s.scale, [ds(0)]),
+        let rows_at = scores.as_ptr() as *mut f32;
+        match s.key_angles {
+            None => score_rows::<V>(s, g, block.start, nq, rows_at, width, keys, nblk),
+            Some(a) => {
+                let half = d / 2;
+                for b in 0..nblk {
+                    let at = (k0 / L + b) * half * L;
+                    let (c, sn) = (a.cos.as_ptr().add(at), a.sin.as_ptr().add(at));
+                    rotate_block::<V>(keys.add(b * d * L), rotated.as_ptr() as *mut f32, c, sn, d, a.style);
+                    score_rows::<V>(s, g, block.start, nq, rows_at.add(b * L), width, rotated.as_ptr(), 1);
+                }
             }
-            x += n;
         }
         for (b, r) in block.clone().enumerate() {
             let p = s.q_pos[r];
@@ -361,6 +386,61 @@ unsafe fn rows_kv_head<V: Simd>(s: &Step<'_>, g: usize, rows: Range<usize>, slot
             }
         }
         start = block.end;
+    }
+}
+
+/// Scores of the `nq` queries of KV head `g` from row `first_row` on (query `x` is row
+/// `first_row + x / group`, head `g * group + x % group`) against `nblk` key blocks at `keys`, into
+/// score rows of `width` starting at `scores`. A function, not a closure: a closure would not
+/// inherit the caller's target features, and its vector intrinsics would become calls.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn score_rows<V: Simd>(
+    s: &Step<'_>,
+    g: usize,
+    first_row: usize,
+    nq: usize,
+    scores: *mut f32,
+    width: usize,
+    keys: *const f32,
+    nblk: usize,
+) {
+    let (d, group) = (s.head_dim, s.num_heads / s.num_kv_heads);
+    let q_ptr = |x: usize| s.q.as_ptr().add((first_row + x / group) * s.q_stride + (g * group + x % group) * d);
+    let row_ptr = |x: usize| scores.add(x * width);
+    let mut x = 0;
+    while x < nq {
+        let n = (nq - x).min(4);
+        let qs = |i: usize| q_ptr(x + i.min(n - 1));
+        let ds = |i: usize| row_ptr(x + i.min(n - 1));
+        match n {
+            4 => qk::<V, 4>([qs(0), qs(1), qs(2), qs(3)], keys, nblk, d, s.scale, [ds(0), ds(1), ds(2), ds(3)]),
+            3 => qk::<V, 3>([qs(0), qs(1), qs(2)], keys, nblk, d, s.scale, [ds(0), ds(1), ds(2)]),
+            2 => qk::<V, 2>([qs(0), qs(1)], keys, nblk, d, s.scale, [ds(0), ds(1)]),
+            _ => qk::<V, 1>([qs(0)], keys, nblk, d, s.scale, [ds(0)]),
+        }
+        x += n;
+    }
+}
+
+/// Rotates one key block (`d` rows of sixteen slots) by its slots' angles (`cos`/`sin`: `d/2` rows of
+/// sixteen) into `dst`: `x_a c - x_b s` and `x_a s + x_b c` per pair, rounded per operation as
+/// [`crate::rope::rotate_keys_blocked`] does, so the scores equal those of keys rotated beforehand.
+#[inline(always)]
+unsafe fn rotate_block<V: Simd>(
+    src: *const f32,
+    dst: *mut f32,
+    cos: *const f32,
+    sin: *const f32,
+    d: usize,
+    style: RopeStyle,
+) {
+    for i in 0..d / 2 {
+        let (a, b) = pair(style, d, i);
+        let (xa, xb) = (V::load(src.add(a * L)), V::load(src.add(b * L)));
+        let (c, s) = (V::load(cos.add(i * L)), V::load(sin.add(i * L)));
+        xa.mul(c).sub(xb.mul(s)).store(dst.add(a * L));
+        xa.mul(s).add(xb.mul(c)).store(dst.add(b * L));
     }
 }
 
@@ -1013,6 +1093,7 @@ mod tests {
             num_kv_heads: c.kv,
             head_dim: c.d,
             scale: 1.0 / (c.d as f32).sqrt(),
+            key_angles: None,
         }
     }
 
@@ -1134,6 +1215,41 @@ mod tests {
             let first = (t - prob_rows) * h * hi;
             for (a, b) in base_probs.iter().zip(&want_probs[first..]) {
                 assert!((*a as f64 - b).abs() < 1e-6, "shape {i}: prob {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn keys_rotated_per_block_score_as_keys_rotated_beforehand() {
+        use crate::rope::{block_angles, rotate_keys_blocked, RopeStyle};
+        let mut rng = Rng(7);
+        // heads, kv, d, hi, t: decode and chunks, a ragged last block, split slot ranges
+        let shapes = [(9, 3, 64, 37, 1), (4, 2, 12, 70, 9), (6, 3, 8, 600, 1), (2, 1, 34, 530, 3)];
+        for (i, &(h, g, d, hi, t)) in shapes.iter().enumerate() {
+            let c = case(&mut rng, h, g, d, hi, t, None);
+            let half = d / 2;
+            let rows = hi + 5;
+            let cos: Vec<f32> = (0..rows * half).map(|x| (x as f32 * 0.37).cos()).collect();
+            let sin: Vec<f32> = (0..rows * half).map(|x| (x as f32 * 0.37).sin()).collect();
+            let angle_row: Vec<u32> = (0..hi as u32).map(|s| (s * 13) % rows as u32).collect();
+            for style in [RopeStyle::Interleaved, RopeStyle::HalfSplit] {
+                let mut pre = c.kb.clone();
+                rotate_keys_blocked(&c.kb, &mut pre, c.slots, hi, g, d, &angle_row, &cos, &sin, style);
+                let (mut ct, mut st) = (Vec::new(), Vec::new());
+                block_angles(&angle_row, hi, half, &cos, &sin, &mut ct, &mut st);
+                for isa in Isa::supported() {
+                    let run = |keys: &[f32], angles: Option<KeyAngles<'_>>| {
+                        let mut out = vec![0f32; t * h * d];
+                        let mut probs = vec![0f32; h * hi];
+                        let s = Step { k: keys, key_angles: angles, ..step(&c) };
+                        let sink = Sink { out: &mut out, out_stride: h * d, probs: &mut probs, prob_rows: 1 };
+                        attention_with(isa, &s, sink, &|n, f| (0..n).for_each(f)).unwrap();
+                        (out, probs)
+                    };
+                    let want = run(&pre, None);
+                    let got = run(&c.kb, Some(KeyAngles { cos: &ct, sin: &st, style }));
+                    assert!(got == want, "{isa:?} {style:?} shape {i}: differs from keys rotated beforehand");
+                }
             }
         }
     }

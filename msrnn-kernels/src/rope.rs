@@ -7,6 +7,7 @@
 //! operation, so a row rotated here equals one rotated by candle bit for bit.
 
 use crate::attention::{key_index, KEY_BLOCK};
+use crate::isa::Isa;
 
 /// How a head's dimensions are paired for rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +20,7 @@ pub enum RopeStyle {
 
 /// The pair `(a, b)` of dimension pair `i` in a head of `d` values.
 #[inline(always)]
-fn pair(style: RopeStyle, d: usize, i: usize) -> (usize, usize) {
+pub(crate) fn pair(style: RopeStyle, d: usize, i: usize) -> (usize, usize) {
     match style {
         RopeStyle::Interleaved => (2 * i, 2 * i + 1),
         RopeStyle::HalfSplit => (i, i + d / 2),
@@ -42,7 +43,9 @@ pub fn rotate_row(row: &mut [f32], heads: usize, d: usize, cos: &[f32], sin: &[f
 
 /// Rotates the keys of slots `[0, hi)` of a blocked buffer (`[kv_heads][slots/16][d][16]`, see
 /// [`key_index`]) from `src` into `dst`, slot `s` at the angles of row `angle_row[s]` of the
-/// tables (`cos`/`sin`: `d/2` values per row). Slots past `hi` in the last block are left alone.
+/// tables (`cos`/`sin`: `d/2` values per row), with the active instruction set. Slots past `hi` in
+/// the last block are left alone. Cache mode does not call it: the attention kernel rotates each
+/// block as it scores it (`attention::Step::key_angles`); this whole-buffer form is its reference.
 #[allow(clippy::too_many_arguments)]
 pub fn rotate_keys_blocked(
     src: &[f32],
@@ -56,29 +59,113 @@ pub fn rotate_keys_blocked(
     sin: &[f32],
     style: RopeStyle,
 ) {
-    let half = d / 2;
-    let mut ct = vec![0f32; half * KEY_BLOCK];
-    let mut st = vec![0f32; half * KEY_BLOCK];
-    for b in 0..hi.div_ceil(KEY_BLOCK) {
-        let lanes = (hi - b * KEY_BLOCK).min(KEY_BLOCK);
-        // The block's angles, transposed to [pair][lane] so the rotation below runs lane-wise.
-        for l in 0..lanes {
-            let r = angle_row[b * KEY_BLOCK + l] as usize * half;
-            for i in 0..half {
-                ct[i * KEY_BLOCK + l] = cos[r + i];
-                st[i * KEY_BLOCK + l] = sin[r + i];
-            }
+    let k = Keys { slots, hi, kv_heads, d, angle_row, cos, sin, style };
+    rotate_keys_blocked_with(crate::isa::active(), src, dst, &k);
+}
+
+/// The arguments of [`rotate_keys_blocked`] after the buffers.
+#[derive(Clone, Copy)]
+pub struct Keys<'a> {
+    pub slots: usize,
+    pub hi: usize,
+    pub kv_heads: usize,
+    pub d: usize,
+    pub angle_row: &'a [u32],
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+    pub style: RopeStyle,
+}
+
+/// [`rotate_keys_blocked`] with a given instruction set (an unsupported one runs the portable
+/// code). Every variant performs the same IEEE operations (a multiply, a multiply, an add or
+/// subtract, no fused multiply-add), so all return the same bits; the wide ones only let the
+/// compiler use wider vectors for the sixteen slots of a block.
+pub fn rotate_keys_blocked_with(isa: Isa, src: &[f32], dst: &mut [f32], k: &Keys<'_>) {
+    match isa {
+        // SAFETY: the CPU supports the variant's features (checked in the guard).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa.is_supported() => unsafe { rotate_avx512(src, dst, k) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_supported() => unsafe { rotate_avx2(src, dst, k) },
+        _ => rotate_blocks(src, dst, k),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn rotate_avx512(src: &[f32], dst: &mut [f32], k: &Keys<'_>) {
+    rotate_blocks(src, dst, k)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn rotate_avx2(src: &[f32], dst: &mut [f32], k: &Keys<'_>) {
+    rotate_blocks(src, dst, k)
+}
+
+/// The angles of slots `[0, hi)` for a lane-wise rotation of blocked keys: per block of sixteen
+/// slots, `d/2` rows of sixteen lanes (`[blocks][d/2][16]`, slot `s` at the tables' row
+/// `angle_row[s]`), lanes past `hi` zero. Written into `ct`/`st` (resized; reused across steps).
+pub fn block_angles(
+    angle_row: &[u32],
+    hi: usize,
+    half: usize,
+    cos: &[f32],
+    sin: &[f32],
+    ct: &mut Vec<f32>,
+    st: &mut Vec<f32>,
+) {
+    const B: usize = KEY_BLOCK;
+    let n = hi.div_ceil(B) * half * B;
+    ct.clear();
+    ct.resize(n, 0.0);
+    st.clear();
+    st.resize(n, 0.0);
+    for (s, &row) in angle_row[..hi].iter().enumerate() {
+        let (b, l) = (s / B, s % B);
+        let r = row as usize * half;
+        let (cr, sr) = (&cos[r..r + half], &sin[r..r + half]);
+        let at = b * half * B + l;
+        for i in 0..half {
+            ct[at + i * B] = cr[i];
+            st[at + i * B] = sr[i];
         }
-        for g in 0..kv_heads {
-            let base = key_index(slots, d, g, b * KEY_BLOCK, 0);
+    }
+}
+
+#[inline(always)]
+fn rotate_blocks(src: &[f32], dst: &mut [f32], k: &Keys<'_>) {
+    const B: usize = KEY_BLOCK;
+    let (d, hi) = (k.d, k.hi);
+    let half = d / 2;
+    let (mut cos_t, mut sin_t) = (Vec::new(), Vec::new());
+    block_angles(k.angle_row, hi, half, k.cos, k.sin, &mut cos_t, &mut sin_t);
+    for b in 0..hi.div_ceil(B) {
+        let lanes = (hi - b * B).min(B);
+        let (ct, st) = (&cos_t[b * half * B..][..half * B], &sin_t[b * half * B..][..half * B]);
+        for g in 0..k.kv_heads {
+            let base = key_index(k.slots, d, g, b * B, 0);
             for i in 0..half {
-                let (a, bb) = pair(style, d, i);
-                let (ra, rb) = (base + a * KEY_BLOCK, base + bb * KEY_BLOCK);
-                let (c, s) = (&ct[i * KEY_BLOCK..][..KEY_BLOCK], &st[i * KEY_BLOCK..][..KEY_BLOCK]);
-                for l in 0..lanes {
-                    let (x0, x1) = (src[ra + l], src[rb + l]);
-                    dst[ra + l] = x0 * c[l] - x1 * s[l];
-                    dst[rb + l] = x0 * s[l] + x1 * c[l];
+                let (a, bb) = pair(k.style, d, i);
+                let (ra, rb) = (base + a * B, base + bb * B);
+                let (c, s) = (&ct[i * B..][..B], &st[i * B..][..B]);
+                if lanes == B {
+                    // Whole arrays of sixteen: no bounds checks in the loop, one vector per operand.
+                    let xa: [f32; B] = src[ra..ra + B].try_into().expect("a block row");
+                    let xb: [f32; B] = src[rb..rb + B].try_into().expect("a block row");
+                    let (mut oa, mut ob) = ([0f32; B], [0f32; B]);
+                    for l in 0..B {
+                        oa[l] = xa[l] * c[l] - xb[l] * s[l];
+                        ob[l] = xa[l] * s[l] + xb[l] * c[l];
+                    }
+                    dst[ra..ra + B].copy_from_slice(&oa);
+                    dst[rb..rb + B].copy_from_slice(&ob);
+                } else {
+                    for l in 0..lanes {
+                        let (x0, x1) = (src[ra + l], src[rb + l]);
+                        dst[ra + l] = x0 * c[l] - x1 * s[l];
+                        dst[rb + l] = x0 * s[l] + x1 * c[l];
+                    }
                 }
             }
         }
@@ -108,6 +195,13 @@ mod tests {
             }
             let mut dst = vec![f32::NAN; src.len()];
             rotate_keys_blocked(&src, &mut dst, slots, hi, kv, d, &angle_row, &cos, &sin, style);
+            let k = Keys { slots, hi, kv_heads: kv, d, angle_row: &angle_row, cos: &cos, sin: &sin, style };
+            for isa in Isa::supported() {
+                let mut other = vec![f32::NAN; src.len()];
+                rotate_keys_blocked_with(isa, &src, &mut other, &k);
+                let same = other.iter().zip(&dst).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{isa:?} {style:?}: differs from the active variant");
+            }
             for g in 0..kv {
                 for s in 0..hi {
                     let mut want = keys[(g * slots + s) * d..][..d].to_vec();
