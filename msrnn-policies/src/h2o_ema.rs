@@ -5,7 +5,9 @@
 //! kept; the rest of the budget goes to the highest moving averages, the newest token a candidate
 //! too; ties keep the newer entry. H2O's sum remembers what mattered since the start of the
 //! stream, the moving average follows what matters now, which a fixed window of the newest tokens
-//! only approximates. Zhang et al. 2023 (H2O) and Oren et al. 2024 (TOVA), combined for msrnn
+//! only approximates. With `diverse > 0`, `floor(diverse * C)` of the entries that are not heavy
+//! hitters are kept for their keys instead: those least similar to the layer's mean key (keydiff's
+//! score), which keeps rare tokens that attention has not needed yet (a number to recall later). Zhang et al. 2023 (H2O) and Oren et al. 2024 (TOVA), combined for msrnn
 //! (issue #15; the measurements behind it are in docs/policies.md).
 //!
 //! In a chunk every query row is one step for both statistics (one decay per token).
@@ -13,6 +15,7 @@
 use msrnn_policy_api::{lowest_scored, Context, Decision, Declare, Error, Needs, Observation, Param, Params, Policy};
 use msrnn_policy_api::{Result, Rows};
 
+use crate::keydiff::anchor_similarity;
 use crate::tova_ema::{ema_update, TovaEma};
 
 /// `h2o-ema`: heavy hitters by accumulated attention, the rest by smoothed attention.
@@ -20,6 +23,8 @@ use crate::tova_ema::{ema_update, TovaEma};
 pub struct H2oEma {
     /// Entries kept by accumulated attention.
     heavy: usize,
+    /// Entries kept for the most distinct keys.
+    diverse: usize,
     decay: f64,
     /// Accumulated attention per slot (H2O's score).
     sums: Vec<f64>,
@@ -30,7 +35,13 @@ pub struct H2oEma {
 impl H2oEma {
     /// `heavy` entries kept by accumulated attention, the moving average's `decay` in `[0, 1)`.
     pub fn new(heavy: usize, decay: f64) -> Self {
-        Self { heavy, decay, sums: Vec::new(), ema: Vec::new() }
+        Self { heavy, diverse: 0, decay, sums: Vec::new(), ema: Vec::new() }
+    }
+
+    /// Also keeps `diverse` entries for the keys least similar to the layer's mean key.
+    pub fn with_diverse(mut self, diverse: usize) -> Self {
+        self.diverse = diverse;
+        self
     }
 }
 
@@ -41,6 +52,7 @@ impl Declare for H2oEma {
     const PARAMS: &'static [Param] = &[
         Param::new("heavy", "0.125", "fraction of C kept by accumulated attention (rounded down), in [0, 1]"),
         Param::new("decay", "1-8/C", "weight of the past in the moving average s <- d*s + (1-d)*a, in [0, 1)"),
+        Param::new("diverse", "0", "fraction of C kept for the keys least similar to the mean key, in [0, 1]"),
     ];
 
     fn create(params: &Params, ctx: &Context) -> Result<Self> {
@@ -48,8 +60,13 @@ impl Declare for H2oEma {
         if !(0.0..=1.0).contains(&frac) {
             return Err(Error::Param(format!("`heavy` is a fraction of the capacity in [0, 1], got {frac}")));
         }
+        let diverse: f64 = params.get("diverse")?;
+        if !(0.0..=1.0).contains(&diverse) {
+            return Err(Error::Param(format!("`diverse` is a fraction of the capacity in [0, 1], got {diverse}")));
+        }
         let decay = TovaEma::decay(params, ctx)?;
-        Ok(H2oEma::new(ctx.capacity.map_or(0, |c| (frac * c as f64).floor() as usize), decay))
+        let share = |f: f64| ctx.capacity.map_or(0, |c| (f * c as f64).floor() as usize);
+        Ok(H2oEma::new(share(frac), decay).with_diverse(share(diverse)))
     }
 }
 
@@ -58,7 +75,7 @@ impl Policy for H2oEma {
         Self::NAME
     }
     fn needs(&self) -> Needs {
-        Needs { rows: Rows::All, every_step: true, ..Needs::default() }
+        Needs { rows: Rows::All, every_step: true, keys: self.diverse > 0, ..Needs::default() }
     }
     fn step(&mut self, obs: &Observation<'_>, budget: usize) -> Result<Decision> {
         let n = obs.num_slots;
@@ -79,9 +96,16 @@ impl Policy for H2oEma {
         // The heavy hitters are the live entries that would survive last by their sums.
         let live = obs.live_count();
         let heavy = self.heavy.min(budget);
-        let mut hitter = obs.live.to_vec();
-        lowest_scored(obs, &self.sums, |_| false, live - heavy).iter().for_each(|&s| hitter[s] = false);
-        Ok(Decision::Evict(lowest_scored(obs, &self.ema, |s| hitter[s], k)))
+        let mut kept = obs.live.to_vec();
+        lowest_scored(obs, &self.sums, |_| false, live - heavy).iter().for_each(|&s| kept[s] = false);
+        let diverse = self.diverse.min(budget - heavy);
+        if diverse > 0 {
+            // The most distinct keys among the rest: the lowest similarity to the mean key.
+            let sim = anchor_similarity(obs);
+            let hitter = kept.clone();
+            lowest_scored(obs, &sim, |s| hitter[s], diverse).iter().for_each(|&s| kept[s] = true);
+        }
+        Ok(Decision::Evict(lowest_scored(obs, &self.ema, |s| kept[s], k)))
     }
     fn reset(&mut self) {
         self.sums.clear();

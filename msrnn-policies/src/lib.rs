@@ -12,7 +12,7 @@
 //! | `tova` | the C highest head-averaged attention of the newest query | the last row |
 //! | `random` | a seeded random C | nothing |
 //! | `tova-ema` | the C highest moving averages of head-averaged attention | every row, every step |
-//! | `h2o-ema` | C/8 heavy hitters (accumulated attention) + the highest moving averages | every row, every step |
+//! | `h2o-ema` | C/8 heavy hitters (accumulated attention) + the highest moving averages (+ optionally the most distinct keys) | every row, every step (+ the keys with `diverse`) |
 //! | `keydiff` | the keys least similar to the mean key direction | the keys |
 //! | `snapkv` | a recent window + the highest pooled attention of its queries | every row, every step |
 //! | `pyramid` | per-layer capacities (more below, fewer above) around any `base` | what the base needs |

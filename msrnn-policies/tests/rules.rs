@@ -402,7 +402,10 @@ fn h2o_ema_keeps_the_heavy_hitters_and_fills_the_rest_by_moving_average() {
     let r = registry();
     let defaults: Vec<(String, String)> =
         r.get("h2o-ema").unwrap().params.iter().map(|p| (p.name.to_string(), p.default.to_string())).collect();
-    assert_eq!(defaults, [("heavy".into(), "0.125".into()), ("decay".into(), "1-8/C".into())]);
+    assert_eq!(
+        defaults,
+        [("heavy".into(), "0.125".into()), ("decay".into(), "1-8/C".into()), ("diverse".into(), "0".into())]
+    );
     let with = |spec: &str| {
         let mut p = r.create(&spec.parse().unwrap(), &ctx(0, 1, Some(16))).unwrap();
         let got = run(p.as_mut(), 2);
@@ -414,4 +417,25 @@ fn h2o_ema_keeps_the_heavy_hitters_and_fills_the_rest_by_moving_average() {
     let err = |s: &str| r.create(&s.parse().unwrap(), &ctx(0, 1, Some(8))).err().unwrap().to_string();
     assert!(err("h2o-ema:heavy=2").contains("[0, 1]"));
     assert!(err("h2o-ema:decay=1").contains("[0, 1)"));
+    assert!(err("h2o-ema:diverse=-0.5").contains("[0, 1]"));
+}
+
+#[test]
+fn h2o_ema_diverse_keeps_the_most_distinct_keys_among_the_rest() {
+    // keydiff's keys (1,0), (0,1), (2,0), (1,1): similarity to the mean key 0.846, 0.533, 0.846,
+    // 0.975. Four new entries, one row (0.4, 0.1, 0.3, 0.2): sums and moving averages both equal it.
+    let keys = [1.0, 0.0, 0.0, 1.0, 2.0, 0.0, 1.0, 1.0];
+    let o = Obs::new(&[0, 1, 2, 3], &[0, 1, 2, 3]).keys(1, 2, &keys).probs(1, &[&[0.4, 0.1, 0.3, 0.2]]);
+    // Budget 2, one heavy hitter (slot 0): without diverse the lowest averages go (slots 1, 3).
+    assert_eq!(evicted(&mut H2oEma::new(1, 0.5), &o, 2), vec![1, 3]);
+    // One diverse entry: slot 1, the most distinct key of slots 1-3, stays; slots 2 and 3 go.
+    let mut p = H2oEma::new(1, 0.5).with_diverse(1);
+    assert!(p.needs().keys && !H2oEma::new(1, 0.5).needs().keys);
+    assert_eq!(evicted(&mut p, &o, 2), vec![2, 3]);
+    // Heavy and diverse together never exceed the budget: with budget 1 only the heavy hitter stays.
+    assert_eq!(evicted(&mut H2oEma::new(1, 0.5).with_diverse(1), &o, 1), vec![1, 2, 3]);
+    // Through the registry: C = 4 gives floor(0.25 x 4) = 1 of each.
+    let r = registry();
+    let mut q = r.create(&"h2o-ema:heavy=0.25,diverse=0.25".parse().unwrap(), &ctx(0, 1, Some(4))).unwrap();
+    assert_eq!(evicted(q.as_mut(), &o, 2), vec![2, 3]);
 }

@@ -58,6 +58,10 @@ fn spec_for(e: &Entry, cap: usize, seed: u64) -> PolicySpec {
     if e.params.iter().any(|p| p.name == "seed") {
         s = s.with("seed", msrnn_core::ParamValue::Int(seed as i64));
     }
+    // Half the cases also keep distinct keys (h2o-ema), so that share meets the invariants too.
+    if e.params.iter().any(|p| p.name == "diverse") && seed.is_multiple_of(2) {
+        s = s.with("diverse", msrnn_core::ParamValue::Float(0.25));
+    }
     s
 }
 
