@@ -12,24 +12,24 @@ fn main() {
         let q_pos: Vec<u64> = (hi as u64 - t as u64..hi as u64).collect();
         let mut out = vec![0f32; t * h * d];
         let mut probs = vec![0f32; h * hi];
+        let s = Step {
+            q: &q,
+            q_stride: h * d,
+            q_pos: &q_pos,
+            k: &k,
+            v: &v,
+            slots,
+            hi,
+            slot_pos: &slot_pos,
+            live: &live,
+            window: None,
+            num_heads: h,
+            num_kv_heads: g,
+            head_dim: d,
+            scale: 0.125,
+            key_angles: None,
+        };
         for isa in Isa::supported() {
-            let s = Step {
-                q: &q,
-                q_stride: h * d,
-                q_pos: &q_pos,
-                k: &k,
-                v: &v,
-                slots,
-                hi,
-                slot_pos: &slot_pos,
-                live: &live,
-                window: None,
-                num_heads: h,
-                num_kv_heads: g,
-                head_dim: d,
-                scale: 0.125,
-                key_angles: None,
-            };
             let iters = if t > 100 {
                 5
             } else if t > 1 {
@@ -56,23 +56,6 @@ fn main() {
             msrnn_kernels::pool::set_threads(threads);
             let mut dt = f64::MAX;
             for _ in 0..if t > 100 { 5 } else { 1000 } {
-                let s = Step {
-                    q: &q,
-                    q_stride: h * d,
-                    q_pos: &q_pos,
-                    k: &k,
-                    v: &v,
-                    slots,
-                    hi,
-                    slot_pos: &slot_pos,
-                    live: &live,
-                    window: None,
-                    num_heads: h,
-                    num_kv_heads: g,
-                    head_dim: d,
-                    scale: 0.125,
-                    key_angles: None,
-                };
                 let t0 = Instant::now();
                 let sink = Sink { out: &mut out, out_stride: h * d, probs: &mut probs, prob_rows: 1 };
                 attention_with(msrnn_kernels::isa::active(), &s, sink, &|n, f| msrnn_kernels::pool::for_each(n, f))

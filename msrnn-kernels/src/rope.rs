@@ -7,7 +7,6 @@
 //! operation, so a row rotated here equals one rotated by candle bit for bit.
 
 use crate::attention::{key_index, KEY_BLOCK};
-use crate::isa::Isa;
 
 /// How a head's dimensions are paired for rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,9 +42,9 @@ pub fn rotate_row(row: &mut [f32], heads: usize, d: usize, cos: &[f32], sin: &[f
 
 /// Rotates the keys of slots `[0, hi)` of a blocked buffer (`[kv_heads][slots/16][d][16]`, see
 /// [`key_index`]) from `src` into `dst`, slot `s` at the angles of row `angle_row[s]` of the
-/// tables (`cos`/`sin`: `d/2` values per row), with the active instruction set. Slots past `hi` in
-/// the last block are left alone. Cache mode does not call it: the attention kernel rotates each
-/// block as it scores it (`attention::Step::key_angles`); this whole-buffer form is its reference.
+/// tables (`cos`/`sin`: `d/2` values per row). Slots past `hi` in the last block are left alone.
+/// Cache mode does not call it: the attention kernel rotates each block as it scores it
+/// (`attention::Step::key_angles`); this whole-buffer form is its reference, hence plain code.
 #[allow(clippy::too_many_arguments)]
 pub fn rotate_keys_blocked(
     src: &[f32],
@@ -59,48 +58,26 @@ pub fn rotate_keys_blocked(
     sin: &[f32],
     style: RopeStyle,
 ) {
-    let k = Keys { slots, hi, kv_heads, d, angle_row, cos, sin, style };
-    rotate_keys_blocked_with(crate::isa::active(), src, dst, &k);
-}
-
-/// The arguments of [`rotate_keys_blocked`] after the buffers.
-#[derive(Clone, Copy)]
-pub struct Keys<'a> {
-    pub slots: usize,
-    pub hi: usize,
-    pub kv_heads: usize,
-    pub d: usize,
-    pub angle_row: &'a [u32],
-    pub cos: &'a [f32],
-    pub sin: &'a [f32],
-    pub style: RopeStyle,
-}
-
-/// [`rotate_keys_blocked`] with a given instruction set (an unsupported one runs the portable
-/// code). Every variant performs the same IEEE operations (a multiply, a multiply, an add or
-/// subtract, no fused multiply-add), so all return the same bits; the wide ones only let the
-/// compiler use wider vectors for the sixteen slots of a block.
-pub fn rotate_keys_blocked_with(isa: Isa, src: &[f32], dst: &mut [f32], k: &Keys<'_>) {
-    match isa {
-        // SAFETY: the CPU supports the variant's features (checked in the guard).
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if isa.is_supported() => unsafe { rotate_avx512(src, dst, k) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_supported() => unsafe { rotate_avx2(src, dst, k) },
-        _ => rotate_blocks(src, dst, k),
+    const B: usize = KEY_BLOCK;
+    let half = d / 2;
+    let (mut cos_t, mut sin_t) = (Vec::new(), Vec::new());
+    block_angles(angle_row, hi, half, cos, sin, &mut cos_t, &mut sin_t);
+    for b in 0..hi.div_ceil(B) {
+        let lanes = (hi - b * B).min(B);
+        let (ct, st) = (&cos_t[b * half * B..][..half * B], &sin_t[b * half * B..][..half * B]);
+        for g in 0..kv_heads {
+            let base = key_index(slots, d, g, b * B, 0);
+            for i in 0..half {
+                let (a, bb) = pair(style, d, i);
+                let (ra, rb) = (base + a * B, base + bb * B);
+                for l in 0..lanes {
+                    let (x0, x1, c, s) = (src[ra + l], src[rb + l], ct[i * B + l], st[i * B + l]);
+                    dst[ra + l] = x0 * c - x1 * s;
+                    dst[rb + l] = x0 * s + x1 * c;
+                }
+            }
+        }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2")]
-unsafe fn rotate_avx512(src: &[f32], dst: &mut [f32], k: &Keys<'_>) {
-    rotate_blocks(src, dst, k)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn rotate_avx2(src: &[f32], dst: &mut [f32], k: &Keys<'_>) {
-    rotate_blocks(src, dst, k)
 }
 
 /// The angles of slots `[0, hi)` for a lane-wise rotation of blocked keys: per block of sixteen
@@ -133,45 +110,6 @@ pub fn block_angles(
     }
 }
 
-#[inline(always)]
-fn rotate_blocks(src: &[f32], dst: &mut [f32], k: &Keys<'_>) {
-    const B: usize = KEY_BLOCK;
-    let (d, hi) = (k.d, k.hi);
-    let half = d / 2;
-    let (mut cos_t, mut sin_t) = (Vec::new(), Vec::new());
-    block_angles(k.angle_row, hi, half, k.cos, k.sin, &mut cos_t, &mut sin_t);
-    for b in 0..hi.div_ceil(B) {
-        let lanes = (hi - b * B).min(B);
-        let (ct, st) = (&cos_t[b * half * B..][..half * B], &sin_t[b * half * B..][..half * B]);
-        for g in 0..k.kv_heads {
-            let base = key_index(k.slots, d, g, b * B, 0);
-            for i in 0..half {
-                let (a, bb) = pair(k.style, d, i);
-                let (ra, rb) = (base + a * B, base + bb * B);
-                let (c, s) = (&ct[i * B..][..B], &st[i * B..][..B]);
-                if lanes == B {
-                    // Whole arrays of sixteen: no bounds checks in the loop, one vector per operand.
-                    let xa: [f32; B] = src[ra..ra + B].try_into().expect("a block row");
-                    let xb: [f32; B] = src[rb..rb + B].try_into().expect("a block row");
-                    let (mut oa, mut ob) = ([0f32; B], [0f32; B]);
-                    for l in 0..B {
-                        oa[l] = xa[l] * c[l] - xb[l] * s[l];
-                        ob[l] = xa[l] * s[l] + xb[l] * c[l];
-                    }
-                    dst[ra..ra + B].copy_from_slice(&oa);
-                    dst[rb..rb + B].copy_from_slice(&ob);
-                } else {
-                    for l in 0..lanes {
-                        let (x0, x1) = (src[ra + l], src[rb + l]);
-                        dst[ra + l] = x0 * c[l] - x1 * s[l];
-                        dst[rb + l] = x0 * s[l] + x1 * c[l];
-                    }
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,13 +133,6 @@ mod tests {
             }
             let mut dst = vec![f32::NAN; src.len()];
             rotate_keys_blocked(&src, &mut dst, slots, hi, kv, d, &angle_row, &cos, &sin, style);
-            let k = Keys { slots, hi, kv_heads: kv, d, angle_row: &angle_row, cos: &cos, sin: &sin, style };
-            for isa in Isa::supported() {
-                let mut other = vec![f32::NAN; src.len()];
-                rotate_keys_blocked_with(isa, &src, &mut other, &k);
-                let same = other.iter().zip(&dst).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{isa:?} {style:?}: differs from the active variant");
-            }
             for g in 0..kv {
                 for s in 0..hi {
                     let mut want = keys[(g * slots + s) * d..][..d].to_vec();
