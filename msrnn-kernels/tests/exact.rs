@@ -165,6 +165,49 @@ fn activation_codes_are_identical_in_every_variant() {
     }
 }
 
+/// Blocks the random inputs never make: exact ties, NaN and infinite inputs, subnormal magnitudes (whose `1 / d`
+/// overflows), negative zeros; every variant gives the reference's codes, and the reference the hand-computed ones.
+#[test]
+fn activation_codes_agree_on_ties_nans_infinities_and_subnormals() {
+    let mut blocks: Vec<[f32; BLOCK]> = Vec::new();
+    // amax 127: d = 1, so x / d is x itself; ties round to even (0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -3.5 -> -4).
+    let mut ties = [0f32; BLOCK];
+    ties[..6].copy_from_slice(&[127.0, 0.5, 1.5, 2.5, -3.5, -0.0]);
+    blocks.push(ties);
+    let mut nan = [1.0f32; BLOCK];
+    nan[3] = f32::NAN;
+    nan[7] = -127.0;
+    blocks.push(nan);
+    let mut inf = [1.0f32; BLOCK];
+    inf[9] = f32::INFINITY;
+    blocks.push(inf);
+    blocks.push([1e-40; BLOCK]);
+    blocks.push([-0.0; BLOCK]);
+    blocks.push(std::array::from_fn(|i| (i as f32 - 15.5) * 3.0));
+    let x: Vec<f32> = blocks.iter().flatten().copied().collect();
+    // 6 blocks as 1 row, 2 rows of 3 blocks and 6 rows of 1 block: row and block boundaries fall elsewhere.
+    for rows in [1, 2, 6] {
+        let in_dim = x.len() / rows;
+        let base = QActs::quantize(Isa::Scalar, &x, rows, in_dim);
+        assert_eq!(&base.qs[..6], &[127, 0, 2, 2, -4, 0], "ties to even");
+        assert_eq!(base.d[0], 1.0);
+        assert_eq!(base.bias[0], -128 * (127 + 2 + 2 - 4));
+        assert_eq!(base.qs[BLOCK + 3], 0, "a NaN input codes as 0");
+        assert_eq!(base.qs[BLOCK + 7], -127, "a NaN input does not set the scale");
+        assert_eq!(base.d[1], 1.0);
+        assert!(base.d[2].is_infinite() && base.qs[2 * BLOCK..3 * BLOCK].iter().all(|&q| q == 0), "inf: all 0");
+        assert!(base.qs[3 * BLOCK..5 * BLOCK].iter().all(|&q| q == 0), "subnormal and -0 blocks: all 0");
+        assert_eq!(base.bias[3], 0);
+        for isa in Isa::supported() {
+            let a = QActs::quantize(isa, &x, rows, in_dim);
+            assert_eq!(a.qs, base.qs, "{isa}");
+            assert_eq!(bits(&a.d), bits(&base.d), "{isa}");
+            assert_eq!(bits(&a.s), bits(&base.s), "{isa}");
+            assert_eq!(a.bias, base.bias, "{isa}");
+        }
+    }
+}
+
 #[test]
 fn a_rows_result_does_not_depend_on_the_batch_its_place_or_the_thread_count() {
     let mut rng = Rng::new(99);
