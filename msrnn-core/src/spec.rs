@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use msrnn_policy_api::{parse_pairs, Param, Params};
+use msrnn_policy_api::{parse_pairs, valid_name, Param, Params};
 
 use crate::error::{Error, Result};
 
@@ -96,28 +96,36 @@ impl FromStr for PolicySpec {
     fn from_str(s: &str) -> Result<Self> {
         let s = s.trim();
         let bad = |reason: &str| Error::InvalidSpec { spec: s.to_string(), reason: reason.to_string() };
-        if s.starts_with('{') {
-            let spec: PolicySpec = serde_json::from_str(s).map_err(|e| bad(&e.to_string()))?;
-            // The same rules as the `name:k=v` form (found by fuzzing: `{"params":{"":1}}` was accepted).
-            if spec.name.trim().is_empty() {
-                return Err(bad("the policy name is empty"));
+        let spec = if s.starts_with('{') {
+            serde_json::from_str(s).map_err(|e| bad(&e.to_string()))?
+        } else {
+            let (name, rest) = s.split_once(':').map_or((s, ""), |(n, r)| (n.trim(), r));
+            let mut spec = PolicySpec::new(name);
+            for (k, v) in parse_pairs(rest).map_err(|e| bad(e.reason()))? {
+                spec.params.insert(k, ParamValue::parse(&v));
             }
-            if spec.params.keys().any(|k| k.trim().is_empty()) {
-                return Err(bad("a parameter has an empty name"));
-            }
-            return Ok(spec);
-        }
-        let (name, rest) = s.split_once(':').map_or((s, ""), |(n, r)| (n.trim(), r));
-        if name.is_empty() {
+            spec
+        };
+        // One rule for both forms, so that a spec prints back as text that parses to it (found by fuzzing: the JSON
+        // form took `{"params":{"":1}}`, then `{"name":"  h2o"}`). A name no policy can have is refused here.
+        if spec.name.trim().is_empty() {
             return Err(bad("the policy name is empty"));
         }
-        let mut spec = PolicySpec::new(name);
-        for (k, v) in parse_pairs(rest).map_err(|e| bad(e.reason()))? {
-            spec.params.insert(k, ParamValue::parse(&v));
+        if !valid_name(&spec.name) {
+            return Err(bad(&format!("`{}` is not a policy name ({NAME_RULE})", spec.name)));
+        }
+        if let Some(k) = spec.params.keys().find(|k| !valid_name(k)) {
+            return Err(bad(&match k.trim().is_empty() {
+                true => "a parameter has an empty name".to_string(),
+                false => format!("`{k}` is not a parameter name ({NAME_RULE})"),
+            }));
         }
         Ok(spec)
     }
 }
+
+/// What [`valid_name`] accepts, for messages.
+const NAME_RULE: &str = "1 to 64 letters, digits, `_`, `+`, `.` or `-`";
 
 #[cfg(test)]
 mod tests {
@@ -129,6 +137,13 @@ mod tests {
         assert!(e.contains("a parameter has an empty name"), "{e}");
         let e = r#"{"name":" ","params":{}}"#.parse::<PolicySpec>().unwrap_err().to_string();
         assert!(e.contains("the policy name is empty"), "{e}");
+        // Names and keys the text form could not write, refused in both forms.
+        for s in [r#"{"name":"   h3o"}"#, r#"{"name":"h2o:recent=1"}"#, "h 2o", "h2o:re t=1"] {
+            let e = s.parse::<PolicySpec>().unwrap_err().to_string();
+            assert!(e.contains("is not a policy name") || e.contains("is not a parameter name"), "{s}: {e}");
+        }
+        let e = r#"{"name":"h2o","params":{"a,b":1}}"#.parse::<PolicySpec>().unwrap_err().to_string();
+        assert!(e.contains("`a,b` is not a parameter name"), "{e}");
     }
 
     #[test]
