@@ -12,6 +12,8 @@
 //! The state owns the rotation because only it knows the ranks; adapters declare each layer's
 //! [`RopeSpec`] in `ModelInfo` and hand the state unrotated queries and keys.
 
+use std::sync::{Arc, Mutex};
+
 use serde::{Deserialize, Serialize};
 
 pub use msrnn_kernels::rope::RopeStyle;
@@ -84,16 +86,48 @@ mod style_str {
 pub struct Rope {
     inv_freq: Vec<f32>,
     style: RopeStyle,
-    /// Rows `0..table_rows` of cos/sin, `head_dim / 2` each: the ranks of cache mode.
+    /// Cache mode's table of ranks, shared with every layer and state of the same frequencies.
+    table: Option<Arc<Table>>,
+}
+
+/// Rows `0..rows` of cos/sin, `head_dim / 2` each: the angles of cache mode's ranks.
+#[derive(Debug)]
+struct Table {
+    inv_freq: Vec<f32>,
+    rows: usize,
     cos: Vec<f32>,
     sin: Vec<f32>,
+}
+
+/// The tables in use, one per set of frequencies: one copy for all layers and sequences, so that a step reads its
+/// angles from cache (a table per layer put 30 of them, ~4 MB at C = 512, between the kernel and its rows).
+static TABLES: Mutex<Vec<Arc<Table>>> = Mutex::new(Vec::new());
+
+/// The shared table of these frequencies with at least `rows` rows (grown to the next power of two).
+fn shared_table(rope: &Rope, rows: usize) -> Arc<Table> {
+    let mut tables = TABLES.lock().unwrap_or_else(|e| e.into_inner());
+    let at = tables.iter().position(|t| t.inv_freq == rope.inv_freq);
+    if let Some(t) = at.map(|i| &tables[i]).filter(|t| t.rows >= rows) {
+        return t.clone();
+    }
+    let n = rows.next_power_of_two().max(64);
+    let (mut cos, mut sin) = (Vec::with_capacity(n * rope.half()), Vec::with_capacity(n * rope.half()));
+    for p in 0..n {
+        rope.push_angles(p as u64, &mut cos, &mut sin);
+    }
+    let t = Arc::new(Table { inv_freq: rope.inv_freq.clone(), rows: n, cos, sin });
+    match at {
+        Some(i) => tables[i] = t.clone(),
+        None => tables.push(t.clone()),
+    }
+    t
 }
 
 impl Rope {
     pub fn new(head_dim: usize, spec: RopeSpec) -> Self {
         let base = spec.theta as f32;
         let inv_freq = (0..head_dim).step_by(2).map(|i| 1f32 / base.powf(i as f32 / head_dim as f32)).collect();
-        Self { inv_freq, style: spec.style, cos: Vec::new(), sin: Vec::new() }
+        Self { inv_freq, style: spec.style, table: None }
     }
 
     pub fn style(&self) -> RopeStyle {
@@ -131,17 +165,13 @@ impl Rope {
         (cos, sin)
     }
 
-    /// The table of positions `0..rows` (cache mode's ranks), grown on demand.
+    /// The table of positions `0..rows` at least (cache mode's ranks), grown on demand.
     pub(crate) fn table(&mut self, rows: usize) -> (&[f32], &[f32]) {
-        let have = self.cos.len() / self.half().max(1);
-        if have < rows {
-            let (mut cos, mut sin) = (std::mem::take(&mut self.cos), std::mem::take(&mut self.sin));
-            for p in have..rows {
-                self.push_angles(p as u64, &mut cos, &mut sin);
-            }
-            (self.cos, self.sin) = (cos, sin);
+        if self.table.as_ref().is_none_or(|t| t.rows < rows) {
+            self.table = Some(shared_table(self, rows));
         }
-        (&self.cos, &self.sin)
+        let t = self.table.as_ref().expect("set above");
+        (&t.cos, &t.sin)
     }
 
     /// Rotates every head of each row of `x` (`rows` rows of `stride` values, `heads` heads of
@@ -221,6 +251,18 @@ mod tests {
         let (c, s) = rope.angles(&[3]);
         let (tc, ts) = rope.table(5);
         assert_eq!((&tc[6..8], &ts[6..8]), (&c[..], &s[..]));
+        // Shared by every rope of the same frequencies; grown, with the same rows.
+        let mut other = Rope::new(4, RopeSpec { theta: 100.0, style: RopeStyle::Interleaved });
+        other.table(3);
+        assert!(Arc::ptr_eq(rope.table.as_ref().unwrap(), other.table.as_ref().unwrap()));
+        let (gc, gs) = other.table(1000);
+        assert!(gc.len() >= 2000);
+        assert_eq!((&gc[6..8], &gs[6..8]), (&c[..], &s[..]));
+        let far = rope.angles(&[999]);
+        assert_eq!((&gc[1998..2000], &gs[1998..2000]), (&far.0[..], &far.1[..]));
+        let mut third = Rope::new(4, RopeSpec { theta: 1e6, style: RopeStyle::HalfSplit });
+        third.table(3);
+        assert!(!Arc::ptr_eq(third.table.as_ref().unwrap(), other.table.as_ref().unwrap()), "other frequencies");
         assert_eq!("cache".parse::<Positions>().unwrap(), Positions::Cache);
         assert!("sideways".parse::<Positions>().is_err());
     }
