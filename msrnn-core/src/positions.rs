@@ -100,7 +100,7 @@ struct Table {
 }
 
 /// The tables in use, one per set of frequencies: one copy for all layers and sequences, so that a step reads its
-/// angles from cache (a table per layer put 30 of them, ~4 MB at C = 512, between the kernel and its rows).
+/// angles from cache (a table per layer, times every layer and sequence, does not stay there; docs/positions.md).
 static TABLES: Mutex<Vec<Arc<Table>>> = Mutex::new(Vec::new());
 
 /// The shared table of these frequencies with at least `rows` rows (grown to the next power of two).

@@ -3,8 +3,8 @@
 //! Per block of 32 inputs: `d = max|x| / 127`, `q = round_ties_even(x / d)` computed as `x * (1 / d)`, so
 //! `|q| <= 127`. Kept beside the codes: `d`, `s = d * Σq` (the Q4_1 offset term) and `-128 * Σq` (the correction for
 //! weights stored with a +128 offset for `vpdpbusd`). Every instruction-set variant computes the same bits as the
-//! plain reference (`quantize_blocks`), tested on awkward values in `tests/exact.rs`; the compiler's own vectorization
-//! of the reference gathered across blocks and cost ~5% of a decode step.
+//! plain reference (`quantize_blocks`), tested on awkward values in `tests/exact.rs`; they are written out because the
+//! compiler's own vectorization of the reference gathered across blocks (docs/performance.md).
 
 use crate::format::BLOCK;
 use crate::isa::Isa;

@@ -96,8 +96,8 @@ pub fn block_angles(
 }
 
 /// [`block_angles`] with a given instruction-set variant; every variant writes the same values. The AVX-512 one
-/// transposes sixteen table rows at a time in registers (the plain one's strided stores were ~5% of a cache-mode
-/// decode step); it needs `half` to be a multiple of 16, and other sizes take the plain code.
+/// transposes sixteen table rows at a time in registers instead of storing each row's values sixteen lanes apart;
+/// it needs `half` to be a multiple of 16, and other sizes take the plain code.
 #[allow(clippy::too_many_arguments)]
 pub fn block_angles_with(
     isa: crate::Isa,
