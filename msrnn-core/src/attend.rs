@@ -194,7 +194,7 @@ fn rank_angles(layer: &mut LayerState, new_slots: &[usize], q: &mut [f32], n_hea
     let (style, half) = (rope.style(), rope.half());
     let (cos, sin) = rope.table(layer.order.len());
     let (mut ct, mut st) = ANGLES.take();
-    block_angles(&rank, hi, half, cos, sin, &mut ct, &mut st);
+    block_angles(msrnn_kernels::isa::active(), &rank, hi, half, cos, sin, &mut ct, &mut st);
     for (row, &s) in q.chunks_mut(n_heads * d).zip(new_slots) {
         let r = rank[s] as usize * half;
         rotate_row(row, n_heads, d, &cos[r..r + half], &sin[r..r + half], style);

@@ -1236,7 +1236,7 @@ mod tests {
                 let mut pre = c.kb.clone();
                 rotate_keys_blocked(&c.kb, &mut pre, c.slots, hi, g, d, &angle_row, &cos, &sin, style);
                 let (mut ct, mut st) = (Vec::new(), Vec::new());
-                block_angles(&angle_row, hi, half, &cos, &sin, &mut ct, &mut st);
+                block_angles(Isa::Scalar, &angle_row, hi, half, &cos, &sin, &mut ct, &mut st);
                 for isa in Isa::supported() {
                     let run = |keys: &[f32], angles: Option<KeyAngles<'_>>| {
                         let mut out = vec![0f32; t * h * d];

@@ -61,7 +61,7 @@ pub fn rotate_keys_blocked(
     const B: usize = KEY_BLOCK;
     let half = d / 2;
     let (mut cos_t, mut sin_t) = (Vec::new(), Vec::new());
-    block_angles(angle_row, hi, half, cos, sin, &mut cos_t, &mut sin_t);
+    block_angles(crate::Isa::Scalar, angle_row, hi, half, cos, sin, &mut cos_t, &mut sin_t);
     for b in 0..hi.div_ceil(B) {
         let lanes = (hi - b * B).min(B);
         let (ct, st) = (&cos_t[b * half * B..][..half * B], &sin_t[b * half * B..][..half * B]);
@@ -83,23 +83,11 @@ pub fn rotate_keys_blocked(
 /// The angles of slots `[0, hi)` for a lane-wise rotation of blocked keys: per block of sixteen
 /// slots, `d/2` rows of sixteen lanes (`[blocks][d/2][16]`, slot `s` at the tables' row
 /// `angle_row[s]`), lanes past `hi` zero. Written into `ct`/`st` (resized; reused across steps).
-pub fn block_angles(
-    angle_row: &[u32],
-    hi: usize,
-    half: usize,
-    cos: &[f32],
-    sin: &[f32],
-    ct: &mut Vec<f32>,
-    st: &mut Vec<f32>,
-) {
-    block_angles_with(crate::isa::active(), angle_row, hi, half, cos, sin, ct, st)
-}
-
-/// [`block_angles`] with a given instruction-set variant; every variant writes the same values. The AVX-512 one
-/// transposes sixteen table rows at a time in registers instead of storing each row's values sixteen lanes apart;
-/// it needs `half` to be a multiple of 16, and other sizes take the plain code.
+/// Every instruction-set variant writes the same values. The AVX-512 one transposes sixteen table rows at a time in
+/// registers instead of storing each row's values sixteen lanes apart; it needs `half` to be a multiple of 16, and
+/// other sizes take the plain code.
 #[allow(clippy::too_many_arguments)]
-pub fn block_angles_with(
+pub fn block_angles(
     isa: crate::Isa,
     angle_row: &[u32],
     hi: usize,
@@ -238,7 +226,7 @@ mod tests {
             for hi in [0, 1, 15, 16, 17, 33, 100, 513] {
                 let angle_row: Vec<u32> = (0..hi as u32).map(|s| (s * 131 + 7) % rows as u32).collect();
                 let (mut ct0, mut st0) = (Vec::new(), Vec::new());
-                block_angles_with(crate::Isa::Scalar, &angle_row, hi, half, &cos, &sin, &mut ct0, &mut st0);
+                block_angles(crate::Isa::Scalar, &angle_row, hi, half, &cos, &sin, &mut ct0, &mut st0);
                 // The plain code against its definition, lanes past hi zero.
                 for (k, (&c, &s)) in ct0.iter().zip(&st0).enumerate() {
                     let (b, i, l) = (k / (half * KEY_BLOCK), k / KEY_BLOCK % half, k % KEY_BLOCK);
@@ -252,7 +240,7 @@ mod tests {
                     // Reused buffers holding garbage, longer and shorter than needed.
                     for len in [0, ct0.len() + 40] {
                         let (mut ct, mut st) = (vec![f32::NAN; len], vec![f32::NAN; len]);
-                        block_angles_with(isa, &angle_row, hi, half, &cos, &sin, &mut ct, &mut st);
+                        block_angles(isa, &angle_row, hi, half, &cos, &sin, &mut ct, &mut st);
                         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                         assert_eq!(bits(&ct), bits(&ct0), "{isa} half {half} hi {hi}");
                         assert_eq!(bits(&st), bits(&st0), "{isa} half {half} hi {hi}");
