@@ -89,6 +89,16 @@ struct Out<'a> {
     bias: &'a mut [i32],
 }
 
+impl Out<'_> {
+    /// Block `b`'s scale and the two terms derived from its code sum, written the same way by every variant.
+    #[inline(always)]
+    fn set_block(&mut self, b: usize, scale: f32, sum: i32) {
+        self.d[b] = scale;
+        self.s[b] = scale * sum as f32;
+        self.bias[b] = -128 * sum;
+    }
+}
+
 /// The block's scale `d = amax / 127` and its inverse, `0` where `d` is 0 or so small that `1 / d` overflows (every
 /// code is then 0). Shared by every variant, so all compute the same bits.
 #[inline(always)]
@@ -102,18 +112,15 @@ fn block_scale(amax: f32) -> (f32, f32) {
 /// `id = 0`) converts to 0.
 #[inline(always)]
 fn quantize_blocks(x: &[f32], out: &mut Out<'_>) {
-    let blocks = x.chunks_exact(BLOCK).zip(out.qs.chunks_exact_mut(BLOCK));
-    for (((xb, qb), d), (s, bias)) in blocks.zip(out.d.iter_mut()).zip(out.s.iter_mut().zip(out.bias.iter_mut())) {
+    for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
         let (scale, id) = block_scale(xb.iter().fold(0f32, |a, v| a.max(v.abs())));
         let mut sum = 0i32;
-        for (q, v) in qb.iter_mut().zip(xb) {
+        for (q, v) in out.qs[b * BLOCK..][..BLOCK].iter_mut().zip(xb) {
             let c = (v * id).round_ties_even() as i32;
             *q = c as i8;
             sum += c;
         }
-        *d = scale;
-        *s = scale * sum as f32;
-        *bias = -128 * sum;
+        out.set_block(b, scale, sum);
     }
 }
 
@@ -151,9 +158,7 @@ unsafe fn quantize_avx2(x: &[f32], out: &mut Out<'_>) {
         let t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
         let t2 = _mm_add_epi32(t4, _mm_unpackhi_epi64(t4, t4));
         let sum = _mm_cvtsi128_si32(_mm_add_epi32(t2, _mm_shuffle_epi32::<1>(t2)));
-        out.d[b] = scale;
-        out.s[b] = scale * sum as f32;
-        out.bias[b] = -128 * sum;
+        out.set_block(b, scale, sum);
     }
 }
 
@@ -175,8 +180,6 @@ unsafe fn quantize_avx512(x: &[f32], out: &mut Out<'_>) {
         _mm_storeu_si128(dst, _mm512_cvtepi32_epi8(q[0]));
         _mm_storeu_si128(dst.add(1), _mm512_cvtepi32_epi8(q[1]));
         let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1]));
-        out.d[b] = scale;
-        out.s[b] = scale * sum as f32;
-        out.bias[b] = -128 * sum;
+        out.set_block(b, scale, sum);
     }
 }
