@@ -6,6 +6,9 @@
 //! prefill chunk needs the head for its last row only; criterion's throughput is the weight bytes streamed per call.
 //! Each layer has its own weights (96-143 MB in all), so they come from memory, not from cache, as in a real model.
 //!
+//! `formats/...`: one 2048x2048 matrix per block format (in_dim a whole number of K-quant super-blocks), rows 1 and
+//! 64, one thread: the formats side by side.
+//!
 //! `cargo bench -p msrnn-kernels --bench matmul [-- FILTER]`; `MSRNN_BENCH_ROWS=1,4` and `MSRNN_BENCH_THREADS=1`
 //! narrow the grid.
 
@@ -153,6 +156,44 @@ fn matrices(c: &mut Criterion) {
     }
 }
 
+/// Random blocks of any format with sane f16 scales (the other bytes, codes and sub-block scales, are random).
+fn random_blocks(rng: &mut Rng, format: Format, out_dim: usize, in_dim: usize) -> QMatrix {
+    let n = out_dim * in_dim / format.block_weights();
+    let mut bytes = Vec::with_capacity(n * format.block_bytes());
+    for _ in 0..n {
+        let start = bytes.len();
+        bytes.extend((0..format.block_bytes()).map(|_| rng.below(256) as u8));
+        let b = &mut bytes[start..];
+        let at = if format == Format::Q6K { 208 } else { 0 };
+        b[at..at + 2].copy_from_slice(&f16::from_f32(rng.uniform(0.0005, 0.005)).to_le_bytes());
+        if format.has_min() {
+            b[2..4].copy_from_slice(&f16::from_f32(rng.uniform(0.0, 0.005)).to_le_bytes());
+        }
+    }
+    QMatrix::from_ggml(format, &bytes, out_dim, in_dim).expect("bench matrix")
+}
+
+/// Every format on one 2048x2048 matrix, one thread.
+fn formats(c: &mut Criterion) {
+    let mut rng = Rng::new(3);
+    let n = 2048;
+    pool::set_threads(1);
+    let mut g = c.benchmark_group("formats");
+    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    for format in Format::ALL {
+        let m = random_blocks(&mut rng, format, n, n);
+        g.throughput(Throughput::Bytes(m.bytes() as u64));
+        for rows in list("MSRNN_BENCH_ROWS", &[1, 64]) {
+            let x = rng.vec(rows * n, -1.0, 1.0);
+            let mut y = vec![0f32; rows * n];
+            g.bench_function(BenchmarkId::new(format.name(), rows), |bench| {
+                bench.iter(|| m.matmul(&x, rows, black_box(&mut y)))
+            });
+        }
+    }
+    g.finish();
+}
+
 /// Reading a buffer far larger than the caches: the bound on streaming weights, on one thread and on two.
 fn bandwidth(c: &mut Criterion) {
     let words = 64 << 20; // 512 MiB
@@ -230,5 +271,5 @@ fn under_load(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bandwidth, matrices, under_load);
+criterion_group!(benches, bandwidth, matrices, formats, under_load);
 criterion_main!(benches);

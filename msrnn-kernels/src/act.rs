@@ -1,8 +1,9 @@
 //! Activations quantized to 8 bits in blocks of 32 values, once per matmul call.
 //!
 //! Per block of 32 inputs: `d = max|x| / 127`, `q = round_ties_even(x / d)` computed as `x * (1 / d)`, so
-//! `|q| <= 127`. Kept beside the codes: `d`, `s = d * Σq` (the Q4_1 offset term) and `-128 * Σq` (the correction for
-//! weights stored with a +128 offset for `vpdpbusd`). Every instruction-set variant computes the same bits as the
+//! `|q| <= 127`. Kept beside the codes: `d`, `s = d * Σq` (the min term of formats with a min), `-128 * Σq` (the
+//! correction for weights stored with an offset, e.g. Q8_0's +128 for `vpdpbusd`) and the sum of the first 16 codes
+//! (Q6_K's sub-blocks of 16). Every instruction-set variant computes the same bits as the
 //! plain reference (`quantize_blocks`), tested on awkward values in `tests/exact.rs`; they are written out because the
 //! compiler's own vectorization of the reference gathered across blocks (docs/performance.md).
 
@@ -24,6 +25,8 @@ pub struct QActs {
     pub s: Vec<f32>,
     /// `rows * nb` values `-128 * Σq`.
     pub bias: Vec<i32>,
+    /// `rows * nb` sums of each block's first 16 codes (`Q6_K`'s sub-blocks are 16 wide).
+    pub sum_lo: Vec<i32>,
 }
 
 impl QActs {
@@ -47,6 +50,7 @@ impl QActs {
         self.d.resize(rows * nb, 0.0);
         self.s.resize(rows * nb, 0.0);
         self.bias.resize(rows * nb, 0);
+        self.sum_lo.resize(rows * nb, 0);
         // Large calls (prefill chunks) quantize row chunks on the pool's threads; a row's codes do not depend on it.
         const CHUNK: usize = 16;
         if rows >= 2 * CHUNK && crate::pool::threads() > 1 {
@@ -54,12 +58,18 @@ impl QActs {
                 .chunks(CHUNK * in_dim)
                 .zip(self.qs.chunks_mut(CHUNK * in_dim))
                 .zip(self.d.chunks_mut(CHUNK * nb).zip(self.s.chunks_mut(CHUNK * nb)))
-                .zip(self.bias.chunks_mut(CHUNK * nb))
-                .map(|(((x, qs), (d, s)), bias)| (x, Out { qs, d, s, bias }))
+                .zip(self.bias.chunks_mut(CHUNK * nb).zip(self.sum_lo.chunks_mut(CHUNK * nb)))
+                .map(|(((x, qs), (d, s)), (bias, sum_lo))| (x, Out { qs, d, s, bias, sum_lo }))
                 .collect();
             crate::pool::for_each_mut(&mut parts, &|_, (x, out)| quantize_with(isa, x, out));
         } else {
-            let mut out = Out { qs: &mut self.qs, d: &mut self.d, s: &mut self.s, bias: &mut self.bias };
+            let mut out = Out {
+                qs: &mut self.qs,
+                d: &mut self.d,
+                s: &mut self.s,
+                bias: &mut self.bias,
+                sum_lo: &mut self.sum_lo,
+            };
             quantize_with(isa, x, &mut out);
         }
     }
@@ -87,15 +97,17 @@ struct Out<'a> {
     d: &'a mut [f32],
     s: &'a mut [f32],
     bias: &'a mut [i32],
+    sum_lo: &'a mut [i32],
 }
 
 impl Out<'_> {
     /// Block `b`'s scale and the two terms derived from its code sum, written the same way by every variant.
     #[inline(always)]
-    fn set_block(&mut self, b: usize, scale: f32, sum: i32) {
+    fn set_block(&mut self, b: usize, scale: f32, sum: i32, sum_lo: i32) {
         self.d[b] = scale;
         self.s[b] = scale * sum as f32;
         self.bias[b] = -128 * sum;
+        self.sum_lo[b] = sum_lo;
     }
 }
 
@@ -114,13 +126,16 @@ fn block_scale(amax: f32) -> (f32, f32) {
 fn quantize_blocks(x: &[f32], out: &mut Out<'_>) {
     for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
         let (scale, id) = block_scale(xb.iter().fold(0f32, |a, v| a.max(v.abs())));
-        let mut sum = 0i32;
-        for (q, v) in out.qs[b * BLOCK..][..BLOCK].iter_mut().zip(xb) {
+        let (mut sum, mut sum_lo) = (0i32, 0i32);
+        for (i, (q, v)) in out.qs[b * BLOCK..][..BLOCK].iter_mut().zip(xb).enumerate() {
             let c = (v * id).round_ties_even() as i32;
             *q = c as i8;
             sum += c;
+            if i < 16 {
+                sum_lo += c;
+            }
         }
-        out.set_block(b, scale, sum);
+        out.set_block(b, scale, sum, sum_lo);
     }
 }
 
@@ -154,11 +169,13 @@ unsafe fn quantize_avx2(x: &[f32], out: &mut Out<'_>) {
             out.qs.as_mut_ptr().add(b * BLOCK) as *mut __m256i,
             _mm256_permutevar8x32_epi32(bytes, order),
         );
-        let t = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-        let t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
-        let t2 = _mm_add_epi32(t4, _mm_unpackhi_epi64(t4, t4));
-        let sum = _mm_cvtsi128_si32(_mm_add_epi32(t2, _mm_shuffle_epi32::<1>(t2)));
-        out.set_block(b, scale, sum);
+        let hsum = |t: __m256i| {
+            let t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
+            let t2 = _mm_add_epi32(t4, _mm_unpackhi_epi64(t4, t4));
+            _mm_cvtsi128_si32(_mm_add_epi32(t2, _mm_shuffle_epi32::<1>(t2)))
+        };
+        let (lo, hi) = (_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        out.set_block(b, scale, hsum(_mm256_add_epi32(lo, hi)), hsum(lo));
     }
 }
 
@@ -180,6 +197,6 @@ unsafe fn quantize_avx512(x: &[f32], out: &mut Out<'_>) {
         _mm_storeu_si128(dst, _mm512_cvtepi32_epi8(q[0]));
         _mm_storeu_si128(dst.add(1), _mm512_cvtepi32_epi8(q[1]));
         let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1]));
-        out.set_block(b, scale, sum);
+        out.set_block(b, scale, sum, _mm512_reduce_add_epi32(q[0]));
     }
 }

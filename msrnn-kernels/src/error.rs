@@ -13,10 +13,12 @@ pub enum KernelError {
     Empty { out_dim: usize, in_dim: usize },
     #[error("concat_rows: {0}")]
     Concat(String),
-    #[error("unknown ggml type id {0} (supported: Q4_1 = 3, Q8_0 = 8)")]
+    #[error("unsupported ggml type id {0} (supported: Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14)")]
     UnsupportedGgmlType(u32),
-    #[error("unknown weight format {0:?} (supported: q4_1, q8_0)")]
+    #[error("unknown weight format {0:?} (supported: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k)")]
     UnknownFormat(String),
+    #[error("{0}: no quantizer here (only Q8_0 and Q4_1 are made; the other formats are read)")]
+    NoQuantizer(&'static str),
     #[error("unknown instruction set {0:?} (expected scalar, avx2 or avx512)")]
     UnknownIsa(String),
     #[error("instruction set {0} is not supported by this CPU")]

@@ -129,8 +129,12 @@ fn pool() -> &'static Pool {
     })
 }
 
-fn resize(pool: &Pool, st: &mut State, threads: usize) {
-    let threads = threads.max(1);
+/// The most threads the pool runs, whatever is asked: far above any core count it helps with, far below what makes
+/// the OS refuse threads.
+pub const MAX_THREADS: usize = 256;
+
+fn resize(pool: &Pool, st: &mut State, threads: usize) -> usize {
+    let threads = threads.clamp(1, MAX_THREADS);
     while st.workers.len() + 1 > threads {
         let w = st.workers.pop().expect("a worker to stop");
         w.ctl.stop.store(true, SeqCst);
@@ -140,20 +144,26 @@ fn resize(pool: &Pool, st: &mut State, threads: usize) {
     while st.workers.len() + 1 < threads {
         let ctl = Arc::new(WorkerCtl { sleeping: AtomicBool::new(false), stop: AtomicBool::new(false) });
         let (shared, c) = (pool.shared.clone(), ctl.clone());
-        let handle = thread::Builder::new()
+        let spawned = thread::Builder::new()
             .name(format!("msrnn-pool-{}", st.workers.len() + 1))
-            .spawn(move || worker_main(&shared, &c))
-            .expect("spawning a pool worker");
-        st.workers.push(Worker { ctl, thread: handle.thread().clone(), handle });
+            .spawn(move || worker_main(&shared, &c));
+        match spawned {
+            Ok(handle) => st.workers.push(Worker { ctl, thread: handle.thread().clone(), handle }),
+            // The OS refused another thread: run with the ones there are.
+            Err(_) => break,
+        }
     }
-    pool.threads.store(threads, SeqCst);
+    let n = st.workers.len() + 1;
+    pool.threads.store(n, SeqCst);
+    n
 }
 
-/// Sets the number of threads that run a call's tasks, the caller included (`n = 1`: no workers).
-pub fn set_threads(n: usize) {
+/// Sets the number of threads that run a call's tasks, the caller included (`n = 1`: no workers); returns the number
+/// set, which is less than `n` above [`MAX_THREADS`] or when the OS refuses to start more threads (never a panic).
+pub fn set_threads(n: usize) -> usize {
     let pool = pool();
     let mut st = pool.state.lock().unwrap_or_else(|e| e.into_inner());
-    resize(pool, &mut st, n);
+    resize(pool, &mut st, n)
 }
 
 /// The number of threads a call may use, the caller included (by default, the CPUs available).

@@ -2,7 +2,7 @@
 
 use crate::act::QActs;
 use crate::error::{KernelError, Result};
-use crate::format::{self, Format, BLOCK};
+use crate::format::{self, Format};
 use crate::isa::{self, Isa};
 use crate::kernels::{self, code_bytes, scale_bytes, Tile, TILE};
 use crate::pool;
@@ -17,6 +17,7 @@ pub struct QMatrix {
     format: Format,
     out_dim: usize,
     in_dim: usize,
+    /// Format blocks per row.
     nb: usize,
     n_tiles: usize,
     /// Scale bytes at the start of each tile, padded to 64.
@@ -41,13 +42,13 @@ impl QMatrix {
         if bytes.len() != expected {
             return Err(KernelError::ByteLength { format: format.name(), out_dim, in_dim, expected, got: bytes.len() });
         }
-        let nb = in_dim / BLOCK;
+        let nb = in_dim / format.block_weights();
         let n_tiles = out_dim.div_ceil(TILE);
         let scales_len = (nb * scale_bytes(format)).next_multiple_of(64);
         let tile_bytes = scales_len + nb * code_bytes(format);
         let mut data = AlignedBytes::zeroed(n_tiles * tile_bytes);
         let buf = data.as_mut_slice();
-        let (sb, cb, bb) = (scale_bytes(format), code_bytes(format), format.block_bytes());
+        let bb = format.block_bytes();
         // Padding rows: zero scales; Q8_0 codes hold code + 128, so a zero code is 128.
         if format == Format::Q8_0 {
             for t in 0..n_tiles {
@@ -59,65 +60,22 @@ impl QMatrix {
             let tile = &mut buf[t * tile_bytes..(t + 1) * tile_bytes];
             let (scales, codes) = tile.split_at_mut(scales_len);
             for b in 0..nb {
-                let src = &bytes[(o * nb + b) * bb..][..bb];
-                let (s, c) = (&mut scales[b * sb..][..sb], &mut codes[b * cb..][..cb]);
-                match format {
-                    Format::Q8_0 => {
-                        s[2 * l..2 * l + 2].copy_from_slice(&src[0..2]);
-                        for g in 0..8 {
-                            for k in 0..4 {
-                                c[g * 64 + l * 4 + k] = src[2 + 4 * g + k] ^ 0x80;
-                            }
-                        }
-                    }
-                    Format::Q4_1 => {
-                        s[2 * l..2 * l + 2].copy_from_slice(&src[0..2]);
-                        s[2 * TILE + 2 * l..2 * TILE + 2 * l + 2].copy_from_slice(&src[2..4]);
-                        for k in 0..4 {
-                            c[k * 64 + l * 4..k * 64 + l * 4 + 4].copy_from_slice(&src[4 + 4 * k..8 + 4 * k]);
-                        }
-                    }
-                }
+                let x = format::decode_block(format, &bytes[(o * nb + b) * bb..][..bb]);
+                kernels::put(format, scales, codes, b, l, &x);
             }
         }
         Ok(Self { format, out_dim, in_dim, nb, n_tiles, scales_len, tile_bytes, data })
     }
 
-    /// Quantizes a dense row-major `[out_dim, in_dim]` f32 matrix (llama.cpp's reference rounding).
+    /// Quantizes a dense row-major `[out_dim, in_dim]` f32 matrix (llama.cpp's reference rounding; `Q8_0` and
+    /// `Q4_1` only).
     pub fn quantize(format: Format, w: &[f32], out_dim: usize, in_dim: usize) -> Result<Self> {
         Self::from_ggml(format, &format::quantize_matrix(format, w, out_dim, in_dim)?, out_dim, in_dim)
     }
 
     /// The GGUF bytes of the matrix, exactly as [`QMatrix::from_ggml`] received them.
     pub fn to_ggml(&self) -> Vec<u8> {
-        let (sb, cb, bb) = (scale_bytes(self.format), code_bytes(self.format), self.format.block_bytes());
-        let mut out = vec![0u8; self.out_dim * self.nb * bb];
-        for o in 0..self.out_dim {
-            let (scales, codes) = self.tile_bytes_of(o / TILE);
-            let l = o % TILE;
-            for b in 0..self.nb {
-                let dst = &mut out[(o * self.nb + b) * bb..][..bb];
-                let (s, c) = (&scales[b * sb..][..sb], &codes[b * cb..][..cb]);
-                match self.format {
-                    Format::Q8_0 => {
-                        dst[0..2].copy_from_slice(&s[2 * l..2 * l + 2]);
-                        for g in 0..8 {
-                            for k in 0..4 {
-                                dst[2 + 4 * g + k] = c[g * 64 + l * 4 + k] ^ 0x80;
-                            }
-                        }
-                    }
-                    Format::Q4_1 => {
-                        dst[0..2].copy_from_slice(&s[2 * l..2 * l + 2]);
-                        dst[2..4].copy_from_slice(&s[2 * TILE + 2 * l..2 * TILE + 2 * l + 2]);
-                        for k in 0..4 {
-                            dst[4 + 4 * k..8 + 4 * k].copy_from_slice(&c[k * 64 + l * 4..k * 64 + l * 4 + 4]);
-                        }
-                    }
-                }
-            }
-        }
-        out
+        (0..self.out_dim).flat_map(|o| self.row_ggml(o)).collect()
     }
 
     /// Stacks matrices of one format and input width along the output dimension (e.g. q|k|v, gate|up).
@@ -142,10 +100,10 @@ impl QMatrix {
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         assert!(r < self.out_dim, "row {r} of a matrix with {} rows", self.out_dim);
         assert_eq!(out.len(), self.in_dim, "dequantize_row: output length");
-        let bb = self.format.block_bytes();
-        let bytes = self.row_ggml(r);
-        for (b, o) in out.chunks_exact_mut(BLOCK).enumerate() {
-            format::dequantize_block(self.format, &bytes[b * bb..(b + 1) * bb], o);
+        let (scales, codes) = self.tile_bytes_of(r / TILE);
+        for (b, o) in out.chunks_exact_mut(self.format.block_weights()).enumerate() {
+            let x = kernels::get(self.format, scales, codes, b, r % TILE);
+            o.iter_mut().enumerate().for_each(|(i, v)| *v = x.value(self.format, i));
         }
     }
 
@@ -158,22 +116,13 @@ impl QMatrix {
         out
     }
 
+    /// Row `r`'s GGUF blocks.
     fn row_ggml(&self, r: usize) -> Vec<u8> {
-        let (sb, cb, bb) = (scale_bytes(self.format), code_bytes(self.format), self.format.block_bytes());
+        let bb = self.format.block_bytes();
         let (scales, codes) = self.tile_bytes_of(r / TILE);
-        let l = r % TILE;
         let mut out = vec![0u8; self.nb * bb];
-        for b in 0..self.nb {
-            let dst = &mut out[b * bb..][..bb];
-            let (s, c) = (&scales[b * sb..][..sb], &codes[b * cb..][..cb]);
-            dst[0..2].copy_from_slice(&s[2 * l..2 * l + 2]);
-            match self.format {
-                Format::Q8_0 => (0..32).for_each(|j| dst[2 + j] = c[(j / 4) * 64 + l * 4 + j % 4] ^ 0x80),
-                Format::Q4_1 => {
-                    dst[2..4].copy_from_slice(&s[2 * TILE + 2 * l..2 * TILE + 2 * l + 2]);
-                    (0..16).for_each(|j| dst[4 + j] = c[(j / 4) * 64 + l * 4 + j % 4]);
-                }
-            }
+        for (b, dst) in out.chunks_exact_mut(bb).enumerate() {
+            format::encode_block(self.format, &kernels::get(self.format, scales, codes, b, r % TILE), dst);
         }
         out
     }

@@ -14,24 +14,38 @@ const IN_DIMS: [usize; 3] = [32, 96, 608];
 const OUT_DIMS: [usize; 5] = [1, 7, 13, 33, 200];
 const ROWS: [usize; 7] = [1, 2, 7, 13, 64, 65, 70];
 
-/// Random GGUF blocks: every code value possible (Q8_0 includes -128), scales of either sign for Q8_0.
+/// Random GGUF blocks: every code value possible (Q8_0 includes -128, Q6_K scales of either sign), block scales of
+/// either sign for the symmetric formats, every 6-bit sub-block scale and min.
 fn random_ggml(rng: &mut Rng, format: Format, out_dim: usize, in_dim: usize) -> Vec<u8> {
-    let n = out_dim * in_dim / BLOCK;
+    let n = out_dim * in_dim / format.block_weights();
     let mut bytes = Vec::with_capacity(n * format.block_bytes());
+    let f16b = |v: f32| f16::from_f32(v).to_le_bytes();
     for _ in 0..n {
+        let mut b: Vec<u8> = (0..format.block_bytes()).map(|_| rng.below(256) as u8).collect();
         match format {
-            Format::Q8_0 => {
-                bytes.extend_from_slice(&f16::from_f32(rng.uniform(-0.02, 0.02)).to_le_bytes());
-                bytes.extend((0..32).map(|_| rng.below(256) as u8));
+            Format::Q8_0 | Format::Q4_0 | Format::Q5_0 => b[0..2].copy_from_slice(&f16b(rng.uniform(-0.02, 0.02))),
+            Format::Q4_1 | Format::Q5_1 => {
+                b[0..2].copy_from_slice(&f16b(rng.uniform(0.0, 0.02)));
+                b[2..4].copy_from_slice(&f16b(rng.uniform(-0.15, 0.0)));
             }
-            Format::Q4_1 => {
-                bytes.extend_from_slice(&f16::from_f32(rng.uniform(0.0, 0.02)).to_le_bytes());
-                bytes.extend_from_slice(&f16::from_f32(rng.uniform(-0.15, 0.0)).to_le_bytes());
-                bytes.extend((0..16).map(|_| rng.below(256) as u8));
+            Format::Q4K | Format::Q5K => {
+                b[0..2].copy_from_slice(&f16b(rng.uniform(0.0, 0.002)));
+                b[2..4].copy_from_slice(&f16b(rng.uniform(0.0, 0.004)));
             }
+            Format::Q6K => b[208..210].copy_from_slice(&f16b(rng.uniform(0.0, 0.0005))),
         }
+        bytes.extend_from_slice(&b);
     }
     bytes
+}
+
+/// Input widths for a format: awkward numbers of blocks (K-quants: of 256).
+fn in_dims(format: Format) -> Vec<usize> {
+    if format.is_k() {
+        vec![256, 768]
+    } else {
+        IN_DIMS.to_vec()
+    }
 }
 
 /// Inputs with the awkward cases mixed in: an all-zero block, a lone spike, large and tiny magnitudes.
@@ -51,34 +65,41 @@ fn random_x(rng: &mut Rng, rows: usize, in_dim: usize) -> Vec<f32> {
     x
 }
 
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
-}
-
-/// The exact integer-block formula, straight from the GGUF bytes.
+/// The exact integer-block formula (the sequence `kernels/mod.rs` documents), straight from the GGUF bytes.
 fn reference_exact(format: Format, bytes: &[u8], out_dim: usize, acts: &QActs) -> Vec<f32> {
-    let (nb, bb) = (acts.nb, format.block_bytes());
+    let (nb, bb, bw) = (acts.nb, format.block_bytes(), format.block_weights());
     let mut y = vec![0f32; acts.rows * out_dim];
     for r in 0..acts.rows {
         for o in 0..out_dim {
             let mut acc = 0f32;
-            for b in 0..nb {
-                let blk = &bytes[(o * nb + b) * bb..][..bb];
-                let xq = &acts.qs[r * acts.in_dim + b * BLOCK..][..BLOCK];
-                let dx = acts.d[r * nb + b];
-                match format {
-                    Format::Q8_0 => {
-                        let isum: i32 = (0..32).map(|j| blk[2 + j] as i8 as i32 * xq[j] as i32).sum();
-                        acc = (isum as f32).mul_add(f16_at(blk, 0) * dx, acc);
-                    }
-                    Format::Q4_1 => {
-                        let isum: i32 = (0..16)
-                            .map(|j| {
-                                (blk[4 + j] & 15) as i32 * xq[j] as i32 + (blk[4 + j] >> 4) as i32 * xq[j + 16] as i32
-                            })
-                            .sum();
-                        acc = (isum as f32).mul_add(f16_at(blk, 0) * dx, acc);
-                        acc = f16_at(blk, 2).mul_add(acts.s[r * nb + b], acc);
+            for u in 0..nb * BLOCK / bw {
+                let x = format::decode_block(format, &bytes[(o * nb * BLOCK / bw + u) * bb..][..bb]);
+                let (d, m) = (f16::from_bits(x.d).to_f32(), f16::from_bits(x.m).to_f32());
+                for j in 0..bw / BLOCK {
+                    let b = u * bw / BLOCK + j;
+                    let xq = &acts.qs[r * acts.in_dim + b * BLOCK..][..BLOCK];
+                    let q = &x.q[j * BLOCK..][..BLOCK];
+                    let (dx, sx) = (acts.d[r * nb + b], acts.s[r * nb + b]);
+                    let dot = |lo: usize, hi: usize| (lo..hi).map(|i| q[i] as i32 * xq[i] as i32).sum::<i32>();
+                    let sum = |lo: usize, hi: usize| (lo..hi).map(|i| xq[i] as i32).sum::<i32>();
+                    match format {
+                        Format::Q8_0 | Format::Q4_0 | Format::Q5_0 => {
+                            let isum = dot(0, 32) - format.offset() * sum(0, 32);
+                            acc = (isum as f32).mul_add(d * dx, acc);
+                        }
+                        Format::Q4_1 | Format::Q5_1 => {
+                            acc = (dot(0, 32) as f32).mul_add(d * dx, acc);
+                            acc = m.mul_add(sx, acc);
+                        }
+                        Format::Q4K | Format::Q5K => {
+                            acc = (dot(0, 32) as f32).mul_add((d * x.sc[j] as f32) * dx, acc);
+                            acc = (-(m * x.mn[j] as f32)).mul_add(sx, acc);
+                        }
+                        Format::Q6K => {
+                            let (sa, sb) = (x.sc[2 * j] as i8 as i32, x.sc[2 * j + 1] as i8 as i32);
+                            let isum = sa * (dot(0, 16) - 32 * sum(0, 16)) + sb * (dot(16, 32) - 32 * sum(16, 32));
+                            acc = (isum as f32).mul_add(d * dx, acc);
+                        }
                     }
                 }
             }
@@ -123,7 +144,7 @@ fn every_variant_matches_both_references_on_awkward_sizes() {
     let isas = Isa::supported();
     eprintln!("variants tested: {isas:?}");
     for format in Format::ALL {
-        for in_dim in IN_DIMS {
+        for in_dim in in_dims(format) {
             for out_dim in OUT_DIMS {
                 let bytes = random_ggml(&mut rng, format, out_dim, in_dim);
                 let m = QMatrix::from_ggml(format, &bytes, out_dim, in_dim).unwrap();
@@ -162,7 +183,10 @@ fn activation_codes_are_identical_in_every_variant() {
         assert_eq!(bits(&a.d), bits(&base.d), "{isa}");
         assert_eq!(bits(&a.s), bits(&base.s), "{isa}");
         assert_eq!(a.bias, base.bias, "{isa}");
+        assert_eq!(a.sum_lo, base.sum_lo, "{isa}");
     }
+    let lo: Vec<i32> = base.qs.chunks(BLOCK).map(|b| b[..16].iter().map(|&q| q as i32).sum()).collect();
+    assert_eq!(base.sum_lo, lo, "sum_lo is the first 16 codes' sum");
 }
 
 /// Blocks the random inputs never make: exact ties, NaN and infinite inputs, subnormal magnitudes (whose `1 / d`
@@ -192,6 +216,7 @@ fn activation_codes_agree_on_ties_nans_infinities_and_subnormals() {
         assert_eq!(&base.qs[..6], &[127, 0, 2, 2, -4, 0], "ties to even");
         assert_eq!(base.d[0], 1.0);
         assert_eq!(base.bias[0], -128 * (127 + 2 + 2 - 4));
+        assert_eq!(base.sum_lo[0], 127 + 2 + 2 - 4);
         assert_eq!(base.qs[BLOCK + 3], 0, "a NaN input codes as 0");
         assert_eq!(base.qs[BLOCK + 7], -127, "a NaN input does not set the scale");
         assert_eq!(base.d[1], 1.0);
@@ -204,6 +229,7 @@ fn activation_codes_agree_on_ties_nans_infinities_and_subnormals() {
             assert_eq!(bits(&a.d), bits(&base.d), "{isa}");
             assert_eq!(bits(&a.s), bits(&base.s), "{isa}");
             assert_eq!(a.bias, base.bias, "{isa}");
+            assert_eq!(a.sum_lo, base.sum_lo, "{isa}");
         }
     }
 }
@@ -211,7 +237,7 @@ fn activation_codes_agree_on_ties_nans_infinities_and_subnormals() {
 #[test]
 fn a_rows_result_does_not_depend_on_the_batch_its_place_or_the_thread_count() {
     let mut rng = Rng::new(99);
-    let (in_dim, out_dim, rows) = (608, 330, 70);
+    let (in_dim, out_dim, rows) = (768, 330, 70);
     let before = pool::threads();
     for format in Format::ALL {
         let m = QMatrix::from_ggml(format, &random_ggml(&mut rng, format, out_dim, in_dim), out_dim, in_dim).unwrap();
@@ -252,15 +278,46 @@ fn a_rows_result_does_not_depend_on_the_batch_its_place_or_the_thread_count() {
 fn gguf_bytes_round_trip_and_rows_dequantize_as_the_blocks_do() {
     let mut rng = Rng::new(3);
     for format in Format::ALL {
-        for (out_dim, in_dim) in [(1, 32), (7, 96), (33, 608), (17, 64)] {
+        for (out_dim, blocks) in [(1, 1), (7, 3), (33, 19), (17, 2)] {
+            let in_dim = blocks * format.block_weights();
             let bytes = random_ggml(&mut rng, format, out_dim, in_dim);
             let m = QMatrix::from_ggml(format, &bytes, out_dim, in_dim).unwrap();
             assert_eq!(m.to_ggml(), bytes, "{format} {out_dim}x{in_dim}");
             let mut want = vec![0f32; out_dim * in_dim];
             format::dequantize_blocks(format, &bytes, &mut want);
             assert_eq!(bits(&m.dequantize()), bits(&want), "{format} {out_dim}x{in_dim}");
-            assert!(m.bytes() >= bytes.len() && m.bytes() < bytes.len() + 16 * 64 + 16 * format.block_bytes() * 19);
+            // Repacking keeps the bytes (codes and scales unpacked to whole bytes where the file packs them).
+            let bound = bytes.len() * 2 + 16 * 64 + 16 * format.block_bytes() * 19;
+            assert!(m.bytes() >= bytes.len() && m.bytes() < bound, "{format}: {} bytes", m.bytes());
         }
+    }
+}
+
+/// Every format dequantizes bit for bit as candle's `k_quants` (the GGUF reference) does, on random blocks.
+#[test]
+fn every_format_dequantizes_like_candle() {
+    use candle_core::quantized::{ggml_file, GgmlDType};
+    let mut rng = Rng::new(31);
+    for format in Format::ALL {
+        let dtype = match format {
+            Format::Q4_0 => GgmlDType::Q4_0,
+            Format::Q4_1 => GgmlDType::Q4_1,
+            Format::Q5_0 => GgmlDType::Q5_0,
+            Format::Q5_1 => GgmlDType::Q5_1,
+            Format::Q8_0 => GgmlDType::Q8_0,
+            Format::Q4K => GgmlDType::Q4K,
+            Format::Q5K => GgmlDType::Q5K,
+            Format::Q6K => GgmlDType::Q6K,
+        };
+        let (out_dim, in_dim) = (5, 2 * format.block_weights());
+        let bytes = random_ggml(&mut rng, format, out_dim, in_dim);
+        let q = ggml_file::qtensor_from_ggml(dtype, &bytes, vec![out_dim, in_dim], &candle_core::Device::Cpu).unwrap();
+        let want = q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let m = QMatrix::from_ggml(format, &bytes, out_dim, in_dim).unwrap();
+        assert_eq!(bits(&m.dequantize()), bits(&want), "{format}");
+        let mut plain = vec![0f32; out_dim * in_dim];
+        format::dequantize_blocks(format, &bytes, &mut plain);
+        assert_eq!(bits(&plain), bits(&want), "{format}: format::dequantize_blocks");
     }
 }
 
@@ -269,14 +326,17 @@ fn quantizing_dense_weights_keeps_each_value_within_half_a_step() {
     let mut rng = Rng::new(8);
     let (out_dim, in_dim) = (9, 96);
     let w = rng.vec(out_dim * in_dim, -1.0, 1.0);
-    for format in Format::ALL {
+    for format in Format::ALL.into_iter().filter(|f| !matches!(f, Format::Q4_1 | Format::Q8_0)) {
+        assert!(QMatrix::quantize(format, &w, out_dim, in_dim).is_err(), "{format}: only read, never made");
+    }
+    for format in [Format::Q4_1, Format::Q8_0] {
         let m = QMatrix::quantize(format, &w, out_dim, in_dim).unwrap();
         let back = m.dequantize();
         for (blk_w, blk_b) in w.chunks(BLOCK).zip(back.chunks(BLOCK)) {
             let (lo, hi) = blk_w.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
             let step = match format {
                 Format::Q8_0 => lo.abs().max(hi.abs()) / 127.0,
-                Format::Q4_1 => (hi - lo) / 15.0,
+                _ => (hi - lo) / 15.0,
             };
             for (a, b) in blk_w.iter().zip(blk_b) {
                 assert!((a - b).abs() <= step * 0.5 + 2e-3 * step.max(1e-3) + 1e-3 * a.abs(), "{format}: {a} vs {b}");
@@ -289,14 +349,15 @@ fn quantizing_dense_weights_keeps_each_value_within_half_a_step() {
 fn concat_rows_stacks_outputs() {
     let mut rng = Rng::new(21);
     for format in Format::ALL {
+        let w = 3 * format.block_weights();
         let parts: Vec<QMatrix> = [5, 16, 19]
             .iter()
-            .map(|&o| QMatrix::from_ggml(format, &random_ggml(&mut rng, format, o, 96), o, 96).unwrap())
+            .map(|&o| QMatrix::from_ggml(format, &random_ggml(&mut rng, format, o, w), o, w).unwrap())
             .collect();
         let refs: Vec<&QMatrix> = parts.iter().collect();
         let all = QMatrix::concat_rows(&refs).unwrap();
-        assert_eq!((all.out_dim(), all.in_dim(), all.format()), (40, 96, format));
-        let x = random_x(&mut rng, 3, 96);
+        assert_eq!((all.out_dim(), all.in_dim(), all.format()), (40, w, format));
+        let x = random_x(&mut rng, 3, w);
         let mut y = vec![0f32; 3 * 40];
         all.matmul(&x, 3, &mut y);
         let mut col = 0;
@@ -308,7 +369,8 @@ fn concat_rows_stacks_outputs() {
             }
             col += p.out_dim();
         }
-        let other = QMatrix::from_ggml(format, &random_ggml(&mut rng, format, 2, 64), 2, 64).unwrap();
+        let w2 = 2 * format.block_weights();
+        let other = QMatrix::from_ggml(format, &random_ggml(&mut rng, format, 2, w2), 2, w2).unwrap();
         assert!(QMatrix::concat_rows(&[&parts[0], &other]).is_err());
         assert!(QMatrix::concat_rows(&[]).is_err());
     }
@@ -321,7 +383,15 @@ fn bad_shapes_are_errors_not_panics() {
     assert!(QMatrix::from_ggml(Format::Q4_1, &[], 0, 32).is_err());
     assert!(QMatrix::quantize(Format::Q4_1, &[0.0; 31], 1, 32).is_err());
     assert_eq!(Format::from_ggml_id(3).unwrap(), Format::Q4_1);
-    assert!(Format::from_ggml_id(2).is_err());
+    assert!(Format::from_ggml_id(10).is_err(), "Q2_K is not read");
+    assert_eq!(Format::from_ggml_id(12).unwrap(), Format::Q4K);
+    assert!(QMatrix::from_ggml(Format::Q4K, &[0; 144], 1, 32).is_err(), "K-quants take whole super-blocks");
+    assert!(QMatrix::from_ggml(Format::Q6K, &[0; 209], 1, 256).is_err());
+    for f in Format::ALL {
+        assert_eq!(f.name().parse::<Format>().unwrap(), f);
+        assert_eq!(Format::from_ggml_id(f.ggml_id()).unwrap(), f);
+    }
+    assert_eq!("q4k".parse::<Format>().unwrap(), Format::Q4K);
     assert!("avx9".parse::<Isa>().is_err());
     assert_eq!("AVX2".parse::<Isa>().unwrap(), Isa::Avx2);
 }

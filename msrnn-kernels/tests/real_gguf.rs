@@ -1,6 +1,7 @@
-//! The real SmolLM2-135M file (skipped when `models/` lacks it): its own blocks load bit for bit, dequantize exactly
-//! as candle does, and multiply within the activation-quantization bound; and how much a Q8_0 re-quantization of its
-//! Q4_1 weights moves the outputs (printed; `--nocapture` shows it).
+//! The real SmolLM2-135M (Q4_1) and Gemma 3 270M (Q4_K_M: Q5_0, Q4_K, Q6_K and Q8_0 tensors) files (each skipped
+//! when `models/` lacks it): their own blocks load bit for bit, dequantize exactly as candle does, every variant gives
+//! the same bits, and products stay within the activation-quantization bound; and how much a Q8_0 re-quantization
+//! of the weights moves the outputs (printed; `--nocapture` shows it).
 
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
@@ -10,6 +11,7 @@ use msrnn_tests::Rng;
 use std::io::{Read, Seek, SeekFrom};
 
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+const GEMMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/gemma-3-270m-q4_k_m.gguf");
 
 struct Tensor {
     format: Format,
@@ -23,9 +25,16 @@ fn load(file: &mut std::fs::File, content: &gguf_file::Content, name: &str) -> T
     let info = &content.tensor_infos[name];
     let dims = info.shape.dims();
     let (out_dim, in_dim) = (dims[0], dims[1]);
+    use candle_core::quantized::GgmlDType as T;
     let format = Format::from_ggml_id(match info.ggml_dtype {
-        candle_core::quantized::GgmlDType::Q4_1 => 3,
-        candle_core::quantized::GgmlDType::Q8_0 => 8,
+        T::Q4_0 => 2,
+        T::Q4_1 => 3,
+        T::Q5_0 => 6,
+        T::Q5_1 => 7,
+        T::Q8_0 => 8,
+        T::Q4K => 12,
+        T::Q5K => 13,
+        T::Q6K => 14,
         other => panic!("{name}: unexpected {other:?}"),
     })
     .unwrap();
@@ -52,13 +61,32 @@ fn rel_rms(w: &[f32], x: &[f32], y: &[f32], rows: usize, out_dim: usize, in_dim:
 
 #[test]
 fn smollm2_blocks_round_trip_dequantize_like_candle_and_multiply_within_bounds() {
-    let Ok(mut file) = std::fs::File::open(MODEL) else {
-        eprintln!("skipped: {MODEL} not found (scripts/fetch-model.sh fetches it)");
+    check_file(MODEL, &["blk.0.attn_q.weight", "blk.7.attn_k.weight", "blk.29.ffn_down.weight", "token_embd.weight"]);
+}
+
+#[test]
+fn gemma3_q4_k_m_blocks_round_trip_dequantize_like_candle_and_multiply_within_bounds() {
+    // Q5_0 (in_dim 640 is no whole number of super-blocks), Q4_K, Q6_K, Q8_0.
+    check_file(
+        GEMMA,
+        &[
+            "blk.0.attn_q.weight",
+            "blk.0.attn_output.weight",
+            "blk.0.ffn_down.weight",
+            "blk.3.ffn_down.weight",
+            "blk.0.attn_v.weight",
+        ],
+    );
+}
+
+fn check_file(path: &str, names: &[&str]) {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        eprintln!("skipped: {path} not found (scripts/fetch-model.sh fetches it)");
         return;
     };
     let content = gguf_file::Content::read(&mut file).unwrap();
     let mut rng = Rng::new(11);
-    for name in ["blk.0.attn_q.weight", "blk.7.attn_k.weight", "blk.29.ffn_down.weight", "token_embd.weight"] {
+    for &name in names {
         let t = load(&mut file, &content, name);
         let m = QMatrix::from_ggml(t.format, &t.bytes, t.out_dim, t.in_dim).unwrap();
         assert_eq!(m.to_ggml(), t.bytes, "{name}: GGUF bytes round trip");

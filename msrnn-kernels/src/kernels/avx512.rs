@@ -2,7 +2,7 @@
 //! time, into 32-bit sums) with the activation group broadcast from memory. Weights are unpacked once per block and
 //! reused for every activation row of the chunk.
 
-use super::{code_bytes, scale_bytes, Tile, TILE};
+use super::{code_bytes, high_planes, sc_at, scale_bytes, sub_bytes, Tile, TILE};
 use crate::act::QActs;
 use crate::format::{Format, BLOCK};
 use std::arch::x86_64::*;
@@ -18,6 +18,12 @@ pub(super) unsafe fn tile_rows(format: Format, tile: Tile, acts: &QActs, r0: usi
         match format {
             Format::Q8_0 => q8_0::<R>(tile, acts, r, o),
             Format::Q4_1 => q4_1::<R>(tile, acts, r, o),
+            Format::Q4_0 => nib::<R>(Format::Q4_0, tile, acts, r, o),
+            Format::Q5_0 => nib::<R>(Format::Q5_0, tile, acts, r, o),
+            Format::Q5_1 => nib::<R>(Format::Q5_1, tile, acts, r, o),
+            Format::Q4K => nib::<R>(Format::Q4K, tile, acts, r, o),
+            Format::Q5K => nib::<R>(Format::Q5K, tile, acts, r, o),
+            Format::Q6K => nib::<R>(Format::Q6K, tile, acts, r, o),
         }
         r += R;
     }
@@ -25,6 +31,12 @@ pub(super) unsafe fn tile_rows(format: Format, tile: Tile, acts: &QActs, r0: usi
         match format {
             Format::Q8_0 => q8_0::<1>(tile, acts, r, o),
             Format::Q4_1 => q4_1::<1>(tile, acts, r, o),
+            Format::Q4_0 => nib::<1>(Format::Q4_0, tile, acts, r, o),
+            Format::Q5_0 => nib::<1>(Format::Q5_0, tile, acts, r, o),
+            Format::Q5_1 => nib::<1>(Format::Q5_1, tile, acts, r, o),
+            Format::Q4K => nib::<1>(Format::Q4K, tile, acts, r, o),
+            Format::Q5K => nib::<1>(Format::Q5K, tile, acts, r, o),
+            Format::Q6K => nib::<1>(Format::Q6K, tile, acts, r, o),
         }
         r += 1;
     }
@@ -96,6 +108,113 @@ unsafe fn q4_1<const N: usize>(tile: Tile, acts: &QActs, r0: usize, out: &mut [[
             let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*d.add(r * nb + b)));
             acc[r] = _mm512_fmadd_ps(isum, scale, acc[r]);
             acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*s.add(r * nb + b)), acc[r]);
+        }
+    }
+    for r in 0..N {
+        _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+}
+
+/// Every nibble-plane format but Q4_1 (`format` is a constant at each call site, so each gets its own code): the
+/// codes of a sub-block are unpacked once (nibbles, then the high-bit planes) and reused for every row; the float
+/// step per format is the sequence in `kernels/mod.rs`.
+#[inline(always)]
+unsafe fn nib<const N: usize>(format: Format, tile: Tile, acts: &QActs, r0: usize, out: &mut [[f32; TILE]]) {
+    let nb = acts.nb;
+    let (sb, cb, sub) = (scale_bytes(format), code_bytes(format), sub_bytes(format));
+    let subs = format.block_weights() / BLOCK;
+    let xs: [*const u8; N] = std::array::from_fn(|r| acts.group_ptr(r0 + r));
+    let d = acts.d.as_ptr().add(r0 * nb);
+    let s = acts.s.as_ptr().add(r0 * nb);
+    let bias = acts.bias.as_ptr().add(r0 * nb);
+    let sum_lo = acts.sum_lo.as_ptr().add(r0 * nb);
+    let nibble = _mm512_set1_epi8(0x0F);
+    let (bits, low, high) =
+        (_mm512_set1_epi32(0x1111_1111), _mm512_set1_epi32(0x0101_0101), _mm512_set1_epi32(0x1010_1010));
+    let sign = _mm512_set1_epi32(i32::MIN);
+    let off_shift = match format {
+        Format::Q4_0 => 4, // -8 Σx = bias / 16
+        _ => 3,            // Q5_0: -16 Σx = bias / 8
+    };
+    let mut acc = [_mm512_setzero_ps(); N];
+    for u in 0..tile.nb {
+        super::prefetch_block(tile, format, u);
+        let sc = tile.scales.add(u * sb);
+        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(sc as *const __m256i));
+        let mw = if format.has_min() {
+            _mm512_cvtph_ps(_mm256_loadu_si256(sc.add(2 * TILE) as *const __m256i))
+        } else {
+            _mm512_setzero_ps()
+        };
+        let subsc = sc.add(sc_at(format));
+        for j in 0..subs {
+            let ab = u * subs + j;
+            let c = tile.codes.add(u * cb + j * sub);
+            let v: [__m512i; 4] = std::array::from_fn(|k| _mm512_loadu_si512(c.add(k * 64) as *const _));
+            let mut lo: [__m512i; 4] = std::array::from_fn(|k| _mm512_and_si512(v[k], nibble));
+            let mut hi: [__m512i; 4] = std::array::from_fn(|k| _mm512_and_si512(_mm512_srli_epi16::<4>(v[k]), nibble));
+            for p in 0..high_planes(format) {
+                let h = _mm512_loadu_si512(c.add(256 + 64 * p) as *const _);
+                for k in 0..4 {
+                    let t = _mm512_and_si512(_mm512_srl_epi32(h, _mm_cvtsi32_si128(k as i32)), bits);
+                    let tl = _mm512_sll_epi32(_mm512_and_si512(t, low), _mm_cvtsi32_si128(4 + p as i32));
+                    let th = _mm512_sll_epi32(_mm512_and_si512(t, high), _mm_cvtsi32_si128(p as i32));
+                    lo[k] = _mm512_or_si512(lo[k], tl);
+                    hi[k] = _mm512_or_si512(hi[k], th);
+                }
+            }
+            // Per-sub-block scales: K-quants' `d * sc_j` and `-(dmin * m_j)`, Q6_K's two i8 scales.
+            let ld8 = |at: usize| _mm512_cvtepu8_epi32(_mm_loadu_si128(subsc.add(at * TILE) as *const __m128i));
+            let (dsc, mneg, sa, sbv) = match format {
+                Format::Q4K | Format::Q5K => {
+                    let dsc = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(ld8(j)));
+                    let m = _mm512_mul_ps(mw, _mm512_cvtepi32_ps(ld8(8 + j)));
+                    let mneg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(m), sign));
+                    (dsc, mneg, _mm512_setzero_si512(), _mm512_setzero_si512())
+                }
+                Format::Q6K => {
+                    let l8 = |at: usize| _mm512_cvtepi8_epi32(_mm_loadu_si128(subsc.add(at * TILE) as *const __m128i));
+                    (dw, mw, l8(2 * j), l8(2 * j + 1))
+                }
+                _ => (dw, mw, _mm512_setzero_si512(), _mm512_setzero_si512()),
+            };
+            for r in 0..N {
+                let xb = xs[r].add(ab * BLOCK);
+                let i = r * nb + ab;
+                let mut s0 = match format {
+                    Format::Q4_0 | Format::Q5_0 => _mm512_set1_epi32(*bias.add(i) >> off_shift),
+                    _ => _mm512_setzero_si512(),
+                };
+                let mut s1 = _mm512_setzero_si512();
+                for k in 0..4 {
+                    s0 = _mm512_dpbusd_epi32(s0, lo[k], bcst(xb.add(4 * k)));
+                    s1 = _mm512_dpbusd_epi32(s1, hi[k], bcst(xb.add(16 + 4 * k)));
+                }
+                let dx = _mm512_set1_ps(*d.add(i));
+                acc[r] = match format {
+                    Format::Q6K => {
+                        let (lo_sum, sumq) = (*sum_lo.add(i), -(*bias.add(i) >> 7));
+                        let a = _mm512_sub_epi32(s0, _mm512_set1_epi32(32 * lo_sum));
+                        let b = _mm512_sub_epi32(s1, _mm512_set1_epi32(32 * (sumq - lo_sum)));
+                        let isum = _mm512_add_epi32(_mm512_mullo_epi32(sa, a), _mm512_mullo_epi32(sbv, b));
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, dx), acc[r])
+                    }
+                    Format::Q4K | Format::Q5K => {
+                        let isum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                        let a = _mm512_fmadd_ps(isum, _mm512_mul_ps(dsc, dx), acc[r]);
+                        _mm512_fmadd_ps(mneg, _mm512_set1_ps(*s.add(i)), a)
+                    }
+                    Format::Q5_1 => {
+                        let isum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                        let a = _mm512_fmadd_ps(isum, _mm512_mul_ps(dw, dx), acc[r]);
+                        _mm512_fmadd_ps(mw, _mm512_set1_ps(*s.add(i)), a)
+                    }
+                    _ => {
+                        let isum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                        _mm512_fmadd_ps(isum, _mm512_mul_ps(dsc, dx), acc[r])
+                    }
+                };
+            }
         }
     }
     for r in 0..N {
