@@ -112,7 +112,7 @@ pub fn list(ctx: &Ctx) -> Result<()> {
             out.push_str(&format!("{pad}alias: {}\n", e.aliases.join(", ")));
         }
         for p in &e.params {
-            out.push_str(&format!("{pad}{}={}  {}\n", p.name, p.default, p.help));
+            out.push_str(&format!("{pad}{p}\n"));
         }
         if !e.strict_params {
             out.push_str(&format!("{pad}(declares no parameter list: takes any key=value)\n"));

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use msrnn_policy_api::{valid_name, Context, Declare, Param, Params, Policy};
+use msrnn_policy_api::{valid_name, Context, Declare, Param, ParamSet, Params, Policy};
 
 use crate::error::{Error, Result};
 use crate::spec::PolicySpec;
@@ -34,7 +34,7 @@ impl BuiltinPolicy {
             name: T::NAME,
             aliases: T::ALIASES,
             description: T::DESCRIPTION,
-            params: T::PARAMS,
+            params: <T::Params as ParamSet>::SCHEMA,
             unbounded: T::UNBOUNDED,
             create: create_declared::<T>,
         }
@@ -42,7 +42,7 @@ impl BuiltinPolicy {
 }
 
 fn create_declared<T: Declare>(params: &Params, ctx: &Context, _: &PolicyRegistry) -> Result<Box<dyn Policy>> {
-    match T::create(params, ctx) {
+    match T::Params::from_params(params).and_then(|p| T::create(p, ctx)) {
         Ok(p) => Ok(Box::new(p)),
         Err(e) => Err(Error::from_policy(e, T::NAME, ctx.layer)),
     }

@@ -1,7 +1,7 @@
 //! `full` never evicts: the unbounded multi-state RNN, i.e. the plain transformer's KV cache, so it
 //! refuses a bounded capacity.
 
-use msrnn_policy_api::{Context, Decision, Declare, Error, Needs, Observation, Params, Policy, Result};
+use msrnn_policy_api::{Context, Decision, Declare, Error, Needs, Observation, Policy, Result};
 
 /// `full` (alias `none`): keeps every token.
 #[derive(Debug, Default)]
@@ -13,7 +13,9 @@ impl Declare for Full {
     const DESCRIPTION: &'static str = "Never evicts: the unbounded cache of the plain transformer.";
     const UNBOUNDED: bool = true;
 
-    fn create(_: &Params, ctx: &Context) -> Result<Self> {
+    type Params = ();
+
+    fn create(_: (), ctx: &Context) -> Result<Self> {
         match ctx.capacity {
             Some(c) => {
                 Err(Error::Param(format!("keeps every token, so it takes no capacity (got {c}); use it unbounded")))

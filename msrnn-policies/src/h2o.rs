@@ -3,8 +3,7 @@
 //! Oracle, Zhang et al. 2023); scores are head-averaged, summed in f64, and ties keep the newer.
 
 use msrnn_policy_api::{
-    lowest_scored, newest_first, Context, Decision, Declare, Error, Needs, Observation, Param, Params, Policy, Result,
-    Rows,
+    lowest_scored, newest_first, params, Context, Decision, Declare, Needs, Observation, Policy, Result, Rows,
 };
 
 /// `h2o` (alias `heavy-hitter`): a recent window plus the heaviest hitters.
@@ -22,20 +21,22 @@ impl H2o {
     }
 }
 
+params! {
+    /// `h2o`'s parameters.
+    pub struct H2oParams {
+        recent: f64 = 0.5, range 0.0..=1.0, "fraction of C kept as a recency window (rounded down)";
+    }
+}
+
 impl Declare for H2o {
     const NAME: &'static str = "h2o";
     const ALIASES: &'static [&'static str] = &["heavy-hitter"];
     const DESCRIPTION: &'static str =
         "Keeps a recent window plus the tokens with the most accumulated attention (H2O).";
-    const PARAMS: &'static [Param] =
-        &[Param::new("recent", "0.5", "fraction of C kept as a recency window (rounded down)")];
+    type Params = H2oParams;
 
-    fn create(params: &Params, ctx: &Context) -> Result<Self> {
-        let frac: f64 = params.get("recent")?;
-        if !(0.0..=1.0).contains(&frac) {
-            return Err(Error::Param(format!("`recent` is a fraction of the capacity in [0, 1], got {frac}")));
-        }
-        Ok(H2o::new(ctx.capacity.map_or(0, |c| (frac * c as f64).floor() as usize)))
+    fn create(p: H2oParams, ctx: &Context) -> Result<Self> {
+        Ok(H2o::new(ctx.capacity.map_or(0, |c| (p.recent * c as f64).floor() as usize)))
     }
 }
 

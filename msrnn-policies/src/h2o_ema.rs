@@ -12,7 +12,7 @@
 //!
 //! In a chunk every query row is one step for both statistics (one decay per token).
 
-use msrnn_policy_api::{lowest_scored, Context, Decision, Declare, Error, Needs, Observation, Param, Params, Policy};
+use msrnn_policy_api::{lowest_scored, params, Context, Decision, Declare, Error, Needs, Observation, Policy};
 use msrnn_policy_api::{Result, Rows};
 
 use crate::keydiff::anchor_similarity;
@@ -45,28 +45,26 @@ impl H2oEma {
     }
 }
 
+params! {
+    /// `h2o-ema`'s parameters.
+    pub struct H2oEmaParams {
+        heavy: f64 = 0.125, range 0.0..=1.0, "fraction of C kept by accumulated attention (rounded down)";
+        decay: Option<f64> = None => "1-8/C", range 0.0..1.0,
+            "weight of the past in the moving average s <- d*s + (1-d)*a";
+        diverse: f64 = 0.0 => "0", range 0.0..=1.0, "fraction of C kept for the keys least similar to the mean key";
+    }
+}
+
 impl Declare for H2oEma {
     const NAME: &'static str = "h2o-ema";
     const DESCRIPTION: &'static str =
         "Keeps the heaviest accumulated-attention hitters plus the highest moving averages of attention.";
-    const PARAMS: &'static [Param] = &[
-        Param::new("heavy", "0.125", "fraction of C kept by accumulated attention (rounded down), in [0, 1]"),
-        Param::new("decay", "1-8/C", "weight of the past in the moving average s <- d*s + (1-d)*a, in [0, 1)"),
-        Param::new("diverse", "0", "fraction of C kept for the keys least similar to the mean key, in [0, 1]"),
-    ];
+    type Params = H2oEmaParams;
 
-    fn create(params: &Params, ctx: &Context) -> Result<Self> {
-        let frac: f64 = params.get("heavy")?;
-        if !(0.0..=1.0).contains(&frac) {
-            return Err(Error::Param(format!("`heavy` is a fraction of the capacity in [0, 1], got {frac}")));
-        }
-        let diverse: f64 = params.get("diverse")?;
-        if !(0.0..=1.0).contains(&diverse) {
-            return Err(Error::Param(format!("`diverse` is a fraction of the capacity in [0, 1], got {diverse}")));
-        }
-        let decay = TovaEma::decay(params, ctx)?;
+    fn create(p: H2oEmaParams, ctx: &Context) -> Result<Self> {
+        let decay = p.decay.unwrap_or_else(|| TovaEma::default_decay(ctx.capacity));
         let share = |f: f64| ctx.capacity.map_or(0, |c| (f * c as f64).floor() as usize);
-        Ok(H2oEma::new(share(frac), decay).with_diverse(share(diverse)))
+        Ok(H2oEma::new(share(p.heavy), decay).with_diverse(share(p.diverse)))
     }
 }
 

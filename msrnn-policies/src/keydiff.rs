@@ -8,7 +8,7 @@
 //! the average. Keys are compared as the state stores them (rotated at their absolute positions in
 //! `absolute` mode, as in the paper's cache; unrotated in `cache` mode).
 
-use msrnn_policy_api::{lowest_scored, Context, Decision, Declare, Needs, Observation, Params, Policy, Result};
+use msrnn_policy_api::{lowest_scored, Context, Decision, Declare, Needs, Observation, Policy, Result};
 
 /// `keydiff`: evict the keys most similar to the layer's mean direction.
 #[derive(Debug, Default)]
@@ -18,7 +18,9 @@ impl Declare for KeyDiff {
     const NAME: &'static str = "keydiff";
     const DESCRIPTION: &'static str = "Keeps the keys least similar (cosine) to the mean key direction (KeyDiff).";
 
-    fn create(_: &Params, _: &Context) -> Result<Self> {
+    type Params = ();
+
+    fn create(_: (), _: &Context) -> Result<Self> {
         Ok(KeyDiff)
     }
 }

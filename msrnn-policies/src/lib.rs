@@ -1,5 +1,6 @@
 //! Built-in compression policies, one per file whose doc comment states its rule. Each declares its
-//! name, aliases, description and parameters once ([`msrnn_policy_api::Declare`]) and registers
+//! name, aliases, description and typed parameters once ([`msrnn_policy_api::Declare`],
+//! [`msrnn_policy_api::params!`]) and registers
 //! with `msrnn_core::builtin_policy!`, so that [`registry`] lists it by name; the same declaration
 //! with `export_policy!` instead makes it a plugin.
 //!
@@ -36,16 +37,16 @@ mod window;
 mod window_sinks;
 
 pub use full::Full;
-pub use h2o::H2o;
-pub use h2o_ema::H2oEma;
+pub use h2o::{H2o, H2oParams};
+pub use h2o_ema::{H2oEma, H2oEmaParams};
 pub use keydiff::{anchor_similarity, KeyDiff};
-pub use pyramid::{pyramid_capacities, Pyramid};
-pub use random::Random;
-pub use snapkv::SnapKv;
+pub use pyramid::{pyramid_capacities, Pyramid, PyramidParams};
+pub use random::{Random, RandomParams};
+pub use snapkv::{SnapKv, SnapKvParams};
 pub use tova::Tova;
-pub use tova_ema::{ema_update, TovaEma};
+pub use tova_ema::{ema_update, TovaEma, TovaEmaParams};
 pub use window::Window;
-pub use window_sinks::WindowSinks;
+pub use window_sinks::{WindowSinks, WindowSinksParams};
 
 use msrnn_core::PolicyRegistry;
 

@@ -13,7 +13,7 @@
 //! The base is created through the registry, plugins included, with its layer's capacity as its C.
 
 use msrnn_core::{BuiltinPolicy, PolicyRegistry, PolicySpec};
-use msrnn_policy_api::{Context, Decision, Error, Needs, Observation, Param, Params, Policy, Result};
+use msrnn_policy_api::{params, Context, Decision, Error, Needs, Observation, ParamSet, Params, Policy, Result};
 
 /// `pyramid`: per-layer capacities around a base policy.
 pub struct Pyramid {
@@ -36,19 +36,19 @@ pub fn pyramid_capacities(c: usize, layers: usize, beta: f64) -> Vec<usize> {
     caps
 }
 
-const PARAMS: &[Param] = &[
-    Param::new("base", "tova", "the policy choosing within each layer's capacity, as a spec (e.g. h2o:recent=0.25)"),
-    Param::new("beta", "20", "the last layer keeps C/beta, the first 2C - C/beta (>= 1)"),
-];
+params! {
+    /// `pyramid`'s parameters.
+    pub struct PyramidParams {
+        base: String = "tova".to_string() => "tova",
+            "the policy choosing within each layer's capacity, as a spec (e.g. h2o:recent=0.25)";
+        beta: f64 = 20.0 => "20", range 1.., "the last layer keeps C/beta, the first 2C - C/beta";
+    }
+}
 
 fn create(params: &Params, ctx: &Context, registry: &PolicyRegistry) -> msrnn_core::Result<Box<dyn Policy>> {
     let own = |e: Error| msrnn_core::Error::from_policy(e, "pyramid", ctx.layer);
-    let beta: f64 = params.get("beta").map_err(own)?;
-    if beta < 1.0 {
-        return Err(own(Error::Param(format!("`beta` must be at least 1, got {beta}"))));
-    }
-    let text: String = params.get("base").map_err(own)?;
-    let spec: PolicySpec = text.parse()?;
+    let PyramidParams { base, beta } = PyramidParams::from_params(params).map_err(own)?;
+    let spec: PolicySpec = base.parse()?;
     if registry.get(&spec.name)?.name == "pyramid" {
         return Err(own(Error::Param("the base cannot be `pyramid` itself".into())));
     }
@@ -62,7 +62,7 @@ msrnn_core::inventory::submit! {
         name: "pyramid",
         aliases: &["pyramidkv"],
         description: "Per-layer capacities falling from the first layer to the last (PyramidKV) around a base policy.",
-        params: PARAMS,
+        params: PyramidParams::SCHEMA,
         unbounded: false,
         create,
     }

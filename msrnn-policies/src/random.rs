@@ -3,7 +3,7 @@
 //! evictions.
 
 use msrnn_core::generate::SplitMix64;
-use msrnn_policy_api::{Context, Decision, Declare, Error, Needs, Observation, Param, Params, Policy, Result};
+use msrnn_policy_api::{params, Context, Decision, Declare, Error, Needs, Observation, Policy, Result};
 
 /// `random`: seeded random evictions.
 #[derive(Debug)]
@@ -19,13 +19,20 @@ impl Random {
     }
 }
 
+params! {
+    /// `random`'s parameters.
+    pub struct RandomParams {
+        seed: u64 = 0, "generator seed (mixed with the layer index)";
+    }
+}
+
 impl Declare for Random {
     const NAME: &'static str = "random";
     const DESCRIPTION: &'static str = "Evicts random tokens (seeded): the floor any real policy must beat.";
-    const PARAMS: &'static [Param] = &[Param::new("seed", "0", "generator seed (mixed with the layer index)")];
+    type Params = RandomParams;
 
-    fn create(params: &Params, ctx: &Context) -> Result<Self> {
-        Ok(Random::new(params.get("seed")?, ctx.layer))
+    fn create(p: RandomParams, ctx: &Context) -> Result<Self> {
+        Ok(Random::new(p.seed, ctx.layer))
     }
 }
 

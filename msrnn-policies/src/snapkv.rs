@@ -11,8 +11,8 @@
 
 use std::collections::VecDeque;
 
-use msrnn_policy_api::{lowest_scored, newest_first, Context, Decision, Declare, Error, Needs, Observation, Param};
-use msrnn_policy_api::{Params, Policy, Result, Rows};
+use msrnn_policy_api::{lowest_scored, newest_first, params, Context, Decision, Declare, Error, Needs, Observation};
+use msrnn_policy_api::{Policy, Result, Rows};
 
 /// `snapkv`: a recent window plus the entries the window's queries pooled attention favours.
 #[derive(Debug)]
@@ -30,21 +30,21 @@ impl SnapKv {
     }
 }
 
+params! {
+    /// `snapkv`'s parameters.
+    pub struct SnapKvParams {
+        window: usize = 16, range 1.., "newest tokens always kept; their queries' attention scores the rest";
+        kernel: usize = 5, range 1.., "width of the average pooling over neighbouring tokens (odd; 1 = none)";
+    }
+}
+
 impl Declare for SnapKv {
     const NAME: &'static str = "snapkv";
     const DESCRIPTION: &'static str =
         "Keeps a recent window plus the tokens its queries attend to most, pooled over neighbours (SnapKV).";
-    const PARAMS: &'static [Param] = &[
-        Param::new("window", "16", "newest tokens always kept; their queries' attention scores the rest"),
-        Param::new("kernel", "5", "width of the average pooling over neighbouring tokens (odd; 1 = none)"),
-    ];
+    type Params = SnapKvParams;
 
-    fn create(params: &Params, _: &Context) -> Result<Self> {
-        let window: usize = params.get("window")?;
-        let kernel: usize = params.get("kernel")?;
-        if window == 0 {
-            return Err(Error::Param("`window` must be at least 1 query".into()));
-        }
+    fn create(SnapKvParams { window, kernel }: SnapKvParams, _: &Context) -> Result<Self> {
         if kernel.is_multiple_of(2) {
             return Err(Error::Param(format!("`kernel` must be odd, got {kernel}")));
         }

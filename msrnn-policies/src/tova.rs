@@ -2,7 +2,7 @@
 //! heads; the newest token is a candidate too and ties keep the newer entry (Token Omission Via
 //! Attention, Oren et al. 2024, §4). After a chunk, the chunk's last query row is the one scored.
 
-use msrnn_policy_api::{lowest_scored, Context, Decision, Declare, Needs, Observation, Params, Policy, Result, Rows};
+use msrnn_policy_api::{lowest_scored, Context, Decision, Declare, Needs, Observation, Policy, Result, Rows};
 
 /// `tova`: the top-C of the newest query's head-averaged attention.
 #[derive(Debug, Default)]
@@ -13,7 +13,9 @@ impl Declare for Tova {
     const DESCRIPTION: &'static str =
         "Keeps the C tokens the newest query attends to most, averaged over heads (TOVA).";
 
-    fn create(_: &Params, _: &Context) -> Result<Self> {
+    type Params = ();
+
+    fn create(_: (), _: &Context) -> Result<Self> {
         Ok(Tova)
     }
 }

@@ -9,8 +9,7 @@
 //! one-token-at-a-time feeding give the same scores up to the point where eviction is deferred to
 //! the chunk's end.
 
-use msrnn_policy_api::{lowest_scored, Context, Decision, Declare, Error, Needs, Observation, Param, Params, Policy};
-use msrnn_policy_api::{Result, Rows};
+use msrnn_policy_api::{lowest_scored, params, Context, Decision, Declare, Needs, Observation, Policy, Result, Rows};
 
 /// `tova-ema`: the top-C of an exponential moving average of head-averaged attention.
 #[derive(Debug)]
@@ -30,14 +29,12 @@ impl TovaEma {
     pub fn default_decay(c: Option<usize>) -> f64 {
         c.map_or(0.99, |c| (1.0 - 8.0 / c as f64).max(0.0))
     }
+}
 
-    /// The `decay` parameter as given, else [`TovaEma::default_decay`]; it must lie in `[0, 1)`.
-    pub fn decay(params: &Params, ctx: &Context) -> Result<f64> {
-        let decay = params.get_given::<f64>("decay")?.unwrap_or_else(|| Self::default_decay(ctx.capacity));
-        if !(0.0..1.0).contains(&decay) {
-            return Err(Error::Param(format!("`decay` must be in [0, 1), got {decay}")));
-        }
-        Ok(decay)
+params! {
+    /// `tova-ema`'s parameters.
+    pub struct TovaEmaParams {
+        decay: Option<f64> = None => "1-8/C", range 0.0..1.0, "weight of the past in s <- d*s + (1-d)*a; 0 is TOVA";
     }
 }
 
@@ -45,11 +42,10 @@ impl Declare for TovaEma {
     const NAME: &'static str = "tova-ema";
     const DESCRIPTION: &'static str =
         "Keeps the C tokens with the highest moving average of head-averaged attention (smoothed TOVA).";
-    const PARAMS: &'static [Param] =
-        &[Param::new("decay", "1-8/C", "weight of the past in s <- d*s + (1-d)*a, in [0, 1); 0 is TOVA")];
+    type Params = TovaEmaParams;
 
-    fn create(params: &Params, ctx: &Context) -> Result<Self> {
-        Ok(TovaEma::new(Self::decay(params, ctx)?))
+    fn create(p: TovaEmaParams, ctx: &Context) -> Result<Self> {
+        Ok(TovaEma::new(p.decay.unwrap_or_else(|| Self::default_decay(ctx.capacity))))
     }
 }
 

@@ -1,7 +1,7 @@
 //! `window` keeps the C newest tokens (by absolute position) and evicts the rest: the sliding-window
 //! baseline of Oren et al. (2024), §3.
 
-use msrnn_policy_api::{newest_first, Context, Decision, Declare, Needs, Observation, Params, Policy, Result};
+use msrnn_policy_api::{newest_first, Context, Decision, Declare, Needs, Observation, Policy, Result};
 
 /// `window`: the C newest tokens.
 #[derive(Debug, Default)]
@@ -11,7 +11,9 @@ impl Declare for Window {
     const NAME: &'static str = "window";
     const DESCRIPTION: &'static str = "Keeps the C newest tokens.";
 
-    fn create(_: &Params, _: &Context) -> Result<Self> {
+    type Params = ();
+
+    fn create(_: (), _: &Context) -> Result<Self> {
         Ok(Window)
     }
 }

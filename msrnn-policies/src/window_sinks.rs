@@ -2,9 +2,7 @@
 //! sinks, after Xiao et al. (2024), "Efficient Streaming Language Models with Attention Sinks"
 //! (StreamingLLM), without its position re-indexing.
 
-use msrnn_policy_api::{
-    newest_first, Context, Decision, Declare, Error, Needs, Observation, Param, Params, Policy, Result,
-};
+use msrnn_policy_api::{newest_first, params, Context, Decision, Declare, Error, Needs, Observation, Policy, Result};
 
 /// `window+i` (alias `sinks`): the first `sinks` tokens plus the newest.
 #[derive(Debug)]
@@ -18,14 +16,20 @@ impl WindowSinks {
     }
 }
 
+params! {
+    /// `window+i`'s parameters.
+    pub struct WindowSinksParams {
+        sinks: usize = 4, "number of initial positions never evicted";
+    }
+}
+
 impl Declare for WindowSinks {
     const NAME: &'static str = "window+i";
     const ALIASES: &'static [&'static str] = &["sinks"];
     const DESCRIPTION: &'static str = "Keeps the first `sinks` tokens forever plus the newest (attention sinks).";
-    const PARAMS: &'static [Param] = &[Param::new("sinks", "4", "number of initial positions never evicted")];
+    type Params = WindowSinksParams;
 
-    fn create(params: &Params, ctx: &Context) -> Result<Self> {
-        let sinks: usize = params.get("sinks")?;
+    fn create(WindowSinksParams { sinks }: WindowSinksParams, ctx: &Context) -> Result<Self> {
         if let Some(c) = ctx.capacity.filter(|&c| c <= sinks) {
             return Err(Error::Param(format!(
                 "capacity {c} must exceed sinks={sinks}, leaving room for at least one recent token"

@@ -439,3 +439,32 @@ fn h2o_ema_diverse_keeps_the_most_distinct_keys_among_the_rest() {
     let mut q = r.create(&"h2o-ema:heavy=0.25,diverse=0.25".parse().unwrap(), &ctx(0, 1, Some(4))).unwrap();
     assert_eq!(evicted(q.as_mut(), &o, 2), vec![2, 3]);
 }
+
+/// Parameters are typed where they are declared: the registry refuses a value of the wrong type
+/// or outside its range when the spec is resolved, before any instance (or state) exists, and the
+/// listing shows each parameter's type and range.
+#[test]
+fn parameters_are_typed_and_checked_when_the_spec_is_resolved() {
+    let r = registry();
+    let refused = |s: &str| r.check_params(&s.parse().unwrap()).err().expect(s).to_string();
+    assert_eq!(refused("h2o:recent=2"), "policy `h2o`: `recent` must be in [0, 1], got 2");
+    assert_eq!(refused("heavy-hitter:recent=x"), "policy `h2o`: `recent` must be a finite number, got `x`");
+    assert_eq!(refused("tova-ema:decay=1"), "policy `tova-ema`: `decay` must be in [0, 1), got 1");
+    assert_eq!(refused("snapkv:window=0"), "policy `snapkv`: `window` must be at least 1, got 0");
+    assert_eq!(refused("pyramid:beta=0.5"), "policy `pyramid`: `beta` must be at least 1, got 0.5");
+    assert_eq!(refused("random:seed=-1"), "policy `random`: `seed` must be a non-negative integer, got `-1`");
+    assert_eq!(refused("sinks:sinks=1.5"), "policy `window+i`: `sinks` must be a non-negative integer, got `1.5`");
+    for ok in ["h2o:recent=1", "h2o:recent=0", "tova-ema:decay=0", "h2o-ema:diverse=0.5", "pyramid:base=h2o"] {
+        r.check_params(&ok.parse().unwrap()).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    // Every built-in parameter has a type; a listed default is either a value of that type within
+    // its range, or a rule computed from the context.
+    for e in r.entries() {
+        for p in &e.params {
+            assert_ne!(p.ty, msrnn_policy_api::ParamType::Any, "{}: `{}` has no type", e.name, p.name);
+            assert!(p.check(&p.default).is_ok() || p.default.contains('/'), "{}: default {p}", e.name);
+        }
+    }
+    let h2o = &r.get("h2o").unwrap().params[0];
+    assert_eq!(h2o.to_string(), "recent=0.5  fraction of C kept as a recency window (rounded down) (number in [0, 1])");
+}

@@ -9,13 +9,19 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
 use crate::abi::*;
-use crate::{Context, Decision, Declare, Params};
+use crate::{Context, Decision, Declare, ParamSet, Params};
 
 /// Exports `$ty` (a [`Declare`](crate::Declare) policy) as the plugin of this `cdylib`: writes the
 /// `msrnn_policy_plugin` symbol and the C glue.
 ///
 /// ```
-/// use msrnn_policy_api::{export_policy, Context, Decision, Declare, Needs, Observation, Param, Params, Policy, Result};
+/// use msrnn_policy_api::{export_policy, params, Context, Decision, Declare, Needs, Observation, Policy, Result};
+///
+/// params! {
+///     pub struct SinksParams {
+///         sinks: u64 = 4, "tokens kept from the start";
+///     }
+/// }
 ///
 /// /// Keeps the `sinks` first tokens and otherwise the newest.
 /// pub struct Sinks(u64);
@@ -23,9 +29,9 @@ use crate::{Context, Decision, Declare, Params};
 /// impl Declare for Sinks {
 ///     const NAME: &'static str = "my-sinks";
 ///     const DESCRIPTION: &'static str = "the first `sinks` tokens plus the newest";
-///     const PARAMS: &'static [Param] = &[Param::new("sinks", "4", "tokens kept from the start")];
-///     fn create(params: &Params, _ctx: &Context) -> Result<Self> {
-///         Ok(Sinks(params.get("sinks")?))
+///     type Params = SinksParams;
+///     fn create(p: SinksParams, _ctx: &Context) -> Result<Self> {
+///         Ok(Sinks(p.sinks))
 ///     }
 /// }
 ///
@@ -52,7 +58,7 @@ use crate::{Context, Decision, Declare, Params};
 /// #     assert_eq!(unsafe { std::ffi::CStr::from_ptr(d.name) }.to_str().unwrap(), "my-sinks");
 /// #     assert_eq!((d.num_params, d.num_aliases), (1, 0));
 /// #     let ctx = Context { layer: 0, num_layers: 1, num_heads: 1, num_kv_heads: 1, head_dim: 2, capacity: Some(3) };
-/// #     let mut p = Sinks::create(&Params::parse("sinks=1", Sinks::PARAMS).unwrap(), &ctx).unwrap();
+/// #     let mut p = Sinks::create(SinksParams { sinks: 1 }, &ctx).unwrap();
 /// #     let positions = [4u64, 0, 1, 2, 3];
 /// #     let live = [true; 5];
 /// #     let obs = Observation { layer: 0, tokens_seen: 5, num_slots: 5, positions: &positions, live: &live,
@@ -215,7 +221,7 @@ fn leak_slice<T>(v: Vec<T>) -> *const T {
 }
 
 fn build<T: Declare>() -> Option<PolicyDescriptor> {
-    let params: Vec<RawParam> = T::PARAMS
+    let params: Vec<RawParam> = <T::Params as ParamSet>::SCHEMA
         .iter()
         .map(|p| Some(RawParam { name: leak(&p.name)?, default_value: leak(&p.default)?, help: leak(&p.help)? }))
         .collect::<Option<_>>()?;
@@ -288,8 +294,8 @@ pub unsafe extern "C" fn create<T: Declare>(
         } else {
             CStr::from_ptr(params).to_str().map_err(|_| "the parameters are not UTF-8".to_string())?
         };
-        let p = Params::parse(text, T::PARAMS).map_err(|e| e.to_string())?;
-        let policy = T::create(&p, &Context::from(&*ctx)).map_err(|e| e.to_string())?;
+        let p = Params::parse(text, <T::Params as ParamSet>::SCHEMA).and_then(|p| T::Params::from_params(&p));
+        let policy = T::create(p.map_err(|e| e.to_string())?, &Context::from(&*ctx)).map_err(|e| e.to_string())?;
         let needs = RawNeeds::new(policy.needs(), policy.capacity());
         Ok((policy, needs))
     }));

@@ -6,7 +6,8 @@
 //!
 //! - [`types`]: what a policy asks for ([`Needs`]), where it lives ([`Context`]), what it sees
 //!   ([`Observation`]) and what it answers ([`Decision`]);
-//! - [`params`]: declared parameters ([`Param`]) and the values an instance gets ([`Params`]);
+//! - [`params`]: typed parameters declared once ([`params!`], [`ParamSet`]), their schema ([`Param`])
+//!   and their text form in specs and at the C ABI ([`Params`]);
 //! - [`helpers`]: head-averaged attention, key norms, [`lowest_scored`], [`newest_first`], and
 //!   [`validate`], the host's check of every decision;
 //! - [`Policy`] (one instance per layer) and [`Declare`] (name, aliases, description, parameters,
@@ -27,6 +28,6 @@ pub mod types;
 
 pub use error::{Error, Result};
 pub use helpers::{lowest_scored, newest_first, validate};
-pub use params::{parse_pairs, valid_name, FromParam, Param, Params};
+pub use params::{parse_pairs, valid_name, Bounds, FromParam, Param, ParamSet, ParamType, Params};
 pub use policy::{Declare, Policy};
 pub use types::{Context, Decision, Needs, Observation, Rows};

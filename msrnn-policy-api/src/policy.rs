@@ -2,7 +2,7 @@
 //! does) and [`Declare`] (how it is named, described, parameterised and created).
 
 use crate::error::{Error, Result};
-use crate::params::{Param, Params};
+use crate::params::ParamSet;
 use crate::types::{Context, Decision, Needs, Observation};
 
 /// A compression policy for one layer. The host creates one instance per layer, so per-layer
@@ -44,7 +44,7 @@ pub trait Policy: Send {
     }
 }
 
-/// A policy's declaration: name, aliases, description and parameters, written once, and its
+/// A policy's declaration: name, aliases, description and typed parameters, written once, and its
 /// constructor. `msrnn_core::builtin_policy!(T)` registers it as a built-in, `export_policy!(T)`
 /// exports it from a plugin library; moving a policy between the two is that one line.
 pub trait Declare: Policy + Sized + 'static {
@@ -54,12 +54,13 @@ pub trait Declare: Policy + Sized + 'static {
     const ALIASES: &'static [&'static str] = &[];
     /// One line for listings.
     const DESCRIPTION: &'static str;
-    /// The parameters accepted, with their defaults; any other key is refused before
-    /// [`Declare::create`] runs, and [`Params::get`] falls back to these defaults.
-    const PARAMS: &'static [Param] = &[];
+    /// The parameters, typed, declared with [`crate::params!`] (`()` for none). Their schema is
+    /// what the registry checks a spec against (unknown keys, types, ranges) before any instance
+    /// exists; a parameter not given takes its declared default.
+    type Params: ParamSet;
     /// Whether the policy never evicts and so runs without a capacity (`full`). The registry builds
     /// states from this declaration, never from the name. Plugins are always bounded.
     const UNBOUNDED: bool = false;
     /// One instance for the layer `ctx` describes.
-    fn create(params: &Params, ctx: &Context) -> Result<Self>;
+    fn create(params: Self::Params, ctx: &Context) -> Result<Self>;
 }

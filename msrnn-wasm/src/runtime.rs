@@ -1,15 +1,12 @@
 //! The sandbox: modules compiled and run by wasmtime, one store per layer's instance, with a
 //! memory cap and fuel per call.
 
-use std::cell::RefCell;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use msrnn_core::plugin::{
-    check_observation, code_meaning, decision_from, message, params_text, PluginInfo, PluginKind, PluginLoader,
-};
-use msrnn_policy_api::abi::{RawContext, RawNeeds, CODE_OK};
-use msrnn_policy_api::{Context, Decision, Error, Needs, Observation, Params, Policy, Result};
+use msrnn_core::plugin::{PluginInfo, PluginKind, PluginLoader, PluginPolicy, Raw, Transport};
+use msrnn_policy_api::abi::{RawContext, RawNeeds};
+use msrnn_policy_api::{Context, Observation, Params, Policy};
 
 use crate::layout::{obs32, read_descriptor, Mem};
 use wasmtime::{
@@ -19,8 +16,6 @@ use wasmtime::{
 
 use crate::{FUEL_ENV, MAGIC, MEMORY_ENV};
 
-/// Room for a plugin's error message, as for native plugins.
-const ERR_CAP: usize = 1024;
 /// Largest module file accepted: compiling is work done before any limit applies.
 const MAX_MODULE_BYTES: u64 = 64 << 20;
 
@@ -138,8 +133,6 @@ struct Runtime {
     scratch: u32,
     scratch_len: u32,
     limits: Limits,
-    /// Why it refuses to run: the sandbox failed in it (a trap, a limit) and it was not rebuilt.
-    poisoned: Option<String>,
 }
 
 fn typed<P: WasmParams, R: WasmResults>(
@@ -220,7 +213,7 @@ impl Runtime {
             save: typed(&inst, &mut store, "msrnn_save_state", false)?,
             load: typed(&inst, &mut store, "msrnn_load_state", false)?,
         };
-        Ok(Runtime { store, memory, fns, entry, scratch: 0, scratch_len: 0, limits, poisoned: None })
+        Ok(Runtime { store, memory, fns, entry, scratch: 0, scratch_len: 0, limits })
     }
 
     /// Calls `f` with a full tank: each call may burn [`Limits::fuel`].
@@ -407,48 +400,38 @@ impl PluginKind for WasmPlugin {
     }
 
     fn instantiate(&self, params: &Params, ctx: &Context) -> msrnn_core::Result<Box<dyn Policy>> {
-        let s = &self.shared;
-        let text = params_text(params)
-            .map_err(|reason| msrnn_core::Error::InvalidParam { policy: s.info.name.clone(), reason })?;
-        let (rt, handle, needs, capacity) = WasmPolicy::build(s, &text, ctx)
-            .map_err(|reason| msrnn_core::Error::Plugin { path: s.path.clone(), reason })?;
-        Ok(Box::new(WasmPolicy {
-            shared: s.clone(),
-            params: text,
-            ctx: *ctx,
-            rt: RefCell::new(rt),
-            handle,
-            needs,
-            capacity,
-            out: Vec::new(),
-        }))
+        Ok(Box::new(WasmPolicy::create(self, params, ctx)?))
     }
 }
 
-/// One layer's instance of a WebAssembly policy, in a store of its own.
-pub struct WasmPolicy {
+/// One layer's instance of a WebAssembly policy: the shared plugin wrapper over a store of its own.
+pub type WasmPolicy = PluginPolicy<WasmInstance>;
+
+/// One running instance of the module, its transport: each call's arguments copied into the
+/// module's memory, the answers read back.
+pub struct WasmInstance {
     shared: Arc<Shared>,
-    /// What it was created with, to build it afresh after a trap.
-    params: String,
-    ctx: Context,
-    /// In a cell because saving state (`&self`) runs code in the store too.
-    rt: RefCell<Runtime>,
+    rt: Runtime,
     handle: i32,
-    needs: Needs,
-    capacity: Option<usize>,
-    out: Vec<u64>,
 }
 
-impl WasmPolicy {
-    /// A fresh instance: a new store, and the module's `create` with the parameters and context.
-    fn build(
-        s: &Shared,
-        params: &str,
-        ctx: &Context,
-    ) -> std::result::Result<(Runtime, i32, Needs, Option<usize>), String> {
+impl WasmInstance {
+    /// The error buffer the plugin filled at `at`, copied out into `err`.
+    fn read_err(&self, at: u32, err: &mut [u8]) -> Raw<()> {
+        err.copy_from_slice(self.rt.bytes(at as u64, err.len() as u64, "error buffer")?);
+        Ok(())
+    }
+}
+
+impl Transport for WasmInstance {
+    type Plugin = WasmPlugin;
+
+    /// A fresh store, and the module's `create` with the parameters and context.
+    fn create(plugin: &WasmPlugin, params: &str, ctx: &Context, err: &mut [u8]) -> Raw<Option<(Self, RawNeeds)>> {
+        let s = &plugin.shared;
         let mut rt = Runtime::start(&s.pre, s.limits)?;
         let mut l = Layout(0);
-        let (p_params, p_ctx, p_needs, p_err) = (l.take(params.len() + 1), l.take(48), l.take(24), l.take(ERR_CAP));
+        let (p_params, p_ctx, p_needs, p_err) = (l.take(params.len() + 1), l.take(48), l.take(24), l.take(err.len()));
         let base = rt.scratch(l.0)?;
         let at = |off: usize| base + off as u32;
         let mut text = params.as_bytes().to_vec();
@@ -457,15 +440,12 @@ impl WasmPolicy {
         let c = RawContext::from(ctx);
         rt.write(at(p_ctx), &le_u64([c.layer, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.capacity]));
         rt.write(at(p_needs), &[0u8; 24]);
-        rt.write(at(p_err), &[0u8; ERR_CAP]);
-        let args = (at(p_params) as i32, at(p_ctx) as i32, at(p_needs) as i32, at(p_err) as i32, ERR_CAP as i64);
+        rt.write(at(p_err), &vec![0u8; err.len()]);
+        let args = (at(p_params) as i32, at(p_ctx) as i32, at(p_needs) as i32, at(p_err) as i32, err.len() as i64);
         let handle = Runtime::call(&mut rt.store, &s.limits, &rt.fns.create, args, "create")?;
         if handle == 0 {
-            let m = message(rt.bytes(at(p_err) as u64, ERR_CAP as u64, "error buffer")?);
-            return Err(format!(
-                "policy `{}` refused to create its instance for layer {}: {m}",
-                s.info.name, ctx.layer
-            ));
+            err.copy_from_slice(rt.bytes(at(p_err) as u64, err.len() as u64, "error buffer")?);
+            return Ok(None);
         }
         let n = rt.bytes(at(p_needs) as u64, 24, "needs")?;
         let u32_at = |i: usize| u32::from_le_bytes(n[i..i + 4].try_into().expect("4 bytes"));
@@ -476,31 +456,24 @@ impl WasmPolicy {
             every_step: u32_at(12),
             capacity: u64::from_le_bytes(n[16..24].try_into().expect("8 bytes")),
         };
-        let (needs, capacity) = raw.decode().map_err(|e| format!("policy `{}` {e}", s.info.name))?;
-        Ok((rt, handle, needs, capacity))
-    }
-
-    /// `plugin PATH {m}`: the plugin named in every failure.
-    fn fail(&self, m: impl std::fmt::Display) -> Error {
-        Error::Failed(format!("plugin {} {m}", self.shared.path))
+        Ok(Some((WasmInstance { shared: s.clone(), rt, handle }, raw)))
     }
 
     /// One `compress` call: the observation copied into the module's memory, the answer read back.
-    fn compress(&mut self, obs: &Observation<'_>, budget: usize) -> std::result::Result<(i32, u64, String), String> {
+    fn compress(&mut self, obs: &Observation<'_>, budget: usize, evict: &mut [u64], err: &mut [u8]) -> Raw<(i32, u64)> {
         let n = obs.num_slots;
-        let live = obs.live_count();
         let mut l = Layout(0);
         let p_obs = l.take(obs32::SIZE);
         let p_len = l.take(8);
-        let p_err = l.take(ERR_CAP);
-        let p_evict = l.take(live * 8);
+        let p_err = l.take(err.len());
+        let p_evict = l.take(evict.len() * 8);
         let p_pos = l.take(n * 8);
         let p_new = l.take(obs.new_slots.len() * 8);
         let p_live = l.take(n);
         let p_probs = l.take(obs.probs.len() * 4);
         let p_norms = l.take(obs.key_norms.len() * 4);
         let p_keys = l.take(obs.keys.len() * 4);
-        let rt = self.rt.get_mut();
+        let rt = &mut self.rt;
         let base = rt.scratch(l.0)?;
         let at = |off: usize| base + off as u32;
         let or_null = |len: usize, off: usize| if len == 0 { 0 } else { at(off) };
@@ -523,7 +496,7 @@ impl WasmPolicy {
         put32(obs32::KEYS, or_null(obs.keys.len(), p_keys));
         rt.write(at(p_obs), &o);
         rt.write(at(p_len), &[0u8; 8]);
-        rt.write(at(p_err), &[0u8; ERR_CAP]);
+        rt.write(at(p_err), err);
         rt.write(at(p_pos), &le_u64(obs.positions[..n].iter().copied()));
         rt.write(at(p_new), &le_u64(obs.new_slots.iter().map(|&s| s as u64)));
         let flags: Vec<u8> = obs.live[..n].iter().map(|&b| b as u8).collect();
@@ -536,175 +509,73 @@ impl WasmPolicy {
             at(p_obs) as i32,
             u64::try_from(budget).unwrap_or(u64::MAX) as i64,
             at(p_evict) as i32,
-            live as i64,
+            evict.len() as i64,
             at(p_len) as i32,
             at(p_err) as i32,
-            ERR_CAP as i64,
+            err.len() as i64,
         );
         let code = Runtime::call(&mut rt.store, &self.shared.limits, &rt.fns.compress, args, "compress")?;
         let len = rt.u64_at(at(p_len) as u64, "evict count")?;
-        let evict = rt.bytes(at(p_evict) as u64, live as u64 * 8, "evict buffer")?;
-        self.out.clear();
-        self.out.extend(evict.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))));
-        let m = if code == CODE_OK {
-            String::new()
-        } else {
-            message(rt.bytes(at(p_err) as u64, ERR_CAP as u64, "error")?)
-        };
-        Ok((code, len, m))
+        let out = rt.bytes(at(p_evict) as u64, evict.len() as u64 * 8, "evict buffer")?;
+        for (e, c) in evict.iter_mut().zip(out.chunks_exact(8)) {
+            *e = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        }
+        self.read_err(at(p_err), err)?;
+        Ok((code, len))
     }
 
-    /// Builds the instance afresh (after a trap); its needs must not change.
-    fn rebuild(&mut self) -> std::result::Result<(), String> {
-        let (rt, handle, needs, capacity) = Self::build(&self.shared, &self.params, &self.ctx)?;
-        if (needs, capacity) != (self.needs, self.capacity) {
-            return Err(format!(
-                "policy `{}` asked for other needs when built again ({needs:?}, capacity {capacity:?})",
-                self.shared.info.name
-            ));
-        }
-        (self.rt, self.handle) = (RefCell::new(rt), handle);
-        Ok(())
-    }
-}
-
-impl Policy for WasmPolicy {
-    fn name(&self) -> &str {
-        &self.shared.info.name
+    /// The module's own `reset`; without one, the instance is built afresh.
+    fn reset(&mut self) -> Raw<()> {
+        let f = self.rt.fns.reset.as_ref().filter(|_| self.shared.has_reset).ok_or("it has no `msrnn_reset`")?;
+        Runtime::call(&mut self.rt.store, &self.shared.limits, f, self.handle, "reset")
     }
 
-    fn needs(&self) -> Needs {
-        self.needs
+    fn has_state(&self) -> bool {
+        self.shared.has_state
     }
 
-    fn capacity(&self) -> Option<usize> {
-        self.capacity
-    }
-
-    fn step(&mut self, obs: &Observation<'_>, budget: usize) -> Result<Decision> {
-        if let Some(m) = self.rt.get_mut().poisoned.clone() {
-            return Err(self.fail(format!("refuses to step: it failed earlier ({m}) and was not reset since")));
-        }
-        check_observation(obs, &self.needs).map_err(|e| Error::Failed(format!("plugin {}: {e}", self.shared.path)))?;
-        let (code, len, m) = match self.compress(obs, budget) {
-            Ok(r) => r,
-            Err(m) => {
-                let e = self.fail(&m);
-                self.rt.get_mut().poisoned = Some(m);
-                return Err(e);
-            }
-        };
-        if code != CODE_OK {
-            return Err(self.fail(format!("{}: {m}", code_meaning(code))));
-        }
-        decision_from(&self.out, len, obs, budget, &self.shared.path)
-    }
-
-    /// Forgets the bookkeeping: the module's own `reset`, or, after a failure (or when the module
-    /// has none), a new instance built from scratch.
-    fn reset(&mut self) {
-        let s = self.shared.clone();
-        let rt = self.rt.get_mut();
-        if rt.poisoned.is_none() && s.has_reset {
-            let f = rt.fns.reset.as_ref().expect("checked at load");
-            if Runtime::call(&mut rt.store, &s.limits, f, self.handle, "reset").is_ok() {
-                return;
-            }
-        }
-        if let Err(m) = self.rebuild() {
-            tracing::error!(policy = %s.info.name, plugin = %s.path, "cannot build the instance again: {m}");
-            self.rt.get_mut().poisoned = Some(m);
-        }
-    }
-
-    /// The module's bookkeeping. As for native plugins, a failure is logged and nothing is saved.
-    fn save_state(&self) -> Vec<f64> {
-        let s = &self.shared;
-        if !s.has_state {
-            return Vec::new();
-        }
-        let mut rt = self.rt.borrow_mut();
-        if rt.poisoned.is_some() {
-            return Vec::new();
-        }
-        match save_state_of(&mut rt, s, self.handle) {
-            Ok(v) => v,
-            Err((m, trapped)) => {
-                tracing::error!(policy = %s.info.name, plugin = %s.path, "save_state: {m}");
-                if trapped {
-                    rt.poisoned = Some(m);
-                }
-                Vec::new()
-            }
-        }
-    }
-
-    fn load_state(&mut self, data: &[f64]) -> Result<()> {
-        let s = self.shared.clone();
-        if !s.has_state {
-            return if data.is_empty() {
-                Ok(())
-            } else {
-                Err(Error::State(format!("plugin {} keeps no state but the file has {} values", s.path, data.len())))
-            };
-        }
-        let handle = self.handle;
-        let rt = self.rt.get_mut();
-        let r = (|| {
-            let mut l = Layout(0);
-            let (p_data, p_err) = (l.take(data.len() * 8), l.take(ERR_CAP));
-            let base = rt.scratch(l.0)?;
-            let at = |off: usize| base + off as u32;
-            rt.write(at(p_data), &le_u64(data.iter().map(|x| x.to_bits())));
-            rt.write(at(p_err), &[0u8; ERR_CAP]);
-            let f = rt.fns.load.as_ref().expect("checked at load");
-            let args = (handle, at(p_data) as i32, data.len() as i64, at(p_err) as i32, ERR_CAP as i64);
-            let code = Runtime::call(&mut rt.store, &s.limits, f, args, "load_state")?;
-            let m = message(rt.bytes(at(p_err) as u64, ERR_CAP as u64, "error")?);
-            Ok::<_, String>((code, m))
-        })();
-        match r {
-            Ok((CODE_OK, _)) => Ok(()),
-            Ok((code, m)) => {
-                Err(Error::State(format!("plugin {} {} restoring its state: {m}", s.path, code_meaning(code))))
-            }
-            Err(m) => {
-                rt.poisoned = Some(m.clone());
-                Err(Error::State(format!("plugin {} {m}", s.path)))
-            }
-        }
-    }
-}
-
-/// Calls the module's `save_state`, with a larger buffer if the first was too small. The error
-/// says whether the sandbox failed (`true`: the instance is poisoned) or the policy reported one.
-fn save_state_of(rt: &mut Runtime, s: &Shared, handle: i32) -> std::result::Result<Vec<f64>, (String, bool)> {
-    let mut cap = 64usize;
-    for _ in 0..2 {
+    fn save_state(&mut self, out: &mut [f64], err: &mut [u8]) -> Raw<(i32, u64)> {
         let mut l = Layout(0);
-        let (p_out, p_len, p_err) = (l.take(cap * 8), l.take(8), l.take(ERR_CAP));
-        let base = rt.scratch(l.0).map_err(|m| (m, true))?;
+        let (p_out, p_len, p_err) = (l.take(out.len() * 8), l.take(8), l.take(err.len()));
+        let rt = &mut self.rt;
+        let base = rt.scratch(l.0)?;
         let at = |off: usize| base + off as u32;
         rt.write(at(p_len), &[0u8; 8]);
-        rt.write(at(p_err), &[0u8; ERR_CAP]);
+        rt.write(at(p_err), err);
         let f = rt.fns.save.as_ref().expect("checked at load");
-        let args = (handle, at(p_out) as i32, cap as i64, at(p_len) as i32, at(p_err) as i32, ERR_CAP as i64);
-        let code = Runtime::call(&mut rt.store, &s.limits, f, args, "save_state").map_err(|m| (m, true))?;
-        if code != CODE_OK {
-            let m = rt.bytes(at(p_err) as u64, ERR_CAP as u64, "error").map(message).unwrap_or_default();
-            return Err((format!("{}: {m}", code_meaning(code)), false));
+        let args =
+            (self.handle, at(p_out) as i32, out.len() as i64, at(p_len) as i32, at(p_err) as i32, err.len() as i64);
+        let code = Runtime::call(&mut rt.store, &self.shared.limits, f, args, "save_state")?;
+        let len = rt.u64_at(at(p_len) as u64, "length")?;
+        if len <= out.len() as u64 {
+            let b = rt.bytes(at(p_out) as u64, len * 8, "state")?;
+            for (x, c) in out.iter_mut().zip(b.chunks_exact(8)) {
+                *x = f64::from_le_bytes(c.try_into().expect("8 bytes"));
+            }
         }
-        let len = rt.u64_at(at(p_len) as u64, "length").map_err(|m| (m, true))?;
-        if len <= cap as u64 {
-            let b = rt.bytes(at(p_out) as u64, len * 8, "state").map_err(|m| (m, true))?;
-            return Ok(b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect());
-        }
-        if len.saturating_mul(8) > s.limits.memory as u64 {
-            return Err((format!("it reported {len} values of state, more than its memory limit holds"), false));
-        }
-        cap = len as usize;
+        self.read_err(at(p_err), err)?;
+        Ok((code, len))
     }
-    Err(("save_state kept changing its length".into(), false))
+
+    fn load_state(&mut self, data: &[f64], err: &mut [u8]) -> Raw<i32> {
+        let mut l = Layout(0);
+        let (p_data, p_err) = (l.take(data.len() * 8), l.take(err.len()));
+        let rt = &mut self.rt;
+        let base = rt.scratch(l.0)?;
+        let at = |off: usize| base + off as u32;
+        rt.write(at(p_data), &le_u64(data.iter().map(|x| x.to_bits())));
+        rt.write(at(p_err), err);
+        let f = rt.fns.load.as_ref().expect("checked at load");
+        let args = (self.handle, at(p_data) as i32, data.len() as i64, at(p_err) as i32, err.len() as i64);
+        let code = Runtime::call(&mut rt.store, &self.shared.limits, f, args, "load_state")?;
+        self.read_err(at(p_err), err)?;
+        Ok(code)
+    }
+
+    /// What its memory limit can hold.
+    fn max_state_values(&self) -> u64 {
+        self.shared.limits.memory as u64 / 8
+    }
 }
 
 fn open_registered(path: &Path) -> msrnn_core::Result<Arc<dyn PluginKind>> {

@@ -2,20 +2,17 @@
 //! checked. The library stays loaded while a [`Plugin`] handle, its registry entry or any instance
 //! from it lives (each holds an `Arc` of it).
 
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::Path;
 use std::sync::Arc;
 
 use msrnn_policy_api::abi;
-use msrnn_policy_api::{Context, Param, Params, Policy};
+use msrnn_policy_api::{Context, Observation, Param, Params, Policy};
 
-use super::instance::NativePolicy;
-use super::kind::{check_version, message, params_text, PluginInfo, PluginKind, MAX_DECLARED};
+use super::instance::{PluginPolicy, Raw, Transport};
+use super::kind::{check_version, PluginInfo, PluginKind, MAX_DECLARED};
 use crate::error::{Error, Result};
 use crate::spec::PolicySpec;
-
-/// Room for a plugin's error message.
-pub(super) const ERR_CAP: usize = 1024;
 
 /// A loaded native plugin. Cheap to clone; the library is unloaded when the last clone, registry
 /// entry and policy instance from it are gone.
@@ -211,29 +208,102 @@ impl PluginKind for Plugin {
     }
 
     fn instantiate(&self, params: &Params, ctx: &Context) -> Result<Box<dyn Policy>> {
-        let l = &self.lib;
-        let text = params_text(params).map_err(|reason| Error::InvalidParam { policy: l.info.name.clone(), reason })?;
-        let text = CString::new(text).expect("NUL bytes were refused above");
+        Ok(Box::new(PluginPolicy::<Native>::create(self, params, ctx)?))
+    }
+}
+
+/// One instance of a native plugin: its handle, called through the library's C functions without
+/// copying the big buffers. Dropping it destroys the handle.
+pub(super) struct Native {
+    lib: Arc<Library>,
+    handle: *mut c_void,
+    /// Reused buffer: the new slots as u64.
+    new_slots: Vec<u64>,
+}
+
+// SAFETY: the ABI requires an instance to be movable between threads; it is never shared (`&mut self`
+// for every call).
+unsafe impl Send for Native {}
+
+impl Drop for Native {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from this library's `create` and is destroyed once; the library is
+        // still loaded because `self.lib` is dropped after this.
+        unsafe { (self.lib.destroy)(self.handle) }
+    }
+}
+
+/// `err` as the C functions take it.
+fn err_ptr(err: &mut [u8]) -> (*mut c_char, u64) {
+    (err.as_mut_ptr() as *mut c_char, err.len() as u64)
+}
+
+impl Transport for Native {
+    type Plugin = Plugin;
+
+    fn create(plugin: &Plugin, params: &str, ctx: &Context, err: &mut [u8]) -> Raw<Option<(Self, abi::RawNeeds)>> {
+        let l = &plugin.lib;
+        let text = CString::new(params).map_err(|_| "its parameters contain a NUL byte".to_string())?;
         let raw_ctx = abi::RawContext::from(ctx);
         let mut raw_needs = abi::RawNeeds::default();
-        let mut err = vec![0u8; ERR_CAP];
-        // SAFETY: every pointer is valid for the call; the plugin writes at most ERR_CAP bytes.
-        let handle = unsafe {
-            (l.create)(text.as_ptr(), &raw_ctx, &mut raw_needs, err.as_mut_ptr() as *mut c_char, ERR_CAP as u64)
-        };
-        let refused = |reason: String| Error::Plugin { path: l.path.clone(), reason };
+        let (err, err_cap) = err_ptr(err);
+        // SAFETY: every pointer is valid for the call; the plugin writes at most `err_cap` bytes.
+        let handle = unsafe { (l.create)(text.as_ptr(), &raw_ctx, &mut raw_needs, err, err_cap) };
         if handle.is_null() {
-            return Err(refused(format!(
-                "policy `{}` refused to create its instance for layer {}: {}",
-                l.info.name,
-                ctx.layer,
-                message(&err)
-            )));
+            return Ok(None);
         }
-        // From here the instance owns the handle: an error below destroys it.
-        let mut instance = NativePolicy::new(self.lib.clone(), handle, err);
-        let (needs, capacity) = raw_needs.decode().map_err(|e| refused(format!("policy `{}` {e}", l.info.name)))?;
-        instance.set_needs(needs, capacity);
-        Ok(Box::new(instance))
+        Ok(Some((Native { lib: l.clone(), handle, new_slots: Vec::new() }, raw_needs)))
+    }
+
+    fn compress(&mut self, obs: &Observation<'_>, budget: usize, evict: &mut [u64], err: &mut [u8]) -> Raw<(i32, u64)> {
+        self.new_slots.clear();
+        self.new_slots.extend(obs.new_slots.iter().map(|&s| s as u64));
+        let raw = abi::RawObservation::new(obs, &self.new_slots);
+        let (err, err_cap) = err_ptr(err);
+        let mut len: u64 = 0;
+        // SAFETY: every buffer is valid for the lengths in `raw` (checked by the caller); `evict` and
+        // `err` for their lengths.
+        let code = unsafe {
+            (self.lib.compress)(
+                self.handle,
+                &raw,
+                budget as u64,
+                evict.as_mut_ptr(),
+                evict.len() as u64,
+                &mut len,
+                err,
+                err_cap,
+            )
+        };
+        Ok((code, len))
+    }
+
+    /// A plugin without `reset` keeps nothing to forget.
+    fn reset(&mut self) -> Raw<()> {
+        if let Some(reset) = self.lib.reset {
+            // SAFETY: a live handle of this library.
+            unsafe { reset(self.handle) }
+        }
+        Ok(())
+    }
+
+    fn has_state(&self) -> bool {
+        self.lib.save_state.is_some()
+    }
+
+    fn save_state(&mut self, out: &mut [f64], err: &mut [u8]) -> Raw<(i32, u64)> {
+        let save = self.lib.save_state.expect("has_state");
+        let (err, err_cap) = err_ptr(err);
+        let mut len = 0u64;
+        // SAFETY: a live handle; `out` and `err` are valid for their lengths.
+        let code = unsafe { save(self.handle, out.as_mut_ptr(), out.len() as u64, &mut len, err, err_cap) };
+        Ok((code, len))
+    }
+
+    fn load_state(&mut self, data: &[f64], err: &mut [u8]) -> Raw<i32> {
+        let load = self.lib.load_state.expect("has_state");
+        let (err, err_cap) = err_ptr(err);
+        // SAFETY: a live handle; `data` and `err` are valid for their lengths.
+        Ok(unsafe { load(self.handle, data.as_ptr(), data.len() as u64, err, err_cap) })
     }
 }

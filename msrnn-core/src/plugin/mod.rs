@@ -9,8 +9,10 @@
 //!   of the observation shown and of the decision returned. A second kind (WebAssembly, its own
 //!   crate) implements [`PluginKind`] with these same checks;
 //! - `library`: a native plugin ([`Plugin`]): a shared library opened from the path the user named,
-//!   its descriptor read and checked;
-//! - `instance`: one layer's instance of a native plugin, a [`crate::Policy`] over the C functions;
+//!   its descriptor read and checked, and its transport;
+//! - `instance`: one layer's instance of a plugin of any kind, [`PluginPolicy`]: a [`crate::Policy`]
+//!   over a [`Transport`] (the few raw calls of a kind: the native library's C functions here,
+//!   a sandboxed module's exports in msrnn-wasm), with the checks, conversions and retries done once;
 //! - `registry`: [`crate::PolicyRegistry::load_plugin`], overrides, `MSRNN_PLUGINS`; the kind of a
 //!   file is picked by its first bytes among the [`PluginLoader`]s linked in (msrnn-wasm registers
 //!   WebAssembly), native otherwise.
@@ -25,6 +27,7 @@ mod kind;
 mod library;
 mod registry;
 
+pub use instance::{PluginPolicy, Raw, Transport, ERR_CAP};
 pub use kind::{
     check_observation, check_version, code_meaning, decision_from, message, open_plugin, params_text, PluginInfo,
     PluginKind, PluginLoader, MAX_DECLARED,

@@ -6,8 +6,8 @@
 //! of C kept by accumulated attention (H2O's heavy hitters). `hybrid:heavy=0.125` is `h2o-ema`
 //! (up to ties among equal sums).
 
-use msrnn_policy_api::{lowest_scored, newest_first, Context, Decision, Declare, Error, Needs, Observation, Param};
-use msrnn_policy_api::{Params, Policy, Result, Rows};
+use msrnn_policy_api::{lowest_scored, newest_first, params, Context, Decision, Declare, Needs, Observation};
+use msrnn_policy_api::{Policy, Result, Rows};
 
 use msrnn_policies::ema_update;
 
@@ -26,37 +26,34 @@ pub struct Hybrid {
     sums: Vec<f64>,
 }
 
+params! {
+    /// `hybrid`'s parameters.
+    pub struct HybridParams {
+        rate: f64 = 8.0 => "8", "d = 1 - rate/C";
+        recent: f64 = 0.0 => "0", range 0.0..=1.0, "fraction of C kept as the newest";
+        sinks: u64 = 0, "first positions kept";
+        mix: f64 = 0.0 => "0", "weight of the newest row added to the score";
+        heavy: f64 = 0.0 => "0", "fraction of C kept by cumulative attention";
+        headmax: bool = false, "max over heads of per-head EMAs";
+    }
+}
+
 impl Declare for Hybrid {
     const NAME: &'static str = "hybrid";
     const DESCRIPTION: &'static str = "Research: smoothed TOVA with a recent window and sinks.";
-    const PARAMS: &'static [Param] = &[
-        Param::new("rate", "8", "d = 1 - rate/C"),
-        Param::new("recent", "0", "fraction of C kept as the newest"),
-        Param::new("sinks", "0", "first positions kept"),
-        Param::new("mix", "0", "weight of the newest row added to the score"),
-        Param::new("heavy", "0", "fraction of C kept by cumulative attention"),
-        Param::new("headmax", "false", "max over heads of per-head EMAs"),
-    ];
+    type Params = HybridParams;
 
-    fn create(params: &Params, ctx: &Context) -> Result<Self> {
-        let rate: f64 = params.get("rate")?;
-        let frac: f64 = params.get("recent")?;
+    fn create(p: HybridParams, ctx: &Context) -> Result<Self> {
         let c = ctx.capacity.unwrap_or(usize::MAX);
-        if !(0.0..=1.0).contains(&frac) {
-            return Err(Error::Param("recent in [0,1]".into()));
-        }
-        let decay = ctx.capacity.map_or(0.99, |c| (1.0 - rate / c as f64).clamp(0.0, 0.999_999));
-        let recent = ctx.capacity.map_or(0, |c| (frac * c as f64).floor() as usize);
-        let sinks: u64 = params.get("sinks")?;
-        let hf: f64 = params.get("heavy")?;
-        let heavy = ctx.capacity.map_or(0, |c| (hf * c as f64).floor() as usize);
+        let decay = ctx.capacity.map_or(0.99, |c| (1.0 - p.rate / c as f64).clamp(0.0, 0.999_999));
+        let share = |f: f64| ctx.capacity.map_or(0, |c| (f * c as f64).floor() as usize);
         Ok(Hybrid {
             decay,
-            recent: recent.min(c),
-            sinks,
-            mix: params.get("mix")?,
-            heavy,
-            headmax: params.get("headmax")?,
+            recent: share(p.recent).min(c),
+            sinks: p.sinks,
+            mix: p.mix,
+            heavy: share(p.heavy),
+            headmax: p.headmax,
             scores: Vec::new(),
             per_head: Vec::new(),
             sums: Vec::new(),

@@ -16,7 +16,7 @@
 //! use: `msrnn ppl --plugin target/release/libmsrnn_keynorm.so --policies keynorm ...`.
 
 use msrnn_policy_api::{
-    export_policy, lowest_scored, Context, Decision, Declare, Error, Needs, Observation, Params, Policy, Result,
+    export_policy, lowest_scored, Context, Decision, Declare, Error, Needs, Observation, Policy, Result,
 };
 
 pub struct KeyNorm;
@@ -26,7 +26,9 @@ impl Declare for KeyNorm {
     const DESCRIPTION: &'static str =
         "keep the entries whose keys have the smallest L2 norm, averaged over KV heads (Devoto et al. 2024)";
 
-    fn create(_params: &Params, _ctx: &Context) -> Result<Self> {
+    type Params = ();
+
+    fn create(_: (), _ctx: &Context) -> Result<Self> {
         // The glue has already refused any parameter (the schema is empty).
         Ok(KeyNorm)
     }
