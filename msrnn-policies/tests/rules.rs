@@ -446,7 +446,7 @@ fn h2o_ema_diverse_keeps_the_most_distinct_keys_among_the_rest() {
 #[test]
 fn parameters_are_typed_and_checked_when_the_spec_is_resolved() {
     let r = registry();
-    let refused = |s: &str| r.check_params(&s.parse().unwrap()).err().expect(s).to_string();
+    let refused = |s: &str| r.check_params(&s.parse().unwrap()).expect_err(s).to_string();
     assert_eq!(refused("h2o:recent=2"), "policy `h2o`: `recent` must be in [0, 1], got 2");
     assert_eq!(refused("heavy-hitter:recent=x"), "policy `h2o`: `recent` must be a finite number, got `x`");
     assert_eq!(refused("tova-ema:decay=1"), "policy `tova-ema`: `decay` must be in [0, 1), got 1");
