@@ -13,10 +13,11 @@ use clap::Args;
 use msrnn_core::Capacity;
 use serde_json::json;
 
+use crate::context::Ctx;
 use crate::eval::ppl::Mode;
 use crate::plot::{self, Heatmap};
+use crate::policy;
 use crate::report;
-use crate::{policy, Ctx};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -192,7 +193,7 @@ pub fn run(ctx: &Ctx, a: InspectArgs) -> Result<()> {
         .collect();
     let title = format!(
         "What {label} keeps of {} ({n} tokens, {}, positions {positions}), {}",
-        crate::eval::file_name(&text_path),
+        msrnn_eval::grid::file_name(&text_path),
         if chunk == 1 { "decode".to_string() } else { format!("chunked({chunk})") },
         m.short_name()
     );
@@ -212,12 +213,12 @@ pub fn run(ctx: &Ctx, a: InspectArgs) -> Result<()> {
             "msrnn_version": env!("CARGO_PKG_VERSION"),
             "command": report::command_line(),
             "settings": {
-                "model": crate::eval::model_settings(&m),
+                "model": crate::eval::eval_model(&m).settings(),
                 "text": {
-                    "name": crate::eval::file_name(&text_path),
+                    "name": msrnn_eval::grid::file_name(&text_path),
                     "tokens": n,
                     "bos": tok.wants_bos(),
-                    "digest": crate::eval::tokens_digest(tokens),
+                    "digest": msrnn_eval::grid::tokens_digest(tokens),
                 },
                 "policy": spec.to_string(),
                 "spec": spec,

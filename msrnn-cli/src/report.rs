@@ -67,10 +67,15 @@ pub fn table(header: &[String], rows: &[Vec<String>]) -> String {
 
 /// Writes pretty JSON, creating the parent directory.
 pub fn write_json(path: &Path, value: &serde_json::Value, flag: &str) -> Result<()> {
-    create_parent(path, flag)?;
     let mut s = serde_json::to_string_pretty(value).expect("JSON values serialise");
     s.push('\n');
-    std::fs::write(path, s).with_context(|| format!("{flag} {}: cannot write it", path.display()))
+    write_text(path, &s, flag)
+}
+
+/// Writes a text file, creating the parent directory.
+pub fn write_text(path: &Path, text: &str, flag: &str) -> Result<()> {
+    create_parent(path, flag)?;
+    std::fs::write(path, text).with_context(|| format!("{flag} {}: cannot write it", path.display()))
 }
 
 pub fn create_parent(path: &Path, flag: &str) -> Result<()> {

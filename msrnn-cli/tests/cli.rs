@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use assert_cmd::Command;
 use candle_core::quantized::GgmlDType;
-use msrnn_tests::files::{scratch, workspace as root};
+use msrnn_tests::files::scratch;
 use msrnn_tests::tiny_llama::{tiny_config, TinyLlama};
 
 /// The default model the binary finds in models/ (so not `MSRNN_MODEL`, which `msrnn()` unsets).
@@ -221,28 +221,9 @@ fn a_prompt_longer_than_the_context_warns_with_the_full_policy_only() {
     assert!(err.contains("live cache 16 tokens per layer"), "{err}");
 }
 
-/// Builds the keynorm plugin (plugins/keynorm) into this test's target dir and profile.
-fn keynorm_plugin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
-        "debug" => "dev".to_string(),
-        p => p.to_string(),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let o = std::process::Command::new(cargo)
-        .current_dir(root())
-        .args(["build", "-p", "msrnn-plugin-keynorm", "--profile", &profile, "--target-dir"])
-        .arg(profile_dir.parent().unwrap())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "building the keynorm plugin failed:\n{}", String::from_utf8_lossy(&o.stderr));
-    profile_dir.join(format!("{}msrnn_keynorm{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX))
-}
-
 #[test]
 fn a_plugin_policy_is_listed_and_runs() {
-    let so = keynorm_plugin();
+    let so = msrnn_tests::plugins::keynorm();
     let o = ok(msrnn().arg("--plugin").arg(&so).arg("policies"));
     let out = stdout(&o);
     assert!(out.lines().any(|l| l.starts_with("keynorm ") && l.contains("plugin")), "{out}");

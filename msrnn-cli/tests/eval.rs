@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use candle_core::quantized::GgmlDType;
-use msrnn_tests::files::{scratch, workspace as root};
+use msrnn_tests::files::scratch;
 use msrnn_tests::tiny_llama::{tiny_config, TinyLlama};
 use serde_json::Value;
 
@@ -341,28 +341,9 @@ fn eval_errors_are_clear() {
     fails(&mut with(&["inspect", "--capacity", "0"]), 1, &["--capacity"]);
 }
 
-/// Builds the keynorm plugin (plugins/keynorm) into this test's target dir and profile.
-fn keynorm_plugin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
-        "debug" => "dev".to_string(),
-        p => p.to_string(),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let o = std::process::Command::new(cargo)
-        .current_dir(root())
-        .args(["build", "-p", "msrnn-plugin-keynorm", "--profile", &profile, "--target-dir"])
-        .arg(profile_dir.parent().unwrap())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "building the keynorm plugin failed:\n{}", String::from_utf8_lossy(&o.stderr));
-    profile_dir.join(format!("{}msrnn_keynorm{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX))
-}
-
 #[test]
 fn a_plugin_policy_is_evaluated_like_a_builtin() {
-    let so = keynorm_plugin();
+    let so = msrnn_tests::plugins::keynorm();
     let d = scratch("passkey-plugin");
     let (model, _) = tiny(&d);
     let out = d.join("p.json");

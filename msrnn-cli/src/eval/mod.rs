@@ -1,16 +1,11 @@
-//! `msrnn eval`: the family home of evaluation tasks. Each task is one file that turns its options
-//! into a grid of cells (policy x capacity, plus its own axes), runs the selected cells as batches
-//! through the engine, and renders tables and plots from the result document alone, so that
-//! `eval merge` can redo them from shards' files without a model.
+//! `msrnn eval`: the evaluation tasks of the `msrnn-eval` library behind flags. Each task is one
+//! file: its flags, the library call, and its table and pictures, drawn from a result document
+//! alone, so that `eval merge` can redo them from shards' files without a model.
 //!
-//! - [`grid`]: the policy x capacity axis, `--shard`, `--batch`, the shared options;
-//! - [`doc`]: the one JSON schema (settings, cells, shard, results, run);
+//! - [`grid`]: the flags every grid takes (`--policies`, `--capacities`, `--shard`, `--batch`,
+//!   `--out`, `--plot`);
 //! - [`ppl`], [`passkey`]: the tasks; [`merge`]: joins shards.
-//!
-//! A new task: a file with its `Args`, a `run` that builds a [`Doc`] and calls [`finish`], and its
-//! [`TaskDef`] (table and pictures from a `Doc`) listed in [`TASKS`].
 
-pub mod doc;
 pub mod grid;
 pub mod merge;
 pub mod passkey;
@@ -18,14 +13,14 @@ pub mod ppl;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use indicatif::ProgressBar;
+use msrnn_eval::{AnyDocument, EvalModel, Event, Observer};
 
+use crate::context::Ctx;
 use crate::model::LoadedModel;
 use crate::report;
-use crate::Ctx;
-pub use doc::Doc;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -56,31 +51,19 @@ pub fn run(ctx: &Ctx, a: EvalArgs) -> Result<()> {
         Task::Unknown(words) => bail!(
             "unknown eval task `{}`: the tasks are {}, merge (see `msrnn eval --help`)",
             words.first().map_or("", String::as_str),
-            TASKS.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+            msrnn_eval::doc::TASKS.join(", ")
         ),
     }
 }
 
-/// What the shared machinery needs of a task: its name in documents, and its report, drawn from a
-/// document alone (a run's, a shard's or a merged one).
-pub struct TaskDef {
-    pub name: &'static str,
-    /// The table on stdout.
-    pub table: fn(&Doc) -> Result<String>,
-    /// The pictures: `--plot` files, and the task's extra kind (`--heatmap`) when it has one.
-    pub draw: fn(&Doc, &Pictures) -> Result<()>,
+/// A library error in the CLI's words: settings named as flags (`depths` -> `--depths`).
+pub fn cli_error(e: msrnn_eval::Error) -> anyhow::Error {
+    anyhow::anyhow!(e.render(&flag))
 }
 
-/// Every task whose documents `merge` understands.
-pub const TASKS: &[&TaskDef] = &[&ppl::TASK, &passkey::TASK];
-
-pub fn task_def(name: &str) -> Result<&'static TaskDef> {
-    TASKS.iter().copied().find(|t| t.name == name).with_context(|| {
-        format!(
-            "unknown eval task `{name}` (this msrnn knows {})",
-            TASKS.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
-        )
-    })
+/// The flag of a setting.
+pub fn flag(setting: &str) -> String {
+    format!("--{}", setting.replace('_', "-"))
 }
 
 /// Picture files asked for.
@@ -98,62 +81,32 @@ impl Pictures {
 }
 
 /// Prints the table, writes `--out` and draws the pictures.
-pub fn finish(doc: &Doc, out: Option<&Path>, pictures: &Pictures) -> Result<()> {
-    let task = task_def(&doc.task)?;
-    report::print_stdout(&(task.table)(doc)?)?;
+pub fn finish(doc: &AnyDocument, out: Option<&Path>, pictures: &Pictures) -> Result<()> {
+    let table = match doc {
+        AnyDocument::Ppl(d) => ppl::table(d),
+        AnyDocument::Passkey(d) => passkey::table(d),
+    };
+    report::print_stdout(&table)?;
     if let Some(out) = out {
-        report::write_json(out, &doc.to_json(), "--out")?;
+        report::write_text(out, &doc.to_json_string(), "--out")?;
         eprintln!("wrote {}", out.display());
     }
-    (task.draw)(doc, pictures)
-}
-
-/// The model as settings: what decides results (file identity, weights, shape), not its path.
-pub fn model_settings(m: &LoadedModel) -> Value {
-    let mut v = m.to_json();
-    if let Some(o) = v.as_object_mut() {
-        o.remove("path");
+    match doc {
+        AnyDocument::Ppl(d) => ppl::draw(d, pictures),
+        AnyDocument::Passkey(d) => passkey::draw(d, pictures),
     }
-    v
 }
 
-/// The `run` part of a document: how this run went.
-pub fn run_info(ctx: &Ctx, m: &LoadedModel, batch: usize, seconds: f64, extra: Value) -> Value {
-    let mut v = json!({
-        "command": report::command_line(),
-        "model_path": m.path.display().to_string(),
-        "threads": ctx.threads,
-        "batch": batch,
-        "total_seconds": seconds,
-    });
-    if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
-        o.extend(e);
-    }
-    v
+/// The model as the library sees it.
+pub fn eval_model(m: &LoadedModel) -> EvalModel<'_> {
+    EvalModel { lm: &*m.lm, id: m.id.clone(), name: m.short_name() }
 }
 
-/// A short, stable digest of token ids (FNV-1a over their little-endian bytes): tells two texts
-/// apart in settings without their paths.
-pub fn tokens_digest(tokens: &[u32]) -> String {
-    let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
-    format!("{:016x}", crate::model::fnv64(&bytes, crate::model::FNV_OFFSET))
-}
-
-/// A file's name, for settings (paths differ between machines, names and contents do not).
-pub fn file_name(p: &Path) -> String {
-    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
-}
-
-/// Groups of at most `cap` items, in order.
-pub fn batches<T>(items: Vec<T>, cap: usize) -> Vec<Vec<T>> {
-    let mut out: Vec<Vec<T>> = Vec::new();
-    for it in items {
-        match out.last_mut() {
-            Some(b) if b.len() < cap.max(1) => b.push(it),
-            _ => out.push(vec![it]),
-        }
-    }
-    out
+/// The `run` fields only the CLI knows: command line, model path, threads.
+pub fn fill_run(run: &mut msrnn_eval::Run, ctx: &Ctx, m: &LoadedModel) {
+    run.command = report::command_line();
+    run.model_path = Some(m.path.display().to_string());
+    run.threads = Some(ctx.threads);
 }
 
 /// Refuses picture kinds a task does not draw.
@@ -164,7 +117,52 @@ pub fn no_heatmap(p: &Pictures, task: &str) -> Result<()> {
     Ok(())
 }
 
-/// `{:.1}%` of a share.
+/// `{:.0}%` of a share.
 pub fn percent(x: f64) -> String {
     format!("{:.0}%", 100.0 * x)
+}
+
+/// The progress of a task on stderr: a bar on a terminal, one line per note otherwise. `header`
+/// is printed when the task says how much work it has.
+pub struct Progress<F: Fn(&Event) -> String> {
+    pb: Option<ProgressBar>,
+    header: F,
+}
+
+impl<F: Fn(&Event) -> String> Progress<F> {
+    pub fn new(header: F) -> Self {
+        Progress { pb: None, header }
+    }
+
+    pub fn finish(&self) {
+        if let Some(pb) = &self.pb {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+impl<F: Fn(&Event) -> String> Observer for Progress<F> {
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::Start { units, .. } => {
+                eprintln!("{}", (self.header)(&e));
+                self.pb = Some(report::progress(units));
+            }
+            Event::Batch(what) => {
+                if let Some(pb) = &self.pb {
+                    pb.set_message(what)
+                }
+            }
+            Event::Progress(n) => {
+                if let Some(pb) = &self.pb {
+                    pb.set_position(n)
+                }
+            }
+            Event::Note(line) => match &self.pb {
+                Some(pb) => report::note(pb, &line),
+                None => eprintln!("{line}"),
+            },
+            Event::Warning(w) => eprintln!("warning: {}", msrnn_eval::error::render_names(&w, &flag)),
+        }
+    }
 }

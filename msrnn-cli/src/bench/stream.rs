@@ -9,9 +9,13 @@ use msrnn_core::{PolicyRegistry, PolicySpec};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::bench::BenchArgs;
+use super::args::BenchArgs;
+use crate::context::Ctx;
+use crate::policy;
 use crate::report::{self, bytes};
-use crate::{policy, Ctx};
+
+/// Checkpoints per policy: one each time another tenth of the stream has gone by.
+const CHECKPOINTS: usize = 10;
 
 /// One checkpoint of one policy's run.
 #[derive(Debug, Clone, Serialize)]
@@ -31,7 +35,6 @@ struct Checkpoint {
 }
 
 pub fn run(ctx: &Ctx, registry: &PolicyRegistry, specs: &[PolicySpec], n: usize, a: &BenchArgs) -> Result<()> {
-    const CHECKPOINTS: usize = 10;
     if n < CHECKPOINTS {
         bail!("--stream {n}: stream at least {CHECKPOINTS} tokens");
     }
@@ -67,6 +70,46 @@ pub fn run(ctx: &Ctx, registry: &PolicyRegistry, specs: &[PolicySpec], n: usize,
         ctx.threads,
         ctx.global.positions()
     );
+    let rows = measure(ctx, registry, &specs, &tokens, a, &m)?;
+    report::print_stdout(&format!(
+        "Stream: {}, {n} tokens, {} per step, C={}, {} threads\n{}",
+        m.describe(),
+        a.chunk,
+        a.capacity,
+        ctx.threads,
+        table(&rows)
+    ))?;
+    if let Some(out) = &a.out {
+        let doc = json!({
+            "kind": "msrnn-bench-stream",
+            "msrnn_version": env!("CARGO_PKG_VERSION"),
+            "command": report::command_line(),
+            "model": m.to_json(),
+            "tokens_file": text_path.display().to_string(),
+            "text_tokens": text.len(),
+            "stream_tokens": n,
+            "tokens_per_step": a.chunk,
+            "positions": ctx.global.positions().to_string(),
+            "capacity": a.capacity,
+            "threads": ctx.threads,
+            "checkpoints": rows,
+        });
+        report::write_json(out, &doc, "--out")?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+/// Streams the tokens through each policy's state, a checkpoint each tenth.
+fn measure(
+    ctx: &Ctx,
+    registry: &PolicyRegistry,
+    specs: &[&PolicySpec],
+    tokens: &[u32],
+    a: &BenchArgs,
+    m: &crate::model::LoadedModel,
+) -> Result<Vec<Checkpoint>> {
+    let n = tokens.len();
     let pb = report::progress((n * specs.len()) as u64);
     let mut rows = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
@@ -115,12 +158,16 @@ pub fn run(ctx: &Ctx, registry: &PolicyRegistry, specs: &[PolicySpec], n: usize,
     }
     pb.finish_and_clear();
 
+    Ok(rows)
+}
+
+fn table(rows: &[Checkpoint]) -> String {
     let header: Vec<String> =
         ["policy", "C", "tokens", "ms/token", "live KV", "alloc KV", "live/layer", "RSS", "peak RSS"]
             .iter()
             .map(|s| s.to_string())
             .collect();
-    let table: Vec<Vec<String>> = rows
+    let body: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             vec![
@@ -136,31 +183,5 @@ pub fn run(ctx: &Ctx, registry: &PolicyRegistry, specs: &[PolicySpec], n: usize,
             ]
         })
         .collect();
-    report::print_stdout(&format!(
-        "Stream: {}, {n} tokens, {} per step, C={}, {} threads\n{}",
-        m.describe(),
-        a.chunk,
-        a.capacity,
-        ctx.threads,
-        report::table(&header, &table)
-    ))?;
-    if let Some(out) = &a.out {
-        let doc = json!({
-            "kind": "msrnn-bench-stream",
-            "msrnn_version": env!("CARGO_PKG_VERSION"),
-            "command": report::command_line(),
-            "model": m.to_json(),
-            "tokens_file": text_path.display().to_string(),
-            "text_tokens": text.len(),
-            "stream_tokens": n,
-            "tokens_per_step": a.chunk,
-            "positions": ctx.global.positions().to_string(),
-            "capacity": a.capacity,
-            "threads": ctx.threads,
-            "checkpoints": rows,
-        });
-        report::write_json(out, &doc, "--out")?;
-        eprintln!("wrote {}", out.display());
-    }
-    Ok(())
+    report::table(&header, &body)
 }

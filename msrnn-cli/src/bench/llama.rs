@@ -8,6 +8,10 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use super::args::BenchArgs;
+use crate::context::Ctx;
+use crate::model::LoadedModel;
+
 /// Refuses a path that cannot be llama-bench before any work is done.
 pub fn check_binary(path: &Path) -> Result<()> {
     let hint = "build it with ./scripts/build-llama-bench.sh (it lands in .peers/llama-bench)";
@@ -151,6 +155,24 @@ pub fn parse(json: &str, command: String) -> Result<Report> {
     }
     let text = |k: &str| items[0].get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_string();
     Ok(Report { command, model_type: text("model_type"), build_commit: text("build_commit"), tests })
+}
+
+/// llama-bench's settings matching this bench: the same file and threads, the contexts as depths
+/// (its `tg` at depth d is our decode at context d), the first context as its prompt (our first
+/// prefill, from zero).
+pub fn settings(binary: &Path, m: &LoadedModel, ctx: &Ctx, contexts: &[usize], a: &BenchArgs) -> Result<Settings> {
+    if !(m.path.is_file() && m.path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))) {
+        bail!("--llama-bench runs GGUF files only; the model is {}", m.path.display());
+    }
+    Ok(Settings {
+        binary: binary.to_path_buf(),
+        model: m.path.clone(),
+        threads: ctx.threads,
+        prompt: contexts[0],
+        gen: a.decode_steps,
+        depths: contexts.to_vec(),
+        reps: a.llama_reps,
+    })
 }
 
 #[cfg(test)]

@@ -16,48 +16,26 @@
 //! bytes (live plus free slots: the full cache's buffers grow by doubling, a bounded state keeps a
 //! chunk of headroom) are reported with the batch they would allow.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use msrnn_core::{Logits, MsrnnState, PolicyRegistry, PolicySpec, SeqStep};
+use msrnn_core::{Capacity, Logits, MsrnnState, PolicyRegistry, PolicySpec, Positions, SeqStep};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::bench::{llama_settings, BenchArgs, OursRun};
+use super::args::BenchArgs;
+use super::llama;
+use super::ours::OursRun;
+use crate::context::Ctx;
 use crate::model::LoadedModel;
 use crate::plot::{self, Chart, Series};
+use crate::policy;
 use crate::report::{self, bytes};
-use crate::{policy, Ctx};
 
 /// Timed decode steps are split into this many rounds (fewer when there are fewer steps); each
 /// round forks afresh and runs one untimed step first.
 const ROUNDS: usize = 4;
-
-/// `4GiB`, `512MiB`, `1.5G`, `3000000000`: K, M, G, T and KiB, MiB, GiB, TiB are powers of 1024;
-/// KB, MB, GB, TB powers of 1000; B or nothing, bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("`{s}`: expected a size such as 4GiB, 512MiB or 1000000"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kib" => 1024.0,
-        "m" | "mib" => 1024f64.powi(2),
-        "g" | "gib" => 1024f64.powi(3),
-        "t" | "tib" => 1024f64.powi(4),
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "tb" => 1e12,
-        u => return Err(format!("`{s}`: unknown unit `{u}` (use B, KiB, MiB, GiB, TiB, or KB, MB, GB, TB)")),
-    };
-    let bytes = (n * mult).round();
-    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
-        return Err(format!("`{s}`: a size of at least one byte"));
-    }
-    Ok(bytes as u64)
-}
 
 /// The largest batch of sequences of `per_seq` bytes each within `budget`, and whether `max` cut it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -120,6 +98,29 @@ struct Snap<'a> {
     allocated: u64,
 }
 
+/// One measured cell: a snapshot at a batch size, and what its rounds measured.
+struct Cell {
+    snap: usize,
+    batch: usize,
+    fit: Option<(Fit, Fit)>,
+    seconds: f64,
+    steps: usize,
+    rss: Option<u64>,
+}
+
+/// What every phase needs: the model, the tokens, the policies at their capacities.
+struct Setup<'r> {
+    m: LoadedModel,
+    registry: &'r PolicyRegistry,
+    text_path: PathBuf,
+    tokens: Vec<u32>,
+    grid: Vec<(PolicySpec, Capacity)>,
+    positions: Positions,
+    llama: Option<llama::Settings>,
+    rounds: usize,
+    longest_round: usize,
+}
+
 pub fn run(
     ctx: &Ctx,
     registry: &PolicyRegistry,
@@ -127,6 +128,69 @@ pub fn run(
     contexts: &[usize],
     a: &BenchArgs,
 ) -> Result<()> {
+    let (budget, sizes) = check(a)?;
+    let s = setup(ctx, registry, specs, contexts, a)?;
+    let what = match budget {
+        Some(b) => format!("KV budget {} (at most {} sequences)", bytes(b), a.max_batch),
+        None => format!("batches {sizes:?}"),
+    };
+    eprintln!(
+        "bench: {}, capacity {}, contexts {contexts:?}, {what}, {} decode steps in {} rounds, {} threads, {} positions",
+        s.m.describe(),
+        a.capacity,
+        a.decode_steps,
+        s.rounds,
+        ctx.threads,
+        s.positions,
+    );
+    let snaps = prefill_all(&s, contexts, a)?;
+    let mut cells = plan(&snaps, budget, &sizes, a);
+    decode_rounds(&s, &snaps, &mut cells, a)?;
+    let mut rows = rows_of(&snaps, &cells);
+    let llama = match &s.llama {
+        Some(l) => Some(llama_rows(l, &mut rows)?),
+        None => None,
+    };
+    speedups(&mut rows, budget.is_some());
+    let title = format!(
+        "{}, C={}, {} thread{}",
+        s.m.describe(),
+        a.capacity,
+        ctx.threads,
+        if ctx.threads == 1 { "" } else { "s" }
+    );
+    let text = match budget {
+        Some(b) => format!(
+            "KV budget {}: {title}\n{}{}",
+            bytes(b),
+            budget_table(&rows, contexts),
+            budget_summary(&rows, contexts, b)
+        ),
+        None => format!("Batched decode: {title}\n{}", batch_table(&rows, contexts)),
+    };
+    report::print_stdout(&text)?;
+    if let Some(r) = &llama {
+        eprintln!(
+            "note: {} rows are llama-bench's tg{} at each depth, one sequence (`{}`)",
+            r.name(),
+            a.decode_steps,
+            r.command
+        );
+    }
+    if let Some(out) = &a.out {
+        let doc = document(ctx, &s, &snaps, specs, contexts, budget, &sizes, a, llama.as_ref(), &rows);
+        report::write_json(out, &doc, "--out")?;
+        eprintln!("wrote {}", out.display());
+    }
+    for p in &a.plot {
+        plot::draw_panels(p, &charts(&rows, &title)).with_context(|| format!("--plot {}", p.display()))?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+/// `--kv-budget` and the batch sizes (sorted, each once), checked.
+fn check(a: &BenchArgs) -> Result<(Option<u64>, Vec<usize>)> {
     let budget = a.kv_budget;
     let mut sizes = a.batch.clone();
     sizes.sort_unstable();
@@ -142,11 +206,22 @@ pub fn run(
             bail!("--plot draws the context grid and --batch; --kv-budget writes a table and --out JSON");
         }
     }
+    Ok((budget, sizes))
+}
+
+/// Loads the model and the text, checks every policy at its capacity.
+fn setup<'r>(
+    ctx: &Ctx,
+    registry: &'r PolicyRegistry,
+    specs: &[PolicySpec],
+    contexts: &[usize],
+    a: &BenchArgs,
+) -> Result<Setup<'r>> {
     let text_path = report::text_path(a.tokens_file.as_deref(), "--tokens-file")?;
     report::check_text(&text_path, "--tokens-file")?;
     let m = crate::model::load(&ctx.global)?;
     let llama = match &a.llama_bench {
-        Some(p) => Some(llama_settings(p, &m, ctx, contexts, a)?),
+        Some(p) => Some(llama::settings(p, &m, ctx, contexts, a)?),
         None => None,
     };
     let rounds = ROUNDS.min(a.decode_steps);
@@ -162,33 +237,25 @@ pub fn run(
             all.len()
         );
     }
-    let tokens = &all[..need];
+    let tokens = all[..need].to_vec();
     let positions = ctx.global.positions();
     let mut grid = Vec::new();
     for s in specs {
         let cap = policy::capacity_for(registry, s, a.capacity, "--capacity")?;
         drop(policy::make_state_at(m.model(), registry, s, cap, a.chunk, positions)?);
-        grid.push((s, cap));
+        grid.push((s.clone(), cap));
     }
-    let what = match budget {
-        Some(b) => format!("KV budget {} (at most {} sequences)", bytes(b), a.max_batch),
-        None => format!("batches {sizes:?}"),
-    };
-    eprintln!(
-        "bench: {}, capacity {}, contexts {contexts:?}, {what}, {} decode steps in {rounds} rounds, {} threads, {positions} \
-         positions",
-        m.describe(),
-        a.capacity,
-        a.decode_steps,
-        ctx.threads,
-    );
+    Ok(Setup { m, registry, text_path, tokens, grid, positions, llama, rounds, longest_round })
+}
 
-    // Prefill every policy through the contexts, keeping a copy at each.
+/// Prefills every policy through the contexts, keeping a copy at each.
+fn prefill_all<'s>(s: &'s Setup<'_>, contexts: &[usize], a: &BenchArgs) -> Result<Vec<Snap<'s>>> {
+    let (tokens, longest_round) = (&s.tokens, s.longest_round);
     let last = contexts[contexts.len() - 1] as u64;
-    let pb = report::progress(grid.len() as u64 * last);
+    let pb = report::progress(s.grid.len() as u64 * last);
     let mut snaps: Vec<Snap<'_>> = Vec::new();
-    for (spec, cap) in &grid {
-        let mut run = OursRun::new(&m, registry, spec, *cap, a.chunk, positions)?;
+    for (spec, cap) in &s.grid {
+        let mut run = OursRun::new(&s.m, s.registry, spec, *cap, a.chunk, s.positions)?;
         for &context in contexts {
             pb.set_message(format!("{spec} @ {context}: prefill"));
             let (n, secs) = run.prefill(context, tokens, &mut |n| pb.inc(n as u64))?;
@@ -205,15 +272,11 @@ pub fn run(
     }
     pb.finish_and_clear();
 
-    // The cells: every snapshot at every batch size, or at the batch its budget allows.
-    struct Cell {
-        snap: usize,
-        batch: usize,
-        fit: Option<(Fit, Fit)>,
-        seconds: f64,
-        steps: usize,
-        rss: Option<u64>,
-    }
+    Ok(snaps)
+}
+
+/// The cells: every snapshot at every batch size, or at the batch its budget allows.
+fn plan(snaps: &[Snap<'_>], budget: Option<u64>, sizes: &[usize], a: &BenchArgs) -> Vec<Cell> {
     let mut cells = Vec::new();
     for (i, s) in snaps.iter().enumerate() {
         match budget {
@@ -244,31 +307,44 @@ pub fn run(
                 });
             }
             None => {
-                for &b in &sizes {
+                for &b in sizes {
                     cells.push(Cell { snap: i, batch: b, fit: None, seconds: 0.0, steps: 0, rss: None });
                 }
             }
         }
     }
 
+    cells
+}
+
+/// The timed rounds: each visits every cell, forking its snapshot afresh and running one untimed
+/// step before the round's steps.
+fn decode_rounds(s: &Setup<'_>, snaps: &[Snap<'_>], cells: &mut [Cell], a: &BenchArgs) -> Result<()> {
+    let (m, registry, tokens, rounds) = (&s.m, s.registry, &s.tokens, s.rounds);
     let total: u64 = cells.iter().map(|c| (c.batch * (a.decode_steps + rounds)) as u64).sum();
     let pb = report::progress(total);
     let rss_ok = report::reset_peak_rss();
     for round in 0..rounds {
         let n = a.decode_steps / rounds + usize::from(round < a.decode_steps % rounds);
         for cell in cells.iter_mut().filter(|c| c.batch > 0) {
-            let s = &snaps[cell.snap];
-            pb.set_message(format!("{} @ {} x{}: round {}/{rounds}", s.run.spec, s.context, cell.batch, round + 1));
+            let snap = &snaps[cell.snap];
+            pb.set_message(format!(
+                "{} @ {} x{}: round {}/{rounds}",
+                snap.run.spec,
+                snap.context,
+                cell.batch,
+                round + 1
+            ));
             let mut forks = (0..cell.batch)
-                .map(|_| policy::fork(m.model(), registry, s.run.spec, &s.run.state))
+                .map(|_| policy::fork(m.model(), registry, snap.run.spec, &snap.run.state))
                 .collect::<Result<Vec<_>>>()
-                .with_context(|| format!("{} @ {}: cannot make {} copies", s.run.spec, s.context, cell.batch))?;
+                .with_context(|| format!("{} @ {}: cannot make {} copies", snap.run.spec, snap.context, cell.batch))?;
             let _ = report::reset_peak_rss();
-            let steps = &tokens[s.context..s.context + 1 + n];
-            step(&m, &mut forks, steps[0])?;
+            let steps = &tokens[snap.context..snap.context + 1 + n];
+            step(m, &mut forks, steps[0])?;
             pb.inc(cell.batch as u64);
             for &tok in &steps[1..] {
-                cell.seconds += step(&m, &mut forks, tok)?;
+                cell.seconds += step(m, &mut forks, tok)?;
                 pb.inc(cell.batch as u64);
             }
             cell.steps += n;
@@ -279,7 +355,12 @@ pub fn run(
     }
     pb.finish_and_clear();
 
-    let mut rows: Vec<Row> = cells
+    Ok(())
+}
+
+/// A row per cell.
+fn rows_of(snaps: &[Snap<'_>], cells: &[Cell]) -> Vec<Row> {
+    cells
         .iter()
         .map(|c| {
             let s = &snaps[c.snap];
@@ -302,107 +383,85 @@ pub fn run(
                 speedup: None,
             }
         })
-        .collect();
-    let llama = match &llama {
-        Some(s) => {
-            eprintln!("running {}", s.command());
-            let r = crate::llama_bench::run(s)?;
-            for &d in &s.depths {
-                if let Some(tg) = r.tg(d) {
-                    rows.push(Row {
-                        name: r.name(),
-                        capacity: None,
-                        context: d,
-                        batch: 1,
-                        decode_steps: tg.n_gen,
-                        decode_seconds: tg.n_gen as f64 / tg.avg_ts,
-                        tokens_per_s: tg.avg_ts,
-                        ms_per_token: 1000.0 / tg.avg_ts,
-                        live_kv_bytes_per_seq: None,
-                        allocated_kv_bytes_per_seq: None,
-                        peak_rss_bytes: None,
-                        fits_live: None,
-                        fits_allocated: None,
-                        capped: None,
-                        speedup: None,
-                    });
-                }
-            }
-            Some(r)
+        .collect()
+}
+
+/// llama-bench's generation rows (one sequence) added to `rows`; its report.
+fn llama_rows(s: &llama::Settings, rows: &mut Vec<Row>) -> Result<llama::Report> {
+    eprintln!("running {}", s.command());
+    let r = llama::run(s)?;
+    for &d in &s.depths {
+        if let Some(tg) = r.tg(d) {
+            rows.push(Row {
+                name: r.name(),
+                capacity: None,
+                context: d,
+                batch: 1,
+                decode_steps: tg.n_gen,
+                decode_seconds: tg.n_gen as f64 / tg.avg_ts,
+                tokens_per_s: tg.avg_ts,
+                ms_per_token: 1000.0 / tg.avg_ts,
+                live_kv_bytes_per_seq: None,
+                allocated_kv_bytes_per_seq: None,
+                peak_rss_bytes: None,
+                fits_live: None,
+                fits_allocated: None,
+                capped: None,
+                speedup: None,
+            });
         }
-        None => None,
-    };
-    speedups(&mut rows, budget.is_some());
-
-    let title = format!(
-        "{}, C={}, {} thread{}",
-        m.describe(),
-        a.capacity,
-        ctx.threads,
-        if ctx.threads == 1 { "" } else { "s" }
-    );
-    let text = match budget {
-        Some(b) => format!(
-            "KV budget {}: {title}\n{}{}",
-            bytes(b),
-            budget_table(&rows, contexts),
-            budget_summary(&rows, contexts, b)
-        ),
-        None => format!("Batched decode: {title}\n{}", batch_table(&rows, contexts)),
-    };
-    report::print_stdout(&text)?;
-    if let Some(r) = &llama {
-        eprintln!(
-            "note: {} rows are llama-bench's tg{} at each depth, one sequence (`{}`)",
-            r.name(),
-            a.decode_steps,
-            r.command
-        );
     }
+    Ok(r)
+}
 
-    if let Some(out) = &a.out {
-        let prefills: Vec<serde_json::Value> = snaps
-            .iter()
-            .map(|s| {
-                json!({
-                    "name": s.run.spec.to_string(),
-                    "context": s.context,
-                    "prefill_tokens": s.prefill_tokens,
-                    "prefill_seconds": s.prefill_seconds,
-                    "prefill_tokens_per_s": s.prefill_tokens as f64 / s.prefill_seconds,
-                })
+/// The `--out` document.
+#[allow(clippy::too_many_arguments)]
+fn document(
+    ctx: &Ctx,
+    s: &Setup<'_>,
+    snaps: &[Snap<'_>],
+    specs: &[PolicySpec],
+    contexts: &[usize],
+    budget: Option<u64>,
+    sizes: &[usize],
+    a: &BenchArgs,
+    llama: Option<&llama::Report>,
+    rows: &[Row],
+) -> serde_json::Value {
+    let prefills: Vec<serde_json::Value> = snaps
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.run.spec.to_string(),
+                "context": s.context,
+                "prefill_tokens": s.prefill_tokens,
+                "prefill_seconds": s.prefill_seconds,
+                "prefill_tokens_per_s": s.prefill_tokens as f64 / s.prefill_seconds,
             })
-            .collect();
-        let doc = json!({
-            "kind": if budget.is_some() { "msrnn-bench-kv-budget" } else { "msrnn-bench-batch" },
-            "msrnn_version": env!("CARGO_PKG_VERSION"),
-            "command": report::command_line(),
-            "model": m.to_json(),
-            "tokens_file": text_path.display().to_string(),
-            "policies": specs.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            "capacity": a.capacity,
-            "contexts": contexts,
-            "batch_sizes": if budget.is_some() { None } else { Some(&sizes) },
-            "kv_budget_bytes": budget,
-            "kv_budget_counts": budget.map(|_| "live"),
-            "max_batch": budget.map(|_| a.max_batch),
-            "decode_steps": a.decode_steps,
-            "rounds": rounds,
-            "prefill_chunk": a.chunk,
-            "threads": ctx.threads,
-            "positions": positions.to_string(),
-            "prefill": prefills,
-            "llama_bench": llama,
-            "rows": rows,
-        });
-        report::write_json(out, &doc, "--out")?;
-        eprintln!("wrote {}", out.display());
-    }
-    for p in &a.plot {
-        plot::draw_panels(p, &charts(&rows, &title)).with_context(|| format!("--plot {}", p.display()))?;
-        eprintln!("wrote {}", p.display());
-    }
-    Ok(())
+        })
+        .collect();
+    json!({
+        "kind": if budget.is_some() { "msrnn-bench-kv-budget" } else { "msrnn-bench-batch" },
+        "msrnn_version": env!("CARGO_PKG_VERSION"),
+        "command": report::command_line(),
+        "model": s.m.to_json(),
+        "tokens_file": s.text_path.display().to_string(),
+        "policies": specs.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        "capacity": a.capacity,
+        "contexts": contexts,
+        "batch_sizes": if budget.is_some() { None } else { Some(sizes) },
+        "kv_budget_bytes": budget,
+        "kv_budget_counts": budget.map(|_| "live"),
+        "max_batch": budget.map(|_| a.max_batch),
+        "decode_steps": a.decode_steps,
+        "rounds": s.rounds,
+        "prefill_chunk": a.chunk,
+        "threads": ctx.threads,
+        "positions": s.positions.to_string(),
+        "prefill": prefills,
+        "llama_bench": llama,
+        "rows": rows,
+    })
 }
 
 /// One copy of the prefilled state decoding `tokens` alone: its largest live and allocated KV
@@ -593,6 +652,7 @@ fn charts(rows: &[Row], title: &str) -> Vec<Chart> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::args::parse_size;
     use super::*;
 
     #[test]

@@ -1,0 +1,360 @@
+//! Perplexity of a text for every policy x capacity, the full cache as reference; the cells run as
+//! batches (each weight read once per step for every cell), each cell getting what it gets alone.
+//! A segment length adds perplexity per segment of the stream, to show quality over position.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use msrnn_core::{perplexity_batch_with, EvalMode, PolicyRegistry, PolicySpec, Positions};
+use msrnn_modelkit::Tokenizer;
+use serde::{Deserialize, Serialize};
+
+use crate::doc::{nullable_f64, BatchTime, CellResult, Document, ModelSettings, PolicySources, Run, Shard};
+use crate::error::{Context, Error, Result};
+use crate::grid::{self, EvalModel, PolicyFields, PolicyGrid};
+use crate::{Event, Feed, Observer};
+
+/// The task's name in documents.
+pub const TASK: &str = "ppl";
+/// The policies of a grid when none are given.
+pub const DEFAULT_POLICIES: &str = "full,window,window+i,h2o,tova";
+
+pub type PplDocument = Document<PplSettings, PplCell>;
+
+/// Everything that decides a ppl grid's results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PplSettings {
+    pub title: String,
+    pub msrnn_version: String,
+    pub model: ModelSettings,
+    pub positions: String,
+    pub text: TextSettings,
+    /// `decode` or `chunked`.
+    pub mode: String,
+    pub chunk: usize,
+    pub segment: Option<usize>,
+    pub policies: Vec<String>,
+    pub policy_sources: PolicySources,
+    pub capacities: Vec<usize>,
+}
+
+/// The scored text: which files, how many tokens, and a digest of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextSettings {
+    pub files: Vec<TextFile>,
+    pub tokens: usize,
+    pub tokens_available: usize,
+    pub bos: bool,
+    pub digest: String,
+    pub first_tokens: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextFile {
+    pub name: String,
+    pub bytes: u64,
+    pub tokens: usize,
+}
+
+/// One cell's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PplCell {
+    pub id: String,
+    #[serde(deserialize_with = "nullable_f64")]
+    pub ppl: f64,
+    pub nll_sum: f64,
+    pub scored: usize,
+    pub max_live: usize,
+    #[serde(flatten)]
+    pub policy: PolicyFields,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<Vec<Segment>>,
+}
+
+impl CellResult for PplCell {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// The tokens `[start, end)` of the stream (the first token of the stream is never scored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    pub start: usize,
+    pub end: usize,
+    pub scored: usize,
+    pub nll_sum: f64,
+    #[serde(deserialize_with = "nullable_f64")]
+    pub ppl: f64,
+}
+
+/// The text to score: its tokens (at least as many as the grid scores) and where they came from.
+#[derive(Debug, Clone)]
+pub struct Text {
+    pub tokens: Vec<u32>,
+    pub files: Vec<TextFile>,
+    /// The files as given (run details, not settings).
+    pub paths: Vec<PathBuf>,
+    pub bos: bool,
+}
+
+impl Text {
+    /// The first `n` tokens of `paths` read as one stream, in order (BOS first when the model wants
+    /// one); only as much of the files as they need is read. Fewer than `n` when the files are
+    /// shorter: [`run`] says so.
+    pub fn read(tok: &Tokenizer, paths: &[PathBuf], n: usize) -> Result<Self> {
+        let mut tokens: Vec<u32> = Vec::new();
+        let mut files = Vec::new();
+        for (i, p) in paths.iter().enumerate() {
+            let need = n.saturating_sub(tokens.len());
+            if need == 0 {
+                break;
+            }
+            let cannot = |what: &str, e: &dyn std::fmt::Display| {
+                Error::setting("text", format!(" {}: cannot {what} it ({e})", p.display()))
+            };
+            let f = std::fs::File::open(p).map_err(|e| cannot("read", &e))?;
+            let bytes = f.metadata().map_err(|e| cannot("read", &e))?.len();
+            let ids = tok
+                .encode_prefix(std::io::BufReader::new(f), need, i == 0 && tok.wants_bos())
+                .map_err(|e| cannot("tokenize", &e))?
+                .tokens;
+            files.push(TextFile { name: grid::file_name(p), bytes, tokens: ids.len() });
+            tokens.extend(ids);
+        }
+        Ok(Text { tokens, files, paths: paths.to_vec(), bos: tok.wants_bos() })
+    }
+
+    /// Tokens given directly (no file): a server's or Python's text.
+    pub fn from_tokens(name: &str, tokens: Vec<u32>, bos: bool) -> Self {
+        let files = vec![TextFile { name: name.to_string(), bytes: 0, tokens: tokens.len() }];
+        Text { tokens, files, paths: vec![], bos }
+    }
+
+    /// `a.txt + b.txt`: for titles and messages.
+    pub fn names(&self) -> String {
+        self.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(" + ")
+    }
+}
+
+/// A ppl grid.
+#[derive(Debug, Clone)]
+pub struct PplConfig {
+    pub policies: Vec<PolicySpec>,
+    pub capacities: Vec<usize>,
+    /// Tokens of the text to score, from its start.
+    pub tokens: usize,
+    pub feed: Feed,
+    /// Also score every segment of this many tokens.
+    pub segment: Option<usize>,
+    pub positions: Positions,
+    pub shard: Option<Shard>,
+    /// Most cells run at once (default: all of them).
+    pub batch: Option<usize>,
+}
+
+impl PplConfig {
+    /// The default grid (full,window,window+i,h2o,tova at C = 64,128,256,512) on `tokens` tokens,
+    /// decode mode.
+    pub fn new(tokens: usize) -> Self {
+        PplConfig {
+            policies: DEFAULT_POLICIES.split(',').map(|s| s.parse().expect("the default specs parse")).collect(),
+            capacities: crate::DEFAULT_CAPACITIES.to_vec(),
+            tokens,
+            feed: Feed::Decode,
+            segment: None,
+            positions: Positions::default(),
+            shard: None,
+            batch: None,
+        }
+    }
+
+    /// Checks what can be checked without a model; the grid.
+    pub fn validate(&self, registry: &PolicyRegistry) -> Result<PolicyGrid> {
+        let g = PolicyGrid::new(registry, &self.policies, &self.capacities)?;
+        if self.tokens < 2 {
+            return Err(Error::setting("tokens", format!(" {}: perplexity needs at least 2 tokens", self.tokens)));
+        }
+        self.feed.check()?;
+        if self.segment == Some(0) {
+            return Err(Error::setting("segment", " must be at least 1 token"));
+        }
+        grid::batch_or(self.batch, 1)?;
+        Ok(g)
+    }
+}
+
+/// Per-segment sums of one cell.
+#[derive(Clone, Default)]
+struct Seg {
+    nll_sum: f64,
+    scored: usize,
+}
+
+/// Runs the grid (or its shard) over `text`.
+pub fn run(
+    model: &EvalModel<'_>,
+    registry: &PolicyRegistry,
+    text: &Text,
+    cfg: &PplConfig,
+    obs: &mut dyn Observer,
+) -> Result<PplDocument> {
+    let g = cfg.validate(registry)?;
+    let names = text.names();
+    if text.tokens.len() < cfg.tokens {
+        return Err(Error::setting(
+            "text",
+            format!(
+                " {names} has {} tokens, fewer than {{tokens}} {}; use a longer text (or several texts) or fewer tokens",
+                text.tokens.len(),
+                cfg.tokens
+            ),
+        ));
+    }
+    let tokens = &text.tokens[..cfg.tokens];
+    let lm = model.lm;
+    let (mode, chunk) = match cfg.feed {
+        Feed::Decode => (EvalMode::Decode, 1),
+        Feed::Chunked(n) => (EvalMode::Chunked(n), n),
+    };
+    let positions = cfg.positions;
+    // The grid, validated before anything runs: every policy must accept every capacity.
+    g.check(lm, registry, chunk, positions)?;
+    let max_ctx = lm.info().max_context;
+    if cfg.tokens > max_ctx && g.has_full() {
+        obs.event(Event::Warning(format!(
+            "{{tokens}} {} is longer than the model's context of {max_ctx} tokens: the full cache runs on positions it \
+             was never trained on (bounded policies keep going)",
+            cfg.tokens
+        )));
+    }
+
+    let ids: Vec<String> = g.cells.iter().map(|c| c.label()).collect();
+    let chosen = grid::selected(g.cells.len(), cfg.shard);
+    let batch = grid::batch_or(cfg.batch, chosen.len())?;
+    let settings = PplSettings {
+        title: format!("{names} ({} tokens, {mode}, positions {positions}), {}", cfg.tokens, model.name),
+        msrnn_version: env!("CARGO_PKG_VERSION").to_string(),
+        model: model.settings(),
+        positions: positions.to_string(),
+        text: TextSettings {
+            files: text.files.clone(),
+            tokens: cfg.tokens,
+            tokens_available: text.tokens.len(),
+            bos: text.bos,
+            digest: grid::tokens_digest(tokens),
+            first_tokens: tokens[..tokens.len().min(16)].to_vec(),
+        },
+        mode: cfg.feed.name().to_string(),
+        chunk,
+        segment: cfg.segment,
+        policies: g.policy_names(),
+        policy_sources: g.sources(registry),
+        capacities: g.caps.clone(),
+    };
+
+    let per_run = (cfg.tokens - 1) as u64;
+    obs.event(Event::Start {
+        units: per_run * chosen.len() as u64,
+        cells: chosen.len(),
+        total_cells: g.cells.len(),
+        sequences: chosen.len(),
+        batch,
+    });
+    let t_all = Instant::now();
+    let mut results = Vec::new();
+    let mut timing = Vec::new();
+    let mut done = 0u64;
+    for group in grid::batches(chosen, batch) {
+        if obs.cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let mut states =
+            group.iter().map(|&k| g.cells[k].state(lm, registry, chunk, positions)).collect::<Result<Vec<_>>>()?;
+        let cells: Vec<String> = group.iter().map(|&k| ids[k].clone()).collect();
+        obs.event(Event::Batch(if cells.len() == 1 { cells[0].clone() } else { format!("{} cells", cells.len()) }));
+        let seg_len = cfg.segment.unwrap_or(usize::MAX);
+        let mut segs: Vec<Vec<Seg>> = vec![Vec::new(); group.len()];
+        let t0 = Instant::now();
+        let n = group.len() as u64;
+        let ps = {
+            let mut refs: Vec<&mut _> = states.iter_mut().collect();
+            perplexity_batch_with(
+                lm,
+                &mut refs,
+                tokens,
+                mode,
+                &mut |fed| obs.event(Event::Progress(done + fed as u64 * n)),
+                &mut |s, target, nll| {
+                    if cfg.segment.is_some() {
+                        let k = target / seg_len;
+                        let v = &mut segs[s];
+                        if v.len() <= k {
+                            v.resize(k + 1, Seg::default());
+                        }
+                        v[k].nll_sum += nll;
+                        v[k].scored += 1;
+                    }
+                },
+            )
+            .context(|| format!("perplexity with {}", cells.join(", ")))?
+        };
+        let seconds = t0.elapsed().as_secs_f64();
+        done += per_run * n;
+        for ((&k, p), seg) in group.iter().zip(&ps).zip(&segs) {
+            obs.event(Event::Note(format!("{:>24}: ppl {:.3}", ids[k], p.ppl)));
+            let segments = cfg.segment.map(|s| {
+                seg.iter()
+                    .enumerate()
+                    .map(|(i, x)| Segment {
+                        start: i * s,
+                        end: ((i + 1) * s).min(cfg.tokens),
+                        scored: x.scored,
+                        nll_sum: x.nll_sum,
+                        ppl: (x.nll_sum / x.scored as f64).exp(),
+                    })
+                    .collect()
+            });
+            results.push(PplCell {
+                id: ids[k].clone(),
+                ppl: p.ppl,
+                nll_sum: p.nll_sum,
+                scored: p.scored,
+                max_live: p.max_live,
+                policy: g.cells[k].fields(),
+                segments,
+            });
+        }
+        obs.event(Event::Note(format!(
+            "{} cell{} in {:.1} s ({:.0} tokens/s over the batch)",
+            n,
+            if n == 1 { "" } else { "s" },
+            seconds,
+            (per_run * n) as f64 / seconds
+        )));
+        timing.push(BatchTime { cells, seconds });
+    }
+    let total = t_all.elapsed().as_secs_f64();
+    let run = Run {
+        batch: Some(batch),
+        total_seconds: total,
+        text_paths: Some(text.paths.iter().map(|p| p.display().to_string()).collect()),
+        batches: Some(timing),
+        ..Run::default()
+    };
+    let mut doc = Document::new(TASK, settings, ids, cfg.shard, results, run);
+    doc.sort_results();
+    Ok(doc)
+}
+
+impl PplDocument {
+    /// The result of `policy` at `capacity` (`None`: the unbounded full cache).
+    pub fn cell(&self, policy: &str, capacity: Option<usize>) -> Option<&PplCell> {
+        self.results.iter().find(|r| r.policy.policy == policy && r.policy.capacity == capacity)
+    }
+
+    /// Whether a policy of the settings ran unbounded (the full cache): its cell id is its name.
+    pub fn is_unbounded(&self, policy: &str) -> bool {
+        self.cells.iter().any(|c| c == policy)
+    }
+}

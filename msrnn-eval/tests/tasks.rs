@@ -1,0 +1,219 @@
+//! The tasks end to end on a tiny random LLaMA (written here, instant): results that do not depend
+//! on the batch size, shards that merge into the unsharded document, documents that round-trip
+//! through JSON, cancellation, and settings refused before anything runs.
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::GgmlDType;
+use msrnn_core::{PolicyRegistry, PolicySpec};
+use msrnn_eval::passkey::{PasskeyConfig, PasskeyDocument};
+use msrnn_eval::ppl::{PplConfig, Text};
+use msrnn_eval::{AnyDocument, Error, EvalModel, Event, Feed, Observer, OnEvent, Shard};
+use msrnn_llama as _;
+use msrnn_modelkit::{LoadOptions, Model, WeightFormat};
+use msrnn_tests::files::scratch;
+use msrnn_tests::tiny_llama::{tiny_config, TinyLlama};
+
+/// A tiny random model with a 512-token context (Q8_0 on the CPU kernels: a sequence's logits do
+/// not depend on its batch), and a text for it.
+fn tiny(dir: &Path) -> (Box<dyn Model>, PathBuf) {
+    let mut cfg = tiny_config();
+    cfg.max_context = 512;
+    let path = dir.join("tiny.gguf");
+    TinyLlama::random(cfg, 11).write_gguf(&path, GgmlDType::F32, true);
+    let lm =
+        msrnn_modelkit::load_model(&path, &LoadOptions { weights: WeightFormat::Q8_0, ..Default::default() }).unwrap();
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "hello the world, hello.\nthe world says hello; the 2020 world.\n".repeat(8)).unwrap();
+    (lm, text)
+}
+
+fn specs(list: &str) -> Vec<PolicySpec> {
+    list.split(',').map(|s| s.parse().unwrap()).collect()
+}
+
+fn model(lm: &dyn Model) -> EvalModel<'_> {
+    EvalModel { lm, id: "tiny.gguf [test]".into(), name: "tiny".into() }
+}
+
+fn ppl_config() -> PplConfig {
+    PplConfig {
+        policies: specs("full,window,h2o,tova"),
+        capacities: vec![16, 8],
+        feed: Feed::Chunked(4),
+        segment: Some(50),
+        ..PplConfig::new(120)
+    }
+}
+
+/// Parses a document's text back as any task's document and serialises it again: the same text
+/// as its JSON value gives (serde_json's float parser may land an ulp off; see `schema.rs`).
+fn round_trip(text: &str) -> AnyDocument {
+    let value: serde_json::Value = serde_json::from_str(text).unwrap();
+    let back = AnyDocument::from_value(value.clone(), "doc").unwrap();
+    assert_eq!(back.to_json_string(), serde_json::to_string_pretty(&value).unwrap() + "\n");
+    back
+}
+
+#[test]
+fn a_ppl_grid_in_batches_and_shards_equals_one_cell_at_a_time() {
+    let d = scratch("eval-ppl");
+    let (lm, path) = tiny(&d);
+    let r = msrnn_policies::registry();
+    let m = model(&*lm);
+    let text = Text::read(lm.tokenizer(), &[path], 120).unwrap();
+    let mut events = Vec::new();
+    let all = msrnn_eval::ppl::run(&m, &r, &text, &ppl_config(), &mut OnEvent(|e| events.push(e))).unwrap();
+    assert!(matches!(events[0], Event::Start { cells: 7, total_cells: 7, batch: 7, .. }), "{:?}", events[0]);
+    assert_eq!(events.iter().filter(|e| matches!(e, Event::Progress(_))).count(), 30, "one per chunk");
+    let ids: Vec<&str> = all.results.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["full", "window C=8", "window C=16", "h2o C=8", "h2o C=16", "tova C=8", "tova C=16"]);
+    for c in &all.results {
+        let segs = c.segments.as_ref().unwrap();
+        assert_eq!(segs.iter().map(|s| (s.start, s.end)).collect::<Vec<_>>(), [(0, 50), (50, 100), (100, 120)]);
+        assert_eq!(segs.iter().map(|s| s.scored).sum::<usize>(), c.scored);
+        assert_eq!(segs[0].scored, 49, "the first token is never scored");
+        assert!(c.ppl.is_finite() && c.ppl > 1.0, "{c:?}");
+        assert_eq!(c.policy.capacity.is_none(), c.id == "full");
+    }
+    assert!(all.result("full").unwrap().max_live == 119 && all.result("tova C=8").unwrap().max_live <= 8 + 4);
+    assert_eq!(all.settings.text.tokens, 120);
+    assert_eq!(all.settings.mode, "chunked");
+    assert_eq!(all.run.batches.as_ref().unwrap().len(), 1);
+
+    let one = msrnn_eval::ppl::run(&m, &r, &text, &PplConfig { batch: Some(1), ..ppl_config() }, &mut ()).unwrap();
+    assert_eq!(one.results, all.results, "the whole grid in one batch gives each cell what it gets alone");
+    assert_eq!(one.run.batches.as_ref().unwrap().len(), 7);
+
+    let parts: Vec<(String, AnyDocument)> = (0..3)
+        .map(|i| {
+            let cfg = PplConfig { shard: Some(Shard::new(i, 3).unwrap()), ..ppl_config() };
+            let doc = msrnn_eval::ppl::run(&m, &r, &text, &cfg, &mut ()).unwrap();
+            assert_eq!(doc.cells.len(), 7);
+            assert_eq!(doc.results.len(), [3, 2, 2][i]);
+            (format!("part{i}"), round_trip(&doc.to_json_string()))
+        })
+        .collect();
+    let AnyDocument::Ppl(merged) = msrnn_eval::merge(&parts).unwrap() else { panic!("a ppl document") };
+    // The parts went through JSON: compare with the whole as it reads back.
+    let AnyDocument::Ppl(back) = round_trip(&all.to_json_string()) else { panic!("a ppl document") };
+    assert_eq!(merged.results, back.results);
+    assert_eq!(merged.settings, all.settings);
+    assert_eq!(merged.cells, all.cells);
+    assert_eq!(merged.run.merged_from.as_ref().unwrap().len(), 3);
+}
+
+fn passkey_config() -> PasskeyConfig {
+    PasskeyConfig {
+        policies: specs("full,window,tova"),
+        capacities: vec![16, 32],
+        lengths: vec![340, 300],
+        depths: vec![0.0, 0.5, 1.0],
+        trials: 2,
+        seed: 3,
+        feed: Feed::Chunked(16),
+        ..PasskeyConfig::default()
+    }
+}
+
+#[test]
+fn a_passkey_grid_is_deterministic_and_its_shards_merge() {
+    let d = scratch("eval-passkey");
+    let (lm, _) = tiny(&d);
+    let r = msrnn_policies::registry();
+    let m = model(&*lm);
+    let whole = msrnn_eval::passkey::run(&m, &r, &passkey_config(), &mut ()).unwrap();
+    assert_eq!(whole.cells.len(), 5 * 2 * 3);
+    assert_eq!(whole.settings.lengths, [300, 340]);
+    for c in &whole.results {
+        assert_eq!(c.answers.len(), 2);
+        assert_eq!(c.correct, c.answers.iter().filter(|a| a.correct).count());
+        for a in &c.answers {
+            assert_eq!(a.prompt_tokens, c.length);
+            assert!((10_000..100_000).contains(&a.key));
+            assert_eq!(a.correct, msrnn_eval::passkey::score(&a.answer, a.key));
+        }
+    }
+    let keys = |doc: &PasskeyDocument, id: &str| -> Vec<u32> {
+        doc.result(id).unwrap().answers.iter().map(|a| a.key).collect()
+    };
+    assert_eq!(keys(&whole, "full L=300 d=0.5"), keys(&whole, "tova C=16 L=300 d=0.5"), "paired prompts");
+    assert_ne!(keys(&whole, "full L=300 d=0.5"), keys(&whole, "full L=300 d=1"));
+
+    let small = msrnn_eval::passkey::run(&m, &r, &PasskeyConfig { batch: Some(5), ..passkey_config() }, &mut ());
+    assert_eq!(small.unwrap().results, whole.results, "same results whatever the batch size");
+
+    let parts: Vec<(String, AnyDocument)> = (0..2)
+        .map(|i| {
+            let cfg = PasskeyConfig { shard: Some(Shard::new(i, 2).unwrap()), ..passkey_config() };
+            let doc = msrnn_eval::passkey::run(&m, &r, &cfg, &mut ()).unwrap();
+            (format!("part{i}"), round_trip(&doc.to_json_string()))
+        })
+        .collect();
+    let AnyDocument::Passkey(merged) = msrnn_eval::merge(&parts).unwrap() else { panic!("a passkey document") };
+    assert_eq!(merged.results, whole.results);
+    let e = msrnn_eval::merge(&parts[..1]).unwrap_err().to_string();
+    assert!(e.contains("15 of 30 cells are missing"), "{e}");
+    round_trip(&whole.to_json_string());
+}
+
+/// Stops after `after` progress events.
+struct StopAfter {
+    seen: Cell<usize>,
+    after: usize,
+}
+
+impl Observer for StopAfter {
+    fn event(&mut self, e: Event) {
+        if matches!(e, Event::Progress(_) | Event::Batch(_)) {
+            self.seen.set(self.seen.get() + 1);
+        }
+    }
+    fn cancelled(&self) -> bool {
+        self.seen.get() >= self.after
+    }
+}
+
+#[test]
+fn a_cancelled_run_stops_between_steps() {
+    let d = scratch("eval-cancel");
+    let (lm, path) = tiny(&d);
+    let r = msrnn_policies::registry();
+    let m = model(&*lm);
+    let text = Text::read(lm.tokenizer(), &[path], 120).unwrap();
+    let mut stop = StopAfter { seen: Cell::new(0), after: 1 };
+    let cfg = PplConfig { batch: Some(2), ..ppl_config() };
+    assert!(matches!(msrnn_eval::ppl::run(&m, &r, &text, &cfg, &mut stop), Err(Error::Cancelled)));
+    let mut stop = StopAfter { seen: Cell::new(0), after: 1 };
+    assert!(matches!(msrnn_eval::passkey::run(&m, &r, &passkey_config(), &mut stop), Err(Error::Cancelled)));
+}
+
+#[test]
+fn bad_settings_are_refused_by_name() {
+    let d = scratch("eval-errors");
+    let (lm, path) = tiny(&d);
+    let r: PolicyRegistry = msrnn_policies::registry();
+    let m = model(&*lm);
+    let err = |cfg: PasskeyConfig| msrnn_eval::passkey::run(&m, &r, &cfg, &mut ()).unwrap_err().to_string();
+    let e = err(PasskeyConfig { lengths: vec![600], ..passkey_config() });
+    assert!(e.starts_with("lengths 600") && e.contains("context of 512 tokens") && e.contains("drop `full`"), "{e}");
+    assert!(err(PasskeyConfig { lengths: vec![100], ..passkey_config() }).contains("too short"));
+    assert!(err(PasskeyConfig { depths: vec![0.5, 1.5], ..passkey_config() }).starts_with("depths 1.5"));
+    assert!(err(PasskeyConfig { depths: vec![0.5, 0.5], ..passkey_config() }).contains("listed twice"));
+    assert!(err(PasskeyConfig { trials: 0, ..passkey_config() }).starts_with("trials"));
+    assert!(err(PasskeyConfig { answer_tokens: 4, ..passkey_config() }).starts_with("answer_tokens 4"));
+    assert!(err(PasskeyConfig { batch: Some(0), ..passkey_config() }).starts_with("batch must be at least 1"));
+    let plays = msrnn_eval::passkey::Haystack::Plays(d.join("nowhere"));
+    assert!(err(PasskeyConfig { haystack: plays, ..passkey_config() }).starts_with("plays "));
+
+    let text = Text::read(lm.tokenizer(), &[path], 4000).unwrap();
+    let ppl = |cfg: PplConfig| msrnn_eval::ppl::run(&m, &r, &text, &cfg, &mut ()).unwrap_err();
+    let e = ppl(PplConfig { tokens: 4000, ..ppl_config() });
+    let flag = |s: &str| format!("--{s}");
+    assert!(e.render(&flag).contains("fewer than --tokens 4000"), "{}", e.render(&flag));
+    assert!(ppl(PplConfig { tokens: 1, ..ppl_config() }).to_string().contains("at least 2 tokens"));
+    assert!(ppl(PplConfig { segment: Some(0), ..ppl_config() }).to_string().starts_with("segment"));
+    assert!(ppl(PplConfig { feed: Feed::Chunked(0), ..ppl_config() }).to_string().starts_with("chunk"));
+    assert!(ppl(PplConfig { capacities: vec![16, 0], ..ppl_config() }).to_string().starts_with("capacities: 0"));
+}
