@@ -43,7 +43,8 @@ trap cleanup EXIT
 if command -v redis-server >/dev/null 2>&1; then
     PORT="$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
     # In memory only: no dump file, no append-only log.
-    redis-server --bind 127.0.0.1 --port "$PORT" --save "" --appendonly no --daemonize no --loglevel warning &
+    redis-server --bind 127.0.0.1 --port "$PORT" --save "" --appendonly no --daemonize no --loglevel warning \
+        >"${TMPDIR:-/tmp}/msrnn-test-redis.log" 2>&1 &
     REDIS_PID=$!
     for _ in $(seq 50); do
         if "$VENV/bin/python" -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 0.2)" 2>/dev/null; then

@@ -62,12 +62,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A finished HTTP request to `endpoint` with its status code.
-    pub fn request(&self, endpoint: &'static str, status: u16, took: Duration) {
+    /// An HTTP response to `endpoint` with its status code. (A completion's duration is observed
+    /// when its last byte is ready, which for a stream is long after the response started.)
+    pub fn request(&self, endpoint: &'static str, status: u16) {
         *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry((endpoint, status)).or_default() += 1;
-        if endpoint.starts_with("/v1/") && endpoint.ends_with("completions") {
-            self.request_seconds.observe(took);
-        }
     }
 
     /// The text `/metrics` returns; `sessions` is the store's count (None if it could not be read).
@@ -147,14 +145,16 @@ mod tests {
     fn renders_prometheus_text() {
         let m = Metrics::default();
         m.active.store(3, Relaxed);
-        m.request("/v1/chat/completions", 200, Duration::from_millis(30));
-        m.request("/v1/chat/completions", 200, Duration::from_secs(100));
-        m.request("/health", 200, Duration::from_millis(1));
+        m.request("/v1/chat/completions", 200);
+        m.request("/v1/chat/completions", 200);
+        m.request("/health", 200);
+        m.request_seconds.observe(Duration::from_millis(30));
+        m.request_seconds.observe(Duration::from_secs(100));
         let t = m.render(Some(7));
         assert!(t.contains("\nmsrnn_sequences_active 3\n"), "{t}");
         assert!(t.contains("msrnn_sessions_stored 7"));
         assert!(t.contains("msrnn_http_requests_total{endpoint=\"/v1/chat/completions\",code=\"200\"} 2"));
-        // 30 ms falls in the 0.05 bucket; 100 s only in +Inf; /health is not a completion.
+        // 30 ms falls in the 0.05 bucket; 100 s only in +Inf.
         assert!(t.contains("msrnn_request_duration_seconds_bucket{le=\"0.025\"} 0"));
         assert!(t.contains("msrnn_request_duration_seconds_bucket{le=\"0.05\"} 1"));
         assert!(t.contains("msrnn_request_duration_seconds_bucket{le=\"60\"} 1"));

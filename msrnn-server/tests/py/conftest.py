@@ -61,7 +61,7 @@ class Server:
                              max_retries=0, timeout=timeout)
 
     def raw(self, method, path, body=None, headers=None, auth=True):
-        """(status, headers, body bytes) of one plain HTTP request."""
+        """(status, headers with lower-case names, body bytes) of one plain HTTP request."""
         h = dict(headers or {})
         if auth and self.api_key:
             h["Authorization"] = f"Bearer {self.api_key}"
@@ -71,9 +71,9 @@ class Server:
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=h)
         try:
             with urllib.request.urlopen(req, timeout=120) as r:
-                return r.status, dict(r.headers), r.read()
+                return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
         except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers), e.read()
+            return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
     def metric(self, name):
         _, _, text = self.raw("GET", "/metrics", auth=False)

@@ -99,7 +99,7 @@ def test_two_turn_session(server):
     listed = {s["id"]: s for s in json.loads(body)["data"]}
     assert status == 200 and listed[sid]["turns"] == 2 and listed[sid]["policy"] == "tova"
     status, headers, state = server.raw("GET", f"/v1/sessions/{sid}")
-    assert status == 200 and headers["Content-Type"] == "application/octet-stream"
+    assert status == 200 and headers["content-type"] == "application/octet-stream"
     n = int.from_bytes(state[:8], "little")
     header = json.loads(state[8:8 + n])
     assert "msrnn-cli" in header["__metadata__"] and len(state) == listed[sid]["bytes"]
@@ -218,7 +218,7 @@ def test_full_queue_gets_429_with_retry_after(server, tmp):
         status, headers, resp = s.raw("POST", "/v1/chat/completions", {
             "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
         assert status == 429, resp
-        assert int(headers["Retry-After"]) >= 1
+        assert int(headers["retry-after"]) >= 1
         assert json.loads(resp)["error"]["type"] == "rate_limit_error"
         hold.close()
         wait_for(lambda: s.metric("msrnn_sequences_active") == 0, what="the held request to leave")
