@@ -12,6 +12,7 @@ mod model;
 mod plot;
 mod policy;
 mod report;
+mod serve;
 mod state;
 mod stream;
 
@@ -153,6 +154,8 @@ enum Command {
     Policies,
     /// Inspect a state file written by `generate --save-state`.
     State(state::StateArgs),
+    /// An OpenAI-compatible HTTP server: every conversation a finite state, stored between turns.
+    Serve(serve::ServeArgs),
 }
 
 /// The candle device named by `--device`.
@@ -223,6 +226,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Policies => policy::list(&ctx),
         Command::State(a) => state::run(&ctx, a),
+        Command::Serve(a) => serve::run(&ctx, a),
     }
 }
 

@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import urllib.parse
 
 import openai
@@ -197,6 +198,28 @@ def test_a_client_vanishing_mid_stream_is_cancelled(server):
     assert server.metric("msrnn_kv_allocated_bytes") == 0
     # ... and the server goes on serving.
     assert chat(server.client(), "Name a colour.").choices[0].message.content
+
+
+def test_idle_connections_do_not_lock_others_out(tmp):
+    """More idle connections than --max-connections: each is closed after --header-timeout, so a
+    real request gets through."""
+    s = Server(tmp, "idle", ["--sessions", f"sqlite:{tmp / 'idle.db'}", "--max-connections", "4",
+                             "--header-timeout", "1s"])
+    try:
+        u = urllib.parse.urlparse(s.url)
+        idle = [socket.create_connection((u.hostname, u.port)) for _ in range(12)]
+        t0 = time.time()
+        status, _, _ = s.raw("GET", "/health", auth=False)
+        assert status == 200 and time.time() - t0 < 30
+        for c in idle[:4]:  # the first ones were accepted, then closed by the server (a timeout fails)
+            c.settimeout(10)
+            while c.recv(4096):
+                pass
+        for c in idle:
+            c.close()
+        assert chat(s.client(), "hi", max_tokens=2).usage.completion_tokens >= 1
+    finally:
+        s.stop()
 
 
 # --- admission ------------------------------------------------------------------------------
