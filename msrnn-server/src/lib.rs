@@ -10,7 +10,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! let model = Arc::new(msrnn_engine::load("model.gguf".as_ref(), Default::default(), &candle_core::Device::Cpu)?);
-//! let registry = Arc::new(msrnn_core::PolicyRegistry::with_builtins());
+//! let registry = Arc::new(msrnn_policies::registry());
 //! msrnn_server::run(msrnn_server::ServerConfig::default(), model, registry)?;
 //! # Ok(()) }
 //! ```
