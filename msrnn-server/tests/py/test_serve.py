@@ -200,11 +200,11 @@ def test_a_client_vanishing_mid_stream_is_cancelled(server):
     assert chat(server.client(), "Name a colour.").choices[0].message.content
 
 
-def test_idle_connections_do_not_lock_others_out(tmp):
+def test_idle_connections_are_closed_and_idle_sessions_expire(tmp):
     """More idle connections than --max-connections: each is closed after --header-timeout, so a
-    real request gets through."""
+    real request gets through. A session idle for --session-ttl is deleted."""
     s = Server(tmp, "idle", ["--sessions", f"sqlite:{tmp / 'idle.db'}", "--max-connections", "4",
-                             "--header-timeout", "1s"])
+                             "--header-timeout", "1s", "--session-ttl", "2s"])
     try:
         u = urllib.parse.urlparse(s.url)
         idle = [socket.create_connection((u.hostname, u.port)) for _ in range(12)]
@@ -217,7 +217,14 @@ def test_idle_connections_do_not_lock_others_out(tmp):
                 pass
         for c in idle:
             c.close()
-        assert chat(s.client(), "hi", max_tokens=2).usage.completion_tokens >= 1
+        assert chat(s.client(), "hi", max_tokens=2, extra_body=session("brief")).usage.completion_tokens >= 1
+
+        def listed():
+            return [x["id"] for x in json.loads(s.raw("GET", "/v1/sessions")[2])["data"]]
+
+        assert listed() == ["brief"]
+        wait_for(lambda: listed() == [], timeout=20, what="the idle session to expire")
+        assert s.raw("GET", "/v1/sessions/brief")[0] == 404
     finally:
         s.stop()
 
