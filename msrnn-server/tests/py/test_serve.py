@@ -169,6 +169,16 @@ def test_wrong_api_key(server):
     assert status == 401 and e["type"] == "authentication_error"
 
 
+def read_until(conn, done):
+    """Reads from a socket until `done(bytes so far)`; fails if the server closes first."""
+    got = b""
+    while not done(got):
+        chunk = conn.recv(4096)
+        assert chunk, f"the server closed the connection early: {got[-300:]!r}"
+        got += chunk
+    return got
+
+
 def raw_stream_then_vanish(server, body, read_bytes=200):
     """Sends a streaming request on a plain socket, reads the start of the answer, and closes."""
     u = urllib.parse.urlparse(server.url)
@@ -177,12 +187,7 @@ def raw_stream_then_vanish(server, body, read_bytes=200):
     s.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         + f"Authorization: Bearer {server.api_key}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
-    got = b""
-    while b"data: {" not in got or len(got) < read_bytes:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        got += chunk
+    got = read_until(s, lambda g: b"data: {" in g and len(g) >= read_bytes)
     s.close()
     return got
 
@@ -244,7 +249,8 @@ def test_full_queue_gets_429_with_retry_after(server, tmp):
         hold.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             + f"Authorization: Bearer {s.api_key}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
-        assert b"200 OK" in hold.recv(4096)  # admitted: the budget is now spent
+        head = read_until(hold, lambda g: b"\r\n\r\n" in g)
+        assert b"200 OK" in head  # admitted: the budget is now spent
         status, headers, resp = s.raw("POST", "/v1/chat/completions", {
             "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
         assert status == 429, resp
@@ -274,9 +280,7 @@ def test_kill_9_keeps_finished_turns(tmp):
         conn.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             + f"Authorization: Bearer {s.api_key}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
-        got = b""
-        while got.count(b"data: {") < 3:
-            got += conn.recv(4096)
+        read_until(conn, lambda g: g.count(b"data: {") >= 3)
         s.proc.send_signal(signal.SIGKILL)  # mid-turn
         s.proc.wait()
         conn.close()
@@ -301,9 +305,7 @@ def test_sigterm_drains_running_turns(tmp):
     conn.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         + f"Authorization: Bearer {s.api_key}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
-    got = b""
-    while b"data: {" not in got:
-        got += conn.recv(4096)
+    got = read_until(conn, lambda g: b"data: {" in g)
     s.proc.send_signal(signal.SIGTERM)
     while b"data: [DONE]" not in got:
         chunk = conn.recv(4096)
