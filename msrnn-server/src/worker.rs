@@ -343,3 +343,201 @@ impl Worker {
         m.kv_allocated_bytes.store(self.engine.allocated_kv_bytes() as u64, Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Admission on a tiny random LLaMA (msrnn-tests): fast, so every rule is checked in `cargo test`.
+
+    use std::sync::mpsc::Sender;
+    use std::sync::{Arc, OnceLock};
+    use std::thread::JoinHandle;
+
+    use candle_core::quantized::GgmlDType;
+    use candle_core::Device;
+    use msrnn_core::{Capacity, Sampling, StateRecipe};
+    use msrnn_engine::{EngineOptions, LoadedModel};
+    use msrnn_llama as _;
+    use msrnn_modelkit::WeightFormat;
+    use msrnn_tests::tiny_llama::{tiny_config, TinyLlama};
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+    use super::*;
+
+    fn model() -> Arc<LoadedModel> {
+        static M: OnceLock<Arc<LoadedModel>> = OnceLock::new();
+        M.get_or_init(|| {
+            let path = msrnn_tests::files::scratch("server-worker").join("tiny.gguf");
+            TinyLlama::random(tiny_config(), 5).write_gguf(&path, GgmlDType::F32, true);
+            Arc::new(msrnn_engine::load(&path, WeightFormat::F32, &Device::Cpu).unwrap())
+        })
+        .clone()
+    }
+
+    fn registry() -> Arc<msrnn_core::PolicyRegistry> {
+        Arc::new(msrnn_policies::registry())
+    }
+
+    /// A TOVA C=16 turn of `max_tokens` greedy tokens (no stop token: it runs its length).
+    fn job(max_tokens: usize) -> (Box<Job>, UnboundedReceiver<Out>) {
+        let recipe = StateRecipe::new("tova".parse().unwrap(), Capacity::Bounded(16)).max_chunk(8);
+        let state = registry().build_state(model().model(), &recipe).unwrap();
+        let kv_bytes = state.allocated_kv_bytes();
+        let cfg = GenConfig {
+            max_tokens,
+            sampling: Sampling::Greedy,
+            stop_tokens: vec![],
+            stop_strings: vec![],
+            prefill_chunk: 8,
+        };
+        let (out, rx) = unbounded_channel();
+        let prompt = (0..12).map(|i| 3 + i * 7).collect();
+        (Box::new(Job { state, prompt, cfg, kv_bytes, out, arrived: Instant::now() }), rx)
+    }
+
+    fn one_state() -> usize {
+        job(1).0.kv_bytes
+    }
+
+    fn start(
+        kv_budget: usize,
+        max_queue: usize,
+        queue_timeout: Duration,
+    ) -> (Sender<Cmd>, JoinHandle<()>, Arc<Metrics>) {
+        start_after(kv_budget, max_queue, queue_timeout, std::iter::empty())
+    }
+
+    /// The engine thread, started once `jobs` are in its channel (so they all join its first step).
+    fn start_after(
+        kv_budget: usize,
+        max_queue: usize,
+        queue_timeout: Duration,
+        jobs: impl IntoIterator<Item = Box<Job>>,
+    ) -> (Sender<Cmd>, JoinHandle<()>, Arc<Metrics>) {
+        let engine = Engine::new(model(), registry(), EngineOptions::default());
+        let metrics = Arc::new(Metrics::default());
+        let w = Worker::new(engine, Settings { kv_budget, max_queue, queue_timeout }, metrics.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        for j in jobs {
+            tx.send(Cmd::Submit(j)).unwrap();
+        }
+        (tx, std::thread::spawn(move || w.run(rx)), metrics)
+    }
+
+    fn submit(tx: &Sender<Cmd>, max_tokens: usize) -> UnboundedReceiver<Out> {
+        let (j, rx) = job(max_tokens);
+        tx.send(Cmd::Submit(j)).unwrap();
+        rx
+    }
+
+    /// The first message, or the error it carries.
+    fn first(rx: &mut UnboundedReceiver<Out>) -> Result<(), ApiError> {
+        match rx.blocking_recv() {
+            Some(Out::Started) => Ok(()),
+            Some(Out::Failed(e)) => Err(e),
+            _ => panic!("expected Started or Failed first"),
+        }
+    }
+
+    /// The tokens up to the end of the turn.
+    fn finish(rx: &mut UnboundedReceiver<Out>) -> usize {
+        let mut n = 0;
+        loop {
+            match rx.blocking_recv() {
+                Some(Out::Token { .. }) => n += 1,
+                Some(Out::Finished(f)) => {
+                    assert_eq!(f.tokens.len(), n);
+                    return n;
+                }
+                Some(Out::Failed(e)) => panic!("failed: {e}"),
+                Some(Out::Started) => {}
+                None => panic!("channel closed before the end"),
+            }
+        }
+    }
+
+    const FOREVER: usize = 1 << 30;
+
+    #[test]
+    fn beyond_the_budget_requests_queue_then_a_full_queue_gets_429() {
+        let (tx, thread, metrics) = start(one_state(), 1, Duration::from_secs(60));
+        let mut a = submit(&tx, FOREVER);
+        first(&mut a).unwrap();
+        let mut b = submit(&tx, 3);
+        let mut c = submit(&tx, 3);
+        let e = first(&mut c).unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::TOO_MANY_REQUESTS, "{e:?}");
+        assert!(e.retry_after.unwrap() >= 1);
+        // b waits while a holds the budget ...
+        assert!(matches!(a.blocking_recv(), Some(Out::Token { .. })));
+        assert!(b.try_recv().is_err(), "b must wait");
+        // ... and starts once a's client is gone (cancelled, its slots freed).
+        drop(a);
+        first(&mut b).unwrap();
+        assert_eq!(finish(&mut b), 3);
+        assert_eq!(metrics.cancelled.load(Relaxed), 1);
+        assert_eq!(metrics.rejected_queue_full.load(Relaxed), 1);
+        drop(tx);
+        thread.join().unwrap();
+        assert_eq!(metrics.active.load(Relaxed), 0);
+        assert_eq!(metrics.kv_allocated_bytes.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn a_queued_request_times_out_with_429_and_one_larger_than_the_budget_gets_400() {
+        let (tx, thread, _) = start(one_state(), 4, Duration::from_millis(200));
+        let mut a = submit(&tx, FOREVER);
+        first(&mut a).unwrap();
+        let mut b = submit(&tx, 3);
+        let t0 = Instant::now();
+        let e = first(&mut b).unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(t0.elapsed() >= Duration::from_millis(150), "timed out early: {:?}", t0.elapsed());
+        assert!(e.message.contains("--queue-timeout"), "{}", e.message);
+
+        let (mut big, mut rx) = job(3);
+        big.kv_bytes = one_state() + 1;
+        tx.send(Cmd::Submit(big)).unwrap();
+        let e = first(&mut rx).unwrap_err();
+        assert_eq!((e.status, e.code), (axum::http::StatusCode::BAD_REQUEST, Some("kv_budget_exceeded")));
+        drop(a);
+        drop(tx);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn concurrent_turns_share_steps_and_each_runs_its_length() {
+        let (jobs, mut rxs): (Vec<_>, Vec<_>) = [5, 9, 2, 7].iter().map(|&n| job(n)).unzip();
+        let (tx, thread, metrics) = start_after(10 * one_state(), 4, Duration::from_secs(60), jobs);
+        let counts: Vec<usize> = rxs
+            .iter_mut()
+            .map(|rx| {
+                first(rx).unwrap();
+                finish(rx)
+            })
+            .collect();
+        assert_eq!(counts, [5, 9, 2, 7]);
+        drop(tx);
+        thread.join().unwrap();
+        // Batched: the longest's steps (2 prefill chunks, then 8 more tokens), where one at a time
+        // would take 4 x 2 + 19 = 27.
+        assert_eq!(metrics.steps.load(Relaxed), 10);
+        assert_eq!(metrics.decode_tokens.load(Relaxed), 23);
+        assert_eq!(metrics.prefill_tokens.load(Relaxed), 48);
+    }
+
+    #[test]
+    fn drain_finishes_running_turns_and_refuses_the_rest() {
+        let (tx, thread, _) = start(one_state(), 4, Duration::from_secs(60));
+        let mut a = submit(&tx, 40);
+        first(&mut a).unwrap();
+        let mut queued = submit(&tx, 3);
+        tx.send(Cmd::Drain).unwrap();
+        let mut late = submit(&tx, 3);
+        assert_eq!(finish(&mut a), 40);
+        assert_eq!(first(&mut queued).unwrap_err().status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(first(&mut late).unwrap_err().status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        // The thread stops on its own once drained, with the sender still alive.
+        thread.join().unwrap();
+        drop(tx);
+    }
+}
