@@ -11,3 +11,6 @@ cd "$(dirname "$0")/.."
 # a 2-core machine, more than one candle thread per test makes everything crawl.
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-1}" CANDLE_NUM_THREADS="${CANDLE_NUM_THREADS:-1}"
 cargo test --workspace "$@"
+# `msrnn serve` end to end: the debug binary cargo test just built, the real model, the `openai`
+# client and a Redis server (scripts/test-server.sh sets them up).
+./scripts/test-server.sh

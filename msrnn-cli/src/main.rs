@@ -11,6 +11,7 @@ mod model;
 mod plot;
 mod policy;
 mod report;
+mod serve;
 mod state;
 
 use anyhow::Result;
@@ -79,6 +80,8 @@ enum Command {
     Policies,
     /// Inspect a state file written by `generate --save-state`.
     State(state::StateArgs),
+    /// An OpenAI-compatible HTTP server: every conversation a finite state, stored between turns.
+    Serve(serve::ServeArgs),
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -91,6 +94,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Policies => policy::list(&ctx),
         Command::State(a) => state::run(&ctx, a),
+        Command::Serve(a) => serve::run(&ctx, a),
     }
 }
 
