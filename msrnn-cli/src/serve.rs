@@ -29,7 +29,7 @@ pub struct ServeArgs {
 
     /// KV cache bytes the running conversations may hold together (e.g. 4GiB, 512MiB); requests
     /// beyond it wait in the queue.
-    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = crate::bench_batch::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = crate::bench::parse_size)]
     kv_budget: u64,
 
     /// Where conversations are stored between turns: sqlite:PATH (one file, the default) or
@@ -66,7 +66,7 @@ pub struct ServeArgs {
     max_prompt_tokens: Option<usize>,
 
     /// The largest request body (e.g. 4MiB).
-    #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = crate::bench_batch::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = crate::bench::parse_size)]
     max_body: u64,
 
     /// Open connections at most; more wait to be accepted.
@@ -114,7 +114,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     let registry = crate::policy::registry(ctx)?;
-    let device = crate::device(&ctx.global.device)?;
+    let device = crate::context::device(&ctx.global.device)?;
     let (path, _) = crate::model::resolve(&ctx.global)?;
     let model = msrnn_engine::load(&path, ctx.global.weights, &device)
         .with_context(|| format!("cannot load {}", path.display()))?;

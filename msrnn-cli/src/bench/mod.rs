@@ -19,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use msrnn_core::{Capacity, PolicySpec};
 
 pub use args::BenchArgs;
+pub(crate) use args::parse_size;
 
 use crate::context::Ctx;
 use crate::plot;
