@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::positions::{Positions, RopeSpec};
+use crate::recipe::StateRecipe;
 use crate::registry::PolicyRegistry;
 use crate::spec::PolicySpec;
 use crate::state::{Capacity, MsrnnState, StateConfig};
@@ -138,7 +139,8 @@ pub trait CausalLm {
     }
 }
 
-/// A fresh state for `model`, with one `spec` policy instance per layer, positions absolute.
+/// A fresh state for `model`, with one `spec` policy instance per layer, positions absolute (a
+/// caller of [`PolicyRegistry::build_state`]).
 pub fn new_state(
     model: &dyn CausalLm,
     registry: &PolicyRegistry,
@@ -149,7 +151,7 @@ pub fn new_state(
     new_state_positioned(model, registry, spec, capacity, max_chunk, Positions::Absolute)
 }
 
-/// [`new_state`] in the given position mode.
+/// [`new_state`] in the given position mode (a caller of [`PolicyRegistry::build_state`]).
 pub fn new_state_positioned(
     model: &dyn CausalLm,
     registry: &PolicyRegistry,
@@ -158,12 +160,8 @@ pub fn new_state_positioned(
     max_chunk: usize,
     positions: Positions,
 ) -> Result<MsrnnState> {
-    let i = model.info();
-    i.check_capacity(capacity)?;
-    let policies = registry.create_layers(spec, i.num_layers, i.num_heads, i.num_kv_heads, i.head_dim, capacity)?;
-    let mut cfg = model.state_config(capacity, max_chunk);
-    cfg.positions = positions;
-    MsrnnState::new(&cfg, policies)
+    let recipe = StateRecipe::new(spec.clone(), capacity).positions(positions).max_chunk(max_chunk);
+    registry.build_state(model, &recipe)
 }
 
 #[cfg(test)]

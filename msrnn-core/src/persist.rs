@@ -37,8 +37,19 @@ pub struct StateHeader {
 }
 
 impl MsrnnState {
-    /// Writes the state to `path`.
+    /// Writes the state to `path` (the bytes of [`MsrnnState::save_bytes`]).
     pub fn save(&self, path: &Path, model: &str, policy: &PolicySpec) -> Result<()> {
+        let bytes = self.save_bytes(model, policy, &[])?;
+        std::fs::write(path, bytes).map_err(|e| Error::StateFile(format!("{}: {e}", path.display())))
+    }
+
+    /// The state file's bytes, for a session kept in a database rather than a file. `extra` adds
+    /// entries to the header's metadata (a conversation, say; read back with
+    /// [`MsrnnState::metadata_of_bytes`]); the key `msrnn` is the core's own.
+    pub fn save_bytes(&self, model: &str, policy: &PolicySpec, extra: &[(String, String)]) -> Result<Vec<u8>> {
+        if extra.iter().any(|(k, _)| k == META_KEY) {
+            return Err(Error::Input(format!("the metadata key `{META_KEY}` is the state header's own")));
+        }
         let header = StateHeader {
             format: FORMAT,
             model: model.to_string(),
@@ -63,11 +74,24 @@ impl MsrnnState {
             let len = ps.len();
             tensors.push((format!("layer.{i}.policy"), Tensor::from_vec(ps, len, dev)?));
         }
-        let meta = HashMap::from([("msrnn".to_string(), serde_json::to_string(&header).expect("serialisable"))]);
+        let mut meta = HashMap::from([(META_KEY.to_string(), serde_json::to_string(&header).expect("serialisable"))]);
+        meta.extend(extra.iter().cloned());
         let views: Vec<(String, Tensor)> =
             tensors.into_iter().map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
-        safetensors::tensor::serialize_to_file(views.iter().map(|(n, t)| (n.as_str(), t)), Some(meta), path)
-            .map_err(|e| Error::StateFile(format!("{}: {e}", path.display())))
+        safetensors::tensor::serialize(views.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+            .map_err(|e| Error::StateFile(format!("cannot serialise the state: {e}")))
+    }
+
+    /// The header and the metadata entries of a state held in memory (the core's `msrnn` entry
+    /// excluded).
+    pub fn metadata_of_bytes(bytes: &[u8]) -> Result<(StateHeader, HashMap<String, String>)> {
+        let what = Path::new(BYTES_NAME);
+        let h = header_of(bytes, what)?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| Error::StateFile(format!("{BYTES_NAME} is not a state file: {e}")))?;
+        let mut m = meta.metadata().clone().unwrap_or_default();
+        m.remove(META_KEY);
+        Ok((h, m))
     }
 
     /// Reads only the header of a state file (its first bytes, however large the file).
@@ -90,9 +114,14 @@ impl MsrnnState {
 
     /// Reads a whole state file: its header and its tensors, checked against each other and
     /// against this state's shape. Nothing of this state changes.
-    fn read_file(&self, path: &Path, model: &str, policy: &PolicySpec) -> Result<(StateHeader, Vec<SavedLayer>)> {
-        let bytes = std::fs::read(path).map_err(|e| Error::StateFile(format!("{}: {e}", path.display())))?;
-        let h = header_of(&bytes, path)?;
+    fn read_bytes(
+        &self,
+        bytes: &[u8],
+        path: &Path,
+        model: &str,
+        policy: &PolicySpec,
+    ) -> Result<(StateHeader, Vec<SavedLayer>)> {
+        let h = header_of(bytes, path)?;
         let refuse = |what: &str, saved: String, now: String| {
             Err(Error::StateFile(format!(
                 "{} was saved with {what} `{saved}`, but this run uses `{now}`",
@@ -118,7 +147,7 @@ impl MsrnnState {
             return refuse("layer count", h.num_layers.to_string(), self.num_layers().to_string());
         }
         // safetensors checks that every tensor's bytes lie inside the file and match its shape.
-        let st = safetensors::SafeTensors::deserialize(&bytes)
+        let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| Error::StateFile(format!("{}: {e}", path.display())))?;
         let corrupt = |i: usize, reason: String| Error::StateFile(format!("{}: layer {i}: {reason}", path.display()));
         let get = |name: String| -> Result<Tensor> {
@@ -202,7 +231,18 @@ impl MsrnnState {
     /// this state's shape. The whole file is checked before anything changes; if a policy then
     /// refuses its saved bookkeeping, the state is left empty (as created).
     pub fn load(&mut self, path: &Path, model: &str, policy: &PolicySpec) -> Result<StateHeader> {
-        let (h, layers) = self.read_file(path, model, policy)?;
+        let bytes = std::fs::read(path).map_err(|e| Error::StateFile(format!("{}: {e}", path.display())))?;
+        self.load_from(&bytes, path, model, policy)
+    }
+
+    /// [`MsrnnState::load`] from the bytes of [`MsrnnState::save_bytes`] (errors name them "the
+    /// saved state").
+    pub fn load_bytes(&mut self, bytes: &[u8], model: &str, policy: &PolicySpec) -> Result<StateHeader> {
+        self.load_from(bytes, Path::new(BYTES_NAME), model, policy)
+    }
+
+    fn load_from(&mut self, bytes: &[u8], path: &Path, model: &str, policy: &PolicySpec) -> Result<StateHeader> {
+        let (h, layers) = self.read_bytes(bytes, path, model, policy)?;
         let restored = (|| {
             for (i, s) in layers.into_iter().enumerate() {
                 self.layers[i].restore(s.k, s.v, s.pos, s.live)?;
@@ -228,6 +268,11 @@ struct SavedLayer {
     live: Vec<bool>,
     pol: Vec<f64>,
 }
+
+/// The core's metadata entry.
+const META_KEY: &str = "msrnn";
+/// How errors name a state read from memory.
+const BYTES_NAME: &str = "the saved state";
 
 /// safetensors' own limit on a header.
 const MAX_HEADER: u64 = 100_000_000;

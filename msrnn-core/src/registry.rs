@@ -22,6 +22,8 @@ pub struct BuiltinPolicy {
     pub aliases: &'static [&'static str],
     pub description: &'static str,
     pub params: &'static [Param],
+    /// [`Declare::UNBOUNDED`]: the policy never evicts and runs without a capacity.
+    pub unbounded: bool,
     pub create: fn(&Params, &Context, &PolicyRegistry) -> Result<Box<dyn Policy>>,
 }
 
@@ -33,6 +35,7 @@ impl BuiltinPolicy {
             aliases: T::ALIASES,
             description: T::DESCRIPTION,
             params: T::PARAMS,
+            unbounded: T::UNBOUNDED,
             create: create_declared::<T>,
         }
     }
@@ -83,6 +86,9 @@ pub struct Entry {
     pub source: Source,
     /// `false` for plugins that declare no parameter schema: they take any keys.
     pub strict_params: bool,
+    /// The policy never evicts and runs without a capacity (declared, [`Declare::UNBOUNDED`]);
+    /// plugins are bounded.
+    pub unbounded: bool,
     factory: Factory,
 }
 
@@ -96,8 +102,15 @@ impl Entry {
             strict_params: schema.is_some(),
             params: schema.unwrap_or_default(),
             source,
+            unbounded: false,
             factory,
         }
+    }
+
+    /// Declares the policy unbounded (it never evicts, so it takes no capacity).
+    pub fn with_unbounded(mut self, unbounded: bool) -> Self {
+        self.unbounded = unbounded;
+        self
     }
 
     pub fn with_aliases(mut self, aliases: impl IntoIterator<Item = impl Into<String>>) -> Self {
@@ -142,7 +155,8 @@ impl PolicyRegistry {
         let mut r = Self::new();
         for b in inventory::iter::<BuiltinPolicy> {
             let entry = Entry::new(b.name, b.description, Some(b.params.to_vec()), Source::Builtin, Arc::new(b.create))
-                .with_aliases(b.aliases.iter().copied());
+                .with_aliases(b.aliases.iter().copied())
+                .with_unbounded(b.unbounded);
             r.insert(entry, false).unwrap_or_else(|e| panic!("built-in policies must have unique, valid names: {e}"));
         }
         r
@@ -231,6 +245,11 @@ impl PolicyRegistry {
         let e = self.get(&spec.name)?;
         e.params_of(spec)?;
         Ok(e)
+    }
+
+    /// Whether the spec's policy declares itself unbounded (never evicts, takes no capacity).
+    pub fn is_unbounded(&self, spec: &PolicySpec) -> Result<bool> {
+        Ok(self.get(&spec.name)?.unbounded)
     }
 
     /// One instance for one layer.

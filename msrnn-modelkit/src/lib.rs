@@ -58,7 +58,7 @@ pub use linear::Linear;
 pub use model::{batch_tokens, finish_batch, Model, WeightKinds};
 pub use msrnn_core::{Positions, Rope, RopeSpec, RopeStyle};
 pub use norm::RmsNorm;
-pub use stream::TokenStream;
+pub use stream::{Detokenizer, TokenStream};
 pub use tokenizer::{ChatFormat, TextPrefix, Tokenizer, PREFIX_MARGIN};
 pub use weights::{blk, LoadOptions, NameMap, WeightFormat, Weights};
 

@@ -2,11 +2,12 @@
 
 use crate::tokenizer::Tokenizer;
 
-/// Incremental detokenizer for streaming generation: [`TokenStream::push`] returns text only once
-/// it is complete UTF-8 (a byte-level token may carry half a character). Control tokens (EOS,
-/// chat markers) are not text and are skipped.
-pub struct TokenStream<'a> {
-    tok: &'a Tokenizer,
+/// Incremental detokenizer that holds no tokenizer (each call is handed one), so a long-lived
+/// owner (the engine's sequences) can keep it beside an `Arc` of the model. [`Detokenizer::push`]
+/// returns text only once it is complete UTF-8 (a byte-level token may carry half a character).
+/// Control tokens (EOS, chat markers) are not text and are skipped.
+#[derive(Debug, Clone, Default)]
+pub struct Detokenizer {
     ids: Vec<u32>,
     /// Start of the tokens whose text is not final yet.
     prev: usize,
@@ -14,19 +15,19 @@ pub struct TokenStream<'a> {
     cur: usize,
 }
 
-impl<'a> TokenStream<'a> {
-    pub fn new(tok: &'a Tokenizer) -> Self {
-        Self { tok, ids: Vec::new(), prev: 0, cur: 0 }
+impl Detokenizer {
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Adds a token; returns the text completed by it, if any.
-    pub fn push(&mut self, id: u32) -> Option<String> {
-        if self.tok.is_special(id) {
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Option<String> {
+        if tok.is_special(id) {
             return None;
         }
-        let before = self.tok.decode(&self.ids[self.prev..self.cur]).ok()?;
+        let before = tok.decode(&self.ids[self.prev..self.cur]).ok()?;
         self.ids.push(id);
-        let now = match self.tok.decode(&self.ids[self.prev..]) {
+        let now = match tok.decode(&self.ids[self.prev..]) {
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!(id, error = %e, "token stream cannot decode");
@@ -45,9 +46,9 @@ impl<'a> TokenStream<'a> {
     }
 
     /// Whatever text is still held back (an incomplete character at the end, decoded lossily).
-    pub fn finish(&mut self) -> Option<String> {
-        let before = self.tok.decode(&self.ids[self.prev..self.cur]).ok()?;
-        let now = self.tok.decode(&self.ids[self.prev..]).ok()?;
+    pub fn finish(&mut self, tok: &Tokenizer) -> Option<String> {
+        let before = tok.decode(&self.ids[self.prev..self.cur]).ok()?;
+        let now = tok.decode(&self.ids[self.prev..]).ok()?;
         self.prev = self.ids.len();
         self.cur = self.ids.len();
         match now.strip_prefix(before.as_str()) {
@@ -59,5 +60,32 @@ impl<'a> TokenStream<'a> {
     /// Every token pushed so far (control tokens excluded).
     pub fn tokens(&self) -> &[u32] {
         &self.ids
+    }
+}
+
+/// A [`Detokenizer`] bound to a borrowed tokenizer, for callers that stream within one scope.
+pub struct TokenStream<'a> {
+    tok: &'a Tokenizer,
+    inner: Detokenizer,
+}
+
+impl<'a> TokenStream<'a> {
+    pub fn new(tok: &'a Tokenizer) -> Self {
+        Self { tok, inner: Detokenizer::new() }
+    }
+
+    /// Adds a token; returns the text completed by it, if any.
+    pub fn push(&mut self, id: u32) -> Option<String> {
+        self.inner.push(self.tok, id)
+    }
+
+    /// Whatever text is still held back (an incomplete character at the end, decoded lossily).
+    pub fn finish(&mut self) -> Option<String> {
+        self.inner.finish(self.tok)
+    }
+
+    /// Every token pushed so far (control tokens excluded).
+    pub fn tokens(&self) -> &[u32] {
+        self.inner.tokens()
     }
 }

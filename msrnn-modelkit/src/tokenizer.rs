@@ -50,8 +50,14 @@ impl ChatFormat {
         system_role: true,
     };
 
-    fn turn(&self, role: &str, text: &str) -> String {
+    /// One whole turn: `{turn_start}{role}{role_end}{text}{turn_end}`.
+    pub fn turn(&self, role: &str, text: &str) -> String {
         format!("{}{role}{}{text}{}", self.turn_start, self.role_end, self.turn_end)
+    }
+
+    /// Where the answer starts: `{turn_start}{assistant}{role_end}`.
+    pub fn assistant_header(&self) -> String {
+        format!("{}{}{}", self.turn_start, self.assistant, self.role_end)
     }
 }
 
@@ -172,6 +178,11 @@ impl Tokenizer {
             _ => (String::new(), folded()),
         };
         format!("{sys}{}{}{}{}", f.turn("user", &user), f.turn_start, f.assistant, f.role_end)
+    }
+
+    /// The chat format, when the vocabulary has one.
+    pub fn chat_format(&self) -> Option<&ChatFormat> {
+        self.chat.as_ref()
     }
 
     /// Whether the tokenizer has a chat format [`Tokenizer::chat_prompt`] applies.

@@ -11,6 +11,7 @@ impl Declare for Full {
     const NAME: &'static str = "full";
     const ALIASES: &'static [&'static str] = &["none"];
     const DESCRIPTION: &'static str = "Never evicts: the unbounded cache of the plain transformer.";
+    const UNBOUNDED: bool = true;
 
     fn create(_: &Params, ctx: &Context) -> Result<Self> {
         match ctx.capacity {

@@ -63,6 +63,7 @@ msrnn_core::inventory::submit! {
         aliases: &["pyramidkv"],
         description: "Per-layer capacities falling from the first layer to the last (PyramidKV) around a base policy.",
         params: PARAMS,
+        unbounded: false,
         create,
     }
 }

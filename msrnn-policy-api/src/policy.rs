@@ -57,6 +57,9 @@ pub trait Declare: Policy + Sized + 'static {
     /// The parameters accepted, with their defaults; any other key is refused before
     /// [`Declare::create`] runs, and [`Params::get`] falls back to these defaults.
     const PARAMS: &'static [Param] = &[];
+    /// Whether the policy never evicts and so runs without a capacity (`full`). The registry builds
+    /// states from this declaration, never from the name. Plugins are always bounded.
+    const UNBOUNDED: bool = false;
     /// One instance for the layer `ctx` describes.
     fn create(params: &Params, ctx: &Context) -> Result<Self>;
 }

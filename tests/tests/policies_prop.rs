@@ -90,7 +90,7 @@ fn case() -> impl Strategy<Value = Case> {
 /// Runs one policy over the case; returns the live positions after every step and the spy's log.
 fn run(e: &Entry, c: &Case) -> (Vec<Vec<u64>>, Vec<Seen>, Vec<Vec<u64>>) {
     let dev = Device::Cpu;
-    let full = e.name == "full";
+    let full = e.unbounded;
     let capacity = if full { Capacity::Unbounded } else { Capacity::Bounded(c.cap) };
     let reg = msrnn_policies::registry();
     let ctx = Context {
@@ -138,7 +138,7 @@ proptest! {
             let mut prev: Vec<u64> = Vec::new();
             for (step, live) in after.iter().enumerate() {
                 seen += c.chunks[step];
-                let bound = if e.name == "full" { seen } else { seen.min(c.cap) };
+                let bound = if e.unbounded { seen } else { seen.min(c.cap) };
                 prop_assert_eq!(live.len(), bound, "{}: live size at step {}", e.name, step);
                 let mut u = live.clone();
                 u.dedup();

@@ -103,7 +103,7 @@ fn run() -> Result<(), String> {
     let mut cells: Vec<(PolicySpec, usize)> = Vec::new();
     let mut states: Vec<MsrnnState> = Vec::new();
     for spec in &a.policies {
-        if reg.get(&spec.name).map_err(|e| e.to_string())?.name == "full" {
+        if reg.is_unbounded(spec).map_err(|e| e.to_string())? {
             // The unbounded reference: one run, shown in every column.
             states.push(new_state(&model, &reg, spec, Capacity::Unbounded, chunk).map_err(|e| e.to_string())?);
             cells.push((spec.clone(), 0));
