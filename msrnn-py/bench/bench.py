@@ -5,12 +5,13 @@
 1. The same perplexity grid from Python and from the CLI: wall time of each and their ratio.
 2. A Python policy against the same rule built in (TOVA): the grid's wall time with each, and the
    overhead per decode step (per layer call: the grid's difference over the policy calls made).
-3. `State.feed` of one token from Python against the engine's own decode step (a one-cell grid,
-   whose loop is all Rust): the overhead per call.
+3. `State.feed` of one token from Python against the same one-token steps looped in Rust (one
+   `feed` call with chunk=1): the overhead per call.
 """
 
 import argparse
 import json
+import resource
 import subprocess
 import tempfile
 import time
@@ -40,13 +41,20 @@ class PyTova(msrnn.Policy):
 
 
 def timed(f):
-    t = time.perf_counter()
+    """CPU seconds of this process for f() (the machine may be shared: CPU time is steadier than
+    wall time, and with one thread the work is all on this process)."""
+    t = time.process_time()
     out = f()
-    return out, time.perf_counter() - t
+    return out, time.process_time() - t
 
 
 def best(f, n):
     return min(timed(f)[1] for _ in range(n))
+
+
+def child_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def main():
@@ -64,21 +72,38 @@ def main():
     policies, caps = "full,window,h2o,tova", [64, 128]
     out = {"tokens": a.tokens, "threads": a.threads, "policies": policies, "capacities": caps}
 
-    # 1. The same grid, Python and CLI (the CLI's time includes its model load: subtracted with
-    # the load time it reports in its JSON).
-    py_grid = lambda: model.perplexity(text, policies=policies, capacities=caps, tokens=a.tokens)  # noqa: E731
-    t_py = best(py_grid, a.repeat)
+    # 1. The same grid, Python and CLI, run alternately. CPU time: the CLI's is a run of the grid
+    # minus a run that loads, tokenizes and builds the same states but scores 2 tokens. Wall time:
+    # the CLI's own timing of the grid (its --out JSON) against the Python call's.
+    def cli_run(tokens, out=None):
+        cmd = [a.cli, "--model", a.model, "--threads", str(a.threads), "ppl", "--text", a.text, "--tokens",
+               str(tokens), "--policies", policies, "--capacities", ",".join(map(str, caps))]
+        if out:
+            cmd += ["--out", str(out)]
+        t = child_cpu()
+        subprocess.run(cmd, check=True, capture_output=True)
+        return child_cpu() - t
 
-    def cli_grid():
-        with tempfile.TemporaryDirectory() as d:
-            o = Path(d) / "g.json"
-            cmd = [a.cli, "--model", a.model, "--threads", str(a.threads), "ppl", "--text", a.text, "--tokens",
-                   str(a.tokens), "--policies", policies, "--capacities", ",".join(map(str, caps)), "--out", str(o)]
-            subprocess.run(cmd, check=True, capture_output=True)
-            return sum(b["seconds"] for b in json.loads(o.read_text())["run"]["batches"])
-
-    t_cli = min(cli_grid() for _ in range(a.repeat))
-    out["grid"] = {"python_s": t_py, "cli_s": t_cli, "ratio": t_py / t_cli}
+    py_cpu, py_wall, cli_cpu, cli_wall, cli_base = [], [], [], [], []
+    with tempfile.TemporaryDirectory() as d:
+        o = Path(d) / "g.json"
+        for _ in range(a.repeat):
+            w, c = time.perf_counter(), time.process_time()
+            model.perplexity(text, policies=policies, capacities=caps, tokens=a.tokens)
+            py_cpu.append(time.process_time() - c)
+            py_wall.append(time.perf_counter() - w)
+            cli_cpu.append(cli_run(a.tokens, o))
+            cli_wall.append(sum(b["seconds"] for b in json.loads(o.read_text())["run"]["batches"]))
+            cli_base.append(cli_run(2))
+    t_cli = min(cli_cpu) - min(cli_base)
+    out["grid"] = {
+        "python_cpu_s": min(py_cpu),
+        "cli_cpu_s": t_cli,
+        "cpu_ratio": min(py_cpu) / t_cli,
+        "python_wall_s": min(py_wall),
+        "cli_wall_s": min(cli_wall),
+        "wall_ratio": min(py_wall) / min(cli_wall),
+    }
 
     # 2. Python TOVA against the built-in, alone in a grid of one cell each.
     one = lambda p: model.perplexity(text, policies=[p], capacities=[64], tokens=a.tokens)  # noqa: E731
@@ -94,21 +119,25 @@ def main():
         "per_call_overhead_us": (t_pyp - t_rs) / calls * 1e6,
     }
 
-    # 3. state.feed of one token against the engine's decode step.
+    # 3. state.feed of one token from Python against the same steps in one call (a Rust loop of
+    # one-token steps: chunk=1), both returning the last logits.
     ids = model.tokenize(text[:20000])[: a.tokens]
 
-    def feed_all():
-        s = model.new_state("window", capacity=64)
+    def feed_each():
+        s = model.new_state("window", capacity=64, chunk=1)
         for t in ids:
             s.feed([t])
 
-    t_feed = best(feed_all, a.repeat)
-    t_loop = best(lambda: model.perplexity(ids, policies=["window"], capacities=[64], tokens=a.tokens), a.repeat)
+    def feed_once():
+        model.new_state("window", capacity=64, chunk=1).feed(ids)
+
+    t_each = best(feed_each, a.repeat)
+    t_once = best(feed_once, a.repeat)
     n = len(ids)
     out["feed"] = {
-        "feed_ms_per_token": t_feed / n * 1e3,
-        "engine_ms_per_token": t_loop / (n - 1) * 1e3,
-        "overhead_us_per_call": (t_feed / n - t_loop / (n - 1)) * 1e6,
+        "python_call_per_token_ms": t_each / n * 1e3,
+        "rust_loop_per_token_ms": t_once / n * 1e3,
+        "overhead_us_per_call": (t_each - t_once) / n * 1e6,
     }
     print(json.dumps(out, indent=2))
 

@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyFileNotFoundError, PyKeyboardInterrupt, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 create_exception!(
@@ -63,6 +63,42 @@ pub fn candle(e: candle_core::Error) -> PyErr {
     PyRuntimeError::new_err(e.to_string())
 }
 
+/// An engine error (loading, requests, state files) as a Python exception.
+pub fn engine(e: msrnn_engine::Error) -> PyErr {
+    use msrnn_engine::Error as E;
+    match e {
+        E::Core(c) => core(c),
+        E::Model(m) => modelkit(m),
+        E::Io { ref reason, .. } if reason.contains("No such file") => PyFileNotFoundError::new_err(e.to_string()),
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// An error a step reported as text (the engine's failed sequence): a policy's becomes
+/// `PolicyError` (with the Python exception a Python policy raised as its cause).
+pub fn policy_or_runtime(msg: String) -> PyErr {
+    if msg.starts_with("policy `") && msg.contains(" on layer ") {
+        let err = PolicyError::new_err(msg);
+        if let Some(cause) = take_policy_exception() {
+            Python::attach(|py| err.set_cause(py, Some(cause)));
+        }
+        err
+    } else {
+        PyRuntimeError::new_err(msg)
+    }
+}
+
+/// The same exception with its message rewritten (naming the file a state came from).
+pub fn reword(e: PyErr, f: impl FnOnce(String) -> String) -> PyErr {
+    Python::attach(|py| {
+        let msg = f(e.value(py).to_string());
+        match e.get_type(py).call1((msg,)) {
+            Ok(v) => PyErr::from_value(v),
+            Err(_) => e,
+        }
+    })
+}
+
 /// `FileNotFoundError` naming `what` (`state file x.st`) when `path` does not exist.
 pub fn require_file(path: &std::path::Path, what: &str) -> PyResult<()> {
     if path.exists() {
@@ -76,10 +112,4 @@ pub fn require_file(path: &std::path::Path, what: &str) -> PyResult<()> {
 /// becomes `KeyboardInterrupt` between two steps.
 pub fn check_signals() -> PyResult<()> {
     Python::attach(|py| py.check_signals())
-}
-
-/// Whether an error is the interrupt [`check_signals`] raised.
-#[allow(dead_code)]
-pub fn is_interrupt(e: &PyErr) -> bool {
-    Python::attach(|py| e.is_instance_of::<PyKeyboardInterrupt>(py))
 }

@@ -10,6 +10,7 @@ use msrnn_llama as _;
 use msrnn_wasm as _;
 
 mod errors;
+mod generation;
 mod model;
 mod pypolicy;
 mod registry;
@@ -21,7 +22,7 @@ fn _msrnn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("PolicyError", py.get_type::<errors::PolicyError>())?;
     m.add_class::<model::Model>()?;
-    m.add_class::<model::TextStream>()?;
+    m.add_class::<generation::TextStream>()?;
     m.add_class::<state::State>()?;
     m.add_class::<pypolicy::Observation>()?;
     m.add_function(wrap_pyfunction!(registry::policies, m)?)?;

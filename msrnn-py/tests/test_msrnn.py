@@ -246,6 +246,26 @@ def test_generate_greedy_equals_the_cli(model):
     assert model.chat([{"role": "user", "content": prompt}], capacity=64, max_tokens=12) == want
 
 
+def test_a_conversation_saved_from_python_resumes_as_the_cli_resumes_it(model, tmp_path):
+    first = "Hello! Who are you?"
+    s = model.new_state("tova", capacity=64)
+    answer = model.generate(first, state=s, max_tokens=8)
+    cli_st, py_st = tmp_path / "cli.st", tmp_path / "py.st"
+    assert cli("generate", "--capacity", "64", "--max-tokens", "8", "--save-state", str(cli_st), first).stdout == answer
+    s.save(py_st)
+    assert s.stats()["conversation"]["turns"] == 1
+    # The next turn: the CLI resuming Python's file, Python resuming the CLI's, and Python going on
+    # in memory all give the same tokens.
+    want = cli("generate", "--resume", str(py_st), "--max-tokens", "8", "Tell me more.").stdout
+    assert model.generate("Tell me more.", state=model.load_state(cli_st), max_tokens=8) == want
+    assert model.generate("Tell me more.", state=s, max_tokens=8) == want
+    # No prompt: the model goes on where it stopped.
+    want = cli("generate", "--resume", str(py_st), "--max-tokens", "4").stdout
+    assert "".join(model.generate(state=model.load_state(py_st), max_tokens=4, stream=True)) == want
+    with pytest.raises(ValueError, match="state= brings its own policy"):
+        model.generate("x", state=s, policy="window")
+
+
 def test_sampling_is_seeded(model):
     a = model.generate("Name a colour.", max_tokens=8, temperature=0.8, seed=7, capacity=32)
     b = model.generate("Name a colour.", max_tokens=8, temperature=0.8, seed=7, capacity=32)
