@@ -85,8 +85,8 @@ class Model:
     def load_state(self, path: StrPath, chunk: int = 64) -> State: ...
     def generate(
         self,
-        prompt: str,
-        policy: str = "tova",
+        prompt: Optional[str] = None,
+        policy: Optional[str] = None,
         capacity: Optional[int] = None,
         max_tokens: int = 256,
         temperature: Optional[float] = None,
@@ -94,21 +94,25 @@ class Model:
         seed: Optional[int] = None,
         stream: bool = False,
         raw: bool = False,
-        positions: str = "absolute",
+        positions: Optional[str] = None,
         prefill_chunk: int = 64,
+        stop: Optional[Sequence[str]] = None,
+        state: Optional[State] = None,
     ) -> Union[str, TextStream]: ...
     def chat(
         self,
         messages: Sequence[Dict[str, str]],
-        policy: str = "tova",
+        policy: Optional[str] = None,
         capacity: Optional[int] = None,
         max_tokens: int = 256,
         temperature: Optional[float] = None,
         top_p: Optional[float] = None,
         seed: Optional[int] = None,
         stream: bool = False,
-        positions: str = "absolute",
+        positions: Optional[str] = None,
         prefill_chunk: int = 64,
+        stop: Optional[Sequence[str]] = None,
+        state: Optional[State] = None,
     ) -> Union[str, TextStream]: ...
 
 def policies() -> List[Dict[str, Any]]: ...
