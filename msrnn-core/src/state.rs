@@ -115,7 +115,7 @@ pub struct LayerState {
     pub(crate) positions: Vec<u64>,
     pub(crate) live: Vec<bool>,
     /// Free slots, kept sorted descending so `pop` hands out the lowest index (keeps slots compact).
-    free: Vec<usize>,
+    pub(crate) free: Vec<usize>,
     /// Live slots in position order: ranks for [`Positions::Cache`].
     pub(crate) order: Vec<usize>,
     /// One past the highest live slot: attention only looks at `[0, high)`.
