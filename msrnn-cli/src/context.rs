@@ -120,14 +120,21 @@ fn default_threads() -> usize {
 fn set_threads(requested: Option<usize>) -> Result<usize> {
     let n = match requested {
         Some(0) => bail!("--threads must be at least 1"),
-        Some(n) => n,
+        Some(n) => {
+            // More threads than cores only queue behind each other (and 100,000 would not start).
+            let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+            if n > cores {
+                tracing::warn!(requested = n, cores, "--threads is above this machine's cores; using {cores}");
+            }
+            n.min(cores)
+        }
         None => default_threads(),
     };
     // Still single-threaded here: nothing else reads the environment concurrently.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
     // msrnn's own kernels (quantized matmuls, attention) run on their pool.
-    msrnn_kernels::pool::set_threads(n);
+    let n = msrnn_kernels::pool::set_threads(n);
     msrnn_kernels::isa::from_env().context("MSRNN_ISA")?;
     Ok(n)
 }

@@ -171,7 +171,10 @@ impl Model for Gemma {
     }
 
     fn weight_kinds(&self) -> WeightKinds {
-        WeightKinds::new(self.blocks.first().map(|b| b.attn.proj.kind()).unwrap_or_default(), self.output_head().kind())
+        WeightKinds::of(
+            self.blocks.iter().flat_map(|b| b.attn.proj.kinds().into_iter().chain(b.mlp.kinds())),
+            self.output_head().kind(),
+        )
     }
 }
 

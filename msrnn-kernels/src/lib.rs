@@ -2,7 +2,8 @@
 //! attention step over a layer's slot buffers ([`attention`]), rotary embeddings ([`rope`]), and the thread pool they
 //! share ([`pool`]).
 //!
-//! [`QMatrix`] holds a weight matrix (`out_dim x in_dim`) in a GGUF block format ([`Format`]), repacked at load into
+//! [`QMatrix`] holds a weight matrix (`out_dim x in_dim`) in a GGUF block format ([`Format`]: Q4_0, Q4_1, Q5_0,
+//! Q5_1, Q8_0 and the K-quants Q4_K, Q5_K, Q6_K), repacked at load into
 //! tiles of 16 output rows so that one SIMD lane computes one output. [`QMatrix::matmul`] computes
 //! `y[rows, out] = x[rows, in] · Wᵀ` for a decode step (`rows = 1`) and for prefill chunks and batches alike.
 //!

@@ -153,8 +153,9 @@ impl QMatrix {
     /// `y[rows, out_dim] = x[rows, in_dim] · Wᵀ` with the active instruction set ([`isa::active`]).
     ///
     /// Activations are quantized in blocks of 32 (see [`crate::act`]); output `o` of row `r` is
-    /// `Σ_b fma(isum_b, dw_b * dx_b, ·)` (Q4_1: then `fma(mw_b, sx_b, ·)`) over the blocks in order, which does not
-    /// depend on `rows`, on the row's place or on the thread count.
+    /// `Σ_b fma(isum_b, dw_b * dx_b, ·)` over the activation blocks in order (each format's exact sequence, min terms
+    /// and sub-block scales included, is in `kernels/mod.rs`), which does not depend on `rows`, on the row's place or
+    /// on the thread count.
     ///
     /// # Panics
     /// When `x.len() != rows * in_dim` or `y.len() != rows * out_dim`.

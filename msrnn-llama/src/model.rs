@@ -142,7 +142,10 @@ impl Model for Llama {
     }
 
     fn weight_kinds(&self) -> WeightKinds {
-        WeightKinds::new(self.blocks.first().map(|b| b.attn.proj.kind()).unwrap_or_default(), self.head.kind())
+        WeightKinds::of(
+            self.blocks.iter().flat_map(|b| b.attn.proj.kinds().into_iter().chain(b.mlp.kinds())),
+            self.head.kind(),
+        )
     }
 }
 

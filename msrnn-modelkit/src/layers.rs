@@ -46,6 +46,13 @@ impl Projection {
         }
     }
 
+    fn kinds(&self) -> Vec<String> {
+        match self {
+            Projection::Fused { m, .. } => vec![m.kind()],
+            Projection::Split(ms) => ms.iter().map(Linear::kind).collect(),
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
         match self {
             Projection::Split(ms) => ms.iter().map(|m| m.forward(x)).collect(),
@@ -87,6 +94,13 @@ impl AttentionProjections {
     /// How the matrices are held (the query's stands for all four).
     pub fn kind(&self) -> String {
         self.qkv.kind()
+    }
+
+    /// How each matrix is held (a file may mix block formats: Q4_K_M files hold Q4_K, Q6_K and more).
+    pub fn kinds(&self) -> Vec<String> {
+        let mut k = self.qkv.kinds();
+        k.push(self.o.kind());
+        k
     }
 
     /// `x` `[rows, hidden]` (every sequence of a step stacked) -> queries `[rows, num_heads *
@@ -145,6 +159,13 @@ impl GatedMlp {
             down: w.linear(&blk(layer, "ffn_down"), hidden, ffn)?,
             act,
         })
+    }
+
+    /// How each matrix is held.
+    pub fn kinds(&self) -> Vec<String> {
+        let mut k = self.gate_up.kinds();
+        k.push(self.down.kind());
+        k
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {

@@ -1,7 +1,7 @@
 //! [`Linear`]: a weight matrix applied as `x W^T`, in whatever form [`WeightFormat`] chose.
 //!
-//! On the CPU, matrices in block formats msrnn-kernels reads (GGUF Q4_1 and Q8_0) run on its
-//! kernels: the file's own blocks or blocks re-quantized at load, activations quantized in blocks of
+//! On the CPU, matrices in block formats msrnn-kernels reads (GGUF Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+//! Q4_K, Q5_K, Q6_K) run on its kernels: the file's own blocks or blocks re-quantized at load, activations quantized in blocks of
 //! 32 once per call, each row's result independent of the batch it is in. Everything else (dense
 //! f32/f16 matrices, other block formats kept as stored, other devices) runs on candle.
 
@@ -30,8 +30,14 @@ enum Inner {
 /// The kernels' format for a GGUF block type, if they read it.
 fn kernel_format(dtype: GgmlDType) -> Option<Format> {
     match dtype {
+        GgmlDType::Q4_0 => Some(Format::Q4_0),
         GgmlDType::Q4_1 => Some(Format::Q4_1),
+        GgmlDType::Q5_0 => Some(Format::Q5_0),
+        GgmlDType::Q5_1 => Some(Format::Q5_1),
         GgmlDType::Q8_0 => Some(Format::Q8_0),
+        GgmlDType::Q4K => Some(Format::Q4K),
+        GgmlDType::Q5K => Some(Format::Q5K),
+        GgmlDType::Q6K => Some(Format::Q6K),
         _ => None,
     }
 }
@@ -62,10 +68,10 @@ impl Linear {
         }
     }
 
-    /// Describes how the weight is held (`Q4_1`, `Q8_0`, `f32`, `f16`, `Q4K`, ...).
+    /// Describes how the weight is held (`Q4_1`, `Q8_0`, `Q4_K`, `f32`, `f16`, `Q3K`, ...).
     pub fn kind(&self) -> String {
         match &self.inner {
-            Inner::Kernel(m) => m.format().name().to_ascii_uppercase(),
+            Inner::Kernel(m) => m.format().name().to_string(),
             Inner::Candle(QMatMul::QTensor(q)) => format!("{:?}", q.dtype()),
             Inner::Candle(QMatMul::Tensor(t)) => t.dtype().as_str().to_string(),
             Inner::Candle(QMatMul::TensorF16(_)) => "f16".into(),

@@ -31,9 +31,21 @@ impl WeightKinds {
     pub fn new(matmul: impl Into<String>, head: impl Into<String>) -> Self {
         Self { matmul: matmul.into(), head: head.into() }
     }
+
+    /// From the kind of every matrix of the layers: the distinct ones in order of appearance, joined by `+`
+    /// (`Q5_0+Q8_0+Q4_K+Q6_K` for a Q4_K_M file).
+    pub fn of(matmuls: impl IntoIterator<Item = String>, head: impl Into<String>) -> Self {
+        let mut seen: Vec<String> = Vec::new();
+        for k in matmuls {
+            if !seen.contains(&k) {
+                seen.push(k);
+            }
+        }
+        Self::new(seen.join("+"), head)
+    }
 }
 
-/// `Q8_0`, or `Q4_1 (head Q8_0)` when the head is held differently.
+/// `Q8_0`, or `Q4_1 (head Q8_0)` when the head is held differently, or `Q5_0+Q4_K+Q6_K (head Q8_0)` for a mix.
 impl fmt::Display for WeightKinds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.matmul == self.head {

@@ -23,7 +23,7 @@ use crate::linear::Linear;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
     /// The fast choice: on the CPU each matrix as stored when msrnn's kernels read its blocks (GGUF
-    /// Q4_1 and Q8_0), other block formats re-quantized to Q8_0 at load, dense ones kept f32; on
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), other block formats re-quantized to Q8_0 at load, dense ones kept f32; on
     /// other devices as stored. Safetensors, which are never quantized, stay f32.
     #[default]
     Auto,
