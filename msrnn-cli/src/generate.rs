@@ -3,19 +3,18 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use msrnn_core::generate::SplitMix64;
-use msrnn_core::{
-    generate_batch, Capacity, GenItem, GenerateOptions, MsrnnState, PolicySpec, Positions, Sampling, StopReason,
-};
-use msrnn_modelkit::{TokenStream, Tokenizer};
+use msrnn_core::{Capacity, MsrnnState, PolicyRegistry, PolicySpec, Positions, Sampling, StateRecipe};
+use msrnn_engine::session::{self, continue_sampling, next_turn_prompt, Conversation, Turn};
+use msrnn_engine::{Engine, EngineOptions, Event, Finished, GenConfig, StopReason};
 
 use crate::model::LoadedModel;
 use crate::policy;
 use crate::report::bytes;
-use crate::state::{self as statefile, Conversation};
+use crate::state as statefile;
 use crate::Ctx;
 
 pub const DEFAULT_POLICY: &str = "tova";
@@ -165,34 +164,8 @@ fn prompt_texts(a: &GenerateArgs) -> Result<Vec<String>> {
     Ok(texts)
 }
 
-/// The end-of-turn token of the chat template and the text that separates turns after it, derived
-/// from the template itself: `chat_prompt(X)` = user header + X + end + separator + assistant header.
-fn turn_end(tok: &Tokenizer) -> Option<(u32, String)> {
-    const MARK: &str = "\u{1}";
-    let p = tok.chat_prompt(MARK);
-    let (user_header, suffix) = p.split_once(MARK)?;
-    let assistant_header = user_header.replace("user", "assistant");
-    for &e in tok.eos_tokens() {
-        let text = tok.decode(&[e]).ok()?;
-        if let Some(rest) = suffix.strip_prefix(&text) {
-            let sep = rest.strip_suffix(&assistant_header).unwrap_or("");
-            return Some((e, sep.to_string()));
-        }
-    }
-    None
-}
-
-/// The generator state after `draws` samples from `seed` (each top-p sample draws once).
-fn advance_seed(seed: u64, draws: u64) -> u64 {
-    let mut g = SplitMix64::new(seed);
-    for _ in 0..draws {
-        g.next_u64();
-    }
-    g.state()
-}
-
 pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
-    let registry = policy::registry(ctx)?;
+    let registry = Arc::new(policy::registry(ctx)?);
     let texts = prompt_texts(&a)?;
     let several = texts.len() > 1;
     if several && (a.resume.is_some() || a.save_state.is_some()) {
@@ -219,12 +192,11 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
         (None, Some(h)) => h.policy.clone(),
         (None, None) => DEFAULT_POLICY.parse()?,
     };
+    // Capacity: the flag, else the saved state's, else the recipe's default (checked with the model).
     let capacity = match (a.capacity, &saved_header) {
-        (Some(c), _) if policy::is_full(&registry, &spec) => Capacity::Bounded(c), // the policy refuses it, naming why
-        (Some(c), _) => Capacity::bounded(c).with_context(|| format!("--capacity {c}"))?,
-        (None, Some(h)) => h.capacity,
-        (None, None) if policy::is_full(&registry, &spec) => Capacity::Unbounded,
-        (None, None) => Capacity::Bounded(DEFAULT_CAPACITY),
+        (Some(c), _) => Some(Capacity::bounded(c).with_context(|| format!("--capacity {c}"))?),
+        (None, Some(h)) => Some(h.capacity),
+        (None, None) => None,
     };
     // Positions: the flag, else the saved state's, else absolute.
     let positions = match (ctx.global.positions, &saved_header) {
@@ -254,16 +226,8 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
         msrnn_core::Sampler::new(sampling).with_context(|| format!("--temperature {temperature} --top-p {top_p}"))?;
     }
     // Continue the saved random stream when the sampling is unchanged.
-    let draws = match (&conv, sampling) {
-        (Some(c), Sampling::TopP { .. }) if c.sampling == sampling => c.draws,
-        _ => 0,
-    };
-    let effective = match sampling {
-        Sampling::TopP { temperature, top_p, seed } => {
-            Sampling::TopP { temperature, top_p, seed: advance_seed(seed, draws) }
-        }
-        s => s,
-    };
+    let draws = Conversation::draws_for(conv.as_ref(), sampling);
+    let effective = continue_sampling(sampling, draws);
     let mode = match (&a.out_dir, a.jsonl) {
         (Some(d), _) => {
             std::fs::create_dir_all(d).with_context(|| format!("--out-dir {}: cannot create it", d.display()))?;
@@ -274,55 +238,86 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
         (None, false) => Output::Plain,
     };
 
-    let m = crate::model::load(&ctx.global)?;
-    // The default capacity is at most the model's context (a capacity asked for above it is refused).
-    let capacity = match (capacity, a.capacity, &saved_header) {
-        (Capacity::Bounded(c), None, None) if m.info().max_context > 0 => {
-            Capacity::Bounded(c.min(m.info().max_context))
-        }
-        (c, ..) => c,
-    };
+    let m = Arc::new(crate::model::load(&ctx.global)?);
     let chunk = a.prefill_chunk.max(1);
+    let recipe = match capacity {
+        Some(c) => StateRecipe::new(spec.clone(), c),
+        // No capacity anywhere: unbounded for an unbounded policy, else the default (at most the
+        // model's context).
+        None => StateRecipe::resolve(&registry, m.info(), spec.clone(), None, DEFAULT_CAPACITY)?,
+    }
+    .positions(positions)
+    .max_chunk(chunk);
+    registry.check_recipe(m.info(), &recipe).with_context(|| match a.capacity {
+        Some(c) => format!("--capacity {c}"),
+        None => format!("policy `{spec}` at capacity {}", recipe.capacity),
+    })?;
+    let capacity = recipe.capacity;
     let tok = m.tokenizer();
     let chat = match &conv {
         Some(c) => c.chat && !a.raw,
         None => tok.has_chat_template() && !a.raw,
     };
-    let mut states = Vec::new();
+    let resumed = a.resume.is_some();
     let mut prompts = Vec::new();
     if texts.is_empty() {
         // --resume without a prompt: the model goes on where it stopped.
-        prompts.push(build_prompt(tok, None, conv.as_ref(), chat, true)?);
+        prompts.push(next_turn_prompt(tok, Turn::Continue, conv.as_ref(), chat, true)?);
     }
     for t in &texts {
-        prompts.push(build_prompt(tok, Some(t), conv.as_ref(), chat, a.resume.is_some())?);
+        prompts.push(next_turn_prompt(tok, Turn::Text(t), conv.as_ref(), chat, resumed)?);
     }
-    for _ in &prompts {
-        let mut state = policy::make_state_at(m.model(), &registry, &spec, capacity, chunk, positions)?;
-        if let Some(p) = &a.resume {
-            state.load(p, &m.id, &spec).with_context(|| format!("--resume {}", p.display()))?;
-        }
-        states.push(state);
-    }
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    warn_context(&m, &registry, &spec, &states[0], longest, a.max_tokens);
-    tracing::info!(prompts = prompts.len(), longest, %spec, %capacity, %positions, chat, "generating");
-
-    let opts = GenerateOptions {
+    let mut engine = Engine::new(m.clone(), registry.clone(), EngineOptions { prefill_budget: usize::MAX });
+    let cfg = GenConfig {
         max_tokens: a.max_tokens,
         sampling: effective,
         stop_tokens: tok.eos_tokens().to_vec(),
+        stop_strings: Vec::new(),
         prefill_chunk: chunk,
     };
-    let mut sinks = Sinks::new(&mode, prompts.len(), tok)?;
-    let mut items: Vec<GenItem<'_>> =
-        states.iter_mut().zip(&prompts).map(|(state, prompt)| GenItem { state, prompt }).collect();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(prompts.len());
+    for (i, prompt) in prompts.into_iter().enumerate() {
+        let mut state = engine.new_state(&recipe).with_context(|| format!("policy `{spec}` at capacity {capacity}"))?;
+        if let Some(p) = &a.resume {
+            state.load(p, &m.id, &spec).with_context(|| format!("--resume {}", p.display()))?;
+        }
+        if i == 0 {
+            warn_context(&m, &registry, &spec, &state, longest, a.max_tokens);
+        }
+        ids.push(engine.add(state, prompt, cfg.clone()).context("generation failed")?);
+    }
+    tracing::info!(prompts = ids.len(), longest, %spec, %capacity, %positions, chat, "generating");
+
+    let mut sinks = Sinks::new(&mode, ids.len())?;
     let t0 = std::time::Instant::now();
-    let gens =
-        generate_batch(m.model(), &mut items, &opts, &mut |i, id| sinks.token(i, id)).context("generation failed")?;
+    let mut done: Vec<Option<Finished>> = (0..ids.len()).map(|_| None).collect();
+    let index = |id| ids.iter().position(|&x| x == id).expect("our sequence");
+    while engine.active() > 0 {
+        for ev in engine.step().context("generation failed")? {
+            match ev {
+                Event::Token { id, token, text } => {
+                    if !sinks.token(index(id), token, &text) {
+                        // The output closed: stop every answer (finish reports why).
+                        for id in engine.ids() {
+                            let f = engine.cancel(id).expect("live");
+                            done[index(id)] = Some(f);
+                        }
+                    }
+                }
+                Event::Finished(f) => {
+                    let i = index(f.id);
+                    done[i] = Some(f);
+                }
+                Event::Failed { id, error } => bail!("generation failed (prompt {}): {error}", index(id)),
+            }
+        }
+    }
     let wall = t0.elapsed().as_secs_f64();
-    drop(items);
-    sinks.finish(&gens)?;
+    let done: Vec<Finished> = done.into_iter().map(|f| f.expect("every answer finished")).collect();
+    let gens: Vec<msrnn_core::Generation> = done.iter().map(generation).collect();
+    sinks.finish(&gens, &done)?;
+    let states: Vec<&MsrnnState> = done.iter().map(|f| &f.state).collect();
 
     for (i, (g, state)) in gens.iter().zip(&states).enumerate() {
         if several {
@@ -356,7 +351,7 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
         eprintln!(
             "states: policy {spec}, capacity {capacity}, {positions} positions, live cache {} tokens per layer (max), KV {} \
              live / {} allocated in all (threads: {}, matmuls: {})",
-            states.iter().map(MsrnnState::max_live).max().unwrap_or(0),
+            states.iter().map(|s| s.max_live()).max().unwrap_or(0),
             bytes(live),
             bytes(alloc),
             ctx.threads,
@@ -365,8 +360,10 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
     }
 
     if let Some(path) = &a.save_state {
-        let (state, g) = (&states[0], &gens[0]);
-        save(path, &m, state, &spec, g, sampling, draws, chat, conv.as_ref())?;
+        let f = &done[0];
+        crate::report::create_parent(path, "--save-state")?;
+        let c = Conversation::after(conv.as_ref(), f, sampling, draws, chat);
+        session::save(path, &f.state, &m.id, &spec, &c).with_context(|| format!("--save-state {}", path.display()))?;
         eprintln!(
             "saved the state to {} ({}); go on with: msrnn generate --resume {} [PROMPT]",
             path.display(),
@@ -377,7 +374,24 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn stop_text(s: StopReason) -> &'static str {
+/// An engine result as the summary lines and JSON report it (a cancelled answer: the output
+/// closed).
+fn generation(f: &Finished) -> msrnn_core::Generation {
+    msrnn_core::Generation {
+        tokens: f.tokens.clone(),
+        stop: match f.reason {
+            StopReason::StopToken => msrnn_core::StopReason::StopToken,
+            StopReason::MaxTokens => msrnn_core::StopReason::MaxTokens,
+            StopReason::StopString | StopReason::Cancelled => msrnn_core::StopReason::Caller,
+        },
+        prompt_tokens: f.prompt_tokens,
+        prefill_time: f.prefill_time,
+        decode_time: f.decode_time,
+    }
+}
+
+fn stop_text(s: msrnn_core::StopReason) -> &'static str {
+    use msrnn_core::StopReason;
     match s {
         StopReason::StopToken => "end of turn",
         StopReason::MaxTokens => "--max-tokens reached",
@@ -416,9 +430,8 @@ enum Output {
 }
 
 /// Each answer's detokenizer and destination.
-struct Sinks<'t> {
+struct Sinks {
     mode: Output,
-    streams: Vec<TokenStream<'t>>,
     texts: Vec<String>,
     files: Vec<std::fs::File>,
     out: std::io::Stdout,
@@ -426,8 +439,8 @@ struct Sinks<'t> {
     error: Option<std::io::Error>,
 }
 
-impl<'t> Sinks<'t> {
-    fn new(mode: &Output, n: usize, tok: &'t Tokenizer) -> Result<Self> {
+impl Sinks {
+    fn new(mode: &Output, n: usize) -> Result<Self> {
         let mut files = Vec::new();
         if let Output::Dir(d) = mode {
             for i in 0..n {
@@ -437,20 +450,13 @@ impl<'t> Sinks<'t> {
                 );
             }
         }
-        Ok(Self {
-            mode: mode.clone(),
-            streams: (0..n).map(|_| TokenStream::new(tok)).collect(),
-            texts: vec![String::new(); n],
-            files,
-            out: std::io::stdout(),
-            error: None,
-        })
+        Ok(Self { mode: mode.clone(), texts: vec![String::new(); n], files, out: std::io::stdout(), error: None })
     }
 
-    /// A generated token of answer `i`; `false` stops the generation (a write failed).
-    fn token(&mut self, i: usize, id: u32) -> bool {
-        let piece = self.streams[i].push(id);
-        if let Err(e) = self.write(i, Some(id), piece.as_deref()) {
+    /// A generated token of answer `i` and the text it completes; `false` stops the generation (a
+    /// write failed).
+    fn token(&mut self, i: usize, id: u32, piece: &str) -> bool {
+        if let Err(e) = self.write(i, Some(id), Some(piece)) {
             self.error = Some(e);
             return false;
         }
@@ -490,13 +496,14 @@ impl<'t> Sinks<'t> {
     /// lines), the answers one after another (several, no --out-dir), a line break on stderr
     /// (one answer on stdout: stdout holds exactly the generated text, so a resumed run's output
     /// appends to it seamlessly).
-    fn finish(&mut self, gens: &[msrnn_core::Generation]) -> Result<()> {
+    fn finish(&mut self, gens: &[msrnn_core::Generation], done: &[Finished]) -> Result<()> {
         if let Some(e) = self.error.take() {
             return Err(e.into());
         }
-        for i in 0..self.streams.len() {
-            if let Some(rest) = self.streams[i].finish() {
-                self.write(i, None, Some(&rest))?;
+        for (i, f) in done.iter().enumerate() {
+            match f.text.get(self.texts[i].len()..) {
+                Some(rest) if !rest.is_empty() => self.write(i, None, Some(rest))?,
+                _ => {}
             }
         }
         match &self.mode {
@@ -553,47 +560,10 @@ fn answer_path(dir: &Path, i: usize, n: usize) -> PathBuf {
     dir.join(format!("answer-{i:0width$}.txt"))
 }
 
-/// Prompt token ids. A fresh run encodes the (templated) text; a resumed run first feeds the token
-/// the saved run sampled last but never fed, then the next turn, if any.
-fn build_prompt(
-    tok: &Tokenizer,
-    text: Option<&str>,
-    conv: Option<&Conversation>,
-    chat: bool,
-    resumed: bool,
-) -> Result<Vec<u32>> {
-    if !resumed {
-        let text = text.expect("checked: a fresh run has a prompt");
-        let templated = if chat { tok.chat_prompt(text) } else { text.to_string() };
-        return Ok(tok.encode(&templated, tok.wants_bos())?);
-    }
-    let mut ids: Vec<u32> = conv.and_then(|c| c.pending).into_iter().collect();
-    if let Some(text) = text {
-        let next = if chat {
-            // Close the previous answer if --max-tokens cut it off, then open the next user turn.
-            let (end, sep) = turn_end(tok).unwrap_or((u32::MAX, String::new()));
-            let ended = conv.is_none_or(|c| c.turn_ended);
-            if !ended && end != u32::MAX {
-                ids.push(end);
-            }
-            format!("{sep}{}", tok.chat_prompt(text))
-        } else {
-            text.to_string()
-        };
-        ids.extend(tok.encode(&next, false)?);
-    }
-    if ids.is_empty() {
-        bail!(
-            "the saved state has no token waiting to be fed (it was saved without generating); give a PROMPT to go on"
-        );
-    }
-    Ok(ids)
-}
-
 /// Warns when the full cache would run past the model's context (a bounded policy keeps going).
 fn warn_context(
     m: &LoadedModel,
-    r: &msrnn_core::PolicyRegistry,
+    r: &PolicyRegistry,
     spec: &PolicySpec,
     state: &MsrnnState,
     prompt: usize,
@@ -605,7 +575,7 @@ fn warn_context(
     if total <= ctx_len {
         return;
     }
-    if policy::is_full(r, spec) {
+    if r.is_unbounded(spec).unwrap_or(false) {
         let what = if seen + prompt > ctx_len {
             format!(
                 "the prompt ({prompt} tokens{}) is longer than",
@@ -621,48 +591,5 @@ fn warn_context(
         );
     } else {
         tracing::info!(total, ctx_len, "running past the model's context with a bounded cache");
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn save(
-    path: &Path,
-    m: &LoadedModel,
-    state: &MsrnnState,
-    spec: &PolicySpec,
-    g: &msrnn_core::Generation,
-    sampling: Sampling,
-    draws: u64,
-    chat: bool,
-    prev: Option<&Conversation>,
-) -> Result<()> {
-    crate::report::create_parent(path, "--save-state")?;
-    state.save(path, &m.id, spec).with_context(|| format!("--save-state {}", path.display()))?;
-    let sampled = if matches!(sampling, Sampling::TopP { .. }) { g.tokens.len() as u64 } else { 0 };
-    let conv = Conversation {
-        pending: g.tokens.last().copied(),
-        sampling,
-        draws: draws + sampled,
-        chat,
-        turn_ended: g.stop == StopReason::StopToken,
-        generated: prev.map_or(0, |c| c.generated) + g.tokens.len() as u64,
-        turns: prev.map_or(0, |c| c.turns) + 1,
-    };
-    statefile::attach(path, &conv)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn advancing_the_seed_continues_the_stream() {
-        let mut g = SplitMix64::new(42);
-        for _ in 0..5 {
-            g.next_f64();
-        }
-        let mut resumed = SplitMix64::new(advance_seed(42, 5));
-        assert_eq!(g.next_u64(), resumed.next_u64());
-        assert_eq!(advance_seed(7, 0), 7);
     }
 }

@@ -1,15 +1,10 @@
-//! Finding and loading the model, and naming it for state files. The family comes from the model
-//! kit's registry (each family crate linked into the binary registers itself): nothing here names
-//! one.
+//! Finding the model; loading and naming it is the engine's ([`msrnn_engine::load`]).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use msrnn_core::{CausalLm, ModelInfo};
-use msrnn_modelkit::{Family, LoadOptions, Model, Tokenizer, WeightFormat};
-use serde_json::json;
+pub use msrnn_engine::{fnv64, LoadedModel, FNV_OFFSET};
+use msrnn_modelkit::WeightFormat;
 
 use crate::Global;
 
@@ -17,65 +12,6 @@ use crate::Global;
 pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const FETCH_HINT: &str = "fetch the reference model (SmolLM2-135M-Instruct, 98 MB) with ./scripts/fetch-model.sh, \
      or pass --model PATH (a .gguf file or a Hugging Face model directory)";
-
-/// A loaded model with everything the subcommands report about it.
-pub struct LoadedModel {
-    pub lm: Box<dyn Model>,
-    pub path: PathBuf,
-    /// Identifies the weights for state files: file name, size, a digest of its first bytes, and
-    /// the weight format (the cached keys/values depend on it).
-    pub id: String,
-    pub weights: WeightFormat,
-    pub load_time: Duration,
-}
-
-impl LoadedModel {
-    pub fn model(&self) -> &dyn CausalLm {
-        &*self.lm
-    }
-    pub fn tokenizer(&self) -> &Tokenizer {
-        self.lm.tokenizer()
-    }
-    pub fn info(&self) -> &ModelInfo {
-        self.lm.info()
-    }
-    /// The registry entry of the model's family (its baseline, for `bench`).
-    pub fn family(&self) -> Option<&'static Family> {
-        msrnn_modelkit::family(&self.info().family)
-    }
-    /// The file name without `.gguf` (or the directory name): what the user knows the model by.
-    pub fn short_name(&self) -> String {
-        let p = if self.path.is_file() && self.path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
-            self.path.file_stem()
-        } else {
-            self.path.file_name()
-        };
-        p.map_or_else(|| self.info().name.clone(), |n| n.to_string_lossy().into_owned())
-    }
-    /// A short description for headings: `SmolLM2-135M-Instruct.Q4_1 (llama, Q8_0)`.
-    pub fn describe(&self) -> String {
-        format!("{} ({}, {})", self.short_name(), self.info().family, self.lm.weight_kinds())
-    }
-    /// Everything about the model a result file needs to be reproduced.
-    pub fn to_json(&self) -> serde_json::Value {
-        let i = self.info();
-        json!({
-            "path": self.path.display().to_string(),
-            "id": self.id,
-            "name": i.name,
-            "family": i.family,
-            "weights": self.weights.to_string(),
-            "matmul": self.lm.weight_kinds().to_string(),
-            "layers": i.num_layers,
-            "heads": i.num_heads,
-            "kv_heads": i.num_kv_heads,
-            "head_dim": i.head_dim,
-            "vocab": i.vocab_size,
-            "max_context": i.max_context,
-            "kv_bytes_per_token": i.kv_bytes_per_token(),
-        })
-    }
-}
 
 /// The model path: `--model` (or MSRNN_MODEL), else the one in models/.
 pub fn resolve(global: &Global) -> Result<(PathBuf, bool)> {
@@ -123,55 +59,5 @@ pub fn load(global: &Global) -> Result<LoadedModel> {
 }
 
 pub fn load_path(path: &Path, weights: WeightFormat, device: &candle_core::Device) -> Result<LoadedModel> {
-    let t0 = Instant::now();
-    let lm = msrnn_modelkit::load_model(path, &LoadOptions { weights, device: device.clone() })?;
-    let id = model_id(path, weights)?;
-    let load_time = t0.elapsed();
-    tracing::info!(%id, secs = load_time.as_secs_f64(), "model loaded");
-    Ok(LoadedModel { lm, path: path.to_path_buf(), id, weights, load_time })
-}
-
-/// 64-bit FNV-1a: enough to tell two model files apart, no dependency.
-pub fn fnv64(bytes: &[u8], mut h: u64) -> u64 {
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// FNV-1a of the first `limit` bytes of a file.
-pub fn digest_head(path: &Path, limit: u64, h: u64) -> Result<u64> {
-    let mut buf = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(limit).read_to_end(&mut buf))
-        .with_context(|| format!("{}: cannot read it", path.display()))?;
-    Ok(fnv64(&buf, h))
-}
-
-/// `name [size bytes, head fnv64 digest, weights format]`: the digest covers the first 4 MiB (the
-/// GGUF header and metadata, and the first tensors), which is cheap and tells files apart.
-fn model_id(path: &Path, weights: WeightFormat) -> Result<String> {
-    const HEAD: u64 = 4 << 20;
-    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let (size, digest) = if path.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .with_context(|| format!("cannot list {}", path.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors" || e == "json"))
-            .collect();
-        files.sort();
-        let mut size = 0;
-        let mut h = FNV_OFFSET;
-        for f in &files {
-            size += std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
-            h = digest_head(f, HEAD, h)?;
-        }
-        (size, h)
-    } else {
-        let size = std::fs::metadata(path).with_context(|| format!("{}: cannot read it", path.display()))?.len();
-        (size, digest_head(path, HEAD, FNV_OFFSET)?)
-    };
-    Ok(format!("{name} [{size} bytes, head fnv64 {digest:016x}, weights {weights}]"))
+    Ok(msrnn_engine::load(path, weights, device)?)
 }

@@ -56,14 +56,16 @@ pub fn parse_spec_list(r: &PolicyRegistry, s: &str, flag: &str) -> Result<Vec<Po
     Ok(specs)
 }
 
-/// Whether the spec names the never-evicting baseline (`full`, alias `none`), which runs unbounded.
+/// Whether the spec's policy declares itself unbounded (`full`): asked of the registry, never
+/// decided by the name. (Kept for the eval and bench code; new code calls
+/// [`PolicyRegistry::is_unbounded`].)
 pub fn is_full(r: &PolicyRegistry, spec: &PolicySpec) -> bool {
-    r.get(&spec.name).is_ok_and(|e| e.name == "full")
+    r.is_unbounded(spec).unwrap_or(false)
 }
 
-/// The capacity a spec runs at: `full` is unbounded, the rest take `c`.
+/// The capacity a spec runs at: an unbounded policy (`full`) runs unbounded, the rest take `c`.
 pub fn capacity_for(r: &PolicyRegistry, spec: &PolicySpec, c: usize, flag: &str) -> Result<Capacity> {
-    if is_full(r, spec) {
+    if r.is_unbounded(spec)? {
         Ok(Capacity::Unbounded)
     } else {
         Capacity::bounded(c).with_context(|| format!("{flag} {c}"))
