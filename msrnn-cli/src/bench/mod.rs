@@ -18,8 +18,8 @@ mod stream;
 use anyhow::{bail, Context, Result};
 use msrnn_core::{Capacity, PolicySpec};
 
-pub use args::BenchArgs;
 pub(crate) use args::parse_size;
+pub use args::BenchArgs;
 
 use crate::context::Ctx;
 use crate::plot;
