@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-pub use msrnn_engine::{fnv64, LoadedModel, FNV_OFFSET};
+pub use msrnn_engine::LoadedModel;
 use msrnn_modelkit::WeightFormat;
 
 use crate::Global;
