@@ -167,10 +167,9 @@ impl PolicyGrid {
     }
 }
 
-/// Whether the spec names the never-evicting baseline, which runs unbounded. (The core decides this
-/// by the policy's registered name until policies declare it.)
+/// Whether the spec names a policy that declares itself unbounded (`full`): it runs without a capacity.
 pub fn is_unbounded(registry: &PolicyRegistry, spec: &PolicySpec) -> bool {
-    registry.get(&spec.name).is_ok_and(|e| e.name == "full")
+    registry.get(&spec.name).is_ok_and(|e| e.unbounded)
 }
 
 /// The cells (by index) a run covers: all of them, or its shard's.
