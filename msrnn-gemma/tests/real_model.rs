@@ -234,7 +234,7 @@ fn every_policy_keeps_the_state_bounded_over_2000_tokens() {
     const CHUNK: usize = 64;
     let reg = msrnn_policies::registry();
     assert!(new_state(m, &reg, &PolicySpec::new("full"), Capacity::bounded(C).unwrap(), CHUNK).is_err());
-    let mut policies: Vec<String> = reg
+    let policies: Vec<String> = reg
         .entries()
         .filter(|e| e.source == msrnn_core::Source::Builtin && !e.unbounded)
         .map(|e| e.name.clone())
