@@ -108,6 +108,18 @@ pub struct Global {
     #[arg(long, global = true, help_heading = "Global options", value_name = "MODE", env = "MSRNN_POSITIONS", value_parser = parse_positions)]
     pub positions: Option<Positions>,
 
+    /// How every state stores keys and values: f32 (exact), f16 (half the bytes) or q8_0 (8-bit
+    /// blocks of 32 with an f16 scale, 34 bytes per 32 values). Recorded in state files.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FORMAT",
+        default_value = "f32",
+        env = "MSRNN_KV"
+    )]
+    pub kv: msrnn_core::KvFormat,
+
     /// Load a compression-policy plugin so its policy can be named like a built-in: a shared
     /// library (trusted code, run in the process) or a WebAssembly module (.wasm, run in a sandbox
     /// with a memory cap and an instruction limit per call: MSRNN_WASM_MEMORY_MB,
@@ -214,6 +226,7 @@ fn init_logging(verbose: u8) {
 fn run(cli: Cli) -> Result<()> {
     let threads = set_threads(cli.global.threads)?;
     tracing::info!(threads, "candle CPU threads");
+    policy::KV_FORMAT.set(cli.global.kv).expect("set once");
     let ctx = Ctx { global: cli.global, threads };
     match cli.command {
         Command::Generate(a) => generate::run(&ctx, a),

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use msrnn_core::{
-    new_state_positioned, Capacity, CausalLm, MsrnnState, Policy, PolicyRegistry, PolicySpec, Positions, Source,
+    new_state_from, Capacity, CausalLm, KvFormat, MsrnnState, Policy, PolicyRegistry, PolicySpec, Positions, Source,
     PLUGINS_ENV,
 };
 
@@ -70,8 +70,11 @@ pub fn capacity_for(r: &PolicyRegistry, spec: &PolicySpec, c: usize, flag: &str)
     }
 }
 
-/// A fresh state in the given position mode (`--positions`), with errors that say which policy
-/// and capacity were refused.
+/// `--kv`, set once by `main` before any state is built (f32 until then).
+pub static KV_FORMAT: std::sync::OnceLock<KvFormat> = std::sync::OnceLock::new();
+
+/// A fresh state in the given position mode (`--positions`) and KV format (`--kv`), with errors
+/// that say which policy and capacity were refused.
 pub fn make_state_at(
     model: &dyn CausalLm,
     r: &PolicyRegistry,
@@ -80,8 +83,9 @@ pub fn make_state_at(
     max_chunk: usize,
     positions: Positions,
 ) -> Result<MsrnnState> {
-    new_state_positioned(model, r, spec, capacity, max_chunk, positions)
-        .with_context(|| format!("policy `{spec}` at capacity {capacity}"))
+    let mut cfg = model.state_config(capacity, max_chunk);
+    (cfg.positions, cfg.kv) = (positions, KV_FORMAT.get().copied().unwrap_or_default());
+    new_state_from(model, r, spec, &cfg).with_context(|| format!("policy `{spec}` at capacity {capacity}"))
 }
 
 /// A copy of `state` (prefilled, say) with its own fresh policy instances carrying the original's

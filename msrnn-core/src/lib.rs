@@ -31,14 +31,14 @@ pub use attend::attend;
 pub use error::{Error, Result};
 pub use eval::{perplexity, perplexity_batch, perplexity_batch_with, EvalMode, Perplexity};
 pub use generate::{generate, generate_batch, GenItem, GenerateOptions, Generation, Sampler, Sampling, StopReason};
-pub use model::{new_state, new_state_positioned, CausalLm, Logits, ModelInfo, SeqStep};
+pub use model::{new_state, new_state_from, new_state_positioned, CausalLm, Logits, ModelInfo, SeqStep};
 pub use persist::StateHeader;
 pub use plugin::{Plugin, PluginKind, PLUGINS_ENV};
 pub use policy::{Context, Decision, Declare, Needs, Observation, Param, Params, Policy, Rows};
 pub use positions::{Positions, Rope, RopeSpec, RopeStyle};
 pub use registry::{BuiltinPolicy, Entry, Factory, PolicyRegistry, Source};
 pub use spec::{ParamValue, PolicySpec};
-pub use state::{Capacity, LayerState, MsrnnState, StateConfig};
+pub use state::{Capacity, KvFormat, LayerState, MsrnnState, StateConfig};
 
 /// Re-exported so policy crates can `inventory::submit!` without naming the dependency.
 pub use inventory;

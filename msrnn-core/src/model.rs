@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::positions::{Positions, RopeSpec};
 use crate::registry::PolicyRegistry;
 use crate::spec::PolicySpec;
-use crate::state::{Capacity, MsrnnState, StateConfig};
+use crate::state::{Capacity, KvFormat, MsrnnState, StateConfig};
 
 /// The facts about a model that the core and the tools need; nothing family-specific.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,6 +134,7 @@ pub trait CausalLm {
             ropes,
             positions: Positions::Absolute,
             max_chunk,
+            kv: KvFormat::F32,
         }
     }
 }
@@ -158,12 +159,23 @@ pub fn new_state_positioned(
     max_chunk: usize,
     positions: Positions,
 ) -> Result<MsrnnState> {
-    let i = model.info();
-    i.check_capacity(capacity)?;
-    let policies = registry.create_layers(spec, i.num_layers, i.num_heads, i.num_kv_heads, i.head_dim, capacity)?;
     let mut cfg = model.state_config(capacity, max_chunk);
     cfg.positions = positions;
-    MsrnnState::new(&cfg, policies)
+    new_state_from(model, registry, spec, &cfg)
+}
+
+/// A fresh state for `model` laid out as `cfg` says (from [`CausalLm::state_config`], with its
+/// positions or KV format changed), one `spec` policy instance per layer.
+pub fn new_state_from(
+    model: &dyn CausalLm,
+    registry: &PolicyRegistry,
+    spec: &PolicySpec,
+    cfg: &StateConfig,
+) -> Result<MsrnnState> {
+    let i = model.info();
+    i.check_capacity(cfg.capacity)?;
+    let policies = registry.create_layers(spec, i.num_layers, i.num_heads, i.num_kv_heads, i.head_dim, cfg.capacity)?;
+    MsrnnState::new(cfg, policies)
 }
 
 #[cfg(test)]
