@@ -18,8 +18,9 @@ pub struct Global {
     pub model: Option<PathBuf>,
 
     /// How the weight matrices are held in memory: auto (on the CPU, each matrix as stored when
-    /// msrnn's kernels read its blocks, Q4_1 and Q8_0, else re-quantized to Q8_0), native (as
-    /// stored, always), q8_0 (re-quantized at load), f16 or f32 (dequantized: the exact reference).
+    /// msrnn's kernels read its blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; other
+    /// types re-quantized to Q8_0), native (as stored, always), q8_0 (re-quantized at load), f16 or
+    /// f32 (dequantized: the exact reference).
     /// docs/performance.md compares them.
     #[arg(long, global = true, help_heading = "Global options", value_name = "FORMAT", default_value = "auto", value_parser = parse_weights)]
     pub weights: WeightFormat,
