@@ -8,43 +8,26 @@ use msrnn_modelkit::WeightFormat;
 
 use crate::Global;
 
-/// The reference model fetched by `scripts/fetch-model.sh`; preferred when models/ holds several.
-pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const FETCH_HINT: &str = "fetch the reference model (SmolLM2-135M-Instruct, 98 MB) with ./scripts/fetch-model.sh, \
      or pass --model PATH (a .gguf file or a Hugging Face model directory)";
 
-/// The model path: `--model` (or MSRNN_MODEL), else the one in models/.
+/// The model path: `--model` (or MSRNN_MODEL), else the one in models/ ([`msrnn_engine::find_model`]).
 pub fn resolve(global: &Global) -> Result<(PathBuf, bool)> {
     if let Some(p) = &global.model {
         return Ok((p.clone(), true));
     }
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let mut looked = Vec::new();
-    for dir in cwd.ancestors() {
-        let models = dir.join("models");
-        if !models.is_dir() {
-            continue;
+    let search = msrnn_engine::find_model(&cwd)?;
+    if let Some(p) = search.found {
+        if search.candidates > 1 {
+            tracing::info!(chosen = %p.display(), candidates = search.candidates, "several models in models/; pass --model to pick another");
         }
-        looked.push(models.display().to_string());
-        let mut found: Vec<PathBuf> = std::fs::read_dir(&models)
-            .with_context(|| format!("cannot list {}", models.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                (p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")))
-                    || (p.is_dir() && p.join("config.json").is_file())
-            })
-            .collect();
-        found.sort();
-        if let Some(p) = found.iter().find(|p| p.file_name().is_some_and(|n| n == DEFAULT_MODEL)).or(found.first()) {
-            if found.len() > 1 {
-                tracing::info!(chosen = %p.display(), candidates = found.len(), "several models in models/; pass --model to pick another");
-            }
-            return Ok((p.clone(), false));
-        }
+        return Ok((p, false));
     }
-    let where_ = if looked.is_empty() {
+    let where_ = if search.looked.is_empty() {
         format!("no models/ directory in {} or any parent", cwd.display())
     } else {
+        let looked: Vec<String> = search.looked.iter().map(|p| p.display().to_string()).collect();
         format!("{} holds no .gguf file or model directory", looked.join(", "))
     };
     bail!("no model found ({where_}); {FETCH_HINT}")

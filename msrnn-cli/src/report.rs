@@ -14,22 +14,26 @@ pub fn print_stdout(s: &str) -> Result<()> {
     Ok(())
 }
 
-/// `1.5 MiB`, `640 KiB`, `12 B`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else if v >= 100.0 {
-        format!("{v:.0} {}", UNITS[u])
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+/// Sizes for people: the one formatter of the workspace.
+pub use msrnn_core::util::human_bytes as bytes;
+
+/// A table of `rows` grouped by context, in the order of `contexts`: `cells` writes one row.
+pub fn table_by_context<R>(
+    header: &[&str],
+    rows: &[R],
+    contexts: &[usize],
+    context: impl Fn(&R) -> usize + Copy,
+    cells: impl Fn(&R) -> Vec<String>,
+) -> String {
+    let header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
+    let out: Vec<Vec<String>> =
+        contexts.iter().flat_map(|&c| rows.iter().filter(move |r| context(r) == c).map(&cells)).collect();
+    table(&header, &out)
+}
+
+/// `-` for a value that is not there.
+pub fn or_dash<T>(v: Option<T>, f: impl FnOnce(T) -> String) -> String {
+    v.map_or_else(|| "-".to_string(), f)
 }
 
 /// A plain-text table: first column left-aligned, the others right-aligned.

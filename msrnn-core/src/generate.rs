@@ -54,40 +54,23 @@ pub struct Generation {
 impl Generation {
     /// Tokens generated per second of decoding (the first token comes from the prefill).
     pub fn decode_tokens_per_s(&self) -> f64 {
-        let n = self.tokens.len().saturating_sub(1);
-        if n == 0 || self.decode_time.is_zero() {
-            0.0
-        } else {
-            n as f64 / self.decode_time.as_secs_f64()
-        }
+        decode_tokens_per_s(self.tokens.len(), self.decode_time)
     }
 }
 
-/// A small seeded generator (SplitMix64): stable across platforms and crate versions, so a seed
-/// reproduces a text forever.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-    /// The internal state; `SplitMix64::new(g.state())` continues exactly where `g` is.
-    pub fn state(&self) -> u64 {
-        self.0
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+/// Decode rate of `generated` tokens whose decoding took `decode_time`: the first token comes
+/// from the prefill, so it is not counted. Zero when nothing was decoded.
+pub fn decode_tokens_per_s(generated: usize, decode_time: Duration) -> f64 {
+    let n = generated.saturating_sub(1);
+    if n == 0 || decode_time.is_zero() {
+        0.0
+    } else {
+        n as f64 / decode_time.as_secs_f64()
     }
 }
+
+/// The workspace's one seeded generator (defined with the policy contract, which every crate shares).
+pub use msrnn_policy_api::SplitMix64;
 
 /// Picks tokens from logits.
 pub struct Sampler {

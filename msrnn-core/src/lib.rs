@@ -27,7 +27,7 @@ mod recipe;
 mod registry;
 mod spec;
 mod state;
-mod util;
+pub mod util;
 
 pub use attend::attend;
 pub use checkpoint::Checkpoint;

@@ -130,12 +130,7 @@ impl std::fmt::Debug for Finished {
 impl Finished {
     /// Tokens generated per second of decoding (the first token comes from the prefill).
     pub fn decode_tokens_per_s(&self) -> f64 {
-        let n = self.tokens.len().saturating_sub(1);
-        if n == 0 || self.decode_time.is_zero() {
-            0.0
-        } else {
-            n as f64 / self.decode_time.as_secs_f64()
-        }
+        msrnn_core::generate::decode_tokens_per_s(self.tokens.len(), self.decode_time)
     }
 }
 

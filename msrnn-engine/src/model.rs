@@ -14,6 +14,49 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 
+/// The reference model `scripts/fetch-model.sh` fetches; preferred when `models/` holds several.
+pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where [`find_model`] looked and what it found.
+#[derive(Debug, Clone, Default)]
+pub struct ModelSearch {
+    /// The model every face loads when none is named.
+    pub found: Option<PathBuf>,
+    /// Models in the folder it was found in (more than one: say which was chosen).
+    pub candidates: usize,
+    /// The `models/` folders looked at (for the error when nothing was found).
+    pub looked: Vec<PathBuf>,
+}
+
+/// The default model, the same for every face: in the nearest `models/` folder of `dir` or a
+/// parent that holds one, the reference model if present, else the first `.gguf` file or Hugging
+/// Face directory (`config.json`) by name.
+pub fn find_model(dir: &Path) -> Result<ModelSearch> {
+    let mut search = ModelSearch::default();
+    for d in dir.ancestors() {
+        let models = d.join("models");
+        if !models.is_dir() {
+            continue;
+        }
+        let list = std::fs::read_dir(&models).map_err(|e| io_err(&models, e))?;
+        search.looked.push(models);
+        let mut found: Vec<PathBuf> = list
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                (p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")))
+                    || (p.is_dir() && p.join("config.json").is_file())
+            })
+            .collect();
+        found.sort();
+        if let Some(p) = found.iter().find(|p| p.file_name().is_some_and(|n| n == DEFAULT_MODEL)).or(found.first()) {
+            search.found = Some(p.clone());
+            search.candidates = found.len();
+            return Ok(search);
+        }
+    }
+    Ok(search)
+}
+
 /// A loaded model with everything the faces report about it.
 pub struct LoadedModel {
     /// Shared so a server's engine thread and its request handlers (tokenizing) hold the same one.
@@ -86,15 +129,7 @@ pub fn load(path: &Path, weights: WeightFormat, device: &Device) -> Result<Loade
     Ok(LoadedModel { lm: Arc::from(lm), path: path.to_path_buf(), id, weights, load_time })
 }
 
-/// 64-bit FNV-1a: enough to tell two model files apart, no dependency.
-pub fn fnv64(bytes: &[u8], mut h: u64) -> u64 {
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub use msrnn_core::util::{fnv64, FNV_OFFSET};
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
     Error::Io { path: path.display().to_string(), reason: format!("cannot read it: {e}") }

@@ -1,6 +1,7 @@
 //! What every evaluation grid shares: the policy x capacity axis (plus the full cache, once),
 //! stable cell ids, the disjoint parts a shard picks, batches, and the model as settings.
 
+use msrnn_core::util::{fnv64, FNV_OFFSET};
 use msrnn_core::{new_state_positioned, Capacity, MsrnnState, PolicyRegistry, PolicySpec, Positions, Source};
 use msrnn_modelkit::Model;
 use serde::{Deserialize, Serialize};
@@ -198,20 +199,10 @@ pub fn batch_or(batch: Option<usize>, default: usize) -> Result<usize> {
     }
 }
 
-/// 64-bit FNV-1a: a short, stable digest that tells two inputs apart without their paths.
-pub fn fnv64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// The digest of token ids (FNV-1a over their little-endian bytes), as hex.
 pub fn tokens_digest(tokens: &[u32]) -> String {
     let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
-    format!("{:016x}", fnv64(&bytes))
+    format!("{:016x}", fnv64(&bytes, FNV_OFFSET))
 }
 
 /// A file's name, for settings (paths differ between machines, names and contents do not).

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use msrnn_core::generate::SplitMix64;
+use msrnn_core::util::{fnv64, FNV_OFFSET};
 use msrnn_core::{generate_batch, GenItem, GenerateOptions, PolicyRegistry, PolicySpec, Positions, Sampling};
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -419,7 +420,7 @@ impl Source {
                     kind: "plays".into(),
                     files: Some(p.iter().map(|(n, _)| n.clone()).collect()),
                     lines: Some(p.iter().map(|(_, l)| l.len()).sum()),
-                    digest: Some(format!("{:016x}", grid::fnv64(all.as_bytes()))),
+                    digest: Some(format!("{:016x}", fnv64(all.as_bytes(), FNV_OFFSET))),
                 }
             }
         }

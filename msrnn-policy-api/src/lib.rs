@@ -24,10 +24,12 @@ pub mod export;
 pub mod helpers;
 pub mod params;
 mod policy;
+pub mod rng;
 pub mod types;
 
 pub use error::{Error, Result};
 pub use helpers::{lowest_scored, newest_first, validate};
 pub use params::{parse_pairs, valid_name, Bounds, FromParam, Param, ParamSet, ParamType, Params};
 pub use policy::{Declare, Policy};
+pub use rng::SplitMix64;
 pub use types::{Context, Decision, Needs, Observation, Rows};

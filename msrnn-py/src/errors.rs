@@ -30,8 +30,13 @@ fn take_policy_exception() -> Option<PyErr> {
 
 /// A core error as a Python exception.
 pub fn core(e: msrnn_core::Error) -> PyErr {
-    use msrnn_core::Error as E;
     let msg = e.to_string();
+    core_as(&e, msg)
+}
+
+/// The exception for a core error, carrying `msg` (the error's own words, or them in context).
+pub fn core_as(e: &msrnn_core::Error, msg: String) -> PyErr {
+    use msrnn_core::Error as E;
     match e {
         E::PolicyFailed { .. } | E::InvalidDecision { .. } => {
             let err = PolicyError::new_err(msg);

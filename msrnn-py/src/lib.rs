@@ -10,6 +10,7 @@ use msrnn_llama as _;
 use msrnn_wasm as _;
 
 mod errors;
+mod eval;
 mod generation;
 mod model;
 mod pypolicy;

@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use msrnn_core::{perplexity_batch_with, EvalMode, MsrnnState, PolicyRegistry, PolicySpec, Positions, StateRecipe};
+use msrnn_core::{MsrnnState, PolicyRegistry, PolicySpec, Positions, StateRecipe};
 use msrnn_engine::{LoadedModel, Message};
+use msrnn_eval::passkey::PasskeyConfig;
+use msrnn_eval::ppl::PplConfig;
 use msrnn_modelkit::WeightFormat;
 use pyo3::exceptions::{PyFileNotFoundError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -12,19 +14,16 @@ use pyo3::types::{PyDict, PyList, PyString};
 use serde_json::json;
 
 use crate::errors;
+use crate::eval;
 use crate::generation::{self, Request, TurnText};
 use crate::registry;
 use crate::state::State;
 use crate::values;
 
-/// The reference model `scripts/fetch-model.sh` fetches; preferred when models/ holds several.
-const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// The CLI's defaults.
-const DEFAULT_POLICIES: &str = "full,window,window+i,h2o,tova";
-const DEFAULT_CAPACITIES: [usize; 4] = [64, 128, 256, 512];
+const DEFAULT_POLICIES: &str = msrnn_eval::ppl::DEFAULT_POLICIES;
+use msrnn_eval::DEFAULT_CAPACITIES;
 pub const DEFAULT_CAPACITY: usize = 512;
-/// Decode steps between two checks for Ctrl-C in a grid (each check takes the GIL once).
-const TOKENS_PER_CHECK: usize = 32;
 
 /// What a Python `Model` holds; shared with the states and streams made from it.
 pub type Shared = LoadedModel;
@@ -68,20 +67,8 @@ fn resolve(path: Option<PathBuf>) -> PyResult<PathBuf> {
     }
     let cwd = std::env::current_dir()
         .map_err(|e| PyValueError::new_err(format!("cannot read the current directory: {e}")))?;
-    for dir in cwd.ancestors() {
-        let models = dir.join("models");
-        let Ok(list) = std::fs::read_dir(&models) else { continue };
-        let mut found: Vec<PathBuf> = list
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                (p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")))
-                    || (p.is_dir() && p.join("config.json").is_file())
-            })
-            .collect();
-        found.sort();
-        if let Some(p) = found.iter().find(|p| p.file_name().is_some_and(|n| n == DEFAULT_MODEL)).or(found.first()) {
-            return Ok(p.clone());
-        }
+    if let Some(p) = msrnn_engine::find_model(&cwd).map_err(errors::engine)?.found {
+        return Ok(p);
     }
     Err(PyFileNotFoundError::new_err(format!(
         "no model found (no models/ directory with a .gguf file or model directory in {} or a parent); fetch the \
@@ -127,21 +114,6 @@ fn ids_of(m: &Shared, obj: &Bound<'_, PyAny>, n: Option<usize>) -> PyResult<Vec<
         };
     }
     values::token_ids(obj, vocab(m), "text")
-}
-
-/// The parts of a grid cell: a policy at a capacity (`None`: unbounded).
-struct Cell {
-    spec: PolicySpec,
-    capacity: Option<usize>,
-}
-
-impl Cell {
-    fn label(&self) -> String {
-        match self.capacity {
-            None => self.spec.to_string(),
-            Some(c) => format!("{} C={c}", self.spec),
-        }
-    }
 }
 
 fn string_list(obj: Option<&Bound<'_, PyAny>>, default: &str, what: &str) -> PyResult<Vec<String>> {
@@ -221,11 +193,12 @@ impl Model {
         self.inner.tokenizer().chat_prompt_with_system(system, message)
     }
 
-    /// Perplexity of a text for every policy x capacity (the CLI's `msrnn eval ppl`): `text` a str
-    /// (its first `tokens` tokens, BOS included when the model uses one) or a list of ids; the whole
-    /// grid runs as one batch. Returns one dict per cell with the CLI JSON's fields: id, ppl,
-    /// nll_sum, scored, max_live, policy, spec, capacity (None for `full`).
-    #[pyo3(signature = (text, policies = None, capacities = None, tokens = 2048, mode = "decode", positions = "absolute", chunk = 16))]
+    /// Perplexity of a text for every policy x capacity (the CLI's `msrnn eval ppl`, the same
+    /// library): `text` a str (its first `tokens` tokens, BOS included when the model uses one) or a
+    /// list of ids; the grid runs as one batch (`batch` caps the sequences at once). Returns one dict
+    /// per cell with the CLI JSON's fields: id, ppl, nll_sum, scored, max_live, policy, spec,
+    /// capacity (None for `full`), and `segments` when `segment` (tokens per segment) is given.
+    #[pyo3(signature = (text, policies = None, capacities = None, tokens = 2048, mode = "decode", positions = "absolute", chunk = 16, segment = None, batch = None))]
     #[allow(clippy::too_many_arguments)]
     fn perplexity<'py>(
         &self,
@@ -237,28 +210,17 @@ impl Model {
         mode: &str,
         positions: &str,
         chunk: usize,
+        segment: Option<usize>,
+        batch: Option<usize>,
     ) -> PyResult<Bound<'py, PyList>> {
         let r = registry::current()?;
-        let specs = registry::parse_spec_list(&r, string_list(policies, DEFAULT_POLICIES, "policies")?)?;
-        let mut caps = capacities.unwrap_or_else(|| DEFAULT_CAPACITIES.to_vec());
-        if caps.is_empty() {
-            return Err(PyValueError::new_err("capacities is empty: give at least one capacity, e.g. [64, 128]"));
-        }
-        caps.sort_unstable();
-        caps.dedup();
-        for &c in &caps {
-            values::bounded(c)?;
-        }
-        if tokens < 2 {
-            return Err(PyValueError::new_err(format!("tokens={tokens}: perplexity needs at least 2 tokens")));
-        }
-        let (mode, step) = match mode {
-            "decode" => (EvalMode::Decode, 1),
-            "chunked" if chunk == 0 => return Err(PyValueError::new_err("chunk must be at least 1")),
-            "chunked" => (EvalMode::Chunked(chunk), chunk),
-            other => return Err(PyValueError::new_err(format!("mode `{other}`: expected decode or chunked"))),
-        };
-        let positions = parse_positions(positions)?;
+        let mut cfg = PplConfig::new(tokens);
+        cfg.policies = registry::parse_spec_list(&r, string_list(policies, DEFAULT_POLICIES, "policies")?)?;
+        cfg.capacities = capacities.unwrap_or_else(|| DEFAULT_CAPACITIES.to_vec());
+        cfg.feed = eval::feed(mode, chunk)?;
+        cfg.positions = parse_positions(positions)?;
+        cfg.segment = segment;
+        cfg.batch = batch;
         let m = &*self.inner;
         let mut ids = ids_of(m, text, Some(tokens))?;
         if ids.len() < tokens {
@@ -268,64 +230,51 @@ impl Model {
             )));
         }
         ids.truncate(tokens);
-        let mut cells = Vec::new();
-        for s in &specs {
-            if registry::is_full(&r, s) {
-                cells.push(Cell { spec: s.clone(), capacity: None });
-            } else {
-                cells.extend(caps.iter().map(|&c| Cell { spec: s.clone(), capacity: Some(c) }));
-            }
-        }
-        // Every state is built before anything runs: a policy refusing a capacity fails at once.
-        let mut states = cells
-            .iter()
-            .map(|c| build_state(m, &r, &c.spec, c.capacity, positions, step))
-            .collect::<PyResult<Vec<_>>>()?;
-        let sums = py.detach(|| -> PyResult<Vec<(f64, usize, usize)>> {
-            let mut acc = vec![(0f64, 0usize, 0usize); states.len()];
-            let mut refs: Vec<&mut MsrnnState> = states.iter_mut().collect();
-            // The text goes through in pieces (a multiple of the chunk, overlapping by one token: the
-            // last target of one is the first input of the next), each scored token's NLL added in
-            // order, so the sums are the one-call sums; Ctrl-C is checked between pieces.
-            let piece = TOKENS_PER_CHECK.div_ceil(step) * step;
-            let mut start = 0;
-            while start + 1 < ids.len() {
-                let end = (start + piece).min(ids.len() - 1);
-                let out = perplexity_batch_with(
-                    m.model(),
-                    &mut refs,
-                    &ids[start..=end],
-                    mode,
-                    &mut |_| {},
-                    &mut |s, _, nll| {
-                        acc[s].0 += nll;
-                        acc[s].1 += 1;
-                    },
-                )
-                .map_err(errors::core)?;
-                for (a, p) in acc.iter_mut().zip(&out) {
-                    a.2 = a.2.max(p.max_live);
-                }
-                start = end;
-                errors::check_signals()?;
-            }
-            Ok(acc)
-        })?;
-        let out = PyList::empty(py);
-        for (c, (nll_sum, scored, max_live)) in cells.iter().zip(sums) {
-            let v = json!({
-                "id": c.label(),
-                "ppl": (nll_sum / scored as f64).exp(),
-                "nll_sum": nll_sum,
-                "scored": scored,
-                "max_live": max_live,
-                "policy": c.spec.to_string(),
-                "spec": c.spec,
-                "capacity": c.capacity,
-            });
-            out.append(values::json_to_py(py, &v)?)?;
-        }
-        Ok(out)
+        eval::perplexity(py, m, &r, ids, cfg)
+    }
+
+    /// Passkey retrieval for every policy x capacity x length x depth (the CLI's `msrnn eval
+    /// passkey`, the same library and defaults): a 5-digit key hidden at each depth of a haystack
+    /// (`filler` sentences, or lines of the plays in `plays` for `haystack="plays"`), the prompt fed
+    /// in chunks of `chunk` (or one token per step with `mode="decode"`), the answer decoded
+    /// greedily. Returns one dict per cell (id, length, depth, trials, correct, accuracy, answers,
+    /// policy, spec, capacity), as the CLI's JSON.
+    #[pyo3(signature = (policies = None, capacities = None, lengths = None, depths = None, trials = 5, seed = 0, haystack = "filler", plays = None, mode = "chunked", chunk = 64, answer_tokens = 8, positions = "absolute", batch = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn passkey<'py>(
+        &self,
+        py: Python<'py>,
+        policies: Option<&Bound<'py, PyAny>>,
+        capacities: Option<Vec<usize>>,
+        lengths: Option<Vec<usize>>,
+        depths: Option<Vec<f64>>,
+        trials: usize,
+        seed: u64,
+        haystack: &str,
+        plays: Option<PathBuf>,
+        mode: &str,
+        chunk: usize,
+        answer_tokens: usize,
+        positions: &str,
+        batch: Option<usize>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let r = registry::current()?;
+        let d = PasskeyConfig::default();
+        let cfg = PasskeyConfig {
+            policies: registry::parse_spec_list(&r, string_list(policies, DEFAULT_POLICIES, "policies")?)?,
+            capacities: capacities.unwrap_or(d.capacities),
+            lengths: lengths.unwrap_or(d.lengths),
+            depths: depths.unwrap_or(d.depths),
+            trials,
+            seed,
+            haystack: d.haystack,
+            feed: eval::feed(mode, chunk)?,
+            answer_tokens,
+            positions: parse_positions(positions)?,
+            shard: None,
+            batch,
+        };
+        eval::passkey(py, &self.inner, &r, cfg, haystack, plays)
     }
 
     /// A fresh state: `policy` a spec (`"tova"`, `"window+i:sinks=4"`, a plugin's or a Python

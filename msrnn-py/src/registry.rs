@@ -73,11 +73,6 @@ pub fn parse_spec_list(r: &PolicyRegistry, items: Vec<String>) -> PyResult<Vec<P
     Ok(specs)
 }
 
-/// Whether the spec names the never-evicting baseline (`full`), which runs unbounded.
-pub fn is_full(r: &PolicyRegistry, spec: &PolicySpec) -> bool {
-    r.get(&spec.name).is_ok_and(|e| e.name == "full")
-}
-
 fn entry_dict<'py>(py: Python<'py>, e: &Entry) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("name", &e.name)?;

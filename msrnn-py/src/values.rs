@@ -1,12 +1,9 @@
 //! Conversions shared by the classes: JSON values to Python, token ids from Python, capacities.
 
-use msrnn_core::Capacity;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 use serde_json::Value;
-
-use crate::errors;
 
 /// A JSON value as the Python value `json.loads` would give.
 pub fn json_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
@@ -51,9 +48,4 @@ pub fn token_ids(obj: &Bound<'_, PyAny>, vocab: usize, what: &str) -> PyResult<V
             _ => Err(PyValueError::new_err(format!("token id {i} is outside the vocabulary ({vocab})"))),
         })
         .collect()
-}
-
-/// A bounded capacity (0 refused with the core's message).
-pub fn bounded(c: usize) -> PyResult<Capacity> {
-    Capacity::bounded(c).map_err(errors::core)
 }

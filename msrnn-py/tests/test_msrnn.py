@@ -131,6 +131,24 @@ def test_the_grid_has_the_cli_json_fields_and_numbers(model, text, tmp_path):
             assert got[k][f] == want[k][f], (k, f)
 
 
+def test_passkey_is_the_cli_grid(model, tmp_path):
+    out = tmp_path / "passkey.json"
+    args = dict(lengths=[200], depths=[0.0, 1.0], trials=1, capacities=[48])
+    cli("eval", "passkey", "--lengths", "200", "--depths", "0,1", "--trials", "1", "--policies", "full,window",
+        "--capacities", "48", "--out", str(out))
+    want = {r["id"]: r for r in json.loads(out.read_text())["results"]}
+    got = {r["id"]: r for r in model.passkey(policies=["full", "window"], **args)}
+    assert set(got) == set(want) and len(got) == 4
+    for k in want:
+        assert got[k] == want[k], k
+    full = [r for r in got.values() if r["policy"] == "full"]
+    assert all(r["trials"] == 1 and len(r["answers"]) == 1 for r in full)
+    with pytest.raises(ValueError, match="haystack `hay`: expected filler or plays"):
+        model.passkey(haystack="hay", **args)
+    with pytest.raises(ValueError, match="depths"):
+        model.passkey(policies=["window"], lengths=[200], depths=[1.5], trials=1, capacities=[48])
+
+
 def test_a_list_of_ids_and_chunked_mode(model, text):
     ids = model.tokenize(text[:2000], bos=False)[:48]
     decode = model.perplexity(ids, policies=["window"], capacities=[8], tokens=48)[0]

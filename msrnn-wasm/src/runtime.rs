@@ -162,7 +162,7 @@ fn describe(e: &wasmtime::Error, what: &str, limits: &Limits) -> String {
         Some(Trap::UnreachableCodeReached) => format!(
             "trapped in `{what}`: it executed `unreachable` (a Rust plugin panicked, or could not allocate within the \
              memory limit of {})",
-            mib(limits.memory)
+            msrnn_core::util::human_bytes(limits.memory as u64)
         ),
         Some(Trap::StackOverflow) => format!("trapped in `{what}`: its call stack overflowed"),
         Some(t) => format!("trapped in `{what}`: {t}"),
@@ -171,17 +171,13 @@ fn describe(e: &wasmtime::Error, what: &str, limits: &Limits) -> String {
             if m.contains("growing memory") || m.contains("memory minimum size") {
                 format!(
                     "trapped in `{what}`: it asked for more memory than its limit of {} (set by {MEMORY_ENV}): {m}",
-                    mib(limits.memory)
+                    msrnn_core::util::human_bytes(limits.memory as u64)
                 )
             } else {
                 format!("failed in `{what}`: {m}")
             }
         }
     }
-}
-
-fn mib(bytes: usize) -> String {
-    format!("{} MiB", bytes >> 20)
 }
 
 impl Runtime {
@@ -246,7 +242,7 @@ impl Runtime {
         if ptr == 0 {
             return Err(format!(
                 "could not allocate {size} bytes in its memory (the limit is {}, set by {MEMORY_ENV})",
-                mib(self.limits.memory)
+                msrnn_core::util::human_bytes(self.limits.memory as u64)
             ));
         }
         self.bytes(ptr as u64, size as u64, "msrnn_alloc result")?;

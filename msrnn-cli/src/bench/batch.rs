@@ -515,36 +515,35 @@ fn speedups(rows: &mut [Row], budget: bool) {
 }
 
 fn cap_str(c: Option<usize>) -> String {
-    c.map_or("-".into(), |c| c.to_string())
+    report::or_dash(c, |c| c.to_string())
 }
 
 fn batch_table(rows: &[Row], contexts: &[usize]) -> String {
-    let header: Vec<String> =
-        ["policy", "C", "context", "batch", "tok/s (all)", "ms/tok (each)", "x batch 1", "KV/seq", "KV (batch)"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-    let mut out = Vec::new();
-    for &c in contexts {
-        for r in rows.iter().filter(|r| r.context == c) {
-            out.push(vec![
+    let header =
+        ["policy", "C", "context", "batch", "tok/s (all)", "ms/tok (each)", "x batch 1", "KV/seq", "KV (batch)"];
+    report::table_by_context(
+        &header,
+        rows,
+        contexts,
+        |r| r.context,
+        |r| {
+            vec![
                 r.name.clone(),
                 cap_str(r.capacity),
                 r.context.to_string(),
                 r.batch.to_string(),
                 format!("{:.1}", r.tokens_per_s),
                 format!("{:.2}", r.ms_per_token),
-                r.speedup.map_or("-".into(), |s| format!("{s:.2}x")),
-                r.live_kv_bytes_per_seq.map_or("-".into(), bytes),
-                r.live_kv_bytes_per_seq.map_or("-".into(), |b| bytes(b * r.batch as u64)),
-            ]);
-        }
-    }
-    report::table(&header, &out)
+                report::or_dash(r.speedup, |s| format!("{s:.2}x")),
+                report::or_dash(r.live_kv_bytes_per_seq, bytes),
+                report::or_dash(r.live_kv_bytes_per_seq, |b| bytes(b * r.batch as u64)),
+            ]
+        },
+    )
 }
 
 fn budget_table(rows: &[Row], contexts: &[usize]) -> String {
-    let header: Vec<String> = [
+    let header = [
         "policy",
         "C",
         "context",
@@ -556,30 +555,29 @@ fn budget_table(rows: &[Row], contexts: &[usize]) -> String {
         "tok/s (all)",
         "ms/tok (each)",
         "x full",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut out = Vec::new();
-    for &c in contexts {
-        for r in rows.iter().filter(|r| r.context == c) {
+    ];
+    report::table_by_context(
+        &header,
+        rows,
+        contexts,
+        |r| r.context,
+        |r| {
             let measured = r.batch > 0 && r.tokens_per_s > 0.0;
-            out.push(vec![
+            vec![
                 r.name.clone(),
                 cap_str(r.capacity),
                 r.context.to_string(),
-                r.live_kv_bytes_per_seq.map_or("-".into(), bytes),
-                r.allocated_kv_bytes_per_seq.map_or("-".into(), bytes),
+                report::or_dash(r.live_kv_bytes_per_seq, bytes),
+                report::or_dash(r.allocated_kv_bytes_per_seq, bytes),
                 cap_str(r.fits_live),
                 cap_str(r.fits_allocated),
                 format!("{}{}", r.batch, if r.capped == Some(true) { " (cap)" } else { "" }),
                 if measured { format!("{:.1}", r.tokens_per_s) } else { "-".into() },
                 if measured { format!("{:.2}", r.ms_per_token) } else { "-".into() },
-                r.speedup.map_or("-".into(), |s| format!("{s:.2}x")),
-            ]);
-        }
-    }
-    report::table(&header, &out)
+                report::or_dash(r.speedup, |s| format!("{s:.2}x")),
+            ]
+        },
+    )
 }
 
 /// One line per bounded policy: its aggregate throughput over the full cache's, same budget.

@@ -404,28 +404,27 @@ fn bench_baseline(
 }
 
 fn bench_table(rows: &[Row], contexts: &[usize]) -> String {
-    let header: Vec<String> =
-        ["policy", "C", "context", "prefilled", "prefill tok/s", "decode ms/tok", "live KV", "alloc KV", "peak RSS"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-    let mut out = Vec::new();
-    for &c in contexts {
-        for r in rows.iter().filter(|r| r.context == c) {
-            out.push(vec![
+    let header =
+        ["policy", "C", "context", "prefilled", "prefill tok/s", "decode ms/tok", "live KV", "alloc KV", "peak RSS"];
+    report::table_by_context(
+        &header,
+        rows,
+        contexts,
+        |r| r.context,
+        |r| {
+            vec![
                 r.name.clone(),
-                r.capacity.map_or("-".into(), |c| c.to_string()),
+                report::or_dash(r.capacity, |c| c.to_string()),
                 r.context.to_string(),
                 r.prefill_tokens.to_string(),
                 format!("{:.0}", r.prefill_tokens_per_s),
                 format!("{:.2}", r.decode_ms_per_token),
-                r.peak_live_kv_bytes.map_or("-".into(), bytes),
-                r.allocated_kv_bytes.map_or("-".into(), bytes),
-                r.peak_rss_bytes.map_or("-".into(), bytes),
-            ]);
-        }
-    }
-    report::table(&header, &out)
+                report::or_dash(r.peak_live_kv_bytes, bytes),
+                report::or_dash(r.allocated_kv_bytes, bytes),
+                report::or_dash(r.peak_rss_bytes, bytes),
+            ]
+        },
+    )
 }
 
 fn charts(rows: &[Row], title: &str) -> Vec<Chart> {

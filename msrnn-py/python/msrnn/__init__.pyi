@@ -78,6 +78,24 @@ class Model:
         mode: str = "decode",
         positions: str = "absolute",
         chunk: int = 16,
+        segment: Optional[int] = None,
+        batch: Optional[int] = None,
+    ) -> List[Dict[str, Any]]: ...
+    def passkey(
+        self,
+        policies: Optional[Union[str, Sequence[str]]] = None,
+        capacities: Optional[Sequence[int]] = None,
+        lengths: Optional[Sequence[int]] = None,
+        depths: Optional[Sequence[float]] = None,
+        trials: int = 5,
+        seed: int = 0,
+        haystack: str = "filler",
+        plays: Optional[Union[str, PathLike[str]]] = None,
+        mode: str = "chunked",
+        chunk: int = 64,
+        answer_tokens: int = 8,
+        positions: str = "absolute",
+        batch: Optional[int] = None,
     ) -> List[Dict[str, Any]]: ...
     def new_state(
         self, policy: str = "tova", capacity: Optional[int] = None, positions: str = "absolute", chunk: int = 64
