@@ -107,12 +107,7 @@ pub fn run(ctx: &Ctx, a: InspectArgs) -> Result<()> {
     let layers = state.num_layers();
 
     let tok = m.tokenizer();
-    let mut text_of: HashMap<u32, String> = HashMap::new();
-    let mut kinds = Vec::with_capacity(n);
-    for (p, &t) in tokens.iter().enumerate() {
-        let s = text_of.entry(t).or_insert_with(|| tok.decode(&[t]).unwrap_or_default());
-        kinds.push(kind_of(p, s));
-    }
+    let kinds = kinds_of(tok, tokens);
     let mut text_counts = [0u64; 4];
     for &k in &kinds {
         text_counts[k] += 1;
@@ -123,30 +118,7 @@ pub fn run(ctx: &Ctx, a: InspectArgs) -> Result<()> {
         Capacity::Unbounded => format!("{spec} (unbounded)"),
     };
     eprintln!("inspect: {label}, {} ({n} tokens), {}", text_path.display(), m.describe());
-    // last[l][p]: tokens seen when position p was last live in layer l (p + 1: gone in its own step).
-    let mut last: Vec<Vec<usize>> = vec![(1..=n).collect(); layers];
-    let mut over_time = [0u64; 4];
-    let pb = report::progress(n as u64);
-    let t0 = Instant::now();
-    let mut seen = 0;
-    for piece in tokens.chunks(chunk) {
-        m.model().forward(piece, &mut state, false).context("feeding the text")?;
-        seen += piece.len();
-        let full = capacity.get().is_none_or(|c| seen > c);
-        for (l, last_l) in last.iter_mut().enumerate() {
-            for p in state.layer(l).live_positions() {
-                let p = p as usize;
-                last_l[p] = seen;
-                if full {
-                    over_time[kinds[p]] += 1;
-                }
-            }
-        }
-        pb.set_position(seen as u64);
-    }
-    pb.finish_and_clear();
-    let seconds = t0.elapsed().as_secs_f64();
-
+    let (last, over_time, seconds) = feed(&m, &mut state, tokens, chunk, capacity, &kinds)?;
     let kept: Vec<Vec<usize>> =
         (0..layers).map(|l| state.layer(l).live_positions().iter().map(|&p| p as usize).collect()).collect();
     let mut end_counts = [0u64; 4];
@@ -170,27 +142,6 @@ pub fn run(ctx: &Ctx, a: InspectArgs) -> Result<()> {
     let first_layers = kept.iter().filter(|k| k.contains(&0)).count();
     let (text_s, end_s, time_s) = (shares(&text_counts), shares(&end_counts), shares(&over_time));
 
-    let pct = |x: f64| format!("{:.1}%", 100.0 * x);
-    let header: Vec<String> =
-        ["kind", "share of the text", "kept at the end", "kept over time"].iter().map(|s| s.to_string()).collect();
-    let rows: Vec<Vec<String>> =
-        (0..4).map(|i| vec![KINDS[i].to_string(), pct(text_s[i]), pct(end_s[i]), pct(time_s[i])]).collect();
-    let mut layer_rows = Vec::new();
-    for (l, k) in kept.iter().enumerate() {
-        let mut c = [0usize; 4];
-        for &p in k {
-            c[kinds[p]] += 1;
-        }
-        let mut row = vec![l.to_string(), k.len().to_string()];
-        row.extend(c.iter().map(|x| x.to_string()));
-        let oldest = k.first().map_or("-".into(), |p| p.to_string());
-        row.push(oldest);
-        layer_rows.push(row);
-    }
-    let layer_header: Vec<String> = ["layer", "kept", "first", "newline", "punct.", "other", "oldest position"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
     let title = format!(
         "What {label} keeps of {} ({n} tokens, {}, positions {positions}), {}",
         msrnn_eval::grid::file_name(&text_path),
@@ -199,8 +150,8 @@ pub fn run(ctx: &Ctx, a: InspectArgs) -> Result<()> {
     );
     report::print_stdout(&format!(
         "{title}\n{}\nLayers that keep the first token at the end: {first_layers} of {layers}\n\nKept at the end, per layer\n{}",
-        report::table(&header, &rows),
-        report::table(&layer_header, &layer_rows)
+        kind_table(text_s, end_s, time_s),
+        layer_table(&kept, &kinds)
     ))?;
     eprintln!("{n} tokens in {seconds:.1} s");
 
@@ -239,67 +190,151 @@ pub fn run(ctx: &Ctx, a: InspectArgs) -> Result<()> {
         report::write_json(out, &doc, "--out")?;
         eprintln!("wrote {}", out.display());
     }
-    if !a.plot.is_empty() {
-        // At most ~1000 columns: positions binned, each cell the mean over its bin.
-        let bin = n.div_ceil(1000).max(1);
-        let cols = n.div_ceil(bin);
-        let binned = |f: &dyn Fn(usize, usize) -> f64| -> Vec<Vec<Option<f64>>> {
-            (0..layers)
-                .map(|l| {
-                    (0..cols)
-                        .map(|c| {
-                            let ps = c * bin..((c + 1) * bin).min(n);
-                            let len = ps.len() as f64;
-                            Some(ps.map(|p| f(l, p)).sum::<f64>() / len)
-                        })
-                        .collect()
-                })
-                .collect()
-        };
-        let kept_sets: Vec<std::collections::HashSet<usize>> =
-            kept.iter().map(|k| k.iter().copied().collect()).collect();
-        let step =
-            [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384].into_iter().find(|s| n / s <= 10).unwrap_or(n.max(1));
-        let x_ticks: Vec<(usize, String)> = (0..n).step_by(step).map(|p| (p / bin, p.to_string())).collect();
-        let y_step = if layers > 16 { 5 } else { 1 };
-        let y_ticks: Vec<(usize, String)> = (0..layers).step_by(y_step).map(|l| (l, l.to_string())).collect();
-        let x_label = if bin == 1 { "position".to_string() } else { format!("position ({bin} per column)") };
-        let maps = [
-            Heatmap {
-                title: format!("{title}: kept at the end"),
-                x_label: x_label.clone(),
-                y_label: "layer".into(),
-                x_ticks: x_ticks.clone(),
-                y_ticks: y_ticks.clone(),
-                values: binned(&|l, p| kept_sets[l].contains(&p) as u8 as f64),
-                range: (0.0, 1.0),
-                annotate: None,
-            },
-            Heatmap {
-                title: "How long each token stayed: share of the tokens after it during which it was kept".into(),
-                x_label,
-                y_label: "layer".into(),
-                x_ticks,
-                y_ticks,
-                values: binned(&|l, p| {
-                    let after = n - p - 1;
-                    if after == 0 {
-                        1.0
-                    } else {
-                        (last[l][p] - p - 1) as f64 / after as f64
-                    }
-                }),
-                range: (0.0, 1.0),
-                annotate: None,
-            },
-        ];
-        for p in &a.plot {
-            plot::draw_heatmaps(p, &maps, 1, (1400, 23 * layers as u32 / 2 + 130))
-                .with_context(|| format!("--plot {}", p.display()))?;
-            eprintln!("wrote {}", p.display());
-        }
+    draw(&a.plot, &title, n, &kept, &last)
+}
+
+/// Layers x positions: kept at the end, and how long each token stayed.
+fn draw(paths: &[PathBuf], title: &str, n: usize, kept: &[Vec<usize>], last: &[Vec<usize>]) -> Result<()> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let layers = kept.len();
+    // At most ~1000 columns: positions binned, each cell the mean over its bin.
+    let bin = n.div_ceil(1000).max(1);
+    let cols = n.div_ceil(bin);
+    let binned = |f: &dyn Fn(usize, usize) -> f64| -> Vec<Vec<Option<f64>>> {
+        (0..layers)
+            .map(|l| {
+                (0..cols)
+                    .map(|c| {
+                        let ps = c * bin..((c + 1) * bin).min(n);
+                        let len = ps.len() as f64;
+                        Some(ps.map(|p| f(l, p)).sum::<f64>() / len)
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let kept_sets: Vec<std::collections::HashSet<usize>> = kept.iter().map(|k| k.iter().copied().collect()).collect();
+    let step = [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384].into_iter().find(|s| n / s <= 10).unwrap_or(n.max(1));
+    let x_ticks: Vec<(usize, String)> = (0..n).step_by(step).map(|p| (p / bin, p.to_string())).collect();
+    let y_step = if layers > 16 { 5 } else { 1 };
+    let y_ticks: Vec<(usize, String)> = (0..layers).step_by(y_step).map(|l| (l, l.to_string())).collect();
+    let x_label = if bin == 1 { "position".to_string() } else { format!("position ({bin} per column)") };
+    let maps = [
+        Heatmap {
+            title: format!("{title}: kept at the end"),
+            x_label: x_label.clone(),
+            y_label: "layer".into(),
+            x_ticks: x_ticks.clone(),
+            y_ticks: y_ticks.clone(),
+            values: binned(&|l, p| kept_sets[l].contains(&p) as u8 as f64),
+            range: (0.0, 1.0),
+            annotate: None,
+        },
+        Heatmap {
+            title: "How long each token stayed: share of the tokens after it during which it was kept".into(),
+            x_label,
+            y_label: "layer".into(),
+            x_ticks,
+            y_ticks,
+            values: binned(&|l, p| {
+                let after = n - p - 1;
+                if after == 0 {
+                    1.0
+                } else {
+                    (last[l][p] - p - 1) as f64 / after as f64
+                }
+            }),
+            range: (0.0, 1.0),
+            annotate: None,
+        },
+    ];
+    for p in paths {
+        plot::draw_heatmaps(p, &maps, 1, (1400, 23 * layers as u32 / 2 + 130))
+            .with_context(|| format!("--plot {}", p.display()))?;
+        eprintln!("wrote {}", p.display());
     }
     Ok(())
+}
+
+/// Feeds the text; per layer and position, how many tokens had been seen when it was last live;
+/// kept tokens by kind summed over the steps after the cache filled; the seconds it took.
+fn feed(
+    m: &crate::model::LoadedModel,
+    state: &mut msrnn_core::MsrnnState,
+    tokens: &[u32],
+    chunk: usize,
+    capacity: Capacity,
+    kinds: &[usize],
+) -> Result<(Vec<Vec<usize>>, [u64; 4], f64)> {
+    let (n, layers) = (tokens.len(), state.num_layers());
+    // last[l][p]: tokens seen when position p was last live in layer l (p + 1: gone in its own step).
+    let mut last: Vec<Vec<usize>> = vec![(1..=n).collect(); layers];
+    let mut over_time = [0u64; 4];
+    let pb = report::progress(n as u64);
+    let t0 = Instant::now();
+    let mut seen = 0;
+    for piece in tokens.chunks(chunk) {
+        m.model().forward(piece, state, false).context("feeding the text")?;
+        seen += piece.len();
+        let full = capacity.get().is_none_or(|c| seen > c);
+        for (l, last_l) in last.iter_mut().enumerate() {
+            for p in state.layer(l).live_positions() {
+                let p = p as usize;
+                last_l[p] = seen;
+                if full {
+                    over_time[kinds[p]] += 1;
+                }
+            }
+        }
+        pb.set_position(seen as u64);
+    }
+    pb.finish_and_clear();
+
+    Ok((last, over_time, t0.elapsed().as_secs_f64()))
+}
+
+/// The kinds of the tokens of the text.
+fn kinds_of(tok: &msrnn_modelkit::Tokenizer, tokens: &[u32]) -> Vec<usize> {
+    let mut text_of: HashMap<u32, String> = HashMap::new();
+    let mut kinds = Vec::with_capacity(tokens.len());
+    for (p, &t) in tokens.iter().enumerate() {
+        let s = text_of.entry(t).or_insert_with(|| tok.decode(&[t]).unwrap_or_default());
+        kinds.push(kind_of(p, s));
+    }
+    kinds
+}
+
+/// Shares by kind: of the text, kept at the end, kept over time.
+fn kind_table(text_s: [f64; 4], end_s: [f64; 4], time_s: [f64; 4]) -> String {
+    let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+    let header: Vec<String> =
+        ["kind", "share of the text", "kept at the end", "kept over time"].iter().map(|s| s.to_string()).collect();
+    let rows: Vec<Vec<String>> =
+        (0..4).map(|i| vec![KINDS[i].to_string(), pct(text_s[i]), pct(end_s[i]), pct(time_s[i])]).collect();
+    report::table(&header, &rows)
+}
+
+/// What each layer keeps at the end, by kind.
+fn layer_table(kept: &[Vec<usize>], kinds: &[usize]) -> String {
+    let mut layer_rows = Vec::new();
+    for (l, k) in kept.iter().enumerate() {
+        let mut c = [0usize; 4];
+        for &p in k {
+            c[kinds[p]] += 1;
+        }
+        let mut row = vec![l.to_string(), k.len().to_string()];
+        row.extend(c.iter().map(|x| x.to_string()));
+        let oldest = k.first().map_or("-".into(), |p| p.to_string());
+        row.push(oldest);
+        layer_rows.push(row);
+    }
+    let layer_header: Vec<String> = ["layer", "kept", "first", "newline", "punct.", "other", "oldest position"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    report::table(&layer_header, &layer_rows)
 }
 
 #[cfg(test)]
