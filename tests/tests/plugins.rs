@@ -19,6 +19,7 @@ use msrnn_core::{
     attend, Capacity, Context, Decision, Entry, Error, LayerState, MsrnnState, Needs, Observation, ParamValue,
     PluginKind, Policy, PolicyRegistry, PolicySpec, Source, StateConfig,
 };
+use msrnn_tests::plugins::{cargo_build, dylib, profile_dir};
 use msrnn_tests::Rng;
 use proptest::prelude::*;
 
@@ -47,10 +48,6 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn dylib(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("{}{name}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX))
-}
-
 /// Compiles one C plugin; writes to a temporary name and renames, so a library another test process
 /// has loaded is never overwritten in place.
 fn compile_c(src: &Path, out: &Path, defines: &[&str]) {
@@ -73,23 +70,8 @@ fn compile_c(src: &Path, out: &Path, defines: &[&str]) {
 }
 
 fn build_all() -> Built {
-    // The test binary is target/<profile>/deps/plugins-<hash>: build into the same target dir and profile.
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let target_dir = profile_dir.parent().unwrap();
-    let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
-        "debug" => "dev".to_string(),
-        p => p.to_string(),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let o = Command::new(&cargo)
-        .current_dir(root())
-        .args(["build", "-p", "msrnn-plugin-keynorm", "-p", "msrnn-fixture-panicky", "--profile", &profile])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .output()
-        .expect("cannot run cargo");
-    assert!(o.status.success(), "building the Rust plugins failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    cargo_build(&["msrnn-plugin-keynorm", "msrnn-fixture-panicky"], None);
+    let profile_dir = profile_dir();
 
     let c_dir = profile_dir.join("msrnn-test-plugins");
     std::fs::create_dir_all(&c_dir).unwrap();

@@ -457,10 +457,6 @@ fn create_runs_under_the_same_limits() {
 // The real keynorm plugin, built for wasm32 from the same crate as the native one
 // ---------------------------------------------------------------------------------------------
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
 /// Whether the wasm32-unknown-unknown target is installed (`MSRNN_TEST_NO_WASM32=1` pretends not).
 fn wasm32_target() -> bool {
     if std::env::var_os("MSRNN_TEST_NO_WASM32").is_some_and(|v| v != "0") {
@@ -484,29 +480,10 @@ fn keynorm_builds() -> Option<&'static (PathBuf, PathBuf)> {
             eprintln!("{why}");
             return None;
         }
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let native = msrnn_tests::plugins::keynorm();
+        msrnn_tests::plugins::cargo_build(&["msrnn-plugin-keynorm"], Some("wasm32-unknown-unknown"));
+        let profile_dir = msrnn_tests::plugins::profile_dir();
         let target_dir = profile_dir.parent().unwrap().to_path_buf();
-        let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
-            "debug" => "dev".to_string(),
-            p => p.to_string(),
-        };
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let build = |extra: &[&str]| {
-            let o = Command::new(&cargo)
-                .current_dir(root())
-                .args(["build", "-p", "msrnn-plugin-keynorm", "--profile", &profile])
-                .args(extra)
-                .arg("--target-dir")
-                .arg(&target_dir)
-                .output()
-                .expect("cannot run cargo");
-            assert!(o.status.success(), "building keynorm {extra:?} failed:\n{}", String::from_utf8_lossy(&o.stderr));
-        };
-        build(&[]);
-        build(&["--target", "wasm32-unknown-unknown"]);
-        let native =
-            profile_dir.join(format!("{}msrnn_keynorm{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX));
         let wasm_dir = target_dir.join("wasm32-unknown-unknown").join(profile_dir.file_name().unwrap());
         Some((native, wasm_dir.join("msrnn_keynorm.wasm")))
     })
