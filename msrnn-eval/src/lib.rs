@@ -22,7 +22,7 @@ pub mod ruler;
 
 pub use doc::{AnyDocument, CellResult, Document, ModelSettings, Run, Shard, KIND, SCHEMA};
 pub use error::{Error, Result};
-pub use grid::{EvalModel, PolicyCell, PolicyGrid, DEFAULT_CAPACITIES};
+pub use grid::{Budget, EvalModel, PolicyCell, PolicyGrid, DEFAULT_CAPACITIES};
 pub use merge::merge;
 
 /// What a running task tells its caller.

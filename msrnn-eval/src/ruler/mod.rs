@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::doc::{CellResult, Document, ModelSettings, PolicySources, Run, Shard};
 use crate::error::{Context, Error, Result};
-use crate::grid::{self, EvalModel, PolicyFields, PolicyGrid};
+use crate::grid::{self, Budget, EvalModel, PolicyFields, PolicyGrid};
 use crate::passkey::{check_depths, trial_rng, FORMAT};
 use crate::{Event, Feed, Observer};
 
@@ -369,6 +369,9 @@ pub struct RulerSettings {
     pub policies: Vec<String>,
     pub policy_sources: PolicySources,
     pub capacities: Vec<usize>,
+    /// The ratios of the context removed the capacities were resolved from (`--ratios`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratios: Option<Vec<f64>>,
 }
 
 /// A task as settings.
@@ -426,6 +429,9 @@ pub struct RulerAnswer {
 pub struct RulerConfig {
     pub policies: Vec<PolicySpec>,
     pub capacities: Vec<usize>,
+    /// Budgets as ratios of the context removed, resolved per prompt length, instead of
+    /// `capacities` (which must then be empty).
+    pub ratios: Vec<f64>,
     /// Task names (see [`TASKS`]).
     pub tasks: Vec<String>,
     /// Prompt lengths in tokens.
@@ -451,6 +457,7 @@ impl Default for RulerConfig {
         RulerConfig {
             policies: DEFAULT_POLICIES.split(',').map(|s| s.parse().expect("the default specs parse")).collect(),
             capacities: crate::DEFAULT_CAPACITIES.to_vec(),
+            ratios: Vec::new(),
             tasks: TASKS.iter().map(|t| t.name.to_string()).collect(),
             lengths: vec![1024, 2048, 4096],
             depths: vec![0.1, 0.5, 0.9],
@@ -477,7 +484,7 @@ pub struct Axes {
 impl RulerConfig {
     /// Checks what can be checked without a model.
     pub fn validate(&self, registry: &PolicyRegistry) -> Result<Axes> {
-        let grid = PolicyGrid::new(registry, &self.policies, &self.capacities)?;
+        let grid = PolicyGrid::with_ratios(registry, &self.policies, &self.capacities, &self.ratios)?;
         if self.tasks.is_empty() {
             return Err(Error::setting("tasks", " is empty: name at least one task, or all"));
         }
@@ -576,7 +583,7 @@ pub fn run(
     }
     let chunk = cfg.feed.chunk();
     let positions = cfg.positions;
-    g.check(lm, registry, chunk, positions)?;
+    g.check(lm, registry, chunk, positions, &lengths)?;
 
     let mut cells: Vec<Coord> = Vec::new();
     for p in 0..g.cells.len() {
@@ -660,6 +667,7 @@ pub fn run(
         policies: g.policy_names(),
         policy_sources: g.sources(registry),
         capacities: g.caps.clone(),
+        ratios: g.ratios.clone(),
     };
 
     let units: u64 = seqs.iter().map(|s| prompts[s.prompt].tokens.len() as u64).sum();
@@ -673,7 +681,10 @@ pub fn run(
         }
         let mut states = group
             .iter()
-            .map(|s| g.cells[cells[s.cell].policy].state(lm, registry, chunk, positions))
+            .map(|s| {
+                let c = cells[s.cell];
+                g.cells[c.policy].at(lengths[c.length]).state(lm, registry, chunk, positions)
+            })
             .collect::<Result<Vec<_>>>()?;
         obs.event(Event::Batch(format!(
             "{} sequences of {} tokens",
@@ -738,7 +749,7 @@ pub fn run(
             trials: cfg.trials,
             score: mean,
             answers: trials,
-            policy: g.cells[c.policy].fields(),
+            policy: g.cells[c.policy].at(lengths[c.length]).fields(),
         });
     }
     let run = Run { batch: Some(batch), total_seconds: total, ..Run::default() };
@@ -746,23 +757,25 @@ pub fn run(
 }
 
 impl RulerCell {
-    /// Whether this is a cell of `policy` at `capacity` (`None`: unbounded).
-    pub fn is(&self, policy: &str, capacity: Option<usize>) -> bool {
-        self.policy.policy == policy && self.policy.capacity == capacity
+    /// Whether this is a cell of `policy` at `budget` (a row of [`RulerDocument::rows`]).
+    pub fn is(&self, policy: &str, budget: Budget) -> bool {
+        self.policy.policy == policy && self.policy.budget() == budget
     }
 }
 
 impl RulerDocument {
-    /// The policy rows of a report: bounded policies at each capacity, then the full cache.
-    pub fn rows(&self) -> Vec<(String, Option<usize>)> {
+    /// The policy rows of a report: bounded policies at each capacity (or ratio), then the full
+    /// cache.
+    pub fn rows(&self) -> Vec<(String, Budget)> {
         let s = &self.settings;
-        let full = |p: &String| self.results.iter().any(|r| &r.policy.policy == p && r.policy.capacity.is_none());
-        let mut rows = Vec::new();
-        for p in s.policies.iter().filter(|p| !full(p)) {
-            rows.extend(s.capacities.iter().map(|&c| (p.clone(), Some(c))));
-        }
-        rows.extend(s.policies.iter().filter(|p| full(p)).map(|p| (p.clone(), None)));
-        rows
+        // The full cache's cells are `full TASK L=..`, without a capacity.
+        let full = |p: &str| {
+            self.cells.iter().any(|c| {
+                c.split(' ').nth(1).is_some_and(|t| !t.starts_with("C=") && !t.starts_with("R="))
+                    && c.starts_with(&format!("{p} "))
+            })
+        };
+        Budget::rows(&s.policies, full, &s.capacities, s.ratios.as_deref())
     }
 
     /// The mean score (over trials) of the results that `keep`, if any.
