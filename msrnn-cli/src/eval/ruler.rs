@@ -173,7 +173,7 @@ pub fn table(doc: &RulerDocument) -> String {
         )
     };
     format!(
-        "RULER-style suite: share of expected strings in the answers ({} trials per cell; {}){}\nBy task (all lengths and depths)\n{}{note}By prompt length (average over tasks)\n{}",
+        "RULER-style suite: share of expected strings in the answers (trials per cell: {}; {}){}\nBy task (all lengths and depths)\n{}{note}By prompt length (average over tasks)\n{}",
         s.trials,
         s.title,
         doc.coverage(),
