@@ -317,7 +317,7 @@ fn eval_errors_are_clear() {
         c.arg("--model").arg(&model).args(args);
         c
     };
-    fails(&mut with(&["eval", "riddles"]), 1, &["unknown eval task `riddles`", "ppl, passkey, merge"]);
+    fails(&mut with(&["eval", "riddles"]), 1, &["unknown eval task `riddles`", "ppl, passkey, ruler, merge"]);
     fails(
         &mut with(&["eval", "passkey", "--lengths", "600", "--policies", "full,tova"]),
         1,
@@ -339,6 +339,14 @@ fn eval_errors_are_clear() {
     fails(msrnn().args(["eval", "merge", "/nonexistent/a.json"]), 1, &["/nonexistent/a.json"]);
     fails(msrnn().args(["eval", "merge"]), 2, &["FILES"]);
     fails(&mut with(&["inspect", "--capacity", "0"]), 1, &["--capacity"]);
+    fails(&mut with(&["eval", "ruler", "--tasks", "niah_single_1,nosuch"]), 1, &["--tasks", "unknown task `nosuch`"]);
+    fails(&mut with(&["eval", "ruler", "--tasks", "vt,vt"]), 1, &["--tasks", "listed twice"]);
+    fails(&mut with(&["eval", "ruler", "--depths", "2"]), 1, &["--depths 2"]);
+    for task in ["ppl", "passkey", "ruler"] {
+        fails(&mut with(&["eval", task, "--ratios", "0.5", "--capacities", "64"]), 1, &["--ratios and --capacities"]);
+        fails(&mut with(&["eval", task, "--ratios", "1"]), 1, &["--ratios 1", "0 <= R < 1"]);
+        fails(&mut with(&["eval", task, "--ratios", "-0.5"]), 1, &["--ratios -0.5"]);
+    }
 }
 
 #[test]
@@ -406,4 +414,33 @@ fn the_real_model_grid_in_one_batch_equals_the_sequential_grid() {
     };
     let (one, all) = (run("1", &d.join("one.json")), run("7", &d.join("all.json")));
     assert_eq!(results(&one), results(&all));
+}
+
+/// `eval ruler` on the real model: shards merge into one table where the full cache finds the
+/// needle and a 32-token window does not; the heatmap is drawn from the merged file.
+#[test]
+fn ruler_shards_merge_on_the_real_model() {
+    if real_model().is_none() {
+        return;
+    }
+    let d = scratch("ruler-real");
+    let part = |i: usize| {
+        let out = d.join(format!("part{i}.json"));
+        ok(msrnn()
+            .args(["eval", "ruler", "--tasks", "niah_single_1", "--lengths", "384", "--depths", "0.5", "--trials", "1"])
+            .args(["--policies", "full,window", "--capacities", "32", "--shard", &format!("{i}/2"), "--out"])
+            .arg(&out));
+        out
+    };
+    let (a, b) = (part(0), part(1));
+    let (merged, svg) = (d.join("merged.json"), d.join("ruler.svg"));
+    let o = ok(msrnn().args(["eval", "merge"]).arg(&a).arg(&b).arg("--out").arg(&merged).arg("--plot").arg(&svg));
+    let t = stdout(&o);
+    let row = |p: &str| t.lines().find(|l| l.starts_with(p)).unwrap_or_else(|| panic!("no {p} row: {t}")).to_string();
+    assert!(row("full").contains("100%"), "{t}");
+    assert!(row("window").contains("0%") && !row("window").contains("100%"), "{t}");
+    let v = json(&merged);
+    assert_eq!(v["task"], "ruler");
+    assert_eq!(results(&v).len(), 2);
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
 }

@@ -118,10 +118,11 @@ fn check_header(v: &Value, what: &str) -> Result<()> {
 pub enum AnyDocument {
     Ppl(crate::ppl::PplDocument),
     Passkey(crate::passkey::PasskeyDocument),
+    Ruler(crate::ruler::RulerDocument),
 }
 
 /// The tasks whose documents this library reads and merges.
-pub const TASKS: &[&str] = &[crate::ppl::TASK, crate::passkey::TASK];
+pub const TASKS: &[&str] = &[crate::ppl::TASK, crate::passkey::TASK, crate::ruler::TASK];
 
 impl AnyDocument {
     /// Reads any task's document from JSON; `what` names it in errors.
@@ -131,6 +132,7 @@ impl AnyDocument {
         match task {
             crate::ppl::TASK => Ok(AnyDocument::Ppl(Document::from_value(v, what)?)),
             crate::passkey::TASK => Ok(AnyDocument::Passkey(Document::from_value(v, what)?)),
+            crate::ruler::TASK => Ok(AnyDocument::Ruler(Document::from_value(v, what)?)),
             other => Err(Error::Document(format!(
                 "{what}: unknown eval task `{other}` (this msrnn knows {})",
                 TASKS.join(", ")
@@ -151,6 +153,7 @@ impl AnyDocument {
         match self {
             AnyDocument::Ppl(d) => &d.task,
             AnyDocument::Passkey(d) => &d.task,
+            AnyDocument::Ruler(d) => &d.task,
         }
     }
 
@@ -158,6 +161,7 @@ impl AnyDocument {
         match self {
             AnyDocument::Ppl(d) => d.to_json_string(),
             AnyDocument::Passkey(d) => d.to_json_string(),
+            AnyDocument::Ruler(d) => d.to_json_string(),
         }
     }
 }

@@ -49,20 +49,37 @@ impl EvalModel<'_> {
 pub struct PolicyCell {
     pub spec: PolicySpec,
     pub capacity: Capacity,
+    /// A budget given as the share of the context removed (kvpress's compression ratio): the
+    /// capacity is `ceil((1 - ratio) x length)`, resolved per cell by [`PolicyCell::at`].
+    pub ratio: Option<f64>,
 }
 
 impl PolicyCell {
     /// `tova C=128`, or `full` for the unbounded cache: the start of every cell id.
     pub fn label(&self) -> String {
-        match self.capacity {
-            Capacity::Unbounded => self.spec.to_string(),
-            Capacity::Bounded(c) => format!("{} C={c}", self.spec),
+        match (self.ratio, self.capacity) {
+            (Some(r), _) => format!("{} R={r}", self.spec),
+            (None, Capacity::Unbounded) => self.spec.to_string(),
+            (None, Capacity::Bounded(c)) => format!("{} C={c}", self.spec),
         }
     }
 
-    /// The fields every result carries.
+    /// This cell for a context of `length` tokens: a ratio resolved to its capacity.
+    pub fn at(&self, length: usize) -> PolicyCell {
+        match self.ratio {
+            Some(r) => PolicyCell { capacity: Capacity::Bounded(ratio_capacity(r, length)), ..self.clone() },
+            None => self.clone(),
+        }
+    }
+
+    /// The fields every result carries (resolve a ratio with [`PolicyCell::at`] first).
     pub fn fields(&self) -> PolicyFields {
-        PolicyFields { policy: self.spec.to_string(), spec: self.spec.clone(), capacity: self.capacity.get() }
+        PolicyFields {
+            policy: self.spec.to_string(),
+            spec: self.spec.clone(),
+            capacity: self.capacity.get(),
+            ratio: self.ratio,
+        }
     }
 
     /// A fresh state for this cell, with errors that say which policy and capacity were refused.
@@ -85,6 +102,84 @@ pub struct PolicyFields {
     pub policy: String,
     pub spec: PolicySpec,
     pub capacity: Option<usize>,
+    /// The ratio the capacity was resolved from (absent when capacities were given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+}
+
+impl PolicyFields {
+    /// The row of a report this result belongs to.
+    pub fn budget(&self) -> Budget {
+        match (self.ratio, self.capacity) {
+            (Some(r), _) => Budget::Ratio(r),
+            (None, Some(c)) => Budget::Capacity(c),
+            (None, None) => Budget::Full,
+        }
+    }
+}
+
+/// How much a cell may keep, as a report groups results: unbounded, a capacity, or a ratio.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    Full,
+    Capacity(usize),
+    Ratio(f64),
+}
+
+impl Budget {
+    /// The rows of a report: each bounded policy at each capacity (or ratio), then the unbounded.
+    pub fn rows(
+        policies: &[String],
+        unbounded: impl Fn(&str) -> bool,
+        caps: &[usize],
+        ratios: Option<&[f64]>,
+    ) -> Vec<(String, Budget)> {
+        let mut rows = Vec::new();
+        for p in policies.iter().filter(|p| !unbounded(p)) {
+            match ratios {
+                Some(rs) => rows.extend(rs.iter().map(|&r| (p.clone(), Budget::Ratio(r)))),
+                None => rows.extend(caps.iter().map(|&c| (p.clone(), Budget::Capacity(c)))),
+            }
+        }
+        rows.extend(policies.iter().filter(|p| unbounded(p)).map(|p| (p.clone(), Budget::Full)));
+        rows
+    }
+}
+
+impl std::fmt::Display for Budget {
+    /// `-`, `128`, `R=0.5`: a table's column.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Budget::Full => write!(f, "-"),
+            Budget::Capacity(c) => write!(f, "{c}"),
+            Budget::Ratio(r) => write!(f, "R={r}"),
+        }
+    }
+}
+
+/// The capacity a ratio leaves of `length` tokens: `ceil((1 - ratio) x length)`, at least 1.
+pub fn ratio_capacity(ratio: f64, length: usize) -> usize {
+    // The epsilon keeps 1 - 0.1 = 0.9000000000000000222 from rounding 900.0000000000001 up.
+    (((1.0 - ratio) * length as f64) - 1e-9).ceil().max(1.0) as usize
+}
+
+/// Ratios in [0, 1), each once, ascending.
+pub fn check_ratios(ratios: &[f64]) -> Result<Vec<f64>> {
+    let mut out: Vec<f64> = Vec::new();
+    for &r in ratios {
+        if !(0.0..1.0).contains(&r) {
+            return Err(Error::setting(
+                "ratios",
+                format!(" {r}: a ratio is the share of the context removed, 0 <= R < 1 (0.875 keeps an eighth)"),
+            ));
+        }
+        if out.contains(&r) {
+            return Err(Error::setting("ratios", format!(": {r} is listed twice")));
+        }
+        out.push(r);
+    }
+    out.sort_by(f64::total_cmp);
+    Ok(out)
 }
 
 /// The policy x capacity axis: every bounded policy at every capacity, `full` once.
@@ -93,11 +188,62 @@ pub struct PolicyGrid {
     pub specs: Vec<PolicySpec>,
     pub caps: Vec<usize>,
     pub cells: Vec<PolicyCell>,
+    /// The ratios, when the budget was given so (`caps` is then empty).
+    pub ratios: Option<Vec<f64>>,
 }
 
 impl PolicyGrid {
+    /// The grid with every ratio resolved for a context of `length` tokens (its capacities those
+    /// the ratios give): for tasks whose cells share one length (ppl).
+    pub fn resolved(&self, length: usize) -> PolicyGrid {
+        let cells: Vec<PolicyCell> = self.cells.iter().map(|c| c.at(length)).collect();
+        let mut caps = self.caps.clone();
+        if let Some(rs) = &self.ratios {
+            caps = rs.iter().map(|&r| ratio_capacity(r, length)).collect();
+            caps.sort_unstable();
+            caps.dedup();
+        }
+        PolicyGrid { specs: self.specs.clone(), caps, cells, ratios: self.ratios.clone() }
+    }
+
     /// The grid of `specs` (checked against the registry) at `caps` (sorted, each once).
     pub fn new(registry: &PolicyRegistry, specs: &[PolicySpec], caps: &[usize]) -> Result<Self> {
+        Self::with_ratios(registry, specs, caps, &[])
+    }
+
+    /// Like [`PolicyGrid::new`], or, with `ratios` (and no `caps`), at each ratio of the context
+    /// removed, resolved per cell by [`PolicyCell::at`].
+    pub fn with_ratios(
+        registry: &PolicyRegistry,
+        specs: &[PolicySpec],
+        caps: &[usize],
+        ratios: &[f64],
+    ) -> Result<Self> {
+        if !ratios.is_empty() {
+            if !caps.is_empty() {
+                return Err(Error::setting(
+                    "ratios",
+                    " and {capacities} are both given: a grid's budget is capacities or ratios, not both",
+                ));
+            }
+            let ratios = check_ratios(ratios)?;
+            let mut g = Self::with_ratios(registry, specs, &[1], &[])?;
+            g.caps.clear();
+            g.cells = Vec::new();
+            for s in specs {
+                if is_unbounded(registry, s) {
+                    g.cells.push(PolicyCell { spec: s.clone(), capacity: Capacity::Unbounded, ratio: None });
+                } else {
+                    g.cells.extend(ratios.iter().map(|&r| PolicyCell {
+                        spec: s.clone(),
+                        capacity: Capacity::Bounded(1),
+                        ratio: Some(r),
+                    }));
+                }
+            }
+            g.ratios = Some(ratios);
+            return Ok(g);
+        }
         if specs.is_empty() {
             return Err(Error::setting("policies", " is empty: name at least one policy"));
         }
@@ -119,29 +265,39 @@ impl PolicyGrid {
         let mut cells = Vec::new();
         for s in specs {
             if is_unbounded(registry, s) {
-                cells.push(PolicyCell { spec: s.clone(), capacity: Capacity::Unbounded });
+                cells.push(PolicyCell { spec: s.clone(), capacity: Capacity::Unbounded, ratio: None });
             } else {
-                cells.extend(caps.iter().map(|&c| PolicyCell { spec: s.clone(), capacity: Capacity::Bounded(c) }));
+                cells.extend(caps.iter().map(|&c| PolicyCell {
+                    spec: s.clone(),
+                    capacity: Capacity::Bounded(c),
+                    ratio: None,
+                }));
             }
         }
-        Ok(Self { specs: specs.to_vec(), caps, cells })
+        Ok(Self { specs: specs.to_vec(), caps, cells, ratios: None })
     }
 
     pub fn has_full(&self) -> bool {
         self.cells.iter().any(|c| c.capacity == Capacity::Unbounded)
     }
 
-    /// Builds (and drops) one state per cell, so that a policy refusing a capacity fails before
-    /// anything runs.
+    /// Builds (and drops) one state per cell (ratios resolved at each of `lengths`), so that a
+    /// policy refusing a capacity fails before anything runs.
     pub fn check(
         &self,
         lm: &dyn Model,
         registry: &PolicyRegistry,
         max_chunk: usize,
         positions: Positions,
+        lengths: &[usize],
     ) -> Result<()> {
         for c in &self.cells {
-            drop(c.state(lm, registry, max_chunk, positions)?);
+            for &l in lengths {
+                drop(c.at(l).state(lm, registry, max_chunk, positions)?);
+                if c.ratio.is_none() {
+                    break;
+                }
+            }
         }
         Ok(())
     }
@@ -234,6 +390,41 @@ mod tests {
         assert_eq!(batches(vec![1, 2], 0), vec![vec![1], vec![2]]);
         assert!(batch_or(Some(0), 3).unwrap_err().to_string().contains("batch must be at least 1"));
         assert_eq!(batch_or(None, 0).unwrap(), 1);
+    }
+
+    #[test]
+    fn ratios_resolve_per_length_and_exclude_capacities() {
+        assert_eq!(ratio_capacity(0.5, 1024), 512);
+        assert_eq!(ratio_capacity(0.875, 1024), 128);
+        assert_eq!(ratio_capacity(0.875, 2048), 256);
+        assert_eq!(ratio_capacity(0.1, 1000), 900, "no float overshoot");
+        assert_eq!(ratio_capacity(0.5, 1001), 501, "rounded up");
+        assert_eq!(ratio_capacity(0.0, 300), 300);
+        assert_eq!(ratio_capacity(0.999, 100), 1, "at least one token");
+        assert_eq!(check_ratios(&[0.875, 0.5]).unwrap(), vec![0.5, 0.875]);
+        for bad in [&[1.0][..], &[-0.1], &[f64::NAN], &[0.5, 0.5]] {
+            assert!(check_ratios(bad).is_err(), "{bad:?}");
+        }
+        let r = msrnn_policies::registry();
+        let specs: Vec<PolicySpec> = ["full", "tova"].iter().map(|s| s.parse().unwrap()).collect();
+        let e = PolicyGrid::with_ratios(&r, &specs, &[64], &[0.5]).unwrap_err().to_string();
+        assert!(e.contains("ratios and capacities are both given"), "{e}");
+        let g = PolicyGrid::with_ratios(&r, &specs, &[], &[0.875, 0.5]).unwrap();
+        let ids: Vec<String> = g.cells.iter().map(PolicyCell::label).collect();
+        assert_eq!(ids, ["full", "tova R=0.5", "tova R=0.875"]);
+        assert!(g.caps.is_empty() && g.has_full());
+        let at = g.cells[2].at(2048);
+        assert_eq!(at.capacity, Capacity::Bounded(256));
+        let f = at.fields();
+        assert_eq!((f.capacity, f.ratio, f.budget()), (Some(256), Some(0.875), Budget::Ratio(0.875)));
+        assert_eq!(g.cells[0].at(2048).fields().budget(), Budget::Full);
+        let fixed = g.resolved(1024);
+        assert_eq!(fixed.caps, vec![128, 512]);
+        assert_eq!(fixed.cells[1].capacity, Capacity::Bounded(512));
+        // Without ratios nothing changes: no `ratio` key in results.
+        let plain = PolicyGrid::new(&r, &specs, &[64]).unwrap();
+        let v = serde_json::to_value(plain.cells[1].at(4096).fields()).unwrap();
+        assert_eq!(v, serde_json::json!({"policy": "tova", "spec": {"name": "tova"}, "capacity": 64}));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! - [`ppl`]: perplexity of a text per cell (optionally per segment of a long stream);
 //! - [`passkey`]: passkey retrieval per cell, haystack length and depth;
+//! - [`ruler`]: a RULER-style long-context suite (needles, variable tracking, word extraction);
 //! - [`merge`]: joins the documents of shards (`--shard I/N`) into the unsharded one;
 //! - [`doc`]: the one versioned result schema ([`Document`]), typed per task;
 //! - [`grid`]: the policy x capacity axis, shards, batches.
@@ -17,10 +18,11 @@ pub mod grid;
 pub mod merge;
 pub mod passkey;
 pub mod ppl;
+pub mod ruler;
 
 pub use doc::{AnyDocument, CellResult, Document, ModelSettings, Run, Shard, KIND, SCHEMA};
 pub use error::{Error, Result};
-pub use grid::{EvalModel, PolicyCell, PolicyGrid, DEFAULT_CAPACITIES};
+pub use grid::{Budget, EvalModel, PolicyCell, PolicyGrid, DEFAULT_CAPACITIES};
 pub use merge::merge;
 
 /// What a running task tells its caller.

@@ -34,6 +34,7 @@ pub fn merge(parts: &[(String, AnyDocument)]) -> Result<AnyDocument> {
     Ok(match first {
         AnyDocument::Ppl(_) => same!(Ppl),
         AnyDocument::Passkey(_) => same!(Passkey),
+        AnyDocument::Ruler(_) => same!(Ruler),
     })
 }
 

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::doc::{CellResult, Document, ModelSettings, PolicySources, Run, Shard};
 use crate::error::{Context, Error, Result};
-use crate::grid::{self, EvalModel, PolicyFields, PolicyGrid};
+use crate::grid::{self, Budget, EvalModel, PolicyFields, PolicyGrid};
 use crate::{Event, Feed, Observer};
 
 /// The task's name in documents.
@@ -63,6 +63,9 @@ pub struct PasskeySettings {
     pub policies: Vec<String>,
     pub policy_sources: PolicySources,
     pub capacities: Vec<usize>,
+    /// The ratios of the context removed the capacities were resolved from (`--ratios`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratios: Option<Vec<f64>>,
 }
 
 /// The haystack: `filler`, or `plays` with the files' names, their line count and a digest.
@@ -162,6 +165,9 @@ pub enum Haystack {
 pub struct PasskeyConfig {
     pub policies: Vec<PolicySpec>,
     pub capacities: Vec<usize>,
+    /// Budgets as ratios of the context removed, resolved per prompt length, instead of
+    /// `capacities` (which must then be empty).
+    pub ratios: Vec<f64>,
     /// Prompt lengths in tokens (instruction, haystack, key and question together).
     pub lengths: Vec<usize>,
     /// Depths of the key in the haystack, from 0 (right after the instruction) to 1 (the end).
@@ -186,6 +192,7 @@ impl Default for PasskeyConfig {
         PasskeyConfig {
             policies: DEFAULT_POLICIES.split(',').map(|s| s.parse().expect("the default specs parse")).collect(),
             capacities: crate::DEFAULT_CAPACITIES.to_vec(),
+            ratios: Vec::new(),
             lengths: vec![1024, 2048, 4096],
             depths: vec![0.0, 0.25, 0.5, 0.75, 1.0],
             trials: 5,
@@ -211,7 +218,7 @@ pub struct Axes {
 impl PasskeyConfig {
     /// Checks what can be checked without a model.
     pub fn validate(&self, registry: &PolicyRegistry) -> Result<Axes> {
-        let grid = PolicyGrid::new(registry, &self.policies, &self.capacities)?;
+        let grid = PolicyGrid::with_ratios(registry, &self.policies, &self.capacities, &self.ratios)?;
         let mut lengths = self.lengths.clone();
         lengths.sort_unstable();
         lengths.dedup();
@@ -529,7 +536,7 @@ pub fn run(
     }
     let chunk = cfg.feed.chunk();
     let positions = cfg.positions;
-    g.check(lm, registry, chunk, positions)?;
+    g.check(lm, registry, chunk, positions, &lengths)?;
 
     // The cells: policy cell x length x depth.
     let mut cells: Vec<(usize, usize, usize)> = Vec::new();
@@ -590,6 +597,7 @@ pub fn run(
         policies: g.policy_names(),
         policy_sources: g.sources(registry),
         capacities: g.caps.clone(),
+        ratios: g.ratios.clone(),
     };
 
     let units: u64 = seqs.iter().map(|s| prompts[s.prompt].tokens.len() as u64).sum();
@@ -610,7 +618,10 @@ pub fn run(
         }
         let mut states = group
             .iter()
-            .map(|s| g.cells[cells[s.cell].0].state(lm, registry, chunk, positions))
+            .map(|s| {
+                let (p, l, _) = cells[s.cell];
+                g.cells[p].at(lengths[l]).state(lm, registry, chunk, positions)
+            })
             .collect::<Result<Vec<_>>>()?;
         obs.event(Event::Batch(format!(
             "{} sequences of {} tokens",
@@ -668,7 +679,7 @@ pub fn run(
             correct,
             accuracy: correct as f64 / cfg.trials as f64,
             answers: trials,
-            policy: g.cells[p].fields(),
+            policy: g.cells[p].at(lengths[l]).fields(),
         });
     }
     let run = Run { batch: Some(batch), total_seconds: total, ..Run::default() };
@@ -681,24 +692,20 @@ pub fn tally<'d>(doc: &'d PasskeyDocument, keep: impl Fn(&PasskeyCell) -> bool +
 }
 
 impl PasskeyDocument {
-    /// The policy rows of a report: bounded policies at each capacity, then the full cache.
-    pub fn rows(&self) -> Vec<(String, Option<usize>)> {
+    /// The policy rows of a report: bounded policies at each capacity (or ratio), then the full
+    /// cache.
+    pub fn rows(&self) -> Vec<(String, Budget)> {
         let s = &self.settings;
         // The full cache's cells are `full L=.. d=..`, without a capacity.
-        let full = |p: &String| self.cells.iter().any(|c| c.starts_with(&format!("{p} L=")));
-        let mut rows = Vec::new();
-        for p in s.policies.iter().filter(|p| !full(p)) {
-            rows.extend(s.capacities.iter().map(|&c| (p.clone(), Some(c))));
-        }
-        rows.extend(s.policies.iter().filter(|p| full(p)).map(|p| (p.clone(), None)));
-        rows
+        let full = |p: &str| self.cells.iter().any(|c| c.starts_with(&format!("{p} L=")));
+        Budget::rows(&s.policies, full, &s.capacities, s.ratios.as_deref())
     }
 }
 
 impl PasskeyCell {
-    /// Whether this is a cell of `policy` at `capacity` (`None`: unbounded).
-    pub fn is(&self, policy: &str, capacity: Option<usize>) -> bool {
-        self.policy.policy == policy && self.policy.capacity == capacity
+    /// Whether this is a cell of `policy` at `budget` (a row of [`PasskeyDocument::rows`]).
+    pub fn is(&self, policy: &str, budget: Budget) -> bool {
+        self.policy.policy == policy && self.policy.budget() == budget
     }
 }
 

@@ -36,6 +36,9 @@ pub struct PplSettings {
     pub policies: Vec<String>,
     pub policy_sources: PolicySources,
     pub capacities: Vec<usize>,
+    /// The ratios of the context removed the capacities were resolved from (`--ratios`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratios: Option<Vec<f64>>,
 }
 
 /// The scored text: which files, how many tokens, and a digest of them.
@@ -142,6 +145,8 @@ impl Text {
 pub struct PplConfig {
     pub policies: Vec<PolicySpec>,
     pub capacities: Vec<usize>,
+    /// Budgets as ratios of the context removed, instead of `capacities` (which must then be empty).
+    pub ratios: Vec<f64>,
     /// Tokens of the text to score, from its start.
     pub tokens: usize,
     pub feed: Feed,
@@ -160,6 +165,7 @@ impl PplConfig {
         PplConfig {
             policies: DEFAULT_POLICIES.split(',').map(|s| s.parse().expect("the default specs parse")).collect(),
             capacities: crate::DEFAULT_CAPACITIES.to_vec(),
+            ratios: Vec::new(),
             tokens,
             feed: Feed::Decode,
             segment: None,
@@ -171,7 +177,7 @@ impl PplConfig {
 
     /// Checks what can be checked without a model; the grid.
     pub fn validate(&self, registry: &PolicyRegistry) -> Result<PolicyGrid> {
-        let g = PolicyGrid::new(registry, &self.policies, &self.capacities)?;
+        let g = PolicyGrid::with_ratios(registry, &self.policies, &self.capacities, &self.ratios)?;
         if self.tokens < 2 {
             return Err(Error::setting("tokens", format!(" {}: perplexity needs at least 2 tokens", self.tokens)));
         }
@@ -199,7 +205,8 @@ pub fn run(
     cfg: &PplConfig,
     obs: &mut dyn Observer,
 ) -> Result<PplDocument> {
-    let g = cfg.validate(registry)?;
+    // Every cell scores the same tokens: ratios resolve once, from their count.
+    let g = cfg.validate(registry)?.resolved(cfg.tokens);
     let names = text.names();
     if text.tokens.len() < cfg.tokens {
         return Err(Error::setting(
@@ -219,7 +226,7 @@ pub fn run(
     };
     let positions = cfg.positions;
     // The grid, validated before anything runs: every policy must accept every capacity.
-    g.check(lm, registry, chunk, positions)?;
+    g.check(lm, registry, chunk, positions, &[cfg.tokens])?;
     let max_ctx = lm.info().max_context;
     if cfg.tokens > max_ctx && g.has_full() {
         obs.event(Event::Warning(format!(
@@ -251,6 +258,7 @@ pub fn run(
         policies: g.policy_names(),
         policy_sources: g.sources(registry),
         capacities: g.caps.clone(),
+        ratios: g.ratios.clone(),
     };
 
     let per_run = (cfg.tokens - 1) as u64;

@@ -20,6 +20,12 @@ pub struct GridArgs {
     #[arg(long, value_name = "C,...", value_delimiter = ',')]
     pub capacities: Option<Vec<usize>>,
 
+    /// Budgets as the share of the context removed (kvpress's compression ratio), instead of
+    /// --capacities: C = ceil((1 - R) x context length), resolved per cell from its prompt (or
+    /// text) length; 0 <= R < 1, comma-separated (0.5,0.875).
+    #[arg(long, value_name = "R,...", value_delimiter = ',', allow_negative_numbers = true)]
+    pub ratios: Option<Vec<f64>>,
+
     /// Run only the I-th of N disjoint parts of the grid (I counts from 0, as Slurm array and
     /// Kubernetes Indexed Job indices do); `msrnn eval merge` joins the parts' --out files.
     #[arg(long, value_name = "I/N")]
@@ -46,8 +52,17 @@ impl GridArgs {
         policy::parse_spec_list(r, self.policies.as_deref().unwrap_or(default), "--policies")
     }
 
-    /// `--capacities`, or the library's default.
+    /// `--capacities`, or the library's default (none when --ratios is given).
     pub fn capacities(&self) -> Vec<usize> {
-        self.capacities.clone().unwrap_or_else(|| msrnn_eval::DEFAULT_CAPACITIES.to_vec())
+        match (&self.capacities, &self.ratios) {
+            (Some(c), _) => c.clone(),
+            (None, Some(_)) => Vec::new(),
+            (None, None) => msrnn_eval::DEFAULT_CAPACITIES.to_vec(),
+        }
+    }
+
+    /// `--ratios` (none by default).
+    pub fn ratios(&self) -> Vec<f64> {
+        self.ratios.clone().unwrap_or_default()
     }
 }

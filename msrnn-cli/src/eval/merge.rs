@@ -23,7 +23,7 @@ pub struct MergeArgs {
     #[arg(long, value_name = "FILE")]
     plot: Vec<PathBuf>,
 
-    /// Draw the task's heatmap (passkey): .svg or .png (repeatable).
+    /// Draw the task's heatmap (passkey, ruler): .svg or .png (repeatable).
     #[arg(long, value_name = "FILE")]
     heatmap: Vec<PathBuf>,
 }
@@ -43,6 +43,10 @@ pub fn run(a: MergeArgs) -> Result<()> {
             d.results.len()
         }
         AnyDocument::Passkey(d) => {
+            d.run.command = crate::report::command_line();
+            d.results.len()
+        }
+        AnyDocument::Ruler(d) => {
             d.run.command = crate::report::command_line();
             d.results.len()
         }

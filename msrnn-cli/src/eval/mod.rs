@@ -4,12 +4,13 @@
 //!
 //! - [`grid`]: the flags every grid takes (`--policies`, `--capacities`, `--shard`, `--batch`,
 //!   `--out`, `--plot`);
-//! - [`ppl`], [`passkey`]: the tasks; [`merge`]: joins shards.
+//! - [`ppl`], [`passkey`], [`ruler`]: the tasks; [`merge`]: joins shards.
 
 pub mod grid;
 pub mod merge;
 pub mod passkey;
 pub mod ppl;
+pub mod ruler;
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,10 @@ enum Task {
     /// Passkey retrieval: the share of random keys hidden at a depth of a haystack that greedy
     /// decoding answers exactly, per policy x capacity x haystack length x depth.
     Passkey(passkey::PasskeyArgs),
+    /// A RULER-style long-context suite: needles in haystacks (single, multi-key, multi-value,
+    /// multi-query), variable tracking, common- and frequent-words extraction, scored as the share
+    /// of expected strings in the greedy answer, per policy x capacity x task x length (x depth).
+    Ruler(ruler::RulerArgs),
     /// Join the --out files of shards (`--shard I/N`) into the one table, JSON and pictures.
     Merge(merge::MergeArgs),
     /// Anything else: refused with the list of tasks.
@@ -47,6 +52,7 @@ pub fn run(ctx: &Ctx, a: EvalArgs) -> Result<()> {
     match a.task {
         Task::Ppl(a) => ppl::run(ctx, a),
         Task::Passkey(a) => passkey::run(ctx, a),
+        Task::Ruler(a) => ruler::run(ctx, a),
         Task::Merge(a) => merge::run(a),
         Task::Unknown(words) => bail!(
             "unknown eval task `{}`: the tasks are {}, merge (see `msrnn eval --help`)",
@@ -85,6 +91,7 @@ pub fn finish(doc: &AnyDocument, out: Option<&Path>, pictures: &Pictures) -> Res
     let table = match doc {
         AnyDocument::Ppl(d) => ppl::table(d),
         AnyDocument::Passkey(d) => passkey::table(d),
+        AnyDocument::Ruler(d) => ruler::table(d),
     };
     report::print_stdout(&table)?;
     if let Some(out) = out {
@@ -94,6 +101,7 @@ pub fn finish(doc: &AnyDocument, out: Option<&Path>, pictures: &Pictures) -> Res
     match doc {
         AnyDocument::Ppl(d) => ppl::draw(d, pictures),
         AnyDocument::Passkey(d) => passkey::draw(d, pictures),
+        AnyDocument::Ruler(d) => ruler::draw(d, pictures),
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use msrnn_eval::passkey::{tally, PasskeyCell, PasskeyConfig, PasskeyDocument, DEFAULT_POLICIES};
-use msrnn_eval::{AnyDocument, Event, Feed};
+use msrnn_eval::{AnyDocument, Budget, Event, Feed};
 
 use super::grid::GridArgs;
 use super::{cli_error, percent, Pictures};
@@ -93,6 +93,7 @@ pub fn run(ctx: &Ctx, a: PasskeyArgs) -> Result<()> {
     let mut cfg = PasskeyConfig {
         policies: a.grid.specs(&registry, DEFAULT_POLICIES)?,
         capacities: a.grid.capacities(),
+        ratios: a.grid.ratios(),
         lengths: a.lengths.clone(),
         depths: a.depths.clone(),
         trials: a.trials,
@@ -159,7 +160,7 @@ pub fn table(doc: &PasskeyDocument) -> String {
         let body: Vec<Vec<String>> = rows
             .iter()
             .map(|(p, c)| {
-                let mut row = vec![p.clone(), c.map_or("-".into(), |c| c.to_string())];
+                let mut row = vec![p.clone(), c.to_string()];
                 row.extend(cols.iter().map(|(_, f)| pct(share(tally(doc, |r| r.is(p, *c) && f(r))))));
                 let all = tally(doc, |r| r.is(p, *c));
                 row.push(if all.1 > 0 {
@@ -208,18 +209,27 @@ pub fn draw(doc: &PasskeyDocument, p: &Pictures) -> Result<()> {
                 let mut hlines = Vec::new();
                 for (policy, cap) in &rows {
                     let v = share(tally(doc, |r| r.is(policy, *cap) && r.length == l));
-                    match (cap, v) {
+                    let x = match cap {
+                        Budget::Full => None,
+                        Budget::Capacity(c) => Some(*c as f64),
+                        Budget::Ratio(r) => Some(*r),
+                    };
+                    match (x, v) {
                         (None, Some(v)) => hlines.push((format!("{policy} (unbounded)"), v)),
-                        (Some(c), Some(v)) => match series.iter_mut().find(|x| &x.name == policy) {
-                            Some(x) => x.points.push((*c as f64, v)),
-                            None => series.push(Series { name: policy.clone(), points: vec![(*c as f64, v)] }),
+                        (Some(x), Some(v)) => match series.iter_mut().find(|s| &s.name == policy) {
+                            Some(s) => s.points.push((x, v)),
+                            None => series.push(Series { name: policy.clone(), points: vec![(x, v)] }),
                         },
                         _ => {}
                     }
                 }
                 Chart {
                     title: format!("Passkey, {l}-token prompts"),
-                    x_label: "cache capacity C (tokens per layer)".into(),
+                    x_label: if s.ratios.is_some() {
+                        "ratio R of the context removed".into()
+                    } else {
+                        "cache capacity C (tokens per layer)".into()
+                    },
                     y_label: "share of keys answered".into(),
                     log_y: false,
                     series,
@@ -235,8 +245,9 @@ pub fn draw(doc: &PasskeyDocument, p: &Pictures) -> Result<()> {
             .iter()
             .map(|(policy, cap)| Heatmap {
                 title: match cap {
-                    Some(c) => format!("{policy} C={c}"),
-                    None => format!("{policy} (unbounded)"),
+                    Budget::Full => format!("{policy} (unbounded)"),
+                    Budget::Capacity(c) => format!("{policy} C={c}"),
+                    Budget::Ratio(r) => format!("{policy} R={r}"),
                 },
                 x_label: "prompt length (tokens)".into(),
                 y_label: "depth of the key".into(),
@@ -256,7 +267,8 @@ pub fn draw(doc: &PasskeyDocument, p: &Pictures) -> Result<()> {
                 annotate: Some(percent),
             })
             .collect();
-        plot::draw_heatmaps(path, &maps, s.capacities.len().max(1), (330, 280))
+        let per_row = s.ratios.as_ref().map_or(s.capacities.len(), Vec::len);
+        plot::draw_heatmaps(path, &maps, per_row.max(1), (330, 280))
             .with_context(|| format!("--heatmap {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }

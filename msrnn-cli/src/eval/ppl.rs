@@ -59,6 +59,7 @@ pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
     let cfg = PplConfig {
         policies: a.grid.specs(&registry, DEFAULT_POLICIES)?,
         capacities: a.grid.capacities(),
+        ratios: a.grid.ratios(),
         tokens: a.tokens,
         feed: match a.mode {
             Mode::Decode => Feed::Decode,

@@ -1,0 +1,222 @@
+//! `msrnn eval ruler`: the RULER-style suite per policy x capacity x task x length (x depth for
+//! the needle tasks) (`msrnn_eval::ruler` says how prompts are made and scored): the flags, the
+//! tables and a heatmap per policy.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use msrnn_eval::ruler::{RulerCell, RulerConfig, RulerDocument, DEFAULT_POLICIES, TASKS};
+use msrnn_eval::{AnyDocument, Budget, Event, Feed};
+
+use super::grid::GridArgs;
+use super::passkey::Mode;
+use super::{cli_error, percent, Pictures};
+use crate::context::Ctx;
+use crate::plot::{self, Heatmap};
+use crate::{policy, report};
+
+/// Default grid: full,window,h2o,tova at C = 64,128,256,512, every task, lengths 1024,2048,4096,
+/// depths 0.1,0.5,0.9, 2 trials, chat template, prompt in chunks of 64.
+#[derive(Args, Debug)]
+pub struct RulerArgs {
+    /// Tasks, comma-separated (niah_single_1,...,vt,cwe,fwe), or all.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',', default_value = "all")]
+    tasks: Vec<String>,
+
+    /// Prompt lengths in tokens.
+    #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "1024,2048,4096")]
+    lengths: Vec<usize>,
+
+    /// Depths of the (first) needle in the needle tasks' haystacks, from 0 to 1.
+    #[arg(
+        long,
+        value_name = "D,...",
+        value_delimiter = ',',
+        default_value = "0.1,0.5,0.9",
+        allow_negative_numbers = true
+    )]
+    depths: Vec<f64>,
+
+    /// Prompts per cell.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    trials: usize,
+
+    /// Seed of the prompts: the same seed gives the same prompts.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
+
+    /// Real text for the needle tasks' text haystacks: files, or directories of .txt files
+    /// (repeatable). [default: data/prose, fetched by ./scripts/fetch-data.sh]
+    #[arg(long, value_name = "PATH")]
+    text: Vec<PathBuf>,
+
+    /// Raw prompts instead of the model's chat template.
+    #[arg(long)]
+    raw: bool,
+
+    /// How the prompt enters the state.
+    #[arg(long, value_enum, default_value_t = Mode::Chunked)]
+    mode: Mode,
+
+    /// Prompt tokens per step in chunked mode.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    chunk: usize,
+
+    /// Draw the scores as a task x length heatmap, one panel per policy and capacity: .svg or .png
+    /// (repeatable; --plot draws the same).
+    #[arg(long, value_name = "FILE")]
+    heatmap: Vec<PathBuf>,
+
+    #[command(flatten)]
+    grid: GridArgs,
+}
+
+pub fn run(ctx: &Ctx, a: RulerArgs) -> Result<()> {
+    let registry = policy::registry(ctx)?;
+    let tasks: Vec<String> = if a.tasks.iter().any(|t| t == "all") {
+        TASKS.iter().map(|t| t.name.to_string()).collect()
+    } else {
+        a.tasks.clone()
+    };
+    let mut cfg = RulerConfig {
+        policies: a.grid.specs(&registry, DEFAULT_POLICIES)?,
+        capacities: a.grid.capacities(),
+        ratios: a.grid.ratios(),
+        tasks,
+        lengths: a.lengths.clone(),
+        depths: a.depths.clone(),
+        trials: a.trials,
+        seed: a.seed,
+        text: a.text.clone(),
+        chat: !a.raw,
+        feed: match a.mode {
+            Mode::Chunked => Feed::Chunked(a.chunk),
+            Mode::Decode => Feed::Decode,
+        },
+        positions: ctx.global.positions(),
+        shard: a.grid.shard,
+        batch: a.grid.batch,
+    };
+    let axes = cfg.validate(&registry).map_err(cli_error)?;
+    let pictures = Pictures { plot: a.grid.plot.clone(), heatmap: a.heatmap.clone() };
+    pictures.check()?;
+    if cfg.text.is_empty() && axes.tasks.iter().any(|t| t.haystack == "text") {
+        cfg.text = vec![report::find_up("data/prose").context(
+            "--text: data/prose not found (the needle tasks hide needles in real text); fetch the texts with \
+             ./scripts/fetch-data.sh or pass --text PATH",
+        )?];
+    }
+
+    let m = crate::model::load(&ctx.global)?;
+    let model = super::eval_model(&m);
+    let mut progress = super::Progress::new(|e: &Event| {
+        let Event::Start { cells, total_cells, sequences, batch, .. } = e else { return String::new() };
+        format!(
+            "ruler: {cells} cells{} x {} trials = {sequences} sequences, {}, batches of up to {batch}, {} threads",
+            a.grid.shard.map_or(String::new(), |s| format!(" (shard {s} of {total_cells})")),
+            a.trials,
+            m.describe(),
+            ctx.threads
+        )
+    });
+    let result = msrnn_eval::ruler::run(&model, &registry, &cfg, &mut progress);
+    progress.finish();
+    let mut doc = result.map_err(cli_error)?;
+    eprintln!("{} cells in {:.1} s", doc.results.len(), doc.run.total_seconds);
+    super::fill_run(&mut doc.run, ctx, &m);
+    super::finish(&AnyDocument::Ruler(doc), a.grid.out.as_deref(), &pictures)
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or("-".to_string(), percent)
+}
+
+/// Scores per task and the average (tasks too hard for the model left out), one row per policy
+/// and capacity; then the average per length.
+pub fn table(doc: &RulerDocument) -> String {
+    let s = &doc.settings;
+    let hard = doc.too_hard();
+    let rows = doc.rows();
+    let label = |p: &str, b: Budget| vec![p.to_string(), b.to_string()];
+    let mut header = label("policy", Budget::Full);
+    header[1] = "C".into();
+    header.extend(s.tasks.iter().map(|t| if hard.contains(&t.name) { format!("{}*", t.name) } else { t.name.clone() }));
+    header.push("avg".into());
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(p, c)| {
+            let mut row = label(p, *c);
+            row.extend(s.tasks.iter().map(|t| pct(doc.mean(|r| r.is(p, *c) && r.task == t.name))));
+            row.push(pct(doc.average(|r| r.is(p, *c))));
+            row
+        })
+        .collect();
+    let mut lh = label("policy", Budget::Full);
+    lh[1] = "C".into();
+    lh.extend(s.lengths.iter().map(|l| format!("L={l}")));
+    let by_length: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(p, c)| {
+            let mut row = label(p, *c);
+            row.extend(s.lengths.iter().map(|&l| pct(doc.average(|r: &RulerCell| r.is(p, *c) && r.length == l))));
+            row
+        })
+        .collect();
+    let note = if hard.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "* too hard for the model (the full cache scores < 50% at {} tokens), left out of the averages: {}\n",
+            s.lengths[0],
+            hard.join(", ")
+        )
+    };
+    format!(
+        "RULER-style suite: share of expected strings in the answers (trials per cell: {}; {}){}\nBy task (all lengths and depths)\n{}{note}By prompt length (average over tasks)\n{}",
+        s.trials,
+        s.title,
+        doc.coverage(),
+        report::table(&header, &body),
+        report::table(&lh, &by_length)
+    )
+}
+
+/// A task x length heatmap per policy and capacity, for --plot and --heatmap alike.
+pub fn draw(doc: &RulerDocument, p: &Pictures) -> Result<()> {
+    let s = &doc.settings;
+    let rows = doc.rows();
+    for path in p.plot.iter().chain(&p.heatmap) {
+        let maps: Vec<Heatmap> = rows
+            .iter()
+            .map(|(policy, cap)| Heatmap {
+                title: match cap {
+                    Budget::Full => format!("{policy} (unbounded)"),
+                    Budget::Capacity(c) => format!("{policy} C={c}"),
+                    Budget::Ratio(r) => format!("{policy} R={r}"),
+                },
+                x_label: "prompt length (tokens)".into(),
+                y_label: "task".into(),
+                x_ticks: s.lengths.iter().enumerate().map(|(i, l)| (i, l.to_string())).collect(),
+                y_ticks: s.tasks.iter().enumerate().map(|(i, t)| (i, t.name.clone())).collect(),
+                values: s
+                    .tasks
+                    .iter()
+                    .map(|t| {
+                        s.lengths
+                            .iter()
+                            .map(|&l| doc.mean(|r| r.is(policy, *cap) && r.task == t.name && r.length == l))
+                            .collect()
+                    })
+                    .collect(),
+                range: (0.0, 1.0),
+                annotate: Some(percent),
+            })
+            .collect();
+        let per_row = s.ratios.as_ref().map_or(s.capacities.len(), Vec::len);
+        plot::draw_heatmaps(path, &maps, per_row.max(1), (360, 40 + 24 * s.tasks.len() as u32))
+            .with_context(|| format!("--plot {}", path.display()))?;
+        eprintln!("wrote {} ({})", path.display(), s.title);
+    }
+    Ok(())
+}
