@@ -150,3 +150,41 @@ pub fn passkey<'py>(
     let em = model(m);
     run(py, |obs| msrnn_eval::passkey::run(&em, r, &cfg, obs))
 }
+
+/// `Model.ruler`: the task suite; the real-text haystacks default to data/prose found upward from
+/// the current directory (as the CLI finds it) when a chosen task needs them.
+pub fn ruler<'py>(
+    py: Python<'py>,
+    m: &Shared,
+    r: &PolicyRegistry,
+    mut cfg: msrnn_eval::ruler::RulerConfig,
+) -> PyResult<Bound<'py, PyList>> {
+    let interrupt = Interrupt::new();
+    let axes = cfg.validate(r).map_err(|e| error(e, &interrupt))?;
+    if cfg.text.is_empty() && axes.tasks.iter().any(|t| t.haystack == "text") {
+        let cwd = std::env::current_dir()
+            .map_err(|e| PyValueError::new_err(format!("cannot read the current directory: {e}")))?;
+        match cwd.ancestors().map(|d| d.join("data/prose")).find(|p| p.is_dir()) {
+            Some(p) => cfg.text = vec![p],
+            None => {
+                return Err(PyValueError::new_err(
+                    "text: data/prose not found (the needle tasks hide needles in real text); fetch the texts with \
+                     ./scripts/fetch-data.sh or pass text=[PATH]",
+                ))
+            }
+        }
+    }
+    let em = model(m);
+    run(py, |obs| msrnn_eval::ruler::run(&em, r, &cfg, obs))
+}
+
+/// The suite's tasks: name, family, haystack.
+#[pyfunction]
+pub fn ruler_tasks<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty(py);
+    for t in msrnn_eval::ruler::TASKS {
+        let v = serde_json::json!({"name": t.name, "family": t.family, "haystack": t.haystack});
+        out.append(values::json_to_py(py, &v)?)?;
+    }
+    Ok(out)
+}

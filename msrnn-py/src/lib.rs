@@ -27,6 +27,7 @@ fn _msrnn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<state::State>()?;
     m.add_class::<pypolicy::Observation>()?;
     m.add_function(wrap_pyfunction!(registry::policies, m)?)?;
+    m.add_function(wrap_pyfunction!(eval::ruler_tasks, m)?)?;
     m.add_function(wrap_pyfunction!(registry::load_plugin, m)?)?;
     m.add_function(wrap_pyfunction!(pypolicy::register_policy, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

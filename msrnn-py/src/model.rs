@@ -7,6 +7,7 @@ use msrnn_core::{MsrnnState, PolicyRegistry, PolicySpec, Positions, StateRecipe}
 use msrnn_engine::{LoadedModel, Message};
 use msrnn_eval::passkey::PasskeyConfig;
 use msrnn_eval::ppl::PplConfig;
+use msrnn_eval::ruler::{RulerConfig, DEFAULT_POLICIES as RULER_POLICIES, TASKS};
 use msrnn_modelkit::WeightFormat;
 use pyo3::exceptions::{PyFileNotFoundError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -116,6 +117,15 @@ fn ids_of(m: &Shared, obj: &Bound<'_, PyAny>, n: Option<usize>) -> PyResult<Vec<
     values::token_ids(obj, vocab(m), "text")
 }
 
+/// `capacities` or `ratios` (the library refuses both): given ratios and no capacities, no
+/// default capacities.
+fn budgets(capacities: Option<Vec<usize>>, ratios: Option<Vec<f64>>) -> (Vec<usize>, Vec<f64>) {
+    match (capacities, ratios) {
+        (None, Some(r)) => (Vec::new(), r),
+        (c, r) => (c.unwrap_or_else(|| DEFAULT_CAPACITIES.to_vec()), r.unwrap_or_default()),
+    }
+}
+
 fn string_list(obj: Option<&Bound<'_, PyAny>>, default: &str, what: &str) -> PyResult<Vec<String>> {
     match obj {
         None => Ok(vec![default.to_string()]),
@@ -198,7 +208,8 @@ impl Model {
     /// list of ids; the grid runs as one batch (`batch` caps the sequences at once). Returns one dict
     /// per cell with the CLI JSON's fields: id, ppl, nll_sum, scored, max_live, policy, spec,
     /// capacity (None for `full`), and `segments` when `segment` (tokens per segment) is given.
-    #[pyo3(signature = (text, policies = None, capacities = None, tokens = 2048, mode = "decode", positions = "absolute", chunk = 16, segment = None, batch = None))]
+    /// `ratios` (shares of the context removed, C = ceil((1 - R) x tokens)) replace `capacities`.
+    #[pyo3(signature = (text, policies = None, capacities = None, tokens = 2048, mode = "decode", positions = "absolute", chunk = 16, segment = None, batch = None, ratios = None))]
     #[allow(clippy::too_many_arguments)]
     fn perplexity<'py>(
         &self,
@@ -212,11 +223,12 @@ impl Model {
         chunk: usize,
         segment: Option<usize>,
         batch: Option<usize>,
+        ratios: Option<Vec<f64>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let r = registry::current()?;
         let mut cfg = PplConfig::new(tokens);
         cfg.policies = registry::parse_spec_list(&r, string_list(policies, DEFAULT_POLICIES, "policies")?)?;
-        cfg.capacities = capacities.unwrap_or_else(|| DEFAULT_CAPACITIES.to_vec());
+        (cfg.capacities, cfg.ratios) = budgets(capacities, ratios);
         cfg.feed = eval::feed(mode, chunk)?;
         cfg.positions = parse_positions(positions)?;
         cfg.segment = segment;
@@ -238,8 +250,8 @@ impl Model {
     /// (`filler` sentences, or lines of the plays in `plays` for `haystack="plays"`), the prompt fed
     /// in chunks of `chunk` (or one token per step with `mode="decode"`), the answer decoded
     /// greedily. Returns one dict per cell (id, length, depth, trials, correct, accuracy, answers,
-    /// policy, spec, capacity), as the CLI's JSON.
-    #[pyo3(signature = (policies = None, capacities = None, lengths = None, depths = None, trials = 5, seed = 0, haystack = "filler", plays = None, mode = "chunked", chunk = 64, answer_tokens = 8, positions = "absolute", batch = None))]
+    /// policy, spec, capacity), as the CLI's JSON. `ratios` replace `capacities` (C per length).
+    #[pyo3(signature = (policies = None, capacities = None, lengths = None, depths = None, trials = 5, seed = 0, haystack = "filler", plays = None, mode = "chunked", chunk = 64, answer_tokens = 8, positions = "absolute", batch = None, ratios = None))]
     #[allow(clippy::too_many_arguments)]
     fn passkey<'py>(
         &self,
@@ -257,12 +269,15 @@ impl Model {
         answer_tokens: usize,
         positions: &str,
         batch: Option<usize>,
+        ratios: Option<Vec<f64>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let r = registry::current()?;
         let d = PasskeyConfig::default();
+        let (capacities, ratios) = budgets(capacities, ratios);
         let cfg = PasskeyConfig {
             policies: registry::parse_spec_list(&r, string_list(policies, DEFAULT_POLICIES, "policies")?)?,
-            capacities: capacities.unwrap_or(d.capacities),
+            capacities,
+            ratios,
             lengths: lengths.unwrap_or(d.lengths),
             depths: depths.unwrap_or(d.depths),
             trials,
@@ -275,6 +290,54 @@ impl Model {
             batch,
         };
         eval::passkey(py, &self.inner, &r, cfg, haystack, plays)
+    }
+
+    /// The long-context task suite (the CLI's `msrnn eval ruler`, the same library and defaults):
+    /// `tasks` names from `msrnn.ruler_tasks()` (None: all), at every length, depth (needle tasks),
+    /// policy and capacity (or ratio); `text` the files or directories of the real-text haystacks
+    /// (None: data/prose found upward from the current directory, as the CLI does); `chat` puts
+    /// each prompt through the model's chat template. Returns one dict per cell (id, task, length,
+    /// depth, trials, score, answers, policy, spec, capacity), as the CLI's JSON.
+    #[pyo3(signature = (tasks = None, policies = None, capacities = None, lengths = None, depths = None, trials = 2, seed = 0, text = None, chat = true, mode = "chunked", chunk = 64, positions = "absolute", batch = None, ratios = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn ruler<'py>(
+        &self,
+        py: Python<'py>,
+        tasks: Option<Vec<String>>,
+        policies: Option<&Bound<'py, PyAny>>,
+        capacities: Option<Vec<usize>>,
+        lengths: Option<Vec<usize>>,
+        depths: Option<Vec<f64>>,
+        trials: usize,
+        seed: u64,
+        text: Option<Vec<PathBuf>>,
+        chat: bool,
+        mode: &str,
+        chunk: usize,
+        positions: &str,
+        batch: Option<usize>,
+        ratios: Option<Vec<f64>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let r = registry::current()?;
+        let d = RulerConfig::default();
+        let (capacities, ratios) = budgets(capacities, ratios);
+        let cfg = RulerConfig {
+            policies: registry::parse_spec_list(&r, string_list(policies, RULER_POLICIES, "policies")?)?,
+            capacities,
+            ratios,
+            tasks: tasks.unwrap_or_else(|| TASKS.iter().map(|t| t.name.to_string()).collect()),
+            lengths: lengths.unwrap_or(d.lengths),
+            depths: depths.unwrap_or(d.depths),
+            trials,
+            seed,
+            text: text.unwrap_or_default(),
+            chat,
+            feed: eval::feed(mode, chunk)?,
+            positions: parse_positions(positions)?,
+            shard: None,
+            batch,
+        };
+        eval::ruler(py, &self.inner, &r, cfg)
     }
 
     /// A fresh state: `policy` a spec (`"tova"`, `"window+i:sinks=4"`, a plugin's or a Python

@@ -149,6 +149,25 @@ def test_passkey_is_the_cli_grid(model, tmp_path):
         model.passkey(policies=["window"], lengths=[200], depths=[1.5], trials=1, capacities=[48])
 
 
+def test_ruler_and_ratios_are_the_cli_grids(model, tmp_path):
+    names = {t["name"] for t in msrnn.ruler_tasks()}
+    assert {"niah_single_1", "vt", "cwe", "fwe"} <= names
+    out = tmp_path / "ruler.json"
+    cli("eval", "ruler", "--tasks", "niah_single_1,vt", "--lengths", "300", "--depths", "0.5", "--trials", "1",
+        "--policies", "full,window", "--ratios", "0.875", "--out", str(out))
+    want = {r["id"]: r for r in json.loads(out.read_text())["results"]}
+    got = {r["id"]: r for r in model.ruler(tasks=["niah_single_1", "vt"], policies=["full", "window"],
+                                            lengths=[300], depths=[0.5], trials=1, ratios=[0.875])}
+    assert set(got) == set(want) and len(got) == 4
+    for k in want:
+        assert got[k] == want[k], k
+    assert {r["capacity"] for r in got.values() if r["policy"] == "window"} == {38}  # ceil(0.125 * 300)
+    with pytest.raises(ValueError, match="unknown task"):
+        model.ruler(tasks=["niah_nonesuch"], lengths=[300], trials=1)
+    rows = model.perplexity("a b c d e f g h " * 8, policies=["window"], tokens=32, ratios=[0.5])
+    assert [r["capacity"] for r in rows] == [16]
+
+
 def test_a_list_of_ids_and_chunked_mode(model, text):
     ids = model.tokenize(text[:2000], bos=False)[:48]
     decode = model.perplexity(ids, policies=["window"], capacities=[8], tokens=48)[0]

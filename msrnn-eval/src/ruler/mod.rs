@@ -21,6 +21,7 @@ pub mod niah;
 pub mod vt;
 pub mod words;
 
+use msrnn_core::util::{fnv64, FNV_OFFSET};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -339,7 +340,7 @@ impl Texts {
         TextSettings {
             files: self.files.clone(),
             lines: self.lines.len(),
-            digest: format!("{:016x}", grid::fnv64(all.as_bytes())),
+            digest: format!("{:016x}", fnv64(all.as_bytes(), FNV_OFFSET)),
         }
     }
 }
@@ -514,7 +515,7 @@ impl RulerConfig {
 
 /// The generator of one trial: from the seed, the task, the length, the depth and the trial only.
 pub fn task_rng(seed: u64, task: &str, length: usize, depth: f64, trial: usize) -> SplitMix64 {
-    trial_rng(seed ^ grid::fnv64(task.as_bytes()), length, depth, trial)
+    trial_rng(seed ^ fnv64(task.as_bytes(), FNV_OFFSET), length, depth, trial)
 }
 
 /// One trial's prompt.

@@ -26,6 +26,7 @@ from ._msrnn import (
     load_plugin,
     policies,
     register_policy,
+    ruler_tasks,
 )
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "load_plugin",
     "policies",
     "register_policy",
+    "ruler_tasks",
     "to_pandas",
 ]
 

@@ -80,6 +80,7 @@ class Model:
         chunk: int = 16,
         segment: Optional[int] = None,
         batch: Optional[int] = None,
+        ratios: Optional[Sequence[float]] = None,
     ) -> List[Dict[str, Any]]: ...
     def passkey(
         self,
@@ -90,12 +91,30 @@ class Model:
         trials: int = 5,
         seed: int = 0,
         haystack: str = "filler",
-        plays: Optional[Union[str, PathLike[str]]] = None,
+        plays: Optional[StrPath] = None,
         mode: str = "chunked",
         chunk: int = 64,
         answer_tokens: int = 8,
         positions: str = "absolute",
         batch: Optional[int] = None,
+        ratios: Optional[Sequence[float]] = None,
+    ) -> List[Dict[str, Any]]: ...
+    def ruler(
+        self,
+        tasks: Optional[Sequence[str]] = None,
+        policies: Optional[Union[str, Sequence[str]]] = None,
+        capacities: Optional[Sequence[int]] = None,
+        lengths: Optional[Sequence[int]] = None,
+        depths: Optional[Sequence[float]] = None,
+        trials: int = 2,
+        seed: int = 0,
+        text: Optional[Sequence[StrPath]] = None,
+        chat: bool = True,
+        mode: str = "chunked",
+        chunk: int = 64,
+        positions: str = "absolute",
+        batch: Optional[int] = None,
+        ratios: Optional[Sequence[float]] = None,
     ) -> List[Dict[str, Any]]: ...
     def new_state(
         self, policy: str = "tova", capacity: Optional[int] = None, positions: str = "absolute", chunk: int = 64
@@ -134,6 +153,7 @@ class Model:
     ) -> Union[str, TextStream]: ...
 
 def policies() -> List[Dict[str, Any]]: ...
+def ruler_tasks() -> List[Dict[str, str]]: ...
 def load_plugin(path: StrPath, replace: bool = False) -> str: ...
 def register_policy(cls: type, replace: bool = False) -> str: ...
 def to_pandas(records: Sequence[Dict[str, Any]]) -> Any: ...
