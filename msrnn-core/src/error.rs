@@ -36,6 +36,10 @@ pub enum Error {
     #[error("state file: {0}")]
     StateFile(String),
 
+    /// The caller asked a long run to stop (Ctrl-C, a client gone).
+    #[error("cancelled")]
+    Cancelled,
+
     /// A policy's error where the caller did not say which policy and layer (see [`Error::from_policy`]).
     #[error("policy: {0}")]
     Policy(#[from] msrnn_policy_api::Error),

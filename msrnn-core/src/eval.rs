@@ -1,5 +1,7 @@
 //! Perplexity, written once against [`CausalLm`] so every family gets it.
 
+use std::ops::ControlFlow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -66,18 +68,29 @@ pub fn perplexity_batch(
     mode: EvalMode,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Perplexity>> {
-    perplexity_batch_with(model, states, tokens, mode, progress, &mut |_, _, _| {})
+    perplexity_batch_with(
+        model,
+        states,
+        tokens,
+        mode,
+        &mut |fed| {
+            progress(fed);
+            ControlFlow::Continue(())
+        },
+        &mut |_, _, _| {},
+    )
 }
 
 /// [`perplexity_batch`] that also hands every scored token's NLL to `on_nll(state, target, nll)`
 /// (`target` is the scored token's index in `tokens`, from 1): what per-segment curves over a long
-/// stream are built from.
+/// stream are built from. `progress` is told the tokens fed after every step and may stop the run
+/// there ([`Error::Cancelled`]; the states keep what they were fed).
 pub fn perplexity_batch_with(
     model: &dyn CausalLm,
     states: &mut [&mut MsrnnState],
     tokens: &[u32],
     mode: EvalMode,
-    progress: &mut dyn FnMut(usize),
+    progress: &mut dyn FnMut(usize) -> ControlFlow<()>,
     on_nll: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<Vec<Perplexity>> {
     if tokens.len() < 2 {
@@ -109,7 +122,9 @@ pub fn perplexity_batch_with(
             }
             a.max_live = a.max_live.max(st.max_live());
         }
-        progress(start + piece.len());
+        if progress(start + piece.len()).is_break() {
+            return Err(Error::Cancelled);
+        }
     }
     for a in &mut acc {
         a.ppl = (a.nll_sum / a.scored as f64).exp();

@@ -2,6 +2,7 @@
 //! batches (each weight read once per step for every cell), each cell getting what it gets alone.
 //! A segment length adds perplexity per segment of the stream, to show quality over position.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -292,7 +293,14 @@ pub fn run(
                 &mut refs,
                 tokens,
                 mode,
-                &mut |fed| obs.event(Event::Progress(done + fed as u64 * n)),
+                &mut |fed| {
+                    obs.event(Event::Progress(done + fed as u64 * n));
+                    if obs.cancelled() {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
                 &mut |s, target, nll| {
                     if cfg.segment.is_some() {
                         let k = target / seg_len;
@@ -305,7 +313,10 @@ pub fn run(
                     }
                 },
             )
-            .context(|| format!("perplexity with {}", cells.join(", ")))?
+            .map_err(|e| match e {
+                msrnn_core::Error::Cancelled => Error::Cancelled,
+                e => Error::core(format!("perplexity with {}", cells.join(", ")), e),
+            })?
         };
         let seconds = t0.elapsed().as_secs_f64();
         done += per_run * n;
