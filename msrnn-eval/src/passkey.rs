@@ -22,13 +22,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use msrnn_core::generate::SplitMix64;
-use msrnn_core::{generate_batch, GenItem, GenerateOptions, PolicyRegistry, PolicySpec, Positions, Sampling};
+use msrnn_core::{generate_batch, GenItem, GenerateOptions, KvFormat, PolicyRegistry, PolicySpec, Positions, Sampling};
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
 use crate::doc::{CellResult, Document, ModelSettings, PolicySources, Run, Shard};
 use crate::error::{Context, Error, Result};
-use crate::grid::{self, EvalModel, PolicyFields, PolicyGrid};
+use crate::grid::{self, kv_note, EvalModel, PolicyFields, PolicyGrid};
 use crate::{Event, Feed, Observer};
 
 /// The task's name in documents.
@@ -47,6 +47,9 @@ pub struct PasskeySettings {
     pub msrnn_version: String,
     pub model: ModelSettings,
     pub positions: String,
+    /// How the states stored keys and values (absent: f32).
+    #[serde(default, skip_serializing_if = "KvFormat::is_f32")]
+    pub kv: KvFormat,
     /// `chunked` or `decode`.
     pub mode: String,
     pub chunk: usize,
@@ -173,6 +176,8 @@ pub struct PasskeyConfig {
     /// Most tokens of an answer (decoding stops earlier once a number is complete).
     pub answer_tokens: usize,
     pub positions: Positions,
+    /// How every state stores keys and values.
+    pub kv: KvFormat,
     pub shard: Option<Shard>,
     /// Most sequences run at once (default [`DEFAULT_BATCH`]).
     pub batch: Option<usize>,
@@ -193,6 +198,7 @@ impl Default for PasskeyConfig {
             feed: Feed::Chunked(64),
             answer_tokens: 8,
             positions: Positions::default(),
+            kv: KvFormat::F32,
             shard: None,
             batch: None,
         }
@@ -527,8 +533,8 @@ pub fn run(
         ));
     }
     let chunk = cfg.feed.chunk();
-    let positions = cfg.positions;
-    g.check(lm, registry, chunk, positions)?;
+    let (positions, kv) = (cfg.positions, cfg.kv);
+    g.check(lm, registry, chunk, positions, kv)?;
 
     // The cells: policy cell x length x depth.
     let mut cells: Vec<(usize, usize, usize)> = Vec::new();
@@ -571,10 +577,11 @@ pub fn run(
     };
     let haystack = src.settings();
     let settings = PasskeySettings {
-        title: format!("{} haystack, {mode} mode, positions {positions}, {}", haystack.kind, model.name),
+        title: format!("{} haystack, {mode} mode, positions {positions}{}, {}", haystack.kind, kv_note(kv), model.name),
         msrnn_version: env!("CARGO_PKG_VERSION").to_string(),
         model: model.settings(),
         positions: positions.to_string(),
+        kv,
         mode: cfg.feed.name().to_string(),
         chunk,
         lengths: lengths.clone(),
@@ -609,7 +616,7 @@ pub fn run(
         }
         let mut states = group
             .iter()
-            .map(|s| g.cells[cells[s.cell].0].state(lm, registry, chunk, positions))
+            .map(|s| g.cells[cells[s.cell].0].state(lm, registry, chunk, positions, kv))
             .collect::<Result<Vec<_>>>()?;
         obs.event(Event::Batch(format!(
             "{} sequences of {} tokens",

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use msrnn_core::{perplexity_batch_with, EvalMode, MsrnnState, PolicyRegistry, PolicySpec, Positions, StateRecipe};
+use msrnn_core::{
+    perplexity_batch_with, EvalMode, KvFormat, MsrnnState, PolicyRegistry, PolicySpec, Positions, StateRecipe,
+};
 use msrnn_engine::{LoadedModel, Message};
 use msrnn_modelkit::WeightFormat;
 use pyo3::exceptions::{PyFileNotFoundError, PyTypeError, PyValueError};
@@ -42,6 +44,7 @@ pub fn build_state(
     capacity: Option<usize>,
     positions: Positions,
     chunk: usize,
+    kv: KvFormat,
 ) -> PyResult<MsrnnState> {
     if chunk == 0 {
         return Err(PyValueError::new_err("chunk must be at least 1"));
@@ -49,12 +52,18 @@ pub fn build_state(
     let recipe = StateRecipe::resolve(r, m.info(), spec.clone(), capacity, DEFAULT_CAPACITY)
         .map_err(errors::core)?
         .positions(positions)
-        .max_chunk(chunk);
+        .max_chunk(chunk)
+        .kv(kv);
     r.build_state(m.model(), &recipe).map_err(errors::core)
 }
 
 pub fn parse_positions(s: &str) -> PyResult<Positions> {
     s.parse::<Positions>().map_err(errors::core)
+}
+
+/// `kv=`: f32, f16 or q8_0.
+pub fn parse_kv(s: &str) -> PyResult<KvFormat> {
+    s.parse::<KvFormat>().map_err(|e| PyValueError::new_err(format!("kv={s:?}: {e}")))
 }
 
 /// The model path: the one given, else `MSRNN_MODEL`, else the model in `models/` of the current
@@ -224,8 +233,9 @@ impl Model {
     /// Perplexity of a text for every policy x capacity (the CLI's `msrnn eval ppl`): `text` a str
     /// (its first `tokens` tokens, BOS included when the model uses one) or a list of ids; the whole
     /// grid runs as one batch. Returns one dict per cell with the CLI JSON's fields: id, ppl,
-    /// nll_sum, scored, max_live, policy, spec, capacity (None for `full`).
-    #[pyo3(signature = (text, policies = None, capacities = None, tokens = 2048, mode = "decode", positions = "absolute", chunk = 16))]
+    /// nll_sum, scored, max_live, policy, spec, capacity (None for `full`). `kv` is how every
+    /// state stores keys and values (f32, f16 or q8_0).
+    #[pyo3(signature = (text, policies = None, capacities = None, tokens = 2048, mode = "decode", positions = "absolute", chunk = 16, kv = "f32"))]
     #[allow(clippy::too_many_arguments)]
     fn perplexity<'py>(
         &self,
@@ -237,6 +247,7 @@ impl Model {
         mode: &str,
         positions: &str,
         chunk: usize,
+        kv: &str,
     ) -> PyResult<Bound<'py, PyList>> {
         let r = registry::current()?;
         let specs = registry::parse_spec_list(&r, string_list(policies, DEFAULT_POLICIES, "policies")?)?;
@@ -259,6 +270,7 @@ impl Model {
             other => return Err(PyValueError::new_err(format!("mode `{other}`: expected decode or chunked"))),
         };
         let positions = parse_positions(positions)?;
+        let kv = parse_kv(kv)?;
         let m = &*self.inner;
         let mut ids = ids_of(m, text, Some(tokens))?;
         if ids.len() < tokens {
@@ -279,7 +291,7 @@ impl Model {
         // Every state is built before anything runs: a policy refusing a capacity fails at once.
         let mut states = cells
             .iter()
-            .map(|c| build_state(m, &r, &c.spec, c.capacity, positions, step))
+            .map(|c| build_state(m, &r, &c.spec, c.capacity, positions, step, kv))
             .collect::<PyResult<Vec<_>>>()?;
         let sums = py.detach(|| -> PyResult<Vec<(f64, usize, usize)>> {
             let mut acc = vec![(0f64, 0usize, 0usize); states.len()];
@@ -330,17 +342,26 @@ impl Model {
 
     /// A fresh state: `policy` a spec (`"tova"`, `"window+i:sinks=4"`, a plugin's or a Python
     /// policy's name), `capacity` C (None: 512, or unbounded for `full`), `positions`
-    /// absolute|cache, `chunk` the most tokens one step feeds (longer feeds are split).
-    #[pyo3(signature = (policy = "tova", capacity = None, positions = "absolute", chunk = 64))]
-    fn new_state(&self, policy: &str, capacity: Option<usize>, positions: &str, chunk: usize) -> PyResult<State> {
+    /// absolute|cache, `chunk` the most tokens one step feeds (longer feeds are split), `kv` how
+    /// keys and values are stored: f32 (exact), f16 (half the bytes) or q8_0 (about a quarter).
+    #[pyo3(signature = (policy = "tova", capacity = None, positions = "absolute", chunk = 64, kv = "f32"))]
+    fn new_state(
+        &self,
+        policy: &str,
+        capacity: Option<usize>,
+        positions: &str,
+        chunk: usize,
+        kv: &str,
+    ) -> PyResult<State> {
         let r = registry::current()?;
         let spec = registry::parse_spec(&r, policy)?;
-        let state = build_state(&self.inner, &r, &spec, capacity, parse_positions(positions)?, chunk)?;
+        let (positions, kv) = (parse_positions(positions)?, parse_kv(kv)?);
+        let state = build_state(&self.inner, &r, &spec, capacity, positions, chunk, kv)?;
         Ok(State::new(self.inner.clone(), state, spec, chunk, None))
     }
 
     /// A state saved by `State.save` (or the CLI's `--save-state`), with the policy, capacity,
-    /// positions and conversation it was saved with; refused if it comes from another model or
+    /// positions, KV format and conversation it was saved with; refused if it comes from another model or
     /// weight format.
     #[pyo3(signature = (path, chunk = 64))]
     fn load_state(&self, py: Python<'_>, path: PathBuf, chunk: usize) -> PyResult<State> {
@@ -355,7 +376,7 @@ impl Model {
         let mut state = r
             .build_state(
                 m.model(),
-                &StateRecipe::new(h.policy.clone(), h.capacity).positions(h.positions).max_chunk(chunk.max(1)),
+                &StateRecipe::new(h.policy.clone(), h.capacity).positions(h.positions).max_chunk(chunk.max(1)).kv(h.kv),
             )
             .map_err(errors::core)?;
         py.detach(|| state.load_bytes(&bytes, &m.id, &h.policy)).map_err(|e| named(errors::core(e)))?;
@@ -366,8 +387,9 @@ impl Model {
     /// `temperature` > 0 is given (then nucleus sampling with `top_p` and `seed`); `stop` strings
     /// end it early. Returns the text, or with `stream=True` an iterator of text pieces as they
     /// come. With `state=` the conversation goes on in that state (its policy and capacity; `prompt`
-    /// None: the model goes on where it stopped), as the CLI's `generate --resume` does.
-    #[pyo3(signature = (prompt = None, policy = None, capacity = None, max_tokens = 256, temperature = None, top_p = None, seed = None, stream = false, raw = false, positions = None, prefill_chunk = 64, stop = None, state = None))]
+    /// None: the model goes on where it stopped), as the CLI's `generate --resume` does. `kv`
+    /// (None: f32) is how a fresh state stores keys and values.
+    #[pyo3(signature = (prompt = None, policy = None, capacity = None, max_tokens = 256, temperature = None, top_p = None, seed = None, stream = false, raw = false, positions = None, prefill_chunk = 64, stop = None, state = None, kv = None))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -385,6 +407,7 @@ impl Model {
         prefill_chunk: usize,
         stop: Option<Vec<String>>,
         state: Option<Py<State>>,
+        kv: Option<String>,
     ) -> PyResult<Py<PyAny>> {
         let turn = match prompt {
             Some(p) => TurnText::Text(p),
@@ -396,6 +419,7 @@ impl Model {
             policy,
             capacity,
             positions,
+            kv,
             prefill_chunk,
             max_tokens,
             temperature,
@@ -408,7 +432,7 @@ impl Model {
 
     /// Like `generate`, for OpenAI-style `messages` (a list of {"role": "system"|"user"|"assistant",
     /// "content": str}) put through the model's chat template.
-    #[pyo3(signature = (messages, policy = None, capacity = None, max_tokens = 256, temperature = None, top_p = None, seed = None, stream = false, positions = None, prefill_chunk = 64, stop = None, state = None))]
+    #[pyo3(signature = (messages, policy = None, capacity = None, max_tokens = 256, temperature = None, top_p = None, seed = None, stream = false, positions = None, prefill_chunk = 64, stop = None, state = None, kv = None))]
     #[allow(clippy::too_many_arguments)]
     fn chat(
         &self,
@@ -425,6 +449,7 @@ impl Model {
         prefill_chunk: usize,
         stop: Option<Vec<String>>,
         state: Option<Py<State>>,
+        kv: Option<String>,
     ) -> PyResult<Py<PyAny>> {
         let mut out = Vec::new();
         for (i, m) in messages.iter().enumerate() {
@@ -444,6 +469,7 @@ impl Model {
             policy,
             capacity,
             positions,
+            kv,
             prefill_chunk,
             max_tokens,
             temperature,

@@ -78,9 +78,15 @@ class Model:
         mode: str = "decode",
         positions: str = "absolute",
         chunk: int = 16,
+        kv: str = "f32",
     ) -> List[Dict[str, Any]]: ...
     def new_state(
-        self, policy: str = "tova", capacity: Optional[int] = None, positions: str = "absolute", chunk: int = 64
+        self,
+        policy: str = "tova",
+        capacity: Optional[int] = None,
+        positions: str = "absolute",
+        chunk: int = 64,
+        kv: str = "f32",
     ) -> State: ...
     def load_state(self, path: StrPath, chunk: int = 64) -> State: ...
     def generate(
@@ -98,6 +104,7 @@ class Model:
         prefill_chunk: int = 64,
         stop: Optional[Sequence[str]] = None,
         state: Optional[State] = None,
+        kv: Optional[str] = None,
     ) -> Union[str, TextStream]: ...
     def chat(
         self,
@@ -113,6 +120,7 @@ class Model:
         prefill_chunk: int = 64,
         stop: Optional[Sequence[str]] = None,
         state: Optional[State] = None,
+        kv: Optional[str] = None,
     ) -> Union[str, TextStream]: ...
 
 def policies() -> List[Dict[str, Any]]: ...
