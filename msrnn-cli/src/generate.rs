@@ -210,6 +210,7 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
         (None, Some(h)) => h.kv,
         (None, None) => KvFormat::default(),
     };
+    let kv_note = if kv.is_f32() { String::new() } else { format!(" ({kv})") };
 
     // Sampling: the flags, else the saved run's.
     let saved_sampling = conv.as_ref().map(|c| c.sampling);
@@ -334,7 +335,7 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
         eprintln!("--\n{}; model load {:.2} s", summary(g), m.load_time.as_secs_f64());
         eprintln!(
             "state: policy {spec}, capacity {capacity}, {positions} positions, {} tokens seen, live cache {} tokens per \
-             layer (max), KV ({kv}) {} live / {} allocated (threads: {}, matmuls: {})",
+             layer (max), KV{kv_note} {} live / {} allocated (threads: {}, matmuls: {})",
             state.tokens_seen(),
             state.max_live(),
             bytes(state.live_kv_bytes() as u64),
@@ -356,8 +357,8 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
             m.load_time.as_secs_f64(),
         );
         eprintln!(
-            "states: policy {spec}, capacity {capacity}, {positions} positions, live cache {} tokens per layer (max), KV \
-             ({kv}) {} live / {} allocated in all (threads: {}, matmuls: {})",
+            "states: policy {spec}, capacity {capacity}, {positions} positions, live cache {} tokens per layer (max), \
+             KV{kv_note} {} live / {} allocated in all (threads: {}, matmuls: {})",
             states.iter().map(|s| s.max_live()).max().unwrap_or(0),
             bytes(live),
             bytes(alloc),

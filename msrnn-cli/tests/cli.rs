@@ -986,7 +986,7 @@ fn kv_format_is_used_and_recorded_in_state_files() {
     };
     let save = ["--kv", "q8_0", "generate", "--raw", "--policy", "tova", "--capacity", "8", "-n", "6", "--save-state"];
     let o = ok(run(&save).arg(&st).arg("hello the world"));
-    assert!(stderr(&o).contains("KV (q8_0)"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("KV (q8_0) "), "{}", stderr(&o));
     let o = ok(msrnn().args(["state", "show"]).arg(&st));
     assert!(stdout(&o).contains("KV format    q8_0"), "{}", stdout(&o));
     let o = ok(run(&["generate", "-n", "4", "--resume"]).arg(&st));
