@@ -279,7 +279,7 @@ impl<E> Src<E> {
 
 unsafe fn run(isa: Isa, step: &Step<'_>, head: usize, rows: Range<usize>, slots: Range<usize>, dst: &Dst) {
     match (step.k, step.v) {
-        (KvSlice::F32(k), KvSlice::F32(v)) => run_in(isa, step, head, rows, slots, dst, Src::plain(k), Src::plain(v)),
+        (KvSlice::F32(k), KvSlice::F32(v)) => run_f32(isa, step, head, rows, slots, dst, Src::plain(k), Src::plain(v)),
         (KvSlice::F16(k), KvSlice::F16(v)) => run_in(isa, step, head, rows, slots, dst, Src::plain(k), Src::plain(v)),
         (KvSlice::Q8_0 { q: kq, d: kd }, KvSlice::Q8_0 { q: vq, d: vd }) => {
             let (k, v) = (Src { q: kq.as_ptr(), d: kd.as_ptr() }, Src { q: vq.as_ptr(), d: vd.as_ptr() });
@@ -309,6 +309,48 @@ unsafe fn run_in<E: Elem>(
         #[cfg(not(target_arch = "x86_64"))]
         _ => rows_kv_head::<Lanes, E>(step, head, rows, slots, dst, k, v),
     }
+}
+
+/// f32 keys and values through wrappers without F16C: the f32 kernel keeps the target features
+/// it had before the other formats (the f16 and q8_0 branches are compiled out of it).
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_f32(
+    isa: Isa,
+    step: &Step<'_>,
+    head: usize,
+    rows: Range<usize>,
+    slots: Range<usize>,
+    dst: &Dst,
+    k: Src<f32>,
+    v: Src<f32>,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => rows_avx2_f32(step, head, rows, slots, dst, k, v),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => rows_avx512_f32(step, head, rows, slots, dst, k, v),
+        _ => run_in(isa, step, head, rows, slots, dst, k, v),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2_f32(s: &Step<'_>, g: usize, r: Range<usize>, k: Range<usize>, d: &Dst, ks: Src<f32>, vs: Src<f32>) {
+    rows_kv_head::<x86::Avx2, f32>(s, g, r, k, d, ks, vs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn rows_avx512_f32(
+    s: &Step<'_>,
+    g: usize,
+    r: Range<usize>,
+    k: Range<usize>,
+    d: &Dst,
+    ks: Src<f32>,
+    vs: Src<f32>,
+) {
+    rows_kv_head::<x86::Avx512, f32>(s, g, r, k, d, ks, vs)
 }
 
 #[cfg(target_arch = "x86_64")]
