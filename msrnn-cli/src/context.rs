@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Args};
-use msrnn_core::Positions;
+use msrnn_core::{Capacity, KvFormat, PolicySpec, Positions, StateRecipe};
 use msrnn_modelkit::WeightFormat;
 
 /// Options every subcommand takes.
@@ -52,6 +52,13 @@ pub struct Global {
     #[arg(long, global = true, help_heading = "Global options", value_name = "MODE", env = "MSRNN_POSITIONS", value_parser = parse_positions)]
     pub positions: Option<Positions>,
 
+    /// How every state stores keys and values: f32 (exact), f16 (half the bytes) or q8_0 (8-bit
+    /// blocks of 32 with an f16 scale, 34 bytes per 32 values). Recorded in state files; a state
+    /// saved in one format is refused by a run in another. [default: f32; with --resume: the
+    /// saved one]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "FORMAT", env = "MSRNN_KV", value_parser = parse_kv)]
+    pub kv: Option<KvFormat>,
+
     /// Load a compression-policy plugin so its policy can be named like a built-in: a shared
     /// library (trusted code, run in the process) or a WebAssembly module (.wasm, run in a sandbox
     /// with a memory cap and an instruction limit per call: MSRNN_WASM_MEMORY_MB,
@@ -68,10 +75,25 @@ pub(crate) fn parse_positions(s: &str) -> Result<Positions, String> {
     s.parse::<Positions>().map_err(|e| e.to_string())
 }
 
+pub(crate) fn parse_kv(s: &str) -> Result<KvFormat, String> {
+    s.parse::<KvFormat>().map_err(|e| e.to_string())
+}
+
 impl Global {
     /// The position mode of new states: --positions, else absolute.
     pub fn positions(&self) -> Positions {
         self.positions.unwrap_or_default()
+    }
+
+    /// How new states store keys and values: --kv, else f32.
+    pub fn kv(&self) -> KvFormat {
+        self.kv.unwrap_or_default()
+    }
+
+    /// The recipe of a new state: `spec` at `capacity`, chunks of up to `max_chunk`, in
+    /// --positions and --kv.
+    pub fn recipe(&self, spec: &PolicySpec, capacity: Capacity, max_chunk: usize) -> StateRecipe {
+        StateRecipe::new(spec.clone(), capacity).positions(self.positions()).max_chunk(max_chunk).kv(self.kv())
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use msrnn_core::{Capacity, MsrnnState, PolicyRegistry, PolicySpec, Positions, Sampling, StateRecipe};
+use msrnn_core::{Capacity, KvFormat, MsrnnState, PolicyRegistry, PolicySpec, Positions, Sampling, StateRecipe};
 use msrnn_engine::session::{self, continue_sampling, next_turn_prompt, Conversation, Turn};
 use msrnn_engine::{Engine, EngineOptions, Event, Finished, GenConfig, StopReason};
 
@@ -204,6 +204,13 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
         (None, Some(h)) => h.positions,
         (None, None) => Positions::default(),
     };
+    // KV format: the flag, else the saved state's, else f32 (a file in another format is refused).
+    let kv = match (ctx.global.kv, &saved_header) {
+        (Some(k), _) => k,
+        (None, Some(h)) => h.kv,
+        (None, None) => KvFormat::default(),
+    };
+    let kv_note = if kv.is_f32() { String::new() } else { format!(" ({kv})") };
 
     // Sampling: the flags, else the saved run's.
     let saved_sampling = conv.as_ref().map(|c| c.sampling);
@@ -247,7 +254,8 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
         None => StateRecipe::resolve(&registry, m.info(), spec.clone(), None, DEFAULT_CAPACITY)?,
     }
     .positions(positions)
-    .max_chunk(chunk);
+    .max_chunk(chunk)
+    .kv(kv);
     registry.check_recipe(m.info(), &recipe).with_context(|| match a.capacity {
         Some(c) => format!("--capacity {c}"),
         None => format!("policy `{spec}` at capacity {}", recipe.capacity),
@@ -327,7 +335,7 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
         eprintln!("--\n{}; model load {:.2} s", summary(g), m.load_time.as_secs_f64());
         eprintln!(
             "state: policy {spec}, capacity {capacity}, {positions} positions, {} tokens seen, live cache {} tokens per \
-             layer (max), KV {} live / {} allocated (threads: {}, matmuls: {})",
+             layer (max), KV{kv_note} {} live / {} allocated (threads: {}, matmuls: {})",
             state.tokens_seen(),
             state.max_live(),
             bytes(state.live_kv_bytes() as u64),
@@ -349,8 +357,8 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
             m.load_time.as_secs_f64(),
         );
         eprintln!(
-            "states: policy {spec}, capacity {capacity}, {positions} positions, live cache {} tokens per layer (max), KV {} \
-             live / {} allocated in all (threads: {}, matmuls: {})",
+            "states: policy {spec}, capacity {capacity}, {positions} positions, live cache {} tokens per layer (max), \
+             KV{kv_note} {} live / {} allocated in all (threads: {}, matmuls: {})",
             states.iter().map(|s| s.max_live()).max().unwrap_or(0),
             bytes(live),
             bytes(alloc),

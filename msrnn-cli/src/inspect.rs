@@ -103,7 +103,7 @@ pub fn run(ctx: &Ctx, a: InspectArgs) -> Result<()> {
     let n = tokens.len();
     let chunk = if a.mode == Mode::Chunked { a.chunk } else { 1 };
     let positions = ctx.global.positions();
-    let mut state = policy::make_state_at(m.model(), &registry, &spec, capacity, chunk, positions)?;
+    let mut state = policy::make_state(m.model(), &registry, &ctx.global.recipe(&spec, capacity, chunk))?;
     let layers = state.num_layers();
 
     let tok = m.tokenizer();

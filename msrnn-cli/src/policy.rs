@@ -3,8 +3,7 @@
 
 use anyhow::{Context, Result};
 use msrnn_core::{
-    new_state_positioned, Capacity, CausalLm, MsrnnState, Policy, PolicyRegistry, PolicySpec, Positions, Source,
-    PLUGINS_ENV,
+    Capacity, CausalLm, MsrnnState, Policy, PolicyRegistry, PolicySpec, Source, StateRecipe, PLUGINS_ENV,
 };
 
 use crate::Ctx;
@@ -72,18 +71,10 @@ pub fn capacity_for(r: &PolicyRegistry, spec: &PolicySpec, c: usize, flag: &str)
     }
 }
 
-/// A fresh state in the given position mode (`--positions`), with errors that say which policy
-/// and capacity were refused.
-pub fn make_state_at(
-    model: &dyn CausalLm,
-    r: &PolicyRegistry,
-    spec: &PolicySpec,
-    capacity: Capacity,
-    max_chunk: usize,
-    positions: Positions,
-) -> Result<MsrnnState> {
-    new_state_positioned(model, r, spec, capacity, max_chunk, positions)
-        .with_context(|| format!("policy `{spec}` at capacity {capacity}"))
+/// A fresh state as `recipe` says (from [`crate::context::Global::recipe`]: --positions, --kv),
+/// with errors that say which policy and capacity were refused.
+pub fn make_state(model: &dyn CausalLm, r: &PolicyRegistry, recipe: &StateRecipe) -> Result<MsrnnState> {
+    r.build_state(model, recipe).with_context(|| format!("policy `{}` at capacity {}", recipe.policy, recipe.capacity))
 }
 
 /// A copy of `state` (prefilled, say) with its own fresh policy instances carrying the original's

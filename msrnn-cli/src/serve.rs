@@ -131,6 +131,7 @@ pub fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         policy: a.policy,
         capacity: a.capacity,
         positions: ctx.global.positions(),
+        kv: ctx.global.kv(),
         prefill_chunk: a.prefill_chunk,
         prefill_budget: a.prefill_budget,
         kv_budget: usize::try_from(a.kv_budget).context("--kv-budget is too large")?,

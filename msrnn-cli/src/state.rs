@@ -42,13 +42,14 @@ fn show(path: &Path) -> Result<()> {
     let h = MsrnnState::read_header(path)?;
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let mut s = format!(
-        "state file   {}\nsize         {}\nmodel        {}\npolicy       {}\ncapacity     {}\npositions    {}\ntokens seen  {}\nlayers       {}\n",
+        "state file   {}\nsize         {}\nmodel        {}\npolicy       {}\ncapacity     {}\npositions    {}\nKV format    {}\ntokens seen  {}\nlayers       {}\n",
         path.display(),
         crate::report::bytes(size),
         h.model,
         h.policy,
         h.capacity,
         h.positions,
+        h.kv,
         h.tokens_seen,
         h.num_layers
     );

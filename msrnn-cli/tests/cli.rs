@@ -973,6 +973,31 @@ fn positions_are_used_and_recorded_in_state_files() {
     usage_error(msrnn().args(["--positions", "sideways", "policies"]), &["--positions", "sideways"]);
 }
 
+/// --kv reaches the state and its file (and `state show`); a resumed run takes the saved format
+/// and refuses another; a name that is no format is a usage error naming the choices.
+#[test]
+fn kv_format_is_used_and_recorded_in_state_files() {
+    let (d, model, _) = tiny_and_text("kv");
+    let st = d.join("q8.st");
+    let run = |args: &[&str]| {
+        let mut c = msrnn();
+        c.arg("--model").arg(&model).args(args);
+        c
+    };
+    let save = ["--kv", "q8_0", "generate", "--raw", "--policy", "tova", "--capacity", "8", "-n", "6", "--save-state"];
+    let o = ok(run(&save).arg(&st).arg("hello the world"));
+    assert!(stderr(&o).contains("KV (q8_0) "), "{}", stderr(&o));
+    let o = ok(msrnn().args(["state", "show"]).arg(&st));
+    assert!(stdout(&o).contains("KV format    q8_0"), "{}", stdout(&o));
+    let o = ok(run(&["generate", "-n", "4", "--resume"]).arg(&st));
+    assert!(stderr(&o).contains("KV (q8_0)"), "the saved format: {}", stderr(&o));
+    fails(
+        run(&["--kv", "f16", "generate", "-n", "4", "--resume"]).arg(&st),
+        &["saved with KV format `q8_0`, but this run uses `f16`"],
+    );
+    usage_error(msrnn().args(["--kv", "bogus", "policies"]), &["--kv", "bogus", "f32, f16 or q8_0"]);
+}
+
 /// The same with the real model and the chat template: two prompts of different lengths together
 /// give each the answer it gets alone (the batched engine's promise, end to end).
 #[test]

@@ -42,7 +42,7 @@ pub use positions::{Positions, Rope, RopeSpec, RopeStyle};
 pub use recipe::{StateRecipe, DEFAULT_MAX_CHUNK};
 pub use registry::{BuiltinPolicy, Entry, Factory, PolicyRegistry, Source};
 pub use spec::{ParamValue, PolicySpec};
-pub use state::{Capacity, LayerState, MsrnnState, StateConfig};
+pub use state::{Capacity, KvFormat, LayerState, MsrnnState, StateConfig};
 
 /// Re-exported so policy crates can `inventory::submit!` without naming the dependency.
 pub use inventory;

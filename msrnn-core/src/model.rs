@@ -8,7 +8,7 @@ use crate::positions::{Positions, RopeSpec};
 use crate::recipe::StateRecipe;
 use crate::registry::PolicyRegistry;
 use crate::spec::PolicySpec;
-use crate::state::{Capacity, MsrnnState, StateConfig};
+use crate::state::{Capacity, KvFormat, MsrnnState, StateConfig};
 
 /// The facts about a model that the core and the tools need; nothing family-specific.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +135,7 @@ pub trait CausalLm {
             ropes,
             positions: Positions::Absolute,
             max_chunk,
+            kv: KvFormat::F32,
         }
     }
 }

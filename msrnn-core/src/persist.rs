@@ -2,9 +2,12 @@
 //! memory is C tokens per layer, a file of a few megabytes.
 //!
 //! Format: one safetensors file. Tensors `layer.{i}.k` / `layer.{i}.v` (the slot buffers as they
-//! are, so slot order — and with it every float summation order — is identical after resuming),
+//! are, so slot order — and with it every float summation order — is identical after resuming; in
+//! the state's KV format: f32 or f16 `[kv_heads, slots, head_dim]`, or for q8_0 the codes as u8
+//! with `layer.{i}.k_scales` / `layer.{i}.v_scales` f16 `[kv_heads, slots, blocks]`),
 //! `layer.{i}.positions` (i64), `layer.{i}.live` (u8), `layer.{i}.policy` (f64, the policy's
-//! bookkeeping). Header metadata: format version, model id, policy spec, capacity, tokens seen.
+//! bookkeeping). Header metadata: format version, model id, policy spec, capacity, tokens seen,
+//! position mode, KV format.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -16,10 +19,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::positions::Positions;
 use crate::spec::PolicySpec;
-use crate::state::{Capacity, MsrnnState};
+use crate::state::{Capacity, KvBuf, KvFormat, MsrnnState};
 
-/// Version 2 added the position mode; version 1 files (always absolute) still load.
-const FORMAT: u32 = 2;
+/// Version 2 added the position mode, version 3 the KV format; older files (absolute, f32) still
+/// load.
+const FORMAT: u32 = 3;
 
 /// What a state file says about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +38,9 @@ pub struct StateHeader {
     /// How keys were placed: rotated at their stream position, or stored unrotated (cache mode).
     #[serde(default)]
     pub positions: Positions,
+    /// How keys and values are stored (f32 before version 3).
+    #[serde(default)]
+    pub kv: KvFormat,
 }
 
 impl MsrnnState {
@@ -58,14 +65,27 @@ impl MsrnnState {
             tokens_seen: self.tokens_seen(),
             num_layers: self.num_layers(),
             positions: self.positions_mode(),
+            kv: self.kv_format(),
         };
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (i, (l, p)) in self.layers.iter().zip(&self.policies).enumerate() {
             let n = l.num_slots();
             let dev = &Device::Cpu;
-            let (k, v) = l.kv()?;
-            tensors.push((format!("layer.{i}.k"), k));
-            tensors.push((format!("layer.{i}.v"), v));
+            let (k, v) = l.kv_rows()?;
+            let shape = (l.num_kv_heads(), n, l.head_dim());
+            for (name, rows) in [("k", k), ("v", v)] {
+                let t = match rows {
+                    KvBuf::F32(x) => Tensor::from_vec(x, shape, dev)?,
+                    KvBuf::F16(x) => Tensor::from_vec(x, shape, dev)?,
+                    KvBuf::Q8_0 { q, d } => {
+                        let blocks = d.len() / (shape.0 * n);
+                        let scales = Tensor::from_vec(d, (shape.0, n, blocks), dev)?;
+                        tensors.push((format!("layer.{i}.{name}_scales"), scales));
+                        Tensor::from_vec(q.into_iter().map(|c| c as u8).collect::<Vec<u8>>(), shape, dev)?
+                    }
+                };
+                tensors.push((format!("layer.{i}.{name}"), t));
+            }
             let pos: Vec<i64> = l.positions.iter().map(|&x| x as i64).collect();
             tensors.push((format!("layer.{i}.positions"), Tensor::from_vec(pos, n, dev)?));
             let live: Vec<u8> = l.live.iter().map(|&x| x as u8).collect();
@@ -134,6 +154,9 @@ impl MsrnnState {
         if h.positions != self.positions_mode() {
             return refuse("positions", h.positions.to_string(), self.positions_mode().to_string());
         }
+        if h.kv != self.kv_format() {
+            return refuse("KV format", h.kv.to_string(), self.kv_format().to_string());
+        }
         if h.model != model {
             return refuse("model", h.model, model.to_string());
         }
@@ -158,9 +181,14 @@ impl MsrnnState {
         let mut layers = Vec::with_capacity(self.num_layers());
         for i in 0..self.num_layers() {
             let l = &self.layers[i];
-            let dtype = l.dtype();
+            let dtype = match h.kv {
+                KvFormat::F32 => l.dtype(),
+                KvFormat::F16 => DType::F16,
+                KvFormat::Q8_0 => DType::U8,
+            };
             let k = get(format!("layer.{i}.k"))?;
-            if k.dtype() != dtype {
+            // f32 states save f32 rows; a device state's own dtype (older files) is read too.
+            if k.dtype() != dtype && !(h.kv == KvFormat::F32 && k.dtype() == DType::F32) {
                 return refuse("key dtype", k.dtype().as_str().into(), dtype.as_str().into());
             }
             let (kh, slots, kd) = k.dims3().map_err(|e| corrupt(i, format!("keys: {e}")))?;
@@ -221,6 +249,31 @@ impl MsrnnState {
                 ));
             }
             let pol = pol.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            let rows = |name: &str, t: Tensor| -> Result<KvBuf> {
+                let t = t.flatten_all()?;
+                Ok(match h.kv {
+                    KvFormat::F32 => KvBuf::F32(t.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                    KvFormat::F16 => KvBuf::F16(t.to_vec1::<half::f16>()?),
+                    KvFormat::Q8_0 => {
+                        let blocks = kd.div_ceil(msrnn_kernels::kv::QBLOCK);
+                        let d = get(format!("layer.{i}.{name}_scales"))?;
+                        if d.dtype() != DType::F16 || d.dims() != [kh, slots, blocks] {
+                            return Err(corrupt(
+                                i,
+                                format!(
+                                    "{name}_scales is {:?} {:?}, expected F16 {:?}",
+                                    d.dtype(),
+                                    d.dims(),
+                                    [kh, slots, blocks]
+                                ),
+                            ));
+                        }
+                        let q = t.to_vec1::<u8>()?.into_iter().map(|c| c as i8).collect();
+                        KvBuf::Q8_0 { q, d: d.flatten_all()?.to_vec1::<half::f16>()? }
+                    }
+                })
+            };
+            let (k, v) = (rows("k", k)?, rows("v", v)?);
             layers.push(SavedLayer { k, v, pos, live, pol });
         }
         Ok((h, layers))
@@ -262,8 +315,8 @@ impl MsrnnState {
 
 /// One layer as read from a file, checked, not yet restored.
 struct SavedLayer {
-    k: Tensor,
-    v: Tensor,
+    k: KvBuf,
+    v: KvBuf,
     pos: Vec<u64>,
     live: Vec<bool>,
     pol: Vec<f64>,

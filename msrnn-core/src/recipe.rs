@@ -1,13 +1,14 @@
 //! How to build one sequence's state, decided and checked in one place: which policy, bounded or
-//! not and at which capacity, the position mode and the largest chunk fed at once. Every face (CLI,
-//! server, Python) goes flag -> [`StateRecipe`] -> [`PolicyRegistry::build_state`].
+//! not and at which capacity, the position mode, the largest chunk fed at once and how keys and
+//! values are stored. Every face (CLI, server, Python) goes flag -> [`StateRecipe`] ->
+//! [`PolicyRegistry::build_state`].
 
 use crate::error::{Error, Result};
 use crate::model::{CausalLm, ModelInfo};
 use crate::positions::Positions;
 use crate::registry::PolicyRegistry;
 use crate::spec::PolicySpec;
-use crate::state::{Capacity, MsrnnState};
+use crate::state::{Capacity, KvFormat, MsrnnState};
 
 /// The prefill chunk a recipe starts with (the CLI's `--prefill-chunk` default).
 pub const DEFAULT_MAX_CHUNK: usize = 64;
@@ -23,13 +24,15 @@ pub struct StateRecipe {
     pub positions: Positions,
     /// The most tokens fed in one step (prefill chunk); the slot buffers have room for C plus this.
     pub max_chunk: usize,
+    /// How keys and values are stored (f32 unless a face asks for f16 or q8_0).
+    pub kv: KvFormat,
 }
 
 impl StateRecipe {
-    /// A recipe with absolute positions and chunks of [`DEFAULT_MAX_CHUNK`]; nothing is checked until
-    /// [`PolicyRegistry::build_state`].
+    /// A recipe with absolute positions, chunks of [`DEFAULT_MAX_CHUNK`] and f32 keys and values;
+    /// nothing is checked until [`PolicyRegistry::build_state`].
     pub fn new(policy: PolicySpec, capacity: Capacity) -> Self {
-        Self { policy, capacity, positions: Positions::Absolute, max_chunk: DEFAULT_MAX_CHUNK }
+        Self { policy, capacity, positions: Positions::Absolute, max_chunk: DEFAULT_MAX_CHUNK, kv: KvFormat::F32 }
     }
 
     pub fn positions(mut self, positions: Positions) -> Self {
@@ -40,6 +43,13 @@ impl StateRecipe {
     /// The largest chunk fed at once (0 counts as 1).
     pub fn max_chunk(mut self, max_chunk: usize) -> Self {
         self.max_chunk = max_chunk.max(1);
+        self
+    }
+
+    /// How keys and values are stored: f32 (exact), f16 or q8_0 (smaller states, read as stored
+    /// by the attention kernel).
+    pub fn kv(mut self, kv: KvFormat) -> Self {
+        self.kv = kv;
         self
     }
 
@@ -90,7 +100,7 @@ impl PolicyRegistry {
         let policies =
             self.create_layers(&recipe.policy, i.num_layers, i.num_heads, i.num_kv_heads, i.head_dim, recipe.capacity)?;
         let mut cfg = model.state_config(recipe.capacity, recipe.max_chunk);
-        cfg.positions = recipe.positions;
+        (cfg.positions, cfg.kv) = (recipe.positions, recipe.kv);
         MsrnnState::new(&cfg, policies)
     }
 }

@@ -6,12 +6,14 @@
 //! Slot order is irrelevant to attention: each slot records its token's absolute position, which
 //! drives the causal mask, the policies and, through [`Positions`], the rotary embedding.
 //!
-//! On the CPU with f32 keys the buffers are plain host memory read by `msrnn-kernels`' fused
+//! On the CPU (an f32 model) the buffers are plain host memory read by `msrnn-kernels`' fused
 //! attention (keys slot-interleaved in blocks of [`KEY_BLOCK`], values `[kv_heads, slots,
-//! head_dim]`); on other devices they are candle tensors `[kv_heads, slots, head_dim]`.
+//! head_dim]`), stored in the state's [`KvFormat`] (f32, f16 or q8_0) and read by the kernel as
+//! stored; on other devices they are candle tensors `[kv_heads, slots, head_dim]`.
 
 use candle_core::{DType, Device, Tensor};
-use msrnn_kernels::attention::{key_index, read_key, write_key, KEY_BLOCK};
+use msrnn_kernels::attention::KEY_BLOCK;
+pub use msrnn_kernels::kv::{KvBuf, KvFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -76,6 +78,9 @@ pub struct StateConfig {
     pub positions: Positions,
     /// Largest chunk the caller expects to feed at once; slots for it are preallocated.
     pub max_chunk: usize,
+    /// How keys and values are stored: f32 (default), f16, or q8_0 (host buffers; other devices
+    /// take f32 or f16 tensors).
+    pub kv: KvFormat,
 }
 
 impl StateConfig {
@@ -93,14 +98,16 @@ impl StateConfig {
             ropes: vec![None; num_layers],
             positions: Positions::Absolute,
             max_chunk: 1,
+            kv: KvFormat::F32,
         }
     }
 }
 
 /// The slot buffers of one layer.
 pub(crate) enum Kv {
-    /// CPU, f32: keys blocked for the fused kernel ([`key_index`]), values `[kv_heads, slots, d]`.
-    Host { k: Vec<f32>, v: Vec<f32> },
+    /// CPU, f32 model: keys blocked for the fused kernel (`msrnn_kernels::attention::key_index`),
+    /// values `[kv_heads, slots, d]`, both in the state's [`KvFormat`].
+    Host { k: KvBuf, v: KvBuf },
     /// Any other device or dtype: candle tensors `[kv_heads, slots, head_dim]`.
     Device { k: Tensor, v: Tensor },
 }
@@ -143,7 +150,8 @@ impl LayerState {
         window: Option<usize>,
         max_chunk: usize,
     ) -> Result<Self> {
-        Self::build(num_kv_heads, head_dim, dtype, device, capacity, window, max_chunk, None, Positions::Absolute)
+        let mode = Positions::Absolute;
+        Self::build(num_kv_heads, head_dim, dtype, device, capacity, window, max_chunk, None, mode, KvFormat::F32)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -157,6 +165,7 @@ impl LayerState {
         max_chunk: usize,
         rope: Option<RopeSpec>,
         mode: Positions,
+        format: KvFormat,
     ) -> Result<Self> {
         if window == Some(0) {
             return Err(Error::InvalidCapacity("a model window must be at least 1 token".into()));
@@ -176,17 +185,26 @@ impl LayerState {
         .and_then(|s| s.checked_next_multiple_of(KEY_BLOCK))
         .ok_or_else(|| Error::InvalidCapacity(format!("capacity {capacity} plus a chunk of {max_chunk} overflows")))?;
         let host = device.is_cpu() && dtype == DType::F32;
-        let n = num_kv_heads
+        num_kv_heads
             .checked_mul(slots)
-            .and_then(|x| x.checked_mul(head_dim))
+            .and_then(|x| x.checked_mul(format.row_bytes(head_dim)))
             .ok_or_else(|| Error::InvalidCapacity(format!("{slots} slots of {num_kv_heads} x {head_dim} overflow")))?;
-        let kv = if host {
-            Kv::Host { k: try_zeros(n)?, v: try_zeros(n)? }
+        let (kv, dtype) = if host {
+            let zeros = || try_buf(format, num_kv_heads, slots, head_dim);
+            (Kv::Host { k: zeros()?, v: zeros()? }, dtype)
         } else {
-            Kv::Device {
-                k: Tensor::zeros((num_kv_heads, slots, head_dim), dtype, device)?,
-                v: Tensor::zeros((num_kv_heads, slots, head_dim), dtype, device)?,
-            }
+            let dtype = match format {
+                KvFormat::F32 => dtype,
+                KvFormat::F16 => DType::F16,
+                KvFormat::Q8_0 => {
+                    return Err(Error::Input(format!(
+                        "q8_0 keys and values need the CPU kernels (an f32 model on the CPU), not {dtype:?} on \
+                         {device:?}"
+                    )))
+                }
+            };
+            let zeros = || Tensor::zeros((num_kv_heads, slots, head_dim), dtype, device);
+            (Kv::Device { k: zeros()?, v: zeros()? }, dtype)
         };
         Ok(Self {
             kv,
@@ -211,10 +229,9 @@ impl LayerState {
     fn try_clone(&self) -> Result<Self> {
         let kv = match &self.kv {
             Kv::Host { k, v } => {
-                let (mut k2, mut v2) = (try_zeros(k.len())?, try_zeros(v.len())?);
-                k2.copy_from_slice(k);
-                v2.copy_from_slice(v);
-                Kv::Host { k: k2, v: v2 }
+                let (h, n, d) = (self.num_kv_heads, self.num_slots(), self.head_dim);
+                let copy = |b: &KvBuf| b.grown(h, n, n, d).map_err(|_| self.alloc_error(n));
+                Kv::Host { k: copy(k)?, v: copy(v)? }
             }
             Kv::Device { k, v } => Kv::Device { k: k.copy()?, v: v.copy()? },
         };
@@ -253,6 +270,9 @@ impl LayerState {
     #[doc(hidden)]
     pub fn with_tensor_buffers(mut self) -> Result<Self> {
         if self.is_host() {
+            if self.kv_format() != KvFormat::F32 {
+                return Err(Error::Input(format!("tensor buffers hold f32 keys, not {}", self.kv_format())));
+            }
             let (k, v) = self.kv()?;
             self.kv = Kv::Device { k, v };
         }
@@ -292,6 +312,14 @@ impl LayerState {
     pub fn is_host(&self) -> bool {
         matches!(self.kv, Kv::Host { .. })
     }
+    /// How keys and values are stored (device tensors: f32 for any float dtype but f16).
+    pub fn kv_format(&self) -> KvFormat {
+        match &self.kv {
+            Kv::Host { k, .. } => k.format(),
+            Kv::Device { .. } if self.dtype == DType::F16 => KvFormat::F16,
+            Kv::Device { .. } => KvFormat::F32,
+        }
+    }
     /// Absolute positions of the kept tokens, ascending.
     pub fn live_positions(&self) -> Vec<u64> {
         self.order.iter().map(|&s| self.positions[s]).collect()
@@ -312,30 +340,64 @@ impl LayerState {
                 let shape = (self.num_kv_heads, self.num_slots(), self.head_dim);
                 Ok((
                     Tensor::from_vec(self.keys_host(), shape, &Device::Cpu)?,
-                    Tensor::from_vec(v.clone(), shape, &Device::Cpu)?,
+                    Tensor::from_vec(v.to_f32(self.head_dim), shape, &Device::Cpu)?,
                 ))
             }
         }
     }
-    /// Keys as stored, `[kv_heads, slots, head_dim]` row-major on the host (host buffers only).
+    /// Keys as stored (dequantized to f32), `[kv_heads, slots, head_dim]` row-major on the host
+    /// (host buffers only).
     pub(crate) fn keys_host(&self) -> Vec<f32> {
         let Kv::Host { k, .. } = &self.kv else { return Vec::new() };
         let (slots, d) = (self.num_slots(), self.head_dim);
         let mut out = vec![0f32; self.num_kv_heads * slots * d];
         for g in 0..self.num_kv_heads {
             for s in 0..slots {
-                read_key(k, slots, g, s, &mut out[(g * slots + s) * d..][..d]);
+                k.read_key(slots, g, s, &mut out[(g * slots + s) * d..][..d]);
             }
         }
         out
     }
-    /// Bytes of key/value data held by live tokens.
+    /// Keys and values exactly as stored, as rows `[kv_heads, slots, head_dim]` in the state's
+    /// format (what state files hold); device tensors come back as f32 or f16 rows.
+    pub(crate) fn kv_rows(&self) -> Result<(KvBuf, KvBuf)> {
+        match &self.kv {
+            Kv::Host { k, v } => {
+                let (h, n, d) = (self.num_kv_heads, self.num_slots(), self.head_dim);
+                let k = k.keys_to_rows(h, n, d).map_err(|_| self.alloc_error(n))?;
+                Ok((k, v.grown(h, n, n, d).map_err(|_| self.alloc_error(n))?))
+            }
+            Kv::Device { k, v } => {
+                let rows = |t: &Tensor| -> Result<KvBuf> {
+                    let t = t.flatten_all()?;
+                    Ok(match self.kv_format() {
+                        KvFormat::F16 => KvBuf::F16(t.to_vec1::<half::f16>()?),
+                        _ => KvBuf::F32(t.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                    })
+                };
+                Ok((rows(k)?, rows(v)?))
+            }
+        }
+    }
+    /// Bytes of one token's keys and values in this layer.
+    fn token_bytes(&self) -> usize {
+        let row = match &self.kv {
+            Kv::Host { k, .. } => k.format().row_bytes(self.head_dim),
+            Kv::Device { .. } => self.head_dim * self.dtype.size_in_bytes(),
+        };
+        2 * self.num_kv_heads * row
+    }
+    /// Bytes of key/value data held by live tokens (in the storage format: f16 halves f32).
     pub fn live_kv_bytes(&self) -> usize {
-        2 * self.n_live * self.num_kv_heads * self.head_dim * self.dtype.size_in_bytes()
+        self.n_live * self.token_bytes()
     }
     /// Bytes allocated for the slot buffers (live + free slots).
     pub fn allocated_kv_bytes(&self) -> usize {
-        2 * self.num_slots() * self.num_kv_heads * self.head_dim * self.dtype.size_in_bytes()
+        self.num_slots() * self.token_bytes()
+    }
+    fn alloc_error(&self, slots: usize) -> Error {
+        let bytes = (slots * self.token_bytes()) as u64;
+        Error::InvalidCapacity(format!("cannot allocate {} of key/value slots", crate::util::human_bytes(bytes)))
     }
 
     /// Drops every token (a new sequence starts); keeps the allocation.
@@ -385,14 +447,13 @@ impl LayerState {
         let (h, d) = (self.num_kv_heads, self.head_dim);
         match &mut self.kv {
             Kv::Host { k, v } => {
-                let mut k2 = try_zeros(h * new * d)?;
-                let mut v2 = try_zeros(h * new * d)?;
-                for g in 0..h {
-                    // Blocks of one head are contiguous, so a head moves in one copy.
-                    let (src, dst) = (key_index(old, d, g, 0, 0), key_index(new, d, g, 0, 0));
-                    k2[dst..dst + old * d].copy_from_slice(&k[src..src + old * d]);
-                    v2[g * new * d..][..old * d].copy_from_slice(&v[g * old * d..][..old * d]);
-                }
+                // Blocks of one head are contiguous, so a head moves in one copy.
+                let bytes = 2 * new * h * k.format().row_bytes(d);
+                let fail = |_| {
+                    let size = crate::util::human_bytes(bytes as u64);
+                    Error::InvalidCapacity(format!("cannot allocate {size} of key/value slots"))
+                };
+                let (k2, v2) = (k.grown(h, old, new, d).map_err(fail)?, v.grown(h, old, new, d).map_err(fail)?);
                 (*k, *v) = (k2, v2);
             }
             Kv::Device { k, v } => {
@@ -434,8 +495,8 @@ impl LayerState {
         let (slots, d) = (self.num_slots(), self.head_dim);
         let Kv::Host { k, v } = &mut self.kv else { unreachable!("host write on a device state") };
         for g in 0..self.num_kv_heads {
-            write_key(k, slots, g, slot, &key[g * d..][..d]);
-            v[(g * slots + slot) * d..][..d].copy_from_slice(&value[g * d..][..d]);
+            k.write_key(slots, g, slot, &key[g * d..][..d]);
+            v.write_value(slots, g, slot, &value[g * d..][..d]);
         }
     }
 
@@ -458,37 +519,37 @@ impl LayerState {
         Ok(())
     }
 
-    /// Restores a layer from saved keys/values (`[kv_heads, slots, head_dim]`, keys as stored);
-    /// used by state files.
-    pub(crate) fn restore(&mut self, k: Tensor, v: Tensor, positions: Vec<u64>, live: Vec<bool>) -> Result<()> {
-        let (h, slots, d) = k.dims3()?;
-        if v.dims() != k.dims() || positions.len() != slots || live.len() != slots {
+    /// Restores a layer from saved keys/values: rows `[kv_heads, slots, head_dim]` of `slots`
+    /// slots per head in the layer's format (keys as stored); used by state files.
+    pub(crate) fn restore(&mut self, k: KvBuf, v: KvBuf, positions: Vec<u64>, live: Vec<bool>) -> Result<()> {
+        let (h, d) = (self.num_kv_heads, self.head_dim);
+        let slots = positions.len();
+        let fits = |b: &KvBuf| {
+            b.format() == self.kv_format()
+                && b.view().holds(h * slots, d)
+                && b.bytes() == h * slots * b.format().row_bytes(d)
+        };
+        if live.len() != slots || !fits(&k) || !fits(&v) {
             return Err(Error::StateFile("layer tensors and slot metadata disagree in size".into()));
-        }
-        if (h, d) != (self.num_kv_heads, self.head_dim) {
-            return Err(Error::StateFile(format!(
-                "saved keys are {h} heads x {d}, the model's {} x {}",
-                self.num_kv_heads, self.head_dim
-            )));
         }
         match &mut self.kv {
             Kv::Device { k: sk, v: sv } => {
-                *sk = k.to_device(&self.device)?.contiguous()?;
-                *sv = v.to_device(&self.device)?.contiguous()?;
+                let tensor = |b: &KvBuf| -> Result<Tensor> {
+                    let t = match b {
+                        KvBuf::F32(x) => Tensor::from_slice(x, (h, slots, d), &Device::Cpu)?,
+                        KvBuf::F16(x) => Tensor::from_slice(x, (h, slots, d), &Device::Cpu)?,
+                        KvBuf::Q8_0 { .. } => unreachable!("device states hold no q8_0"),
+                    };
+                    Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?.contiguous()?)
+                };
+                (*sk, *sv) = (tensor(&k)?, tensor(&v)?);
             }
             Kv::Host { k: sk, v: sv } => {
                 // Host buffers come in whole key blocks; pad the saved slots with free ones.
                 let padded = slots.next_multiple_of(KEY_BLOCK);
-                let kr = k.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let vr = v.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let mut kb = try_zeros(h * padded * d)?;
-                let mut vb = try_zeros(h * padded * d)?;
-                for g in 0..h {
-                    for s in 0..slots {
-                        write_key(&mut kb, padded, g, s, &kr[(g * slots + s) * d..][..d]);
-                    }
-                    vb[g * padded * d..][..slots * d].copy_from_slice(&vr[g * slots * d..][..slots * d]);
-                }
+                let fail = |_| Error::InvalidCapacity(format!("cannot allocate {padded} key/value slots"));
+                let kb = k.rows_to_keys(h, slots, padded, d).map_err(fail)?;
+                let vb = v.grown(h, slots, padded, d).map_err(fail)?;
                 (*sk, *sv) = (kb, vb);
             }
         }
@@ -513,13 +574,11 @@ impl LayerState {
 }
 
 /// A zeroed host buffer, or an error naming its size when memory runs out (never an abort).
-fn try_zeros(n: usize) -> Result<Vec<f32>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| {
-        Error::InvalidCapacity(format!("cannot allocate {} of key/value slots", crate::util::human_bytes(n as u64 * 4)))
-    })?;
-    v.resize(n, 0.0);
-    Ok(v)
+fn try_buf(format: KvFormat, heads: usize, slots: usize, d: usize) -> Result<KvBuf> {
+    KvBuf::zeros(format, heads, slots, d).map_err(|_| {
+        let bytes = (heads * slots * format.row_bytes(d)) as u64;
+        Error::InvalidCapacity(format!("cannot allocate {} of key/value slots", crate::util::human_bytes(bytes)))
+    })
 }
 
 /// All layers' states plus their policies: the whole hidden state of the finite MSRNN.
@@ -529,6 +588,7 @@ pub struct MsrnnState {
     tokens_seen: u64,
     capacity: Capacity,
     positions: Positions,
+    kv: KvFormat,
 }
 
 impl MsrnnState {
@@ -562,12 +622,13 @@ impl MsrnnState {
                     cfg.max_chunk,
                     cfg.ropes[i],
                     cfg.positions,
+                    cfg.kv,
                 )?;
                 l.index = i;
                 Ok(l)
             })
             .collect::<Result<_>>()?;
-        Ok(Self { layers, policies, tokens_seen: 0, capacity: cfg.capacity, positions: cfg.positions })
+        Ok(Self { layers, policies, tokens_seen: 0, capacity: cfg.capacity, positions: cfg.positions, kv: cfg.kv })
     }
 
     pub fn num_layers(&self) -> usize {
@@ -578,6 +639,10 @@ impl MsrnnState {
     }
     pub fn positions_mode(&self) -> Positions {
         self.positions
+    }
+    /// How keys and values are stored.
+    pub fn kv_format(&self) -> KvFormat {
+        self.kv
     }
     /// Tokens fed so far; the next token's absolute position.
     pub fn tokens_seen(&self) -> u64 {
@@ -654,7 +719,14 @@ impl MsrnnState {
             new.load_state(&old.save_state())?;
         }
         let layers = self.layers.iter().map(LayerState::try_clone).collect::<Result<_>>()?;
-        Ok(Self { layers, policies, tokens_seen: self.tokens_seen, capacity: self.capacity, positions: self.positions })
+        Ok(Self {
+            layers,
+            policies,
+            tokens_seen: self.tokens_seen,
+            capacity: self.capacity,
+            positions: self.positions,
+            kv: self.kv,
+        })
     }
 
     /// Empties the state and resets the policies, keeping allocations (a new sequence).

@@ -395,3 +395,58 @@ fn f_meta_key_refused(id: &str, spec: &PolicySpec, rec: &StateRecipe, e: &Engine
     let st = e.new_state(rec).unwrap();
     st.save_bytes(id, spec, &[("msrnn".into(), "x".into())]).unwrap_err().to_string()
 }
+
+/// A recipe's KV format reaches the state: f16 and q8_0 states are smaller, score a text close to
+/// f32 (perplexity), and generate in the engine next to f32 sequences exactly what they generate
+/// alone.
+#[test]
+fn kv_formats_from_the_recipe_score_close_to_f32_and_generate_as_alone() {
+    use msrnn_core::{perplexity, EvalMode, KvFormat};
+    let (m, r) = (model(), registry());
+    let text = prompt(80, 9);
+    let ppl = |kv: KvFormat| {
+        let mut st = r.build_state(m.model(), &recipe("tova", Capacity::Bounded(24)).kv(kv)).unwrap();
+        assert_eq!(st.kv_format(), kv);
+        let p = perplexity(m.model(), &mut st, &text, EvalMode::Decode, &mut |_| {}).unwrap();
+        (p.ppl, st.live_kv_bytes())
+    };
+    let (exact, bytes) = ppl(KvFormat::F32);
+    // The random model is sharply confident (ppl ~1e6 over ~260 tokens), which amplifies q8_0's
+    // rounding (up to 0.4% of a block's largest value) into ~9% here; a lost scale or a misread
+    // block moves it by orders of magnitude. The real model's numbers: docs/performance.md.
+    for (kv, tol, share) in [(KvFormat::F16, 5e-4, 0.5), (KvFormat::Q8_0, 0.2, 0.25)] {
+        let (p, b) = ppl(kv);
+        let rel = (p - exact).abs() / exact;
+        assert!(rel < tol, "{kv}: ppl {p} vs f32 {exact} ({rel:.2e} apart)");
+        assert!(p != exact || kv == KvFormat::F16, "q8_0 cannot be exact on random weights");
+        assert!((b as f64) < bytes as f64 * (share + 0.1), "{kv}: {b} bytes vs f32 {bytes}");
+    }
+    // Mixed formats in one engine: each sequence gets what generate_batch gives it alone.
+    let base = &cases(true)[0];
+    let with = |kv: KvFormat| {
+        let mut st = r.build_state(m.model(), &recipe(base.policy, base.capacity).kv(kv)).unwrap();
+        let opts = GenerateOptions {
+            max_tokens: base.cfg.max_tokens,
+            sampling: base.cfg.sampling,
+            stop_tokens: base.cfg.stop_tokens.clone(),
+            prefill_chunk: base.cfg.prefill_chunk,
+        };
+        let mut items = [GenItem { state: &mut st, prompt: &base.prompt }];
+        generate_batch(m.model(), &mut items, &opts, &mut |_, _| true).unwrap().remove(0).tokens
+    };
+    let want: Vec<Vec<u32>> = KvFormat::ALL.iter().map(|&kv| with(kv)).collect();
+    let mut e = Engine::new(m.clone(), r.clone(), EngineOptions { prefill_budget: 8 });
+    let ids: Vec<SeqId> = KvFormat::ALL
+        .iter()
+        .map(|&kv| {
+            let st = e.new_state(&recipe(base.policy, base.capacity).kv(kv)).unwrap();
+            e.add(st, base.prompt.clone(), base.cfg.clone()).unwrap()
+        })
+        .collect();
+    let done = finished(e.run_to_end().unwrap());
+    for (id, (kv, want)) in ids.iter().zip(KvFormat::ALL.iter().zip(&want)) {
+        let f = done.iter().find(|f| f.id == *id).unwrap();
+        assert_eq!(f.state.kv_format(), *kv);
+        assert_eq!(&f.tokens, want, "{kv}: the engine's tokens differ from generate_batch's");
+    }
+}

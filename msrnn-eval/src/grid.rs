@@ -2,7 +2,7 @@
 //! stable cell ids, the disjoint parts a shard picks, batches, and the model as settings.
 
 use msrnn_core::util::{fnv64, FNV_OFFSET};
-use msrnn_core::{new_state_positioned, Capacity, MsrnnState, PolicyRegistry, PolicySpec, Positions, Source};
+use msrnn_core::{Capacity, KvFormat, MsrnnState, PolicyRegistry, PolicySpec, Positions, Source, StateRecipe};
 use msrnn_modelkit::Model;
 use serde::{Deserialize, Serialize};
 
@@ -82,16 +82,19 @@ impl PolicyCell {
         }
     }
 
-    /// A fresh state for this cell, with errors that say which policy and capacity were refused.
+    /// A fresh state for this cell in the given position mode and KV format, with errors that say
+    /// which policy and capacity were refused.
     pub fn state(
         &self,
         lm: &dyn Model,
         registry: &PolicyRegistry,
         max_chunk: usize,
         positions: Positions,
+        kv: KvFormat,
     ) -> Result<MsrnnState> {
-        new_state_positioned(lm, registry, &self.spec, self.capacity, max_chunk, positions)
-            .context(|| format!("policy `{}` at capacity {}", self.spec, self.capacity))
+        let recipe =
+            StateRecipe::new(self.spec.clone(), self.capacity).positions(positions).max_chunk(max_chunk).kv(kv);
+        registry.build_state(lm, &recipe).context(|| format!("policy `{}` at capacity {}", self.spec, self.capacity))
     }
 }
 
@@ -290,10 +293,11 @@ impl PolicyGrid {
         max_chunk: usize,
         positions: Positions,
         lengths: &[usize],
+        kv: KvFormat,
     ) -> Result<()> {
         for c in &self.cells {
             for &l in lengths {
-                drop(c.at(l).state(lm, registry, max_chunk, positions)?);
+                drop(c.at(l).state(lm, registry, max_chunk, positions, kv)?);
                 if c.ratio.is_none() {
                     break;
                 }
@@ -321,6 +325,15 @@ impl PolicyGrid {
                 (s.to_string(), src)
             })
             .collect()
+    }
+}
+
+/// `, KV f16` for a title when the states are not f32 (nothing for the default).
+pub fn kv_note(kv: KvFormat) -> String {
+    if kv.is_f32() {
+        String::new()
+    } else {
+        format!(", KV {kv}")
     }
 }
 

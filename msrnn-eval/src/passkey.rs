@@ -23,13 +23,13 @@ use std::time::Instant;
 
 use msrnn_core::generate::SplitMix64;
 use msrnn_core::util::{fnv64, FNV_OFFSET};
-use msrnn_core::{generate_batch, GenItem, GenerateOptions, PolicyRegistry, PolicySpec, Positions, Sampling};
+use msrnn_core::{generate_batch, GenItem, GenerateOptions, KvFormat, PolicyRegistry, PolicySpec, Positions, Sampling};
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
 use crate::doc::{CellResult, Document, ModelSettings, PolicySources, Run, Shard};
 use crate::error::{Context, Error, Result};
-use crate::grid::{self, Budget, EvalModel, PolicyFields, PolicyGrid};
+use crate::grid::{self, kv_note, Budget, EvalModel, PolicyFields, PolicyGrid};
 use crate::{Event, Feed, Observer};
 
 /// The task's name in documents.
@@ -48,6 +48,9 @@ pub struct PasskeySettings {
     pub msrnn_version: String,
     pub model: ModelSettings,
     pub positions: String,
+    /// How the states stored keys and values (absent: f32).
+    #[serde(default, skip_serializing_if = "KvFormat::is_f32")]
+    pub kv: KvFormat,
     /// `chunked` or `decode`.
     pub mode: String,
     pub chunk: usize,
@@ -180,6 +183,8 @@ pub struct PasskeyConfig {
     /// Most tokens of an answer (decoding stops earlier once a number is complete).
     pub answer_tokens: usize,
     pub positions: Positions,
+    /// How every state stores keys and values.
+    pub kv: KvFormat,
     pub shard: Option<Shard>,
     /// Most sequences run at once (default [`DEFAULT_BATCH`]).
     pub batch: Option<usize>,
@@ -201,6 +206,7 @@ impl Default for PasskeyConfig {
             feed: Feed::Chunked(64),
             answer_tokens: 8,
             positions: Positions::default(),
+            kv: KvFormat::F32,
             shard: None,
             batch: None,
         }
@@ -535,8 +541,8 @@ pub fn run(
         ));
     }
     let chunk = cfg.feed.chunk();
-    let positions = cfg.positions;
-    g.check(lm, registry, chunk, positions, &lengths)?;
+    let (positions, kv) = (cfg.positions, cfg.kv);
+    g.check(lm, registry, chunk, positions, &lengths, kv)?;
 
     // The cells: policy cell x length x depth.
     let mut cells: Vec<(usize, usize, usize)> = Vec::new();
@@ -579,10 +585,11 @@ pub fn run(
     };
     let haystack = src.settings();
     let settings = PasskeySettings {
-        title: format!("{} haystack, {mode} mode, positions {positions}, {}", haystack.kind, model.name),
+        title: format!("{} haystack, {mode} mode, positions {positions}{}, {}", haystack.kind, kv_note(kv), model.name),
         msrnn_version: env!("CARGO_PKG_VERSION").to_string(),
         model: model.settings(),
         positions: positions.to_string(),
+        kv,
         mode: cfg.feed.name().to_string(),
         chunk,
         lengths: lengths.clone(),
@@ -620,7 +627,7 @@ pub fn run(
             .iter()
             .map(|s| {
                 let (p, l, _) = cells[s.cell];
-                g.cells[p].at(lengths[l]).state(lm, registry, chunk, positions)
+                g.cells[p].at(lengths[l]).state(lm, registry, chunk, positions, kv)
             })
             .collect::<Result<Vec<_>>>()?;
         obs.event(Event::Batch(format!(

@@ -6,13 +6,13 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use msrnn_core::{perplexity_batch_with, EvalMode, PolicyRegistry, PolicySpec, Positions};
+use msrnn_core::{perplexity_batch_with, EvalMode, KvFormat, PolicyRegistry, PolicySpec, Positions};
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
 use crate::doc::{nullable_f64, BatchTime, CellResult, Document, ModelSettings, PolicySources, Run, Shard};
 use crate::error::{Context, Error, Result};
-use crate::grid::{self, EvalModel, PolicyFields, PolicyGrid};
+use crate::grid::{self, kv_note, EvalModel, PolicyFields, PolicyGrid};
 use crate::{Event, Feed, Observer};
 
 /// The task's name in documents.
@@ -29,6 +29,9 @@ pub struct PplSettings {
     pub msrnn_version: String,
     pub model: ModelSettings,
     pub positions: String,
+    /// How the states stored keys and values (absent: f32).
+    #[serde(default, skip_serializing_if = "KvFormat::is_f32")]
+    pub kv: KvFormat,
     pub text: TextSettings,
     /// `decode` or `chunked`.
     pub mode: String,
@@ -154,6 +157,8 @@ pub struct PplConfig {
     /// Also score every segment of this many tokens.
     pub segment: Option<usize>,
     pub positions: Positions,
+    /// How every state stores keys and values.
+    pub kv: KvFormat,
     pub shard: Option<Shard>,
     /// Most cells run at once (default: all of them).
     pub batch: Option<usize>,
@@ -171,6 +176,7 @@ impl PplConfig {
             feed: Feed::Decode,
             segment: None,
             positions: Positions::default(),
+            kv: KvFormat::F32,
             shard: None,
             batch: None,
         }
@@ -225,9 +231,9 @@ pub fn run(
         Feed::Decode => (EvalMode::Decode, 1),
         Feed::Chunked(n) => (EvalMode::Chunked(n), n),
     };
-    let positions = cfg.positions;
+    let (positions, kv) = (cfg.positions, cfg.kv);
     // The grid, validated before anything runs: every policy must accept every capacity.
-    g.check(lm, registry, chunk, positions, &[cfg.tokens])?;
+    g.check(lm, registry, chunk, positions, &[cfg.tokens], kv)?;
     let max_ctx = lm.info().max_context;
     if cfg.tokens > max_ctx && g.has_full() {
         obs.event(Event::Warning(format!(
@@ -241,10 +247,11 @@ pub fn run(
     let chosen = grid::selected(g.cells.len(), cfg.shard);
     let batch = grid::batch_or(cfg.batch, chosen.len())?;
     let settings = PplSettings {
-        title: format!("{names} ({} tokens, {mode}, positions {positions}), {}", cfg.tokens, model.name),
+        title: format!("{names} ({} tokens, {mode}, positions {positions}{}), {}", cfg.tokens, kv_note(kv), model.name),
         msrnn_version: env!("CARGO_PKG_VERSION").to_string(),
         model: model.settings(),
         positions: positions.to_string(),
+        kv,
         text: TextSettings {
             files: text.files.clone(),
             tokens: cfg.tokens,
@@ -279,7 +286,7 @@ pub fn run(
             return Err(Error::Cancelled);
         }
         let mut states =
-            group.iter().map(|&k| g.cells[k].state(lm, registry, chunk, positions)).collect::<Result<Vec<_>>>()?;
+            group.iter().map(|&k| g.cells[k].state(lm, registry, chunk, positions, kv)).collect::<Result<Vec<_>>>()?;
         let cells: Vec<String> = group.iter().map(|&k| ids[k].clone()).collect();
         obs.event(Event::Batch(if cells.len() == 1 { cells[0].clone() } else { format!("{} cells", cells.len()) }));
         let seg_len = cfg.segment.unwrap_or(usize::MAX);

@@ -14,6 +14,9 @@
 
 use std::ops::Range;
 
+use half::f16;
+
+use crate::kv::{KvSlice, QBLOCK};
 use crate::rope::{pair, RopeStyle};
 
 /// Lanes of the vector code: one AVX-512 register of f32, two AVX2 ones.
@@ -57,10 +60,10 @@ pub struct Step<'a> {
     pub q_stride: usize,
     /// Absolute position of each query row, for the causal mask and the window.
     pub q_pos: &'a [u64],
-    /// Keys, blocked (see [`key_index`]); values `[num_kv_heads, slots, head_dim]`. Only slots
-    /// `[0, hi)` count.
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    /// Keys, blocked (see [`key_index`]); values `[num_kv_heads, slots, head_dim]`; both in one
+    /// format ([`crate::kv`]), read as stored and converted in registers. Only slots `[0, hi)` count.
+    pub k: KvSlice<'a>,
+    pub v: KvSlice<'a>,
     /// Slots per KV head in both buffers, a multiple of [`KEY_BLOCK`].
     pub slots: usize,
     pub hi: usize,
@@ -102,10 +105,19 @@ impl Step<'_> {
         if t == 0 || self.q_stride < h * d || self.q.len() < (t - 1) * self.q_stride + h * d {
             return fail(format!("{} query values for {t} rows of stride {}", self.q.len(), self.q_stride));
         }
-        let size = g * self.slots * d;
-        if !self.slots.is_multiple_of(KEY_BLOCK) || self.hi > self.slots || self.k.len() < size || self.v.len() < size {
-            let (k, v) = (self.k.len(), self.v.len());
-            return fail(format!("hi {} over {} slots ({k} keys, {v} values)", self.hi, self.slots));
+        let rows = g * self.slots;
+        if !self.slots.is_multiple_of(KEY_BLOCK)
+            || self.hi > self.slots
+            || !self.k.holds(rows, d)
+            || !self.v.holds(rows, d)
+        {
+            return fail(format!(
+                "hi {} over {} slots: keys or values shorter than {rows} rows of {d}",
+                self.hi, self.slots
+            ));
+        }
+        if self.k.format() != self.v.format() {
+            return fail(format!("keys in {} but values in {}", self.k.format(), self.v.format()));
         }
         if self.slot_pos.len() < self.hi || self.live.len() < self.hi {
             return fail("slot positions or liveness shorter than hi".into());
@@ -252,28 +264,121 @@ struct Dst {
     part: Option<SyncPtr>,
 }
 
+/// Where a format's rows start: the codes (or values) and, for `q8_0`, their f16 scales.
+#[derive(Clone, Copy)]
+struct Src<E> {
+    q: *const E,
+    d: *const f16,
+}
+
+impl<E> Src<E> {
+    fn plain(x: &[E]) -> Self {
+        Src { q: x.as_ptr(), d: std::ptr::null() }
+    }
+}
+
 unsafe fn run(isa: Isa, step: &Step<'_>, head: usize, rows: Range<usize>, slots: Range<usize>, dst: &Dst) {
+    match (step.k, step.v) {
+        (KvSlice::F32(k), KvSlice::F32(v)) => run_f32(isa, step, head, rows, slots, dst, Src::plain(k), Src::plain(v)),
+        (KvSlice::F16(k), KvSlice::F16(v)) => run_in(isa, step, head, rows, slots, dst, Src::plain(k), Src::plain(v)),
+        (KvSlice::Q8_0 { q: kq, d: kd }, KvSlice::Q8_0 { q: vq, d: vd }) => {
+            let (k, v) = (Src { q: kq.as_ptr(), d: kd.as_ptr() }, Src { q: vq.as_ptr(), d: vd.as_ptr() });
+            run_in(isa, step, head, rows, slots, dst, k, v)
+        }
+        _ => unreachable!("Step::check refuses keys and values in different formats"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_in<E: Elem>(
+    isa: Isa,
+    step: &Step<'_>,
+    head: usize,
+    rows: Range<usize>,
+    slots: Range<usize>,
+    dst: &Dst,
+    k: Src<E>,
+    v: Src<E>,
+) {
     match isa {
-        Isa::Scalar => rows_kv_head::<Lanes>(step, head, rows, slots, dst),
+        Isa::Scalar => rows_kv_head::<Lanes, E>(step, head, rows, slots, dst, k, v),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => rows_avx2(step, head, rows, slots, dst),
+        Isa::Avx2 => rows_avx2(step, head, rows, slots, dst, k, v),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => rows_avx512(step, head, rows, slots, dst),
+        Isa::Avx512 => rows_avx512(step, head, rows, slots, dst, k, v),
         #[cfg(not(target_arch = "x86_64"))]
-        _ => rows_kv_head::<Lanes>(step, head, rows, slots, dst),
+        _ => rows_kv_head::<Lanes, E>(step, head, rows, slots, dst, k, v),
+    }
+}
+
+/// f32 keys and values through wrappers without F16C: the f32 kernel keeps the target features
+/// it had before the other formats (the f16 and q8_0 branches are compiled out of it).
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_f32(
+    isa: Isa,
+    step: &Step<'_>,
+    head: usize,
+    rows: Range<usize>,
+    slots: Range<usize>,
+    dst: &Dst,
+    k: Src<f32>,
+    v: Src<f32>,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => rows_avx2_f32(step, head, rows, slots, dst, k, v),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => rows_avx512_f32(step, head, rows, slots, dst, k, v),
+        _ => run_in(isa, step, head, rows, slots, dst, k, v),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(s: &Step<'_>, g: usize, r: Range<usize>, k: Range<usize>, d: &Dst) {
-    rows_kv_head::<x86::Avx2>(s, g, r, k, d)
+unsafe fn rows_avx2_f32(s: &Step<'_>, g: usize, r: Range<usize>, k: Range<usize>, d: &Dst, ks: Src<f32>, vs: Src<f32>) {
+    rows_kv_head::<x86::Avx2, f32>(s, g, r, k, d, ks, vs)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn rows_avx512(s: &Step<'_>, g: usize, r: Range<usize>, k: Range<usize>, d: &Dst) {
-    rows_kv_head::<x86::Avx512>(s, g, r, k, d)
+unsafe fn rows_avx512_f32(
+    s: &Step<'_>,
+    g: usize,
+    r: Range<usize>,
+    k: Range<usize>,
+    d: &Dst,
+    ks: Src<f32>,
+    vs: Src<f32>,
+) {
+    rows_kv_head::<x86::Avx512, f32>(s, g, r, k, d, ks, vs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_avx2<E: Elem>(
+    s: &Step<'_>,
+    g: usize,
+    r: Range<usize>,
+    k: Range<usize>,
+    d: &Dst,
+    ks: Src<E>,
+    vs: Src<E>,
+) {
+    rows_kv_head::<x86::Avx2, E>(s, g, r, k, d, ks, vs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn rows_avx512<E: Elem>(
+    s: &Step<'_>,
+    g: usize,
+    r: Range<usize>,
+    k: Range<usize>,
+    d: &Dst,
+    ks: Src<E>,
+    vs: Src<E>,
+) {
+    rows_kv_head::<x86::Avx512, E>(s, g, r, k, d, ks, vs)
 }
 
 /// The query heads of KV head `g` for query rows `rows` over the key slots `slots` (a range of
@@ -282,8 +387,17 @@ unsafe fn rows_avx512(s: &Step<'_>, g: usize, r: Range<usize>, k: Range<usize>, 
 /// probabilities. With `dst.part` the softmax is left unnormalized and the outputs, maxima and sums
 /// go to the split's part entries for [`merge`].
 #[inline(always)]
-unsafe fn rows_kv_head<V: Simd>(s: &Step<'_>, g: usize, rows: Range<usize>, slots: Range<usize>, dst: &Dst) {
+unsafe fn rows_kv_head<V: Simd, E: Elem>(
+    s: &Step<'_>,
+    g: usize,
+    rows: Range<usize>,
+    slots: Range<usize>,
+    dst: &Dst,
+    k: Src<E>,
+    v: Src<E>,
+) {
     let (d, hi) = (s.head_dim, s.hi);
+    let nb = d.div_ceil(QBLOCK);
     let group = s.num_heads / s.num_kv_heads;
     let t = s.rows();
     let k0 = slots.start;
@@ -291,8 +405,13 @@ unsafe fn rows_kv_head<V: Simd>(s: &Step<'_>, g: usize, rows: Range<usize>, slot
     let nblk = width / L;
     // Slots of this range that hold values (the last block may run past hi).
     let live_n = hi.min(slots.end).saturating_sub(k0);
-    let keys = s.k.as_ptr().add(g * s.slots * d + k0 * d);
-    let vals = s.v.as_ptr().add((g * s.slots + k0) * d);
+    let keys = k.q.add(g * s.slots * d + k0 * d);
+    let key_scales = k.d.wrapping_add((g * s.slots + k0) * nb);
+    let vals = v.q.add((g * s.slots + k0) * d);
+    // The values' scales (q8_0) as f32, converted once for every row block of the task.
+    let val_scales =
+        if E::SCALED { f16_to_f32::<V>(v.d.add((g * s.slots + k0) * nb), live_n * nb) } else { Vec::new() };
+    let vs = val_scales.as_ptr();
     let scores = vec![0f32; rows.len().min(ROW_BLOCK) * group * width];
     // One rotated key block at a time (cache mode), read back from L1 by every query of the task.
     let rotated = vec![0f32; if s.key_angles.is_some() { d * L } else { 0 }];
@@ -305,14 +424,16 @@ unsafe fn rows_kv_head<V: Simd>(s: &Step<'_>, g: usize, rows: Range<usize>, slot
         let row_ptr = |x: usize| scores.as_ptr().add(x * width) as *mut f32;
         let rows_at = scores.as_ptr() as *mut f32;
         match s.key_angles {
-            None => score_rows::<V>(s, g, block.start, nq, rows_at, width, keys, nblk),
+            None => score_rows::<V, E>(s, g, block.start, nq, rows_at, width, keys, key_scales, nblk),
             Some(a) => {
                 let half = d / 2;
                 for b in 0..nblk {
                     let at = (k0 / L + b) * half * L;
                     let (c, sn) = (a.cos.as_ptr().add(at), a.sin.as_ptr().add(at));
-                    rotate_block::<V>(keys.add(b * d * L), rotated.as_ptr() as *mut f32, c, sn, d, a.style);
-                    score_rows::<V>(s, g, block.start, nq, rows_at.add(b * L), width, rotated.as_ptr(), 1);
+                    let (kb, ksb) = (keys.add(b * d * L), key_scales.wrapping_add(b * nb * L));
+                    rotate_block::<V, E>(kb, ksb, rotated.as_ptr() as *mut f32, c, sn, d, a.style);
+                    let r = rotated.as_ptr();
+                    score_rows::<V, f32>(s, g, block.start, nq, rows_at.add(b * L), width, r, std::ptr::null(), 1);
                 }
             }
         }
@@ -364,14 +485,21 @@ unsafe fn rows_kv_head<V: Simd>(s: &Step<'_>, g: usize, rows: Range<usize>, slot
                     let ps = |i: usize| p(j + i.min(n - 1));
                     let os = |i: usize| o(j + i.min(n - 1));
                     match n {
-                        4 => pv4::<V, 4>([ps(0), ps(1), ps(2), ps(3)], live_n, vals, d, [os(0), os(1), os(2), os(3)]),
-                        3 => pv4::<V, 3>([ps(0), ps(1), ps(2)], live_n, vals, d, [os(0), os(1), os(2)]),
-                        2 => pv4::<V, 2>([ps(0), ps(1)], live_n, vals, d, [os(0), os(1)]),
-                        _ => pv4::<V, 1>([ps(0)], live_n, vals, d, [os(0)]),
+                        4 => pv4::<V, E, 4>(
+                            [ps(0), ps(1), ps(2), ps(3)],
+                            live_n,
+                            vals,
+                            vs,
+                            d,
+                            [os(0), os(1), os(2), os(3)],
+                        ),
+                        3 => pv4::<V, E, 3>([ps(0), ps(1), ps(2)], live_n, vals, vs, d, [os(0), os(1), os(2)]),
+                        2 => pv4::<V, E, 2>([ps(0), ps(1)], live_n, vals, vs, d, [os(0), os(1)]),
+                        _ => pv4::<V, E, 1>([ps(0)], live_n, vals, vs, d, [os(0)]),
                     }
                 } else {
                     for i in 0..n {
-                        pv::<V>(std::slice::from_raw_parts(p(j + i), live_n), vals, d, o(j + i));
+                        pv::<V, E>(std::slice::from_raw_parts(p(j + i), live_n), vals, vs, d, o(j + i));
                     }
                 }
                 j += n;
@@ -395,14 +523,15 @@ unsafe fn rows_kv_head<V: Simd>(s: &Step<'_>, g: usize, rows: Range<usize>, slot
 /// inherit the caller's target features, and its vector intrinsics would become calls.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn score_rows<V: Simd>(
+unsafe fn score_rows<V: Simd, E: Elem>(
     s: &Step<'_>,
     g: usize,
     first_row: usize,
     nq: usize,
     scores: *mut f32,
     width: usize,
-    keys: *const f32,
+    keys: *const E,
+    key_scales: *const f16,
     nblk: usize,
 ) {
     let (d, group) = (s.head_dim, s.num_heads / s.num_kv_heads);
@@ -413,11 +542,12 @@ unsafe fn score_rows<V: Simd>(
         let n = (nq - x).min(4);
         let qs = |i: usize| q_ptr(x + i.min(n - 1));
         let ds = |i: usize| row_ptr(x + i.min(n - 1));
+        let k = Src { q: keys, d: key_scales };
         match n {
-            4 => qk::<V, 4>([qs(0), qs(1), qs(2), qs(3)], keys, nblk, d, s.scale, [ds(0), ds(1), ds(2), ds(3)]),
-            3 => qk::<V, 3>([qs(0), qs(1), qs(2)], keys, nblk, d, s.scale, [ds(0), ds(1), ds(2)]),
-            2 => qk::<V, 2>([qs(0), qs(1)], keys, nblk, d, s.scale, [ds(0), ds(1)]),
-            _ => qk::<V, 1>([qs(0)], keys, nblk, d, s.scale, [ds(0)]),
+            4 => qk::<V, E, 4>([qs(0), qs(1), qs(2), qs(3)], k, nblk, d, s.scale, [ds(0), ds(1), ds(2), ds(3)]),
+            3 => qk::<V, E, 3>([qs(0), qs(1), qs(2)], k, nblk, d, s.scale, [ds(0), ds(1), ds(2)]),
+            2 => qk::<V, E, 2>([qs(0), qs(1)], k, nblk, d, s.scale, [ds(0), ds(1)]),
+            _ => qk::<V, E, 1>([qs(0)], k, nblk, d, s.scale, [ds(0)]),
         }
         x += n;
     }
@@ -427,8 +557,9 @@ unsafe fn score_rows<V: Simd>(
 /// sixteen) into `dst`: `x_a c - x_b s` and `x_a s + x_b c` per pair, rounded per operation as
 /// [`crate::rope::rotate_keys_blocked`] does, so the scores equal those of keys rotated beforehand.
 #[inline(always)]
-unsafe fn rotate_block<V: Simd>(
-    src: *const f32,
+unsafe fn rotate_block<V: Simd, E: Elem>(
+    src: *const E,
+    scales: *const f16,
     dst: *mut f32,
     cos: *const f32,
     sin: *const f32,
@@ -437,32 +568,59 @@ unsafe fn rotate_block<V: Simd>(
 ) {
     for i in 0..d / 2 {
         let (a, b) = pair(style, d, i);
-        let (xa, xb) = (V::load(src.add(a * L)), V::load(src.add(b * L)));
+        let (xa, xb) = (key_row::<V, E>(src, scales, a), key_row::<V, E>(src, scales, b));
         let (c, s) = (V::load(cos.add(i * L)), V::load(sin.add(i * L)));
         xa.mul(c).sub(xb.mul(s)).store(dst.add(a * L));
         xa.mul(s).add(xb.mul(c)).store(dst.add(b * L));
     }
 }
 
-/// Scores of `N` queries against every key block: per head dimension, one vector of sixteen slots'
-/// key values times each query's broadcast value, accumulated with fused multiply-adds.
+/// Dimension `i` of a key block's sixteen slots, dequantized (`q8_0`: the code times its slot's
+/// scale of block `i / QBLOCK`; exact, as the dequantized value is).
 #[inline(always)]
-unsafe fn qk<V: Simd, const N: usize>(
+unsafe fn key_row<V: Simd, E: Elem>(kb: *const E, scales: *const f16, i: usize) -> V {
+    let x = E::load::<V>(kb.add(i * L));
+    if E::SCALED {
+        x.mul(V::load_f16(scales.add(i / QBLOCK * L)))
+    } else {
+        x
+    }
+}
+
+/// Scores of `N` queries against every key block: per head dimension, one vector of sixteen slots'
+/// key values times each query's broadcast value, accumulated with fused multiply-adds. The key
+/// values are what [`key_row`] reads, with each block's scales loaded once per [`QBLOCK`] dimensions.
+#[inline(always)]
+unsafe fn qk<V: Simd, E: Elem, const N: usize>(
     q: [*const f32; N],
-    keys: *const f32,
+    keys: Src<E>,
     nblk: usize,
     d: usize,
     scale: f32,
     dst: [*mut f32; N],
 ) {
     let sv = V::splat(scale);
+    let nb = d.div_ceil(QBLOCK);
     for b in 0..nblk {
-        let kb = keys.add(b * d * L);
+        let kb = keys.q.add(b * d * L);
         let mut acc = [V::splat(0.0); N];
-        for i in 0..d {
-            let kv = V::load(kb.add(i * L));
-            for x in 0..N {
-                acc[x] = V::splat(*q[x].add(i)).fma(kv, acc[x]);
+        if E::SCALED {
+            let sb = keys.d.add(b * nb * L);
+            for j in 0..nb {
+                let ks = V::load_f16(sb.add(j * L));
+                for i in j * QBLOCK..((j + 1) * QBLOCK).min(d) {
+                    let kv = E::load::<V>(kb.add(i * L)).mul(ks);
+                    for x in 0..N {
+                        acc[x] = V::splat(*q[x].add(i)).fma(kv, acc[x]);
+                    }
+                }
+            }
+        } else {
+            for i in 0..d {
+                let kv = E::load::<V>(kb.add(i * L));
+                for x in 0..N {
+                    acc[x] = V::splat(*q[x].add(i)).fma(kv, acc[x]);
+                }
             }
         }
         for x in 0..N {
@@ -474,25 +632,46 @@ unsafe fn qk<V: Simd, const N: usize>(
 /// `o = Σ_s p[s] · v[s]` over the slots with non-zero probability, sixty-four dimensions at a time
 /// in registers.
 #[inline(always)]
-unsafe fn pv<V: Simd>(p: &[f32], vals: *const f32, d: usize, o: *mut f32) {
+unsafe fn pv<V: Simd, E: Elem>(p: &[f32], vals: *const E, vs: *const f32, d: usize, o: *mut f32) {
     let mut c = 0;
     while c < d {
         let w = (d - c).min(4 * L);
         match (w / L, w % L) {
-            (4, 0) => pv_chunk::<V, 4>(p, vals, d, c, o),
-            (3, 0) => pv_chunk::<V, 3>(p, vals, d, c, o),
-            (2, 0) => pv_chunk::<V, 2>(p, vals, d, c, o),
-            (1, 0) => pv_chunk::<V, 1>(p, vals, d, c, o),
-            _ => pv_ragged::<V>(p, vals, d, c, w, o),
+            (4, 0) => pv_chunk::<V, E, 4>(p, vals, vs, d, c, o),
+            (3, 0) => pv_chunk::<V, E, 3>(p, vals, vs, d, c, o),
+            (2, 0) => pv_chunk::<V, E, 2>(p, vals, vs, d, c, o),
+            (1, 0) => pv_chunk::<V, E, 1>(p, vals, vs, d, c, o),
+            _ => pv_ragged::<V, E>(p, vals, vs, d, c, w, o),
         }
         c += w;
+    }
+}
+
+/// Sixteen values of slot `slot`'s row from dimension `c` on (`n < L`: the first `n`, the rest 0),
+/// dequantized with the slot's f32 scales (`vs`: [`QBLOCK`]-dimension blocks per row). A vector
+/// starts at a multiple of 16 dimensions, so it lies inside one block.
+#[inline(always)]
+unsafe fn val_row<V: Simd, E: Elem>(vals: *const E, vs: *const f32, d: usize, slot: usize, c: usize, n: usize) -> V {
+    let p = vals.add(slot * d + c);
+    let x = if n == L { E::load::<V>(p) } else { E::load_part::<V>(p, n) };
+    if E::SCALED {
+        x.mul(V::splat(*vs.add(slot * d.div_ceil(QBLOCK) + c / QBLOCK)))
+    } else {
+        x
     }
 }
 
 /// [`pv`] for `N` queries at once over head sizes that are whole multiples of 64: each value row
 /// is loaded once for all of them; the arithmetic per query is the same as [`pv_chunk`]'s.
 #[inline(always)]
-unsafe fn pv4<V: Simd, const N: usize>(p: [*const f32; N], hi: usize, vals: *const f32, d: usize, o: [*mut f32; N]) {
+unsafe fn pv4<V: Simd, E: Elem, const N: usize>(
+    p: [*const f32; N],
+    hi: usize,
+    vals: *const E,
+    vs: *const f32,
+    d: usize,
+    o: [*mut f32; N],
+) {
     let mut c = 0;
     while c < d {
         let mut acc = [[V::splat(0.0); 4]; N];
@@ -501,13 +680,12 @@ unsafe fn pv4<V: Simd, const N: usize>(p: [*const f32; N], hi: usize, vals: *con
             if w.iter().all(|&w| w == 0.0) {
                 continue;
             }
-            let row = vals.add(slot * d + c);
-            let vs = [V::load(row), V::load(row.add(L)), V::load(row.add(2 * L)), V::load(row.add(3 * L))];
+            let row: [V; 4] = std::array::from_fn(|v| val_row::<V, E>(vals, vs, d, slot, c + v * L, L));
             for x in 0..N {
                 if w[x] != 0.0 {
                     let wv = V::splat(w[x]);
                     for v in 0..4 {
-                        acc[x][v] = wv.fma(vs[v], acc[x][v]);
+                        acc[x][v] = wv.fma(row[v], acc[x][v]);
                     }
                 }
             }
@@ -522,16 +700,22 @@ unsafe fn pv4<V: Simd, const N: usize>(p: [*const f32; N], hi: usize, vals: *con
 }
 
 #[inline(always)]
-unsafe fn pv_chunk<V: Simd, const NV: usize>(p: &[f32], vals: *const f32, d: usize, c: usize, o: *mut f32) {
+unsafe fn pv_chunk<V: Simd, E: Elem, const NV: usize>(
+    p: &[f32],
+    vals: *const E,
+    vs: *const f32,
+    d: usize,
+    c: usize,
+    o: *mut f32,
+) {
     let mut acc = [V::splat(0.0); NV];
     for (slot, &w) in p.iter().enumerate() {
         if w == 0.0 {
             continue;
         }
         let wv = V::splat(w);
-        let row = vals.add(slot * d + c);
         for (v, acc) in acc.iter_mut().enumerate() {
-            *acc = wv.fma(V::load(row.add(v * L)), *acc);
+            *acc = wv.fma(val_row::<V, E>(vals, vs, d, slot, c + v * L, L), *acc);
         }
     }
     for (v, acc) in acc.iter().enumerate() {
@@ -541,8 +725,17 @@ unsafe fn pv_chunk<V: Simd, const NV: usize>(p: &[f32], vals: *const f32, d: usi
 
 /// [`pv_chunk`] for a width that is not whole vectors (head sizes like 12 or 17): same arithmetic,
 /// partial loads and stores.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn pv_ragged<V: Simd>(p: &[f32], vals: *const f32, d: usize, c: usize, w: usize, o: *mut f32) {
+unsafe fn pv_ragged<V: Simd, E: Elem>(
+    p: &[f32],
+    vals: *const E,
+    vs: *const f32,
+    d: usize,
+    c: usize,
+    w: usize,
+    o: *mut f32,
+) {
     let nv = w.div_ceil(L);
     let mut acc = [V::splat(0.0); 4];
     for (slot, &pw) in p.iter().enumerate() {
@@ -550,10 +743,9 @@ unsafe fn pv_ragged<V: Simd>(p: &[f32], vals: *const f32, d: usize, c: usize, w:
             continue;
         }
         let wv = V::splat(pw);
-        let row = vals.add(slot * d + c);
         for (v, acc) in acc.iter_mut().enumerate().take(nv) {
             let n = (w - v * L).min(L);
-            *acc = wv.fma(V::load_part(row.add(v * L), n), *acc);
+            *acc = wv.fma(val_row::<V, E>(vals, vs, d, slot, c + v * L, n), *acc);
         }
     }
     for (v, acc) in acc.iter().enumerate().take(nv) {
@@ -615,9 +807,74 @@ unsafe fn exp_shifted<V: Simd>(x: &mut [f32]) -> (f32, f32) {
     (top, acc.sum())
 }
 
+/// `n` f16 values from `p` as f32, through the vector's conversion (the values' scales of a task).
+#[inline(always)]
+unsafe fn f16_to_f32<V: Simd>(p: *const f16, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n];
+    let o = out.as_mut_ptr();
+    let mut i = 0;
+    while i + L <= n {
+        V::load_f16(p.add(i)).store(o.add(i));
+        i += L;
+    }
+    if i < n {
+        f16::load_part::<V>(p.add(i), n - i).store_part(o.add(i), n - i);
+    }
+    out
+}
+
+/// A stored key/value element: f32, f16, or a `q8_0` code (`SCALED`: times its block's scale).
+trait Elem: Copy {
+    const SCALED: bool;
+    const ZERO: Self;
+    /// Sixteen consecutive elements as f32 (exact conversions).
+    unsafe fn load<V: Simd>(p: *const Self) -> V;
+    /// The first `n` of sixteen, the rest 0.
+    unsafe fn load_part<V: Simd>(p: *const Self, n: usize) -> V {
+        let mut a = [Self::ZERO; L];
+        std::ptr::copy_nonoverlapping(p, a.as_mut_ptr(), n);
+        Self::load(a.as_ptr())
+    }
+}
+
+impl Elem for f32 {
+    const SCALED: bool = false;
+    const ZERO: Self = 0.0;
+    #[inline(always)]
+    unsafe fn load<V: Simd>(p: *const Self) -> V {
+        V::load(p)
+    }
+    #[inline(always)]
+    unsafe fn load_part<V: Simd>(p: *const Self, n: usize) -> V {
+        V::load_part(p, n)
+    }
+}
+
+impl Elem for f16 {
+    const SCALED: bool = false;
+    const ZERO: Self = f16::ZERO;
+    #[inline(always)]
+    unsafe fn load<V: Simd>(p: *const Self) -> V {
+        V::load_f16(p)
+    }
+}
+
+impl Elem for i8 {
+    const SCALED: bool = true;
+    const ZERO: Self = 0;
+    #[inline(always)]
+    unsafe fn load<V: Simd>(p: *const Self) -> V {
+        V::load_i8(p)
+    }
+}
+
 trait Simd: Copy {
     unsafe fn splat(x: f32) -> Self;
     unsafe fn load(p: *const f32) -> Self;
+    /// Sixteen f16 values, converted exactly.
+    unsafe fn load_f16(p: *const f16) -> Self;
+    /// Sixteen signed bytes, converted exactly.
+    unsafe fn load_i8(p: *const i8) -> Self;
     unsafe fn store(self, p: *mut f32);
     unsafe fn add(self, o: Self) -> Self;
     unsafe fn sub(self, o: Self) -> Self;
@@ -715,6 +972,14 @@ impl Simd for Lanes {
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self {
         Lanes(std::ptr::read_unaligned(p as *const [f32; L]))
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const f16) -> Self {
+        Lanes(std::ptr::read_unaligned(p as *const [f16; L]).map(f16::to_f32))
+    }
+    #[inline(always)]
+    unsafe fn load_i8(p: *const i8) -> Self {
+        Lanes(std::ptr::read_unaligned(p as *const [i8; L]).map(|c| c as f32))
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -847,6 +1112,19 @@ mod x86 {
             Avx2(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
         }
         #[inline(always)]
+        unsafe fn load_f16(p: *const f16) -> Self {
+            let (lo, hi) = (_mm_loadu_si128(p as *const __m128i), _mm_loadu_si128(p.add(8) as *const __m128i));
+            Avx2(_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi))
+        }
+        #[inline(always)]
+        unsafe fn load_i8(p: *const i8) -> Self {
+            let x = _mm_loadu_si128(p as *const __m128i);
+            Avx2(
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(x)),
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(x, 8))),
+            )
+        }
+        #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             _mm256_storeu_ps(p, self.0);
             _mm256_storeu_ps(p.add(8), self.1);
@@ -901,6 +1179,14 @@ mod x86 {
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
             Avx512(_mm512_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn load_f16(p: *const f16) -> Self {
+            Avx512(_mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)))
+        }
+        #[inline(always)]
+        unsafe fn load_i8(p: *const i8) -> Self {
+            Avx512(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i))))
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
@@ -1082,8 +1368,8 @@ mod tests {
             q: &c.q[5..],
             q_stride: c.heads * c.d,
             q_pos: &c.q_pos,
-            k: &c.kb,
-            v: &c.v,
+            k: KvSlice::F32(&c.kb),
+            v: KvSlice::F32(&c.v),
             slots: c.slots,
             hi: c.hi,
             slot_pos: &c.slot_pos,
@@ -1241,7 +1527,7 @@ mod tests {
                     let run = |keys: &[f32], angles: Option<KeyAngles<'_>>| {
                         let mut out = vec![0f32; t * h * d];
                         let mut probs = vec![0f32; h * hi];
-                        let s = Step { k: keys, key_angles: angles, ..step(&c) };
+                        let s = Step { k: KvSlice::F32(keys), key_angles: angles, ..step(&c) };
                         let sink = Sink { out: &mut out, out_stride: h * d, probs: &mut probs, prob_rows: 1 };
                         attention_with(isa, &s, sink, &|n, f| (0..n).for_each(f)).unwrap();
                         (out, probs)
@@ -1252,6 +1538,103 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `c`'s keys and values stored in `format`, and the same values dequantized into f32 buffers.
+    fn stored(c: &Case, format: crate::KvFormat) -> [crate::KvBuf; 4] {
+        use crate::KvBuf;
+        let (g, n, d) = (c.kv, c.slots, c.d);
+        let (mut k, mut v) = (KvBuf::zeros(format, g, n, d).unwrap(), KvBuf::zeros(format, g, n, d).unwrap());
+        let (mut kf, mut vf) = (vec![0f32; g * n * d], vec![0f32; g * n * d]);
+        let mut row = vec![0f32; d];
+        for h in 0..g {
+            for s in 0..n {
+                let at = (h * n + s) * d;
+                k.write_key(n, h, s, &c.k[at..][..d]);
+                v.write_value(n, h, s, &c.v[at..][..d]);
+                k.read_key(n, h, s, &mut row);
+                write_key(&mut kf, n, h, s, &row);
+                v.read_value(n, h, s, &mut vf[at..][..d]);
+            }
+        }
+        [k, v, KvBuf::F32(kf), KvBuf::F32(vf)]
+    }
+
+    #[test]
+    fn every_kv_format_scores_exactly_as_its_values_dequantized_to_f32() {
+        use crate::kv::KvFormat;
+        let mut rng = Rng(11);
+        // heads, kv, d, hi, t, window: decode and chunks, head sizes off the 16/32 grid (q8_0's last
+        // block ragged), SmolLM2's 64 and Gemma's 256, split slot ranges, a model window.
+        let shapes = [
+            (9, 3, 64, 37, 1, None),
+            (9, 3, 64, 48, 1, None),
+            (4, 1, 256, 19, 3, Some(8)),
+            (6, 2, 12, 33, 13, Some(5)),
+            (1, 1, 17, 1, 1, None),
+            (2, 2, 40, 70, 9, None),
+            (8, 4, 96, 21, 2, None),
+            (9, 3, 64, 600, 1, None),
+            (4, 2, 48, 530, 3, Some(300)),
+        ];
+        for (i, &(h, g, d, hi, t, w)) in shapes.iter().enumerate() {
+            let mut c = case(&mut rng, h, g, d, hi, t, w);
+            // Awkward blocks: all zero (scale 0), one spike, tiny values.
+            c.k[..d.min(32)].fill(0.0);
+            c.v[d..2 * d].iter_mut().for_each(|x| *x *= 1e-4);
+            c.k[2 * d + 3] = 8.0;
+            for format in [KvFormat::F16, KvFormat::Q8_0] {
+                let [k, v, kf, vf] = stored(&c, format);
+                let prob_rows = [1, t, 0][i % 3];
+                let run = |isa: Isa, k: &crate::KvBuf, v: &crate::KvBuf, angles: Option<KeyAngles<'_>>| {
+                    let mut out = vec![0f32; t * h * d];
+                    let mut probs = vec![0f32; prob_rows * h * hi];
+                    let s = Step { k: k.view(), v: v.view(), key_angles: angles, ..step(&c) };
+                    let sink = Sink { out: &mut out, out_stride: h * d, probs: &mut probs, prob_rows };
+                    attention_with(isa, &s, sink, &|n, f| (0..n).for_each(f)).unwrap();
+                    (out, probs)
+                };
+                // Cache mode: keys rotated block by block as they are read.
+                let half = d / 2;
+                let cos: Vec<f32> = (0..(hi + 1) * half).map(|x| (x as f32 * 0.31).cos()).collect();
+                let sin: Vec<f32> = (0..(hi + 1) * half).map(|x| (x as f32 * 0.31).sin()).collect();
+                let rank: Vec<u32> = (0..hi as u32).rev().collect();
+                let (mut ct, mut st) = (Vec::new(), Vec::new());
+                crate::rope::block_angles(Isa::Scalar, &rank, hi, half, &cos, &sin, &mut ct, &mut st);
+                let angles = (d % 2 == 0).then_some(KeyAngles { cos: &ct, sin: &st, style: RopeStyle::HalfSplit });
+                let mut simd = Vec::new();
+                for isa in Isa::supported() {
+                    for a in [None, angles] {
+                        let got = run(isa, &k, &v, a);
+                        assert!(got == run(isa, &kf, &vf, a), "{isa:?} {format} shape {i}: differs from f32");
+                        if isa != Isa::Scalar {
+                            simd.push(got);
+                        }
+                    }
+                }
+                for pair in simd.chunks(2).collect::<Vec<_>>().windows(2) {
+                    assert!(pair[0] == pair[1], "{format} shape {i}: SIMD variants differ");
+                }
+                // And the stored values are the format's rounding of the originals.
+                let (want, _) = reference(&c);
+                let (got, _) = run(Isa::Scalar, &k, &v, None);
+                let tol = if format == KvFormat::F16 { 2e-2 } else { 0.1 };
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((*a as f64 - b).abs() < tol * (1.0 + b.abs()), "{format} shape {i}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn keys_and_values_in_different_formats_are_refused() {
+        let mut rng = Rng(3);
+        let c = case(&mut rng, 2, 1, 32, 5, 1, None);
+        let [k, ..] = stored(&c, crate::KvFormat::F16);
+        let s = Step { k: k.view(), ..step(&c) };
+        let mut out = vec![0f32; 64];
+        let e = attention(&s, Sink { out: &mut out, out_stride: 64, probs: &mut [], prob_rows: 0 }).unwrap_err();
+        assert!(e.contains("keys in f16 but values in f32"), "{e}");
     }
 
     #[test]

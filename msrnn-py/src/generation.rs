@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyString;
 
 use crate::errors;
-use crate::model::{build_state, parse_positions, Shared};
+use crate::model::{build_state, parse_kv, parse_positions, Shared};
 use crate::registry;
 use crate::state::State;
 
@@ -33,6 +33,8 @@ pub struct Request {
     pub policy: Option<String>,
     pub capacity: Option<usize>,
     pub positions: Option<String>,
+    /// `kv=`: the KV format of a fresh state (None: f32).
+    pub kv: Option<String>,
     pub prefill_chunk: usize,
     pub max_tokens: usize,
     pub temperature: Option<f64>,
@@ -198,9 +200,10 @@ pub fn start(
     // The multi-state: lent by the `State`, or fresh.
     let (state, prev, chunk): (MsrnnState, Option<Conversation>, usize) = match &target {
         Some(t) => {
-            if req.policy.is_some() || req.capacity.is_some() || req.positions.is_some() {
+            if req.policy.is_some() || req.capacity.is_some() || req.positions.is_some() || req.kv.is_some() {
                 return Err(PyValueError::new_err(
-                    "state= brings its own policy, capacity and positions: leave policy, capacity and positions out",
+                    "state= brings its own policy, capacity, positions and kv: leave policy, capacity, positions and \
+                     kv out",
                 ));
             }
             let t = t.get();
@@ -210,7 +213,8 @@ pub fn start(
         None => {
             let spec = registry::parse_spec(&r, req.policy.as_deref().unwrap_or("tova"))?;
             let positions = parse_positions(req.positions.as_deref().unwrap_or("absolute"))?;
-            let s = build_state(&m, &r, &spec, req.capacity, positions, req.prefill_chunk)?;
+            let kv = parse_kv(req.kv.as_deref().unwrap_or("f32"))?;
+            let s = build_state(&m, &r, &spec, req.capacity, positions, req.prefill_chunk, kv)?;
             (s, None, req.prefill_chunk)
         }
     };

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use msrnn_core::{MsrnnState, PolicyRegistry, PolicySpec, Positions, StateRecipe};
+use msrnn_core::{KvFormat, MsrnnState, PolicyRegistry, PolicySpec, Positions, StateRecipe};
 use msrnn_engine::{LoadedModel, Message};
 use msrnn_eval::passkey::PasskeyConfig;
 use msrnn_eval::ppl::PplConfig;
@@ -42,6 +42,7 @@ pub fn build_state(
     capacity: Option<usize>,
     positions: Positions,
     chunk: usize,
+    kv: KvFormat,
 ) -> PyResult<MsrnnState> {
     if chunk == 0 {
         return Err(PyValueError::new_err("chunk must be at least 1"));
@@ -49,12 +50,18 @@ pub fn build_state(
     let recipe = StateRecipe::resolve(r, m.info(), spec.clone(), capacity, DEFAULT_CAPACITY)
         .map_err(errors::core)?
         .positions(positions)
-        .max_chunk(chunk);
+        .max_chunk(chunk)
+        .kv(kv);
     r.build_state(m.model(), &recipe).map_err(errors::core)
 }
 
 pub fn parse_positions(s: &str) -> PyResult<Positions> {
     s.parse::<Positions>().map_err(errors::core)
+}
+
+/// `kv=`: f32, f16 or q8_0.
+pub fn parse_kv(s: &str) -> PyResult<KvFormat> {
+    s.parse::<KvFormat>().map_err(|e| PyValueError::new_err(format!("kv={s:?}: {e}")))
 }
 
 /// The model path: the one given, else `MSRNN_MODEL`, else the model in `models/` of the current
@@ -208,8 +215,9 @@ impl Model {
     /// list of ids; the grid runs as one batch (`batch` caps the sequences at once). Returns one dict
     /// per cell with the CLI JSON's fields: id, ppl, nll_sum, scored, max_live, policy, spec,
     /// capacity (None for `full`), and `segments` when `segment` (tokens per segment) is given.
-    /// `ratios` (shares of the context removed, C = ceil((1 - R) x tokens)) replace `capacities`.
-    #[pyo3(signature = (text, policies = None, capacities = None, tokens = 2048, mode = "decode", positions = "absolute", chunk = 16, segment = None, batch = None, ratios = None))]
+    /// `ratios` (shares of the context removed, C = ceil((1 - R) x tokens)) replace `capacities`;
+    /// `kv` is how every state stores keys and values (f32, f16 or q8_0).
+    #[pyo3(signature = (text, policies = None, capacities = None, tokens = 2048, mode = "decode", positions = "absolute", chunk = 16, segment = None, batch = None, ratios = None, kv = "f32"))]
     #[allow(clippy::too_many_arguments)]
     fn perplexity<'py>(
         &self,
@@ -224,6 +232,7 @@ impl Model {
         segment: Option<usize>,
         batch: Option<usize>,
         ratios: Option<Vec<f64>>,
+        kv: &str,
     ) -> PyResult<Bound<'py, PyList>> {
         let r = registry::current()?;
         let mut cfg = PplConfig::new(tokens);
@@ -233,6 +242,7 @@ impl Model {
         cfg.positions = parse_positions(positions)?;
         cfg.segment = segment;
         cfg.batch = batch;
+        cfg.kv = parse_kv(kv)?;
         let m = &*self.inner;
         let mut ids = ids_of(m, text, Some(tokens))?;
         if ids.len() < tokens {
@@ -251,7 +261,7 @@ impl Model {
     /// in chunks of `chunk` (or one token per step with `mode="decode"`), the answer decoded
     /// greedily. Returns one dict per cell (id, length, depth, trials, correct, accuracy, answers,
     /// policy, spec, capacity), as the CLI's JSON. `ratios` replace `capacities` (C per length).
-    #[pyo3(signature = (policies = None, capacities = None, lengths = None, depths = None, trials = 5, seed = 0, haystack = "filler", plays = None, mode = "chunked", chunk = 64, answer_tokens = 8, positions = "absolute", batch = None, ratios = None))]
+    #[pyo3(signature = (policies = None, capacities = None, lengths = None, depths = None, trials = 5, seed = 0, haystack = "filler", plays = None, mode = "chunked", chunk = 64, answer_tokens = 8, positions = "absolute", batch = None, ratios = None, kv = "f32"))]
     #[allow(clippy::too_many_arguments)]
     fn passkey<'py>(
         &self,
@@ -270,6 +280,7 @@ impl Model {
         positions: &str,
         batch: Option<usize>,
         ratios: Option<Vec<f64>>,
+        kv: &str,
     ) -> PyResult<Bound<'py, PyList>> {
         let r = registry::current()?;
         let d = PasskeyConfig::default();
@@ -286,6 +297,7 @@ impl Model {
             feed: eval::feed(mode, chunk)?,
             answer_tokens,
             positions: parse_positions(positions)?,
+            kv: parse_kv(kv)?,
             shard: None,
             batch,
         };
@@ -298,7 +310,7 @@ impl Model {
     /// (None: data/prose found upward from the current directory, as the CLI does); `chat` puts
     /// each prompt through the model's chat template. Returns one dict per cell (id, task, length,
     /// depth, trials, score, answers, policy, spec, capacity), as the CLI's JSON.
-    #[pyo3(signature = (tasks = None, policies = None, capacities = None, lengths = None, depths = None, trials = 2, seed = 0, text = None, chat = true, mode = "chunked", chunk = 64, positions = "absolute", batch = None, ratios = None))]
+    #[pyo3(signature = (tasks = None, policies = None, capacities = None, lengths = None, depths = None, trials = 2, seed = 0, text = None, chat = true, mode = "chunked", chunk = 64, positions = "absolute", batch = None, ratios = None, kv = "f32"))]
     #[allow(clippy::too_many_arguments)]
     fn ruler<'py>(
         &self,
@@ -317,6 +329,7 @@ impl Model {
         positions: &str,
         batch: Option<usize>,
         ratios: Option<Vec<f64>>,
+        kv: &str,
     ) -> PyResult<Bound<'py, PyList>> {
         let r = registry::current()?;
         let d = RulerConfig::default();
@@ -334,6 +347,7 @@ impl Model {
             chat,
             feed: eval::feed(mode, chunk)?,
             positions: parse_positions(positions)?,
+            kv: parse_kv(kv)?,
             shard: None,
             batch,
         };
@@ -342,17 +356,26 @@ impl Model {
 
     /// A fresh state: `policy` a spec (`"tova"`, `"window+i:sinks=4"`, a plugin's or a Python
     /// policy's name), `capacity` C (None: 512, or unbounded for `full`), `positions`
-    /// absolute|cache, `chunk` the most tokens one step feeds (longer feeds are split).
-    #[pyo3(signature = (policy = "tova", capacity = None, positions = "absolute", chunk = 64))]
-    fn new_state(&self, policy: &str, capacity: Option<usize>, positions: &str, chunk: usize) -> PyResult<State> {
+    /// absolute|cache, `chunk` the most tokens one step feeds (longer feeds are split), `kv` how
+    /// keys and values are stored: f32 (exact), f16 (half the bytes) or q8_0 (about a quarter).
+    #[pyo3(signature = (policy = "tova", capacity = None, positions = "absolute", chunk = 64, kv = "f32"))]
+    fn new_state(
+        &self,
+        policy: &str,
+        capacity: Option<usize>,
+        positions: &str,
+        chunk: usize,
+        kv: &str,
+    ) -> PyResult<State> {
         let r = registry::current()?;
         let spec = registry::parse_spec(&r, policy)?;
-        let state = build_state(&self.inner, &r, &spec, capacity, parse_positions(positions)?, chunk)?;
+        let (positions, kv) = (parse_positions(positions)?, parse_kv(kv)?);
+        let state = build_state(&self.inner, &r, &spec, capacity, positions, chunk, kv)?;
         Ok(State::new(self.inner.clone(), state, spec, chunk, None))
     }
 
     /// A state saved by `State.save` (or the CLI's `--save-state`), with the policy, capacity,
-    /// positions and conversation it was saved with; refused if it comes from another model or
+    /// positions, KV format and conversation it was saved with; refused if it comes from another model or
     /// weight format.
     #[pyo3(signature = (path, chunk = 64))]
     fn load_state(&self, py: Python<'_>, path: PathBuf, chunk: usize) -> PyResult<State> {
@@ -367,7 +390,7 @@ impl Model {
         let mut state = r
             .build_state(
                 m.model(),
-                &StateRecipe::new(h.policy.clone(), h.capacity).positions(h.positions).max_chunk(chunk.max(1)),
+                &StateRecipe::new(h.policy.clone(), h.capacity).positions(h.positions).max_chunk(chunk.max(1)).kv(h.kv),
             )
             .map_err(errors::core)?;
         py.detach(|| state.load_bytes(&bytes, &m.id, &h.policy)).map_err(|e| named(errors::core(e)))?;
@@ -378,8 +401,9 @@ impl Model {
     /// `temperature` > 0 is given (then nucleus sampling with `top_p` and `seed`); `stop` strings
     /// end it early. Returns the text, or with `stream=True` an iterator of text pieces as they
     /// come. With `state=` the conversation goes on in that state (its policy and capacity; `prompt`
-    /// None: the model goes on where it stopped), as the CLI's `generate --resume` does.
-    #[pyo3(signature = (prompt = None, policy = None, capacity = None, max_tokens = 256, temperature = None, top_p = None, seed = None, stream = false, raw = false, positions = None, prefill_chunk = 64, stop = None, state = None))]
+    /// None: the model goes on where it stopped), as the CLI's `generate --resume` does. `kv`
+    /// (None: f32) is how a fresh state stores keys and values.
+    #[pyo3(signature = (prompt = None, policy = None, capacity = None, max_tokens = 256, temperature = None, top_p = None, seed = None, stream = false, raw = false, positions = None, prefill_chunk = 64, stop = None, state = None, kv = None))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -397,6 +421,7 @@ impl Model {
         prefill_chunk: usize,
         stop: Option<Vec<String>>,
         state: Option<Py<State>>,
+        kv: Option<String>,
     ) -> PyResult<Py<PyAny>> {
         let turn = match prompt {
             Some(p) => TurnText::Text(p),
@@ -408,6 +433,7 @@ impl Model {
             policy,
             capacity,
             positions,
+            kv,
             prefill_chunk,
             max_tokens,
             temperature,
@@ -420,7 +446,7 @@ impl Model {
 
     /// Like `generate`, for OpenAI-style `messages` (a list of {"role": "system"|"user"|"assistant",
     /// "content": str}) put through the model's chat template.
-    #[pyo3(signature = (messages, policy = None, capacity = None, max_tokens = 256, temperature = None, top_p = None, seed = None, stream = false, positions = None, prefill_chunk = 64, stop = None, state = None))]
+    #[pyo3(signature = (messages, policy = None, capacity = None, max_tokens = 256, temperature = None, top_p = None, seed = None, stream = false, positions = None, prefill_chunk = 64, stop = None, state = None, kv = None))]
     #[allow(clippy::too_many_arguments)]
     fn chat(
         &self,
@@ -437,6 +463,7 @@ impl Model {
         prefill_chunk: usize,
         stop: Option<Vec<String>>,
         state: Option<Py<State>>,
+        kv: Option<String>,
     ) -> PyResult<Py<PyAny>> {
         let mut out = Vec::new();
         for (i, m) in messages.iter().enumerate() {
@@ -456,6 +483,7 @@ impl Model {
             policy,
             capacity,
             positions,
+            kv,
             prefill_chunk,
             max_tokens,
             temperature,

@@ -350,6 +350,7 @@ async fn models(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
                 "policy": app.defaults.policy,
                 "capacity": app.defaults.capacity,
                 "positions": app.defaults.positions.to_string(),
+                "kv": app.defaults.kv.to_string(),
                 "max_context": app.model.info().max_context,
             },
         }],

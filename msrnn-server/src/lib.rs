@@ -60,6 +60,9 @@ pub struct ServerConfig {
     /// (`full`) runs unbounded whatever this says.
     pub capacity: usize,
     pub positions: msrnn_core::Positions,
+    /// How every conversation's state stores keys and values; a session stored in another format
+    /// is refused when resumed.
+    pub kv: msrnn_core::KvFormat,
     /// Prompt tokens per prefill chunk.
     pub prefill_chunk: usize,
     /// Prompt tokens fed per engine step over all sequences.
@@ -95,6 +98,7 @@ impl Default for ServerConfig {
             policy: "tova".into(),
             capacity: 512,
             positions: msrnn_core::Positions::Absolute,
+            kv: msrnn_core::KvFormat::F32,
             prefill_chunk: msrnn_core::DEFAULT_MAX_CHUNK,
             prefill_budget: 512,
             kv_budget: 4 << 30,

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use msrnn_core::{Capacity, MsrnnState, PolicyRegistry, PolicySpec, Positions, Sampling, StateRecipe};
+use msrnn_core::{Capacity, KvFormat, MsrnnState, PolicyRegistry, PolicySpec, Positions, Sampling, StateRecipe};
 use msrnn_engine::session::{self, continue_sampling};
 use msrnn_engine::{Conversation, Finished, GenConfig, LoadedModel, Message, StopReason, Turn as Said};
 use serde_json::json;
@@ -25,6 +25,7 @@ pub struct Defaults {
     pub policy: String,
     pub capacity: usize,
     pub positions: Positions,
+    pub kv: KvFormat,
     pub prefill_chunk: usize,
 }
 
@@ -35,6 +36,7 @@ impl Defaults {
             policy: cfg.policy.clone(),
             capacity: cfg.capacity,
             positions: cfg.positions,
+            kv: cfg.kv,
             prefill_chunk: cfg.prefill_chunk.max(1),
         };
         let spec: PolicySpec =
@@ -118,7 +120,8 @@ pub fn build(
             let recipe = StateRecipe::resolve(&app.registry, info, spec, p.ext.capacity, app.defaults.capacity)
                 .map_err(|e| ApiError::invalid_param(param, e.to_string()))?
                 .positions(asked_positions.unwrap_or(app.defaults.positions))
-                .max_chunk(chunk);
+                .max_chunk(chunk)
+                .kv(app.defaults.kv);
             let state = app
                 .registry
                 .build_state(model.model(), &recipe)
@@ -242,8 +245,11 @@ fn resume(
     if let Some(p) = positions.filter(|p| *p != h.positions) {
         return Err(differs("positions", h.positions.to_string(), p.to_string()));
     }
-    let recipe =
-        StateRecipe::new(h.policy.clone(), h.capacity).positions(h.positions).max_chunk(app.defaults.prefill_chunk);
+    // The server's KV format: a session stored in another is refused by the state-file check.
+    let recipe = StateRecipe::new(h.policy.clone(), h.capacity)
+        .positions(h.positions)
+        .max_chunk(app.defaults.prefill_chunk)
+        .kv(app.defaults.kv);
     let mut state = app.registry.build_state(model.model(), &recipe).map_err(|e| unreadable(e.to_string()))?;
     state.load_bytes(bytes, &model.id, &h.policy).map_err(|e| unreadable(e.to_string()))?;
     Ok((state, recipe, conv))

@@ -1,8 +1,8 @@
-//! A saved state resumes with exactly the outputs of an uninterrupted run, and a state from another
-//! model, policy or capacity is refused.
+//! A saved state resumes with exactly the outputs of an uninterrupted run (in every KV format), and
+//! a state from another model, policy, capacity, position mode or KV format is refused.
 
 use candle_core::{DType, Device, Tensor};
-use msrnn_core::{Capacity, MsrnnState, PolicySpec, Positions, RopeSpec, RopeStyle, StateConfig};
+use msrnn_core::{Capacity, KvFormat, MsrnnState, PolicySpec, Positions, RopeSpec, RopeStyle, StateConfig};
 
 fn cfg(capacity: Capacity, positions: Positions) -> StateConfig {
     StateConfig {
@@ -19,6 +19,7 @@ fn cfg(capacity: Capacity, positions: Positions) -> StateConfig {
         ],
         positions,
         max_chunk: 3,
+        kv: KvFormat::F32,
     }
 }
 
@@ -114,4 +115,45 @@ fn a_cloned_state_continues_exactly_like_the_original() {
         let other: PolicySpec = "window".parse().unwrap();
         assert!(a.clone_with(r.create_layers(&other, 2, 4, 2, 4, cap).unwrap()).is_err());
     }
+}
+
+#[test]
+fn every_kv_format_resumes_exactly_and_a_file_in_another_is_refused() {
+    let dir = std::env::temp_dir().join(format!("msrnn-kv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cap = Capacity::Bounded(6);
+    // keydiff reads the keys themselves: it gets them dequantized.
+    for spec in ["tova", "keydiff"] {
+        let spec: PolicySpec = spec.parse().unwrap();
+        let state = |kv: KvFormat| {
+            let r = msrnn_policies::registry();
+            let c = StateConfig { kv, ..cfg(cap, Positions::Absolute) };
+            MsrnnState::new(&c, r.create_layers(&spec, 2, 4, 2, 4, cap).unwrap()).unwrap()
+        };
+        let mut exact = state(KvFormat::F32);
+        let want = feed(&mut exact, 0..12);
+        for kv in KvFormat::ALL {
+            let mut a = state(kv);
+            assert_eq!(a.kv_format(), kv);
+            let got = feed(&mut a, 0..12);
+            // head size 4: f16 rows are 8 bytes, q8_0 rows 4 codes and one 2-byte scale.
+            let row = [16, 8, 6][kv as usize];
+            assert_eq!(a.live_kv_bytes(), exact.live_kv_bytes() * row / 16, "{kv}");
+            let worst =
+                got.iter().flatten().zip(want.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst < [1e-9, 1e-2, 0.1][kv as usize], "{spec} {kv}: outputs off f32 by {worst}");
+            let path = dir.join(format!("{kv}.safetensors"));
+            a.save(&path, "tiny-model", &spec).unwrap();
+            assert_eq!(MsrnnState::read_header(&path).unwrap().kv, kv);
+            let uninterrupted = feed(&mut a, 12..30);
+            let mut b = state(kv);
+            b.load(&path, "tiny-model", &spec).unwrap();
+            assert_eq!(feed(&mut b, 12..30), uninterrupted, "{spec} {kv}: resumed outputs differ");
+            for other in KvFormat::ALL.into_iter().filter(|&o| o != kv) {
+                let e = state(other).load(&path, "tiny-model", &spec).unwrap_err().to_string();
+                assert!(e.contains(&format!("KV format `{kv}`, but this run uses `{other}`")), "{e}");
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }

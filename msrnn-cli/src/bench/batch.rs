@@ -20,14 +20,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use msrnn_core::{Capacity, Logits, MsrnnState, PolicyRegistry, PolicySpec, Positions, SeqStep};
+use msrnn_core::{Capacity, Logits, MsrnnState, PolicyRegistry, PolicySpec, SeqStep};
 use serde::Serialize;
 use serde_json::json;
 
 use super::args::BenchArgs;
 use super::llama;
 use super::ours::OursRun;
-use crate::context::Ctx;
+use crate::context::{Ctx, Global};
 use crate::model::LoadedModel;
 use crate::plot::{self, Chart, Series};
 use crate::policy;
@@ -115,7 +115,8 @@ struct Setup<'r> {
     text_path: PathBuf,
     tokens: Vec<u32>,
     grid: Vec<(PolicySpec, Capacity)>,
-    positions: Positions,
+    /// The global flags, for the states' recipes (--positions, --kv).
+    global: Global,
     llama: Option<llama::Settings>,
     rounds: usize,
     longest_round: usize,
@@ -135,13 +136,14 @@ pub fn run(
         None => format!("batches {sizes:?}"),
     };
     eprintln!(
-        "bench: {}, capacity {}, contexts {contexts:?}, {what}, {} decode steps in {} rounds, {} threads, {} positions",
+        "bench: {}, capacity {}, contexts {contexts:?}, {what}, {} decode steps in {} rounds, {} threads, {} positions, KV {}",
         s.m.describe(),
         a.capacity,
         a.decode_steps,
         s.rounds,
         ctx.threads,
-        s.positions,
+        s.global.positions(),
+        s.global.kv(),
     );
     let snaps = prefill_all(&s, contexts, a)?;
     let mut cells = plan(&snaps, budget, &sizes, a);
@@ -238,14 +240,14 @@ fn setup<'r>(
         );
     }
     let tokens = all[..need].to_vec();
-    let positions = ctx.global.positions();
     let mut grid = Vec::new();
     for s in specs {
         let cap = policy::capacity_for(registry, s, a.capacity, "--capacity")?;
-        drop(policy::make_state_at(m.model(), registry, s, cap, a.chunk, positions)?);
+        drop(policy::make_state(m.model(), registry, &ctx.global.recipe(s, cap, a.chunk))?);
         grid.push((s.clone(), cap));
     }
-    Ok(Setup { m, registry, text_path, tokens, grid, positions, llama, rounds, longest_round })
+    let global = ctx.global.clone();
+    Ok(Setup { m, registry, text_path, tokens, grid, global, llama, rounds, longest_round })
 }
 
 /// Prefills every policy through the contexts, keeping a copy at each.
@@ -255,7 +257,7 @@ fn prefill_all<'s>(s: &'s Setup<'_>, contexts: &[usize], a: &BenchArgs) -> Resul
     let pb = report::progress(s.grid.len() as u64 * last);
     let mut snaps: Vec<Snap<'_>> = Vec::new();
     for (spec, cap) in &s.grid {
-        let mut run = OursRun::new(&s.m, s.registry, spec, *cap, a.chunk, s.positions)?;
+        let mut run = OursRun::new(&s.m, s.registry, spec, *cap, a.chunk, &s.global)?;
         for &context in contexts {
             pb.set_message(format!("{spec} @ {context}: prefill"));
             let (n, secs) = run.prefill(context, tokens, &mut |n| pb.inc(n as u64))?;
@@ -457,7 +459,8 @@ fn document(
         "rounds": s.rounds,
         "prefill_chunk": a.chunk,
         "threads": ctx.threads,
-        "positions": s.positions.to_string(),
+        "positions": s.global.positions().to_string(),
+        "kv": s.global.kv().to_string(),
         "prefill": prefills,
         "llama_bench": llama,
         "rows": rows,

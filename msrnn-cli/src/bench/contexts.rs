@@ -54,7 +54,8 @@ struct Setup<'r> {
     tokens: Vec<u32>,
     grid: Vec<(PolicySpec, Capacity)>,
     registry: &'r PolicyRegistry,
-    positions: msrnn_core::Positions,
+    /// The global flags, for the states' recipes (--positions, --kv).
+    global: crate::context::Global,
     baseline: Option<&'static dyn Baseline>,
     llama: Option<llama::Settings>,
 }
@@ -116,6 +117,7 @@ pub fn run(
             "prefill_chunk": a.chunk,
             "threads": ctx.threads,
             "positions": ctx.global.positions().to_string(),
+            "kv": ctx.global.kv().to_string(),
             "baseline": notes,
             "llama_bench": llama,
             "rows": rows,
@@ -167,11 +169,10 @@ fn setup<'r>(
         );
     }
     tokens.truncate(need);
-    let positions = ctx.global.positions();
     let mut grid = Vec::new();
     for s in specs {
         let cap = policy::capacity_for(registry, s, a.capacity, "--capacity")?;
-        drop(policy::make_state_at(m.model(), registry, s, cap, a.chunk, positions)?);
+        drop(policy::make_state(m.model(), registry, &ctx.global.recipe(s, cap, a.chunk))?);
         grid.push((s.clone(), cap));
     }
     let max_ctx = m.info().max_context;
@@ -182,15 +183,18 @@ fn setup<'r>(
         );
     }
     eprintln!(
-        "bench: {}, capacity {}, contexts {:?}, {} decode steps, {} threads, {positions} positions{}",
+        "bench: {}, capacity {}, contexts {:?}, {} decode steps, {} threads, {} positions, KV {}{}",
         m.describe(),
         a.capacity,
         contexts,
         a.decode_steps,
         ctx.threads,
+        ctx.global.positions(),
+        ctx.global.kv(),
         baseline.map_or(String::new(), |b| format!(", baseline {} up to position {}", b.name(), b.max_positions()))
     );
-    Ok(Setup { m, text_path, tokens, grid, registry, positions, baseline, llama })
+    let global = ctx.global.clone();
+    Ok(Setup { m, text_path, tokens, grid, registry, global, baseline, llama })
 }
 
 /// Every policy prefills one state through the contexts in order, so each row's prefill rate is
@@ -203,7 +207,7 @@ fn measure_ours(s: &Setup<'_>, contexts: &[usize], a: &BenchArgs, pb: &indicatif
     let mut runs = s
         .grid
         .iter()
-        .map(|(spec, cap)| OursRun::new(&s.m, s.registry, spec, *cap, a.chunk, s.positions))
+        .map(|(spec, cap)| OursRun::new(&s.m, s.registry, spec, *cap, a.chunk, &s.global))
         .collect::<Result<Vec<_>>>()?;
     let mut snaps = Vec::new();
     for &context in contexts {

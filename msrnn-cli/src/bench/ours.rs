@@ -28,9 +28,9 @@ impl<'a> OursRun<'a> {
         spec: &'a PolicySpec,
         cap: Capacity,
         chunk: usize,
-        positions: msrnn_core::Positions,
+        global: &crate::context::Global,
     ) -> Result<Self> {
-        let state = policy::make_state_at(m.model(), r, spec, cap, chunk, positions)?;
+        let state = policy::make_state(m.model(), r, &global.recipe(spec, cap, chunk))?;
         Ok(Self { m, r, spec, cap, chunk, state, fed: 0, peak_kv: 0 })
     }
 

@@ -114,7 +114,7 @@ fn measure(
     let mut rows = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let cap = policy::capacity_for(registry, spec, a.capacity, "--capacity")?;
-        let mut state = policy::make_state_at(m.model(), registry, spec, cap, a.chunk, ctx.global.positions())?;
+        let mut state = policy::make_state(m.model(), registry, &ctx.global.recipe(spec, cap, a.chunk))?;
         pb.set_message(spec.to_string());
         let every = n / CHECKPOINTS;
         let (mut fed, mut since, mut step_secs) = (0usize, 0usize, 0.0f64);

@@ -105,6 +105,7 @@ pub fn run(ctx: &Ctx, a: PasskeyArgs) -> Result<()> {
         },
         answer_tokens: a.answer_tokens,
         positions: ctx.global.positions(),
+        kv: ctx.global.kv(),
         shard: a.grid.shard,
         batch: a.grid.batch,
     };

@@ -67,6 +67,7 @@ pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
         },
         segment: a.segment,
         positions: ctx.global.positions(),
+        kv: ctx.global.kv(),
         shard: a.grid.shard,
         batch: a.grid.batch,
     };

@@ -95,6 +95,7 @@ pub fn run(ctx: &Ctx, a: RulerArgs) -> Result<()> {
             Mode::Decode => Feed::Decode,
         },
         positions: ctx.global.positions(),
+        kv: ctx.global.kv(),
         shard: a.grid.shard,
         batch: a.grid.batch,
     };

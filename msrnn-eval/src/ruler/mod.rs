@@ -27,13 +27,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use msrnn_core::generate::SplitMix64;
-use msrnn_core::{generate_batch, GenItem, GenerateOptions, PolicyRegistry, PolicySpec, Positions, Sampling};
+use msrnn_core::{generate_batch, GenItem, GenerateOptions, KvFormat, PolicyRegistry, PolicySpec, Positions, Sampling};
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
 use crate::doc::{CellResult, Document, ModelSettings, PolicySources, Run, Shard};
 use crate::error::{Context, Error, Result};
-use crate::grid::{self, Budget, EvalModel, PolicyFields, PolicyGrid};
+use crate::grid::{self, kv_note, Budget, EvalModel, PolicyFields, PolicyGrid};
 use crate::passkey::{check_depths, trial_rng, FORMAT};
 use crate::{Event, Feed, Observer};
 
@@ -352,6 +352,9 @@ pub struct RulerSettings {
     pub msrnn_version: String,
     pub model: ModelSettings,
     pub positions: String,
+    /// How the states stored keys and values (absent: f32).
+    #[serde(default, skip_serializing_if = "KvFormat::is_f32")]
+    pub kv: KvFormat,
     /// `chunked` or `decode`.
     pub mode: String,
     pub chunk: usize,
@@ -446,6 +449,8 @@ pub struct RulerConfig {
     pub chat: bool,
     pub feed: Feed,
     pub positions: Positions,
+    /// How states store keys and values.
+    pub kv: KvFormat,
     pub shard: Option<Shard>,
     /// Most sequences run at once (default [`DEFAULT_BATCH`]).
     pub batch: Option<usize>,
@@ -468,6 +473,7 @@ impl Default for RulerConfig {
             chat: true,
             feed: Feed::Chunked(64),
             positions: Positions::default(),
+            kv: KvFormat::F32,
             shard: None,
             batch: None,
         }
@@ -583,8 +589,8 @@ pub fn run(
         ));
     }
     let chunk = cfg.feed.chunk();
-    let positions = cfg.positions;
-    g.check(lm, registry, chunk, positions, &lengths)?;
+    let (positions, kv) = (cfg.positions, cfg.kv);
+    g.check(lm, registry, chunk, positions, &lengths, kv)?;
 
     let mut cells: Vec<Coord> = Vec::new();
     for p in 0..g.cells.len() {
@@ -637,13 +643,15 @@ pub fn run(
     let chat = cfg.chat && tok.has_chat_template();
     let settings = RulerSettings {
         title: format!(
-            "RULER-style suite, {mode} mode, positions {positions}, {}, {}",
+            "RULER-style suite, {mode} mode, positions {positions}{}, {}, {}",
+            kv_note(kv),
             if chat { "chat template" } else { "raw prompts" },
             model.name
         ),
         msrnn_version: env!("CARGO_PKG_VERSION").to_string(),
         model: model.settings(),
         positions: positions.to_string(),
+        kv,
         mode: cfg.feed.name().to_string(),
         chunk,
         tasks: tasks
@@ -684,7 +692,7 @@ pub fn run(
             .iter()
             .map(|s| {
                 let c = cells[s.cell];
-                g.cells[c.policy].at(lengths[c.length]).state(lm, registry, chunk, positions)
+                g.cells[c.policy].at(lengths[c.length]).state(lm, registry, chunk, positions, kv)
             })
             .collect::<Result<Vec<_>>>()?;
         obs.event(Event::Batch(format!(

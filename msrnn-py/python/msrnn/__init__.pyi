@@ -81,6 +81,7 @@ class Model:
         segment: Optional[int] = None,
         batch: Optional[int] = None,
         ratios: Optional[Sequence[float]] = None,
+        kv: str = "f32",
     ) -> List[Dict[str, Any]]: ...
     def passkey(
         self,
@@ -98,6 +99,7 @@ class Model:
         positions: str = "absolute",
         batch: Optional[int] = None,
         ratios: Optional[Sequence[float]] = None,
+        kv: str = "f32",
     ) -> List[Dict[str, Any]]: ...
     def ruler(
         self,
@@ -115,9 +117,15 @@ class Model:
         positions: str = "absolute",
         batch: Optional[int] = None,
         ratios: Optional[Sequence[float]] = None,
+        kv: str = "f32",
     ) -> List[Dict[str, Any]]: ...
     def new_state(
-        self, policy: str = "tova", capacity: Optional[int] = None, positions: str = "absolute", chunk: int = 64
+        self,
+        policy: str = "tova",
+        capacity: Optional[int] = None,
+        positions: str = "absolute",
+        chunk: int = 64,
+        kv: str = "f32",
     ) -> State: ...
     def load_state(self, path: StrPath, chunk: int = 64) -> State: ...
     def generate(
@@ -135,6 +143,7 @@ class Model:
         prefill_chunk: int = 64,
         stop: Optional[Sequence[str]] = None,
         state: Optional[State] = None,
+        kv: Optional[str] = None,
     ) -> Union[str, TextStream]: ...
     def chat(
         self,
@@ -150,6 +159,7 @@ class Model:
         prefill_chunk: int = 64,
         stop: Optional[Sequence[str]] = None,
         state: Optional[State] = None,
+        kv: Optional[str] = None,
     ) -> Union[str, TextStream]: ...
 
 def policies() -> List[Dict[str, Any]]: ...
