@@ -11,7 +11,7 @@ use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
 use crate::doc::{nullable_f64, BatchTime, CellResult, Document, ModelSettings, PolicySources, Run, Shard};
-use crate::error::{Context, Error, Result};
+use crate::error::{Error, Result};
 use crate::grid::{self, kv_note, EvalModel, PolicyFields, PolicyGrid};
 use crate::{Event, Feed, Observer};
 
