@@ -256,11 +256,21 @@ pub struct Engine {
     next_id: u64,
     /// Where the round-robin of prefill chunks starts next step (a sequence id).
     rr: u64,
+    /// Key/value entries dropped from the states during this engine's steps (a counter).
+    evicted: u64,
+}
+
+/// Key/value entries (one token in one layer) a state has dropped so far: every token fed was
+/// written into every layer, so what a layer no longer holds was evicted (by the policy, or by the
+/// model's own sliding window).
+fn dropped_entries(state: &MsrnnState) -> u64 {
+    let seen = state.tokens_seen();
+    (0..state.num_layers()).map(|i| seen.saturating_sub(state.layer(i).live_count() as u64)).sum()
 }
 
 impl Engine {
     pub fn new(model: Arc<LoadedModel>, registry: Arc<PolicyRegistry>, opts: EngineOptions) -> Self {
-        Self { model, registry, opts, seqs: Vec::new(), next_id: 0, rr: 0 }
+        Self { model, registry, opts, seqs: Vec::new(), next_id: 0, rr: 0, evicted: 0 }
     }
 
     pub fn model(&self) -> &Arc<LoadedModel> {
@@ -358,6 +368,13 @@ impl Engine {
         self.seqs.iter().map(|s| s.state.allocated_kv_bytes()).sum()
     }
 
+    /// Key/value entries (one token in one layer) evicted from the sequences' states during this
+    /// engine's steps, summed over all sequences it has run: a counter that only grows. What a
+    /// resumed state had dropped before it joined is not counted.
+    pub fn evicted_entries(&self) -> u64 {
+        self.evicted
+    }
+
     /// What each sequence feeds this step: `(index, chunk start, tokens)`. Decode tokens always go;
     /// whole prefill chunks go round-robin from `rr` while the budget lasts (at least one).
     fn plan(&self) -> Vec<(usize, usize, usize)> {
@@ -403,6 +420,7 @@ impl Engine {
             tracing::info_span!("decode_step", seqs = plan.len(), decode_tokens).entered()
         };
         self.advance_rr(&plan);
+        let dropped_before: Vec<u64> = self.seqs.iter().map(|s| dropped_entries(&s.state)).collect();
 
         // Check every item alone first, so one bad sequence fails alone.
         let info = self.model.info().clone();
@@ -492,6 +510,10 @@ impl Engine {
             if let Some(reason) = reason {
                 done.push((i, reason));
             }
+        }
+        // Indices are still those of `dropped_before` here.
+        for (s, before) in self.seqs.iter().zip(&dropped_before) {
+            self.evicted += dropped_entries(&s.state).saturating_sub(*before);
         }
         // Remove from the back so indices stay valid.
         let mut leaving: Vec<(usize, std::result::Result<StopReason, String>)> =

@@ -178,6 +178,49 @@ fn cancel_hands_the_state_back_and_frees_its_slots() {
     assert_eq!(e.allocated_kv_bytes(), 0);
 }
 
+/// Entries a bounded case's state drops by its end: every layer keeps its last `capacity` tokens
+/// of the `seen` it was fed (the prompt, then every sampled token but the last).
+fn expected_evictions(c: &Case, f: &Finished, layers: usize) -> u64 {
+    let seen = f.state.tokens_seen();
+    assert_eq!(seen as usize, c.prompt.len() + f.tokens.len().saturating_sub(1));
+    match c.capacity {
+        Capacity::Bounded(cap) => layers as u64 * seen.saturating_sub(cap as u64),
+        Capacity::Unbounded => 0,
+    }
+}
+
+#[test]
+fn evictions_are_counted_per_entry_and_only_while_in_this_engine() {
+    let cases = cases(false);
+    let mut e = Engine::new(model(), registry(), EngineOptions::default());
+    assert_eq!(e.evicted_entries(), 0);
+    let ids: Vec<SeqId> = cases.iter().map(|c| add(&mut e, c)).collect();
+    let done = finished(e.run_to_end().unwrap());
+    let layers = done[0].state.num_layers();
+    let mut want = 0;
+    for f in &done {
+        let c = &cases[ids.iter().position(|&id| id == f.id).unwrap()];
+        want += expected_evictions(c, f, layers);
+    }
+    // tova C=8 alone drops at least the prompt's 23 - 8 tokens in every layer.
+    assert!(want >= 15 * layers as u64, "{want}");
+    assert_eq!(e.evicted_entries(), want);
+
+    // A resumed state: what it dropped before joining this engine is not counted again.
+    let c = &cases[0];
+    let mut first = Engine::new(model(), registry(), EngineOptions::default());
+    add(&mut first, c);
+    let f = finished(first.run_to_end().unwrap()).remove(0);
+    let seen = f.state.tokens_seen();
+    let mut second = Engine::new(model(), registry(), EngineOptions::default());
+    let cfg = GenConfig { max_tokens: 3, stop_tokens: vec![], ..c.cfg.clone() };
+    second.add(f.state, vec![5, 6, 7, 8], cfg).unwrap();
+    let g = finished(second.run_to_end().unwrap()).remove(0);
+    // 4 prompt tokens, then 2 of the 3 sampled: every one of them pushes one entry out per layer.
+    assert_eq!(g.state.tokens_seen(), seen + 6);
+    assert_eq!(second.evicted_entries(), 6 * layers as u64);
+}
+
 #[test]
 fn a_stop_string_ends_the_text_before_it() {
     let m = model();

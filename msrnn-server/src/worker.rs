@@ -66,7 +66,8 @@ struct Active {
     kv_bytes: usize,
     arrived: Instant,
     max_tokens: usize,
-    first_token: bool,
+    /// When its last token went out (none yet: the next is its first).
+    last_token: Option<Instant>,
 }
 
 pub struct Worker {
@@ -84,6 +85,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(engine: Engine, settings: Settings, metrics: Arc<Metrics>) -> Self {
         metrics.kv_budget_bytes.store(settings.kv_budget as u64, Relaxed);
+        metrics.sample_rates(Instant::now(), true);
         Self {
             engine,
             settings,
@@ -109,6 +111,8 @@ impl Worker {
                     Ok(cmd) => self.command(cmd),
                     Err(_) => break,
                 }
+                // The idle gap ends now: the tokens/s gauges read it as flat.
+                self.metrics.sample_rates(Instant::now(), true);
             } else if self.engine.active() == 0 {
                 // Only queued jobs, none fits (their clients may all be gone): wake up to expire them.
                 match rx.recv_timeout(Duration::from_millis(100)) {
@@ -198,7 +202,7 @@ impl Worker {
             Ok(id) => {
                 self.reserved += kv_bytes;
                 let _ = out.send(Out::Started);
-                self.active.insert(id, Active { out, kv_bytes, arrived, max_tokens, first_token: false });
+                self.active.insert(id, Active { out, kv_bytes, arrived, max_tokens, last_token: None });
             }
             Err(e) => {
                 let _ = out.send(Out::Failed(ApiError::invalid(e.to_string())));
@@ -288,6 +292,7 @@ impl Worker {
         let took = t0.elapsed().as_secs_f64();
         self.step_ema = 0.8 * self.step_ema + 0.2 * took;
         self.metrics.steps.fetch_add(1, Relaxed);
+        self.metrics.evicted_entries.store(self.engine.evicted_entries(), Relaxed);
         let mut prefilled = 0;
         for (id, fed) in &before {
             let now = self.engine.progress(*id).map_or(prompt_len[id], |p| p.fed);
@@ -299,9 +304,10 @@ impl Worker {
                 Event::Token { id, text, .. } => {
                     self.metrics.decode_tokens.fetch_add(1, Relaxed);
                     let Some(a) = self.active.get_mut(&id) else { continue };
-                    if !a.first_token {
-                        a.first_token = true;
-                        self.metrics.first_token_seconds.observe(a.arrived.elapsed());
+                    let now = Instant::now();
+                    match a.last_token.replace(now) {
+                        None => self.metrics.first_token_seconds.observe(now - a.arrived),
+                        Some(t) => self.metrics.inter_token_seconds.observe(now - t),
                     }
                     let gone = a.out.send(Out::Token { text }).is_err();
                     if gone && self.engine.contains(id) {
@@ -341,6 +347,8 @@ impl Worker {
         m.queued.store(self.queue.len() as u64, Relaxed);
         m.kv_live_bytes.store(self.engine.live_kv_bytes() as u64, Relaxed);
         m.kv_allocated_bytes.store(self.engine.allocated_kv_bytes() as u64, Relaxed);
+        // Going idle is sampled whatever the interval, so the gap that follows reads as flat.
+        m.sample_rates(Instant::now(), self.engine.active() == 0);
     }
 }
 
@@ -523,6 +531,18 @@ mod tests {
         assert_eq!(metrics.steps.load(Relaxed), 10);
         assert_eq!(metrics.decode_tokens.load(Relaxed), 23);
         assert_eq!(metrics.prefill_tokens.load(Relaxed), 48);
+        // TOVA C=16 keeps 16 of the 12 prompt tokens and the n - 1 fed back: 16, 20, 13 and 18
+        // seen, so 0 + 4 + 0 + 2 entries evicted in every layer.
+        let layers = job(1).0.state.num_layers() as u64;
+        assert_eq!(metrics.evicted_entries.load(Relaxed), 6 * layers);
+        let text = metrics.render(None);
+        assert!(text.contains(&format!("\nmsrnn_kv_evicted_entries_total {}\n", 6 * layers)), "{text}");
+        // One first token per sequence, n - 1 gaps between its tokens.
+        assert!(text.contains("\nmsrnn_time_to_first_token_seconds_count 4\n"), "{text}");
+        assert!(text.contains("\nmsrnn_inter_token_seconds_count 19\n"), "{text}");
+        // Just now, 23 tokens were generated; the gauge averages them over the window.
+        let (_, decode) = metrics.token_rates(Instant::now());
+        assert!((decode - 23.0 / crate::metrics::RATE_WINDOW.as_secs_f64()).abs() < 1e-9, "{decode}");
     }
 
     #[test]

@@ -54,6 +54,19 @@ def test_completion(server):
     assert r.choices[0].text.strip() and r.usage.completion_tokens <= 6
 
 
+def test_metrics_count_evictions_and_tokens_per_second(server):
+    """Capacity 64: a turn whose state sees T > 64 tokens evicts T - 64 entries in each of the
+    model's 30 layers, and the tokens/s gauges see the work."""
+    before = server.metric("msrnn_kv_evicted_entries_total")
+    r = server.client().completions.create(model=MODEL, prompt="one two three four five six seven eight " * 12,
+                                           max_tokens=4, temperature=0)
+    seen = r.model_extra["msrnn"]["tokens_seen"]
+    assert seen > 64 + 10, r.model_extra
+    assert server.metric("msrnn_kv_evicted_entries_total") - before == 30 * (seen - 64)
+    assert server.metric("msrnn_prefill_tokens_per_second") > 0
+    assert server.metric("msrnn_decode_tokens_per_second") > 0
+
+
 def test_streaming_gives_the_same_text(server):
     c = server.client()
     whole = chat(c, "Count to five.", max_tokens=12).choices[0].message.content
