@@ -1,7 +1,7 @@
 //! Small helpers every crate of the workspace shares (so each is written once).
 
-/// `1.5 GiB`, `236 MiB`, `8 MiB`, `512 B`: sizes for people (errors, tables, logs). Whole numbers
-/// and values of 100 or more print without decimals.
+/// `1.5 GiB`, `236 MiB`, `8.0 MiB`, `512 B`: sizes for people (errors, tables, logs); values of
+/// 100 or more of a unit print without decimals.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     let mut x = n as f64;
@@ -12,7 +12,7 @@ pub fn human_bytes(n: u64) -> String {
     }
     if u == 0 {
         format!("{n} B")
-    } else if x >= 100.0 || x.fract() == 0.0 {
+    } else if x >= 100.0 {
         format!("{x:.0} {}", UNITS[u])
     } else {
         format!("{x:.1} {}", UNITS[u])
@@ -39,7 +39,7 @@ mod tests {
     #[test]
     fn sizes_read_as_people_write_them() {
         assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(8 << 20), "8 MiB");
+        assert_eq!(human_bytes(8 << 20), "8.0 MiB");
         assert_eq!(human_bytes(1536 << 20), "1.5 GiB");
         assert_eq!(human_bytes(236 * 1024 * 1024 + 300_000), "236 MiB");
         assert_eq!(human_bytes(23 * 1024 * 1024 + 600_000), "23.6 MiB");

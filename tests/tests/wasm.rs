@@ -293,7 +293,7 @@ fn an_infinite_loop_runs_out_of_fuel() {
 fn a_memory_blow_up_stops_at_the_limit() {
     let w =
         Wat::with_compress("(loop $g (br_if $g (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) (i32.const 0)");
-    hostile_step(&w, "grow", "asked for more memory than its limit of 8 MiB");
+    hostile_step(&w, "grow", "asked for more memory than its limit of 8.0 MiB");
 }
 
 #[test]
@@ -381,7 +381,7 @@ fn broken_modules_are_refused_when_loading() {
     load_fails(&w, "start-loop", "ran out of fuel in `instantiation`");
     // More initial memory than the limit.
     let w = Wat { memory_pages: 1000, ..Wat::default() };
-    load_fails(&w, "huge-memory", "its limit of 8 MiB");
+    load_fails(&w, "huge-memory", "its limit of 8.0 MiB");
     // A descriptor outside memory, and a NULL one.
     let w =
         Wat { entry: r#"(func (export "msrnn_policy_plugin") (result i32) (i32.const -16))"#.into(), ..Wat::default() };
