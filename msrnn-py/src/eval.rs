@@ -161,10 +161,8 @@ pub fn ruler<'py>(
 ) -> PyResult<Bound<'py, PyList>> {
     let interrupt = Interrupt::new();
     let axes = cfg.validate(r).map_err(|e| error(e, &interrupt))?;
-    if cfg.text.is_empty() && axes.tasks.iter().any(|t| t.haystack == "text") {
-        let cwd = std::env::current_dir()
-            .map_err(|e| PyValueError::new_err(format!("cannot read the current directory: {e}")))?;
-        match cwd.ancestors().map(|d| d.join("data/prose")).find(|p| p.is_dir()) {
+    if cfg.text.is_empty() && axes.needs_text() {
+        match msrnn_engine::find_up(msrnn_eval::ruler::DEFAULT_TEXT) {
             Some(p) => cfg.text = vec![p],
             None => {
                 return Err(PyValueError::new_err(

@@ -102,8 +102,8 @@ pub fn run(ctx: &Ctx, a: RulerArgs) -> Result<()> {
     let axes = cfg.validate(&registry).map_err(cli_error)?;
     let pictures = Pictures { plot: a.grid.plot.clone(), heatmap: a.heatmap.clone() };
     pictures.check()?;
-    if cfg.text.is_empty() && axes.tasks.iter().any(|t| t.haystack == "text") {
-        cfg.text = vec![report::find_up("data/prose").context(
+    if cfg.text.is_empty() && axes.needs_text() {
+        cfg.text = vec![report::find_up(msrnn_eval::ruler::DEFAULT_TEXT).context(
             "--text: data/prose not found (the needle tasks hide needles in real text); fetch the texts with \
              ./scripts/fetch-data.sh or pass --text PATH",
         )?];

@@ -41,6 +41,9 @@ use crate::{Event, Feed, Observer};
 pub const TASK: &str = "ruler";
 /// The policies of a grid when none are given.
 pub const DEFAULT_POLICIES: &str = "full,window,h2o,tova";
+/// Where the real-text haystacks come from when none is given (fetched by scripts/fetch-data.sh);
+/// the faces look for it upward from the current directory.
+pub const DEFAULT_TEXT: &str = "data/prose";
 /// Sequences run at once when no batch size is given.
 pub const DEFAULT_BATCH: usize = 8;
 /// A task is too hard for the model when the full cache scores below this at the shortest length.
@@ -488,6 +491,13 @@ pub struct Axes {
     pub depths: Vec<f64>,
 }
 
+impl Axes {
+    /// Whether a chosen task hides its needles in real text (then `text` must be set).
+    pub fn needs_text(&self) -> bool {
+        self.tasks.iter().any(|t| t.haystack == "text")
+    }
+}
+
 impl RulerConfig {
     /// Checks what can be checked without a model.
     pub fn validate(&self, registry: &PolicyRegistry) -> Result<Axes> {
@@ -561,8 +571,8 @@ pub fn run(
     cfg: &RulerConfig,
     obs: &mut dyn Observer,
 ) -> Result<RulerDocument> {
-    let Axes { grid: g, tasks, lengths, depths } = cfg.validate(registry)?;
-    let texts = if tasks.iter().any(|t| t.haystack == "text") {
+    let axes = cfg.validate(registry)?;
+    let texts = if axes.needs_text() {
         if cfg.text.is_empty() {
             return Err(Error::setting(
                 "text",
@@ -573,6 +583,7 @@ pub fn run(
     } else {
         None
     };
+    let Axes { grid: g, tasks, lengths, depths } = axes;
     let lm = model.lm;
     let tok = lm.tokenizer();
     let env = Env { tok, text: texts.as_ref(), chat: cfg.chat };
