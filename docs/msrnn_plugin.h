@@ -1,16 +1,18 @@
 /*
- * msrnn_plugin.h — the C ABI of msrnn compression-policy plugins, version 2.
+ * msrnn_plugin.h — the C ABI of msrnn compression-policy plugins, version 3.
  *
  * A plugin is a shared library exporting one symbol:
  *
  *     const msrnn_policy_descriptor *msrnn_policy_plugin(void);
  *
  * returning a pointer to a descriptor that lives as long as the library. msrnn reads `abi_version`
- * first and refuses any value other than MSRNN_PLUGIN_ABI_VERSION. See docs/plugins.md for the guide
+ * first and refuses any value outside MSRNN_PLUGIN_MIN_ABI_VERSION..MSRNN_PLUGIN_ABI_VERSION. See docs/plugins.md for the guide
  * and the contract; the Rust side of the same layouts is the module `abi` of the crate msrnn-policy-api.
  *
  * Version 2 (from 1): msrnn_needs gained `keys` and `capacity`, msrnn_context and msrnn_observation
  * gained `head_dim`, msrnn_observation gained `keys`, the descriptor gained `aliases`/`num_aliases`.
+ * Version 3 (from 2): msrnn_needs and msrnn_observation gained `head_capacity` (per-KV-head layers),
+ * appended: a version 2 plugin, which never asks for it and never reads it, still loads.
  *
  * The contract in one paragraph: a layer's state is a buffer of slots, some live. `compress` is called
  * after attention whenever more than `budget` slots are live (or at every step if the instance asked
@@ -30,7 +32,8 @@
 extern "C" {
 #endif
 
-#define MSRNN_PLUGIN_ABI_VERSION 2u
+#define MSRNN_PLUGIN_ABI_VERSION 3u
+#define MSRNN_PLUGIN_MIN_ABI_VERSION 2u
 
 /* compress return codes */
 #define MSRNN_OK 0         /* decision in evict[0 .. *evict_len) */
@@ -51,6 +54,9 @@ typedef struct msrnn_needs {
     uint32_t every_step; /* call compress at every step, not only when over budget */
     uint64_t capacity;   /* the capacity this instance wants for its layer; 0 takes ctx->capacity. The
                             layers' capacities together may not exceed num_layers x ctx->capacity. */
+    uint64_t head_capacity; /* v3: > 0 makes the layer per-head: each KV head keeps its own tokens, at most
+                               head_capacity (C .. C x num_kv_heads), the layer C x num_kv_heads in all.
+                               0 (what a v2 plugin leaves): every KV head keeps the same tokens. */
 } msrnn_needs;
 
 /* One parameter of the schema (NUL-terminated UTF-8). */
@@ -71,7 +77,12 @@ typedef struct msrnn_context {
 } msrnn_context;
 
 /* One layer after the new tokens were written and attention ran.
- * Every per-slot array has num_slots entries; entries of dead slots are meaningless. */
+ * Every per-slot array has num_slots entries; entries of dead slots are meaningless.
+ * Per-head layers (head_capacity > 0): positions, live and new_slots are per *entry*
+ * head * num_slots + slot ([num_kv_heads][num_slots]), evict lists entries, probs[r][h][s] is query
+ * head h's attention to entry (h / (num_heads / num_kv_heads)) * num_slots + s; exactly
+ * max(live - budget x num_kv_heads, sum over heads of max(0, head live - head_capacity)) entries go,
+ * and no head may keep more than head_capacity. */
 typedef struct msrnn_observation {
     uint64_t layer;
     uint64_t tokens_seen;       /* the new tokens included */
@@ -87,6 +98,7 @@ typedef struct msrnn_observation {
     const float *probs;         /* [rows][num_heads][num_slots]; NULL when rows == 0 */
     const float *key_norms;     /* [num_kv_heads][num_slots]; NULL unless asked for */
     const float *keys;          /* [num_kv_heads][num_slots][head_dim] as stored; NULL unless asked for */
+    uint64_t head_capacity;     /* v3: 0 for a shared layer, else per-head as above */
 } msrnn_observation;
 
 /* params: "key=value,key=value" (empty string when none). On success: an instance, *needs_out filled

@@ -46,6 +46,7 @@ pub fn attend(
         });
     }
     check_heads(layer, n_heads, n_kv, hd)?;
+    check_policy_fits(layer, policy)?;
     if !layer.is_host() {
         return step_device(layer, policy, q, k, v, positions, scale);
     }
@@ -55,6 +56,20 @@ pub fn attend(
     let mut out = vec![0f32; t * n_heads * hd];
     step_host(layer, policy, &rows(q)?, &rows(k)?, &rows(v)?, positions, n_heads, scale as f32, &mut out)?;
     Ok(Tensor::from_vec(out, (t, n_heads, hd), q.device())?.transpose(0, 1)?.contiguous()?.to_dtype(q.dtype())?)
+}
+
+/// A per-head policy needs a per-head layer and a per-layer policy a shared one: the observation's
+/// layout and the decision's meaning differ.
+fn check_policy_fits(layer: &LayerState, policy: &dyn Policy) -> Result<()> {
+    if policy.head_capacity().is_some() == layer.is_per_head() {
+        return Ok(());
+    }
+    let (policy_kind, layer_kind) = if layer.is_per_head() {
+        ("keeps one set of tokens for all KV heads", "per-head")
+    } else {
+        ("decides per KV head", "shared by its KV heads (build it with LayerState::per_head)")
+    };
+    Err(Error::Input(format!("policy `{}` {policy_kind}, but layer {} is {layer_kind}", policy.name(), layer.index)))
 }
 
 fn check_heads(layer: &LayerState, n_heads: usize, n_kv: usize, hd: usize) -> Result<()> {
@@ -100,6 +115,50 @@ pub(crate) fn step_host(
         });
     }
     check_heads(layer, n_heads, g, d)?;
+    check_policy_fits(layer, policy)?;
+    if layer.is_per_head() {
+        return step_heads(layer, policy, q, k, v, positions, n_heads, scale, out);
+    }
+    let needs = policy.needs();
+    let budget = layer.capacity.budget();
+    let rows_for = |l: &LayerState| match needs.rows {
+        _ if l.n_live <= budget && !needs.every_step => 0,
+        rows => rows_of(rows, positions.len()),
+    };
+    let (new_slots, probs, prob_rows, hi) = update_attend(layer, q, k, v, positions, n_heads, scale, out, &rows_for)?;
+
+    // 3. compress
+    compress(layer, policy, probs, prob_rows, hi, &new_slots, positions[t - 1] + 1, n_heads)
+}
+
+/// Query rows of probabilities a policy's [`Rows`] asks for, for a chunk of `t` tokens.
+fn rows_of(rows: Rows, t: usize) -> usize {
+    match rows {
+        Rows::None => 0,
+        Rows::Last => 1,
+        Rows::All => t,
+    }
+}
+
+/// Steps 1 and 2 of [`attend`] on a layer's own slots (token-major rows as [`step_host`] takes
+/// them): writes the new tokens, attends, and drops what the model's window hides. Returns the new
+/// tokens' slots, the probability rows `[rows, num_heads, hi]` that `rows_for` asked for (decided
+/// once the new tokens are in), their count and `hi`.
+#[allow(clippy::too_many_arguments)]
+fn update_attend(
+    layer: &mut LayerState,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    positions: &[u64],
+    n_heads: usize,
+    scale: f32,
+    out: &mut [f32],
+    rows_for: &dyn Fn(&LayerState) -> usize,
+) -> Result<(Vec<usize>, Vec<f32>, usize, usize)> {
+    let t = positions.len();
+    let (g, d) = (layer.num_kv_heads, layer.head_dim);
+    let (qw, kw) = (n_heads * d, g * d);
 
     // 1. update
     layer.drop_outside_window(positions[0]);
@@ -125,15 +184,8 @@ pub(crate) fn step_host(
     };
 
     // 2. attend
-    let budget = layer.capacity.budget();
-    let needs = policy.needs();
     let hi = layer.high;
-    let prob_rows = match needs.rows {
-        _ if layer.n_live <= budget && !needs.every_step => 0,
-        Rows::None => 0,
-        Rows::Last => 1,
-        Rows::All => t,
-    };
+    let prob_rows = rows_for(layer);
     let mut probs = vec![0f32; prob_rows * n_heads * hi];
     {
         let Kv::Host { k: keys, v: vals } = &layer.kv else { unreachable!("host step on a device state") };
@@ -169,9 +221,127 @@ pub(crate) fn step_host(
     // What the next query cannot see through the model's window is gone for good: drop it before
     // the policy spends budget on it.
     layer.drop_outside_window(positions[t - 1] + 1);
+    Ok((new_slots, probs, prob_rows, hi))
+}
 
-    // 3. compress
-    compress(layer, policy, probs, prob_rows, hi, &new_slots, positions[t - 1] + 1, n_heads)
+/// A per-head layer's step: each KV head's single-head layer updates and attends for its own
+/// query heads (their query columns gathered, their outputs scattered back), then the policy sees
+/// every head's entries at once, so it can share the budget between heads, and its decision frees
+/// each head's own slots.
+#[allow(clippy::too_many_arguments)]
+fn step_heads(
+    layer: &mut LayerState,
+    policy: &mut dyn Policy,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    positions: &[u64],
+    n_heads: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    let t = positions.len();
+    let (g, d) = (layer.num_kv_heads, layer.head_dim);
+    let group = n_heads / g;
+    let (qw, kw, gw) = (n_heads * d, g * d, group * d);
+    let needs = policy.needs();
+    // Whether the policy will be asked, decided before attention from the counts after the write
+    // (a window drop can only lower them: at worst rows are computed that are not needed).
+    let (budget, cap) = (layer.capacity.budget(), layer.head_capacity);
+    let over = needs.every_step
+        || layer.heads.iter().map(|h| h.n_live + t).sum::<usize>() > budget.saturating_mul(g)
+        || layer.heads.iter().any(|h| h.n_live + t > cap);
+    let prob_rows = if over { rows_of(needs.rows, t) } else { 0 };
+    let (mut qg, mut kg, mut vg, mut og) =
+        (vec![0f32; t * gw], vec![0f32; t * d], vec![0f32; t * d], vec![0f32; t * gw]);
+    let mut parts = Vec::with_capacity(g);
+    for (h, head) in layer.heads.iter_mut().enumerate() {
+        for r in 0..t {
+            qg[r * gw..][..gw].copy_from_slice(&q[r * qw + h * gw..][..gw]);
+            kg[r * d..][..d].copy_from_slice(&k[r * kw + h * d..][..d]);
+            vg[r * d..][..d].copy_from_slice(&v[r * kw + h * d..][..d]);
+        }
+        let (new_slots, probs, _, hi) =
+            update_attend(head, &qg, &kg, &vg, positions, group, scale, &mut og, &|_| prob_rows)?;
+        for r in 0..t {
+            out[r * qw + h * gw..][..gw].copy_from_slice(&og[r * gw..][..gw]);
+        }
+        parts.push((new_slots, probs, hi));
+    }
+    compress_heads(layer, policy, parts, prob_rows, positions[t - 1] + 1, n_heads)
+}
+
+/// The policy's turn on a per-head layer: entries `head * n + slot` with `n` the heads' allocated
+/// slots (stable from step to step, so per-entry bookkeeping stays valid), each head's probability
+/// rows (`parts[h]`: new slots, `[rows, group, hi]`, `hi`) placed under its query heads.
+fn compress_heads(
+    layer: &mut LayerState,
+    policy: &mut dyn Policy,
+    parts: Vec<(Vec<usize>, Vec<f32>, usize)>,
+    rows: usize,
+    tokens_seen: u64,
+    n_heads: usize,
+) -> Result<()> {
+    let (g, d) = (layer.num_kv_heads, layer.head_dim);
+    let group = n_heads / g;
+    let (budget, cap) = (layer.capacity.budget(), layer.head_capacity);
+    let needs = policy.needs();
+    let total: usize = layer.heads.iter().map(|h| h.n_live).sum();
+    if !needs.every_step && total <= budget.saturating_mul(g) && layer.heads.iter().all(|h| h.n_live <= cap) {
+        return Ok(());
+    }
+    let n = layer.num_slots();
+    let mut positions = vec![0u64; g * n];
+    let mut live = vec![false; g * n];
+    let mut new_entries = Vec::new();
+    let mut probs = vec![0f32; rows * n_heads * n];
+    let want_keys = needs.keys || needs.key_norms;
+    let mut keys = vec![0f32; if want_keys { g * n * d } else { 0 }];
+    for (h, (head, (new_slots, p, phi))) in layer.heads.iter().zip(&parts).enumerate() {
+        let hi = head.high;
+        positions[h * n..][..hi].copy_from_slice(&head.positions[..hi]);
+        live[h * n..][..hi].copy_from_slice(&head.live[..hi]);
+        new_entries.extend(new_slots.iter().filter(|&&s| head.live[s]).map(|&s| h * n + s));
+        // The window drop after attention can lower a head's live range: its rows keep `hi`.
+        let keep = hi.min(*phi);
+        for r in 0..rows {
+            for j in 0..group {
+                let src = &p[(r * group + j) * phi..][..keep];
+                probs[(r * n_heads + h * group + j) * n..][..keep].copy_from_slice(src);
+            }
+        }
+        if want_keys {
+            keys[h * n * d..][..hi * d].copy_from_slice(&layer_keys(head, hi)?);
+        }
+    }
+    let norms: Vec<f32> = if needs.key_norms {
+        keys.chunks(d).map(|k| k.iter().map(|x| x * x).sum::<f32>().sqrt()).collect()
+    } else {
+        Vec::new()
+    };
+    let obs = Observation {
+        layer: layer.index,
+        tokens_seen,
+        num_slots: n,
+        positions: &positions,
+        live: &live,
+        new_slots: &new_entries,
+        num_heads: n_heads,
+        num_kv_heads: g,
+        head_dim: d,
+        rows,
+        probs: &probs,
+        key_norms: &norms,
+        keys: if needs.keys { &keys } else { &[] },
+        head_capacity: cap,
+    };
+    let decision = policy.step(&obs, budget).map_err(|e| Error::from_policy(e, policy.name(), obs.layer))?;
+    let evict = validate(decision, &obs, budget).map_err(|e| Error::from_policy(e, policy.name(), obs.layer))?;
+    for (h, head) in layer.heads.iter_mut().enumerate() {
+        let mine: Vec<usize> = evict.iter().filter(|&&e| e / n == h).map(|&e| e % n).collect();
+        head.evict(&mine);
+    }
+    Ok(())
 }
 
 thread_local! {
@@ -322,6 +492,7 @@ fn compress(
         probs: &probs,
         key_norms: &norms,
         keys: if needs.keys { &keys } else { &[] },
+        head_capacity: 0,
     };
     let decision = policy.step(&obs, budget).map_err(|e| Error::from_policy(e, policy.name(), obs.layer))?;
     let evict = validate(decision, &obs, budget).map_err(|e| Error::from_policy(e, policy.name(), obs.layer))?;

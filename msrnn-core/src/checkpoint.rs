@@ -10,7 +10,7 @@
 //! retried step drops it again before anything reads it.
 
 use crate::error::Result;
-use crate::state::MsrnnState;
+use crate::state::{LayerState, MsrnnState};
 
 /// Where a state stood: per layer which slots were live at which positions, the policies'
 /// bookkeeping, the tokens seen.
@@ -26,22 +26,42 @@ struct LayerMark {
     order: Vec<usize>,
     high: usize,
     n_live: usize,
+    /// A per-head layer's heads.
+    heads: Vec<LayerMark>,
+}
+
+impl LayerMark {
+    fn of(l: &LayerState) -> Self {
+        LayerMark {
+            positions: l.positions.clone(),
+            live: l.live.clone(),
+            order: l.order.clone(),
+            high: l.high,
+            n_live: l.n_live,
+            heads: l.heads.iter().map(LayerMark::of).collect(),
+        }
+    }
+
+    fn restore(self, l: &mut LayerState) {
+        let n = l.live.len();
+        l.positions = self.positions;
+        l.positions.resize(n, 0);
+        l.live = self.live;
+        l.live.resize(n, false);
+        l.free = (0..n).rev().filter(|&s| !l.live[s]).collect();
+        l.order = self.order;
+        l.high = self.high;
+        l.n_live = self.n_live;
+        for (h, m) in l.heads.iter_mut().zip(self.heads) {
+            m.restore(h);
+        }
+    }
 }
 
 impl MsrnnState {
     /// The state's position now, for [`MsrnnState::rollback`] after a failed step.
     pub fn checkpoint(&self) -> Checkpoint {
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| LayerMark {
-                positions: l.positions.clone(),
-                live: l.live.clone(),
-                order: l.order.clone(),
-                high: l.high,
-                n_live: l.n_live,
-            })
-            .collect();
+        let layers = self.layers.iter().map(LayerMark::of).collect();
         Checkpoint {
             layers,
             policies: self.policies.iter().map(|p| p.save_state()).collect(),
@@ -53,15 +73,7 @@ impl MsrnnState {
     /// may reuse slots an earlier one freed). Buffers that grew meanwhile keep their size.
     pub fn rollback(&mut self, c: Checkpoint) -> Result<()> {
         for (l, m) in self.layers.iter_mut().zip(c.layers) {
-            let n = l.live.len();
-            l.positions = m.positions;
-            l.positions.resize(n, 0);
-            l.live = m.live;
-            l.live.resize(n, false);
-            l.free = (0..n).rev().filter(|&s| !l.live[s]).collect();
-            l.order = m.order;
-            l.high = m.high;
-            l.n_live = m.n_live;
+            m.restore(l);
         }
         for (i, (p, saved)) in self.policies.iter_mut().zip(c.policies).enumerate() {
             p.reset();

@@ -86,10 +86,12 @@ impl MsrnnState {
                 };
                 tensors.push((format!("layer.{i}.{name}"), t));
             }
-            let pos: Vec<i64> = l.positions.iter().map(|&x| x as i64).collect();
-            tensors.push((format!("layer.{i}.positions"), Tensor::from_vec(pos, n, dev)?));
-            let live: Vec<u8> = l.live.iter().map(|&x| x as u8).collect();
-            tensors.push((format!("layer.{i}.live"), Tensor::from_vec(live, n, dev)?));
+            let (pos, live) = l.slot_table();
+            let entries = pos.len();
+            let pos: Vec<i64> = pos.into_iter().map(|x| x as i64).collect();
+            tensors.push((format!("layer.{i}.positions"), Tensor::from_vec(pos, entries, dev)?));
+            let live: Vec<u8> = live.into_iter().map(|x| x as u8).collect();
+            tensors.push((format!("layer.{i}.live"), Tensor::from_vec(live, entries, dev)?));
             let ps = p.save_state();
             let len = ps.len();
             tensors.push((format!("layer.{i}.policy"), Tensor::from_vec(ps, len, dev)?));
@@ -203,12 +205,15 @@ impl MsrnnState {
                     format!("values {:?} {:?} beside keys {:?} {:?}", v.dims(), v.dtype(), k.dims(), k.dtype()),
                 ));
             }
+            // A per-head layer keeps positions and liveness per KV head, heads end to end.
+            let tables = if l.is_per_head() { sh } else { 1 };
+            let entries = tables * slots;
             let vec1 = |name: &str, dt: DType| -> Result<Tensor> {
                 let t = get(format!("layer.{i}.{name}"))?;
-                if t.dtype() != dt || t.dims() != [slots] {
+                if t.dtype() != dt || t.dims() != [entries] {
                     return Err(corrupt(
                         i,
-                        format!("{name} is {:?} {:?}, expected {dt:?} [{slots}]", t.dtype(), t.dims()),
+                        format!("{name} is {:?} {:?}, expected {dt:?} [{entries}]", t.dtype(), t.dims()),
                     ));
                 }
                 Ok(t)
@@ -218,17 +223,25 @@ impl MsrnnState {
             let live: Vec<bool> = vec1("live", DType::U8)?.to_vec1::<u8>()?.into_iter().map(|x| x != 0).collect();
             // What the header promises: no layer holds more than its capacity or the tokens seen,
             // and every kept token was seen (its position is below the count), once.
-            let n_live = live.iter().filter(|&&x| x).count() as u64;
+            // A per-head layer: no head above its head capacity, the heads together within C each.
             let cap = l.capacity().get().map_or(u64::MAX, |c| c as u64);
-            if n_live > cap.min(h.tokens_seen) {
-                return Err(corrupt(
-                    i,
-                    format!(
-                        "{n_live} live entries, more than its capacity {} or the {} tokens seen",
-                        l.capacity(),
-                        h.tokens_seen
-                    ),
-                ));
+            let head_cap = l.head_capacity().map_or(cap, |c| c as u64);
+            for (t, table) in live.chunks(slots.max(1)).enumerate() {
+                let n_live = table.iter().filter(|&&x| x).count() as u64;
+                if n_live > head_cap.min(h.tokens_seen) {
+                    let head = if tables > 1 { format!(" in KV head {t}") } else { String::new() };
+                    return Err(corrupt(
+                        i,
+                        format!(
+                            "{n_live} live entries{head}, more than its capacity {head_cap} or the {} tokens seen",
+                            h.tokens_seen
+                        ),
+                    ));
+                }
+            }
+            let n_live = live.iter().filter(|&&x| x).count() as u64;
+            if n_live > cap.saturating_mul(tables as u64) {
+                return Err(corrupt(i, format!("{n_live} live entries over {tables} KV heads of capacity {cap}")));
             }
             if let Some(p) = pos.iter().zip(&live).find(|(&p, &l)| l && p >= h.tokens_seen).map(|(p, _)| p) {
                 return Err(corrupt(
@@ -236,10 +249,12 @@ impl MsrnnState {
                     format!("a live entry at position {p}, but only {} tokens were seen", h.tokens_seen),
                 ));
             }
-            let mut kept: Vec<u64> = pos.iter().zip(&live).filter(|(_, &l)| l).map(|(&p, _)| p).collect();
-            kept.sort_unstable();
-            if let Some(w) = kept.windows(2).find(|w| w[0] == w[1]) {
-                return Err(corrupt(i, format!("two live entries hold position {}", w[0])));
+            for (p, l) in pos.chunks(slots.max(1)).zip(live.chunks(slots.max(1))) {
+                let mut kept: Vec<u64> = p.iter().zip(l).filter(|(_, &l)| l).map(|(&p, _)| p).collect();
+                kept.sort_unstable();
+                if let Some(w) = kept.windows(2).find(|w| w[0] == w[1]) {
+                    return Err(corrupt(i, format!("two live entries hold position {}", w[0])));
+                }
             }
             let pol = get(format!("layer.{i}.policy"))?;
             if pol.rank() != 1 {

@@ -134,6 +134,12 @@ pub struct LayerState {
     pub(crate) mode: Positions,
     /// Layer index, for observations and error messages.
     pub(crate) index: usize,
+    /// A per-head layer: one single-head layer per KV head, each with its own slots (the memory
+    /// of an evicted entry is its head's to reuse), and this layer's own buffers empty. Empty for
+    /// a layer whose KV heads keep the same tokens.
+    pub(crate) heads: Vec<LayerState>,
+    /// The most entries one KV head of a per-head layer may keep; 0 for a shared layer.
+    pub(crate) head_capacity: usize,
 }
 
 const UNBOUNDED_INITIAL_SLOTS: usize = 256;
@@ -223,13 +229,116 @@ impl LayerState {
             rope: rope.map(|r| Rope::new(head_dim, r)),
             mode,
             index: 0,
+            heads: Vec::new(),
+            head_capacity: 0,
         })
+    }
+
+    /// A per-head layer without rotary embedding (tests and benchmarks): each of `num_kv_heads`
+    /// heads keeps its own tokens, at most `head_capacity` of them, the layer `capacity x
+    /// num_kv_heads` entries in all.
+    #[allow(clippy::too_many_arguments)]
+    pub fn per_head(
+        num_kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+        device: &Device,
+        capacity: Capacity,
+        head_capacity: usize,
+        window: Option<usize>,
+        max_chunk: usize,
+    ) -> Result<Self> {
+        let (mode, f32) = (Positions::Absolute, KvFormat::F32);
+        let shape = (num_kv_heads, head_dim, dtype, device);
+        Self::build_per_head(shape, capacity, head_capacity, window, max_chunk, None, mode, f32)
+    }
+
+    /// A per-head layer: the checks of [`Self::build`], then one single-head layer of
+    /// `head_capacity` per KV head, and this layer's own buffers empty.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn build_per_head(
+        (num_kv_heads, head_dim, dtype, device): (usize, usize, DType, &Device),
+        capacity: Capacity,
+        head_capacity: usize,
+        window: Option<usize>,
+        max_chunk: usize,
+        rope: Option<RopeSpec>,
+        mode: Positions,
+        format: KvFormat,
+    ) -> Result<Self> {
+        let Capacity::Bounded(c) = capacity else {
+            return Err(Error::InvalidCapacity("a per-head layer needs a bounded capacity".into()));
+        };
+        if head_capacity < c || head_capacity > c.saturating_mul(num_kv_heads) {
+            return Err(Error::InvalidCapacity(format!(
+                "a KV head may keep {head_capacity} entries, outside {c}..={} (C .. C x {num_kv_heads} KV heads)",
+                c.saturating_mul(num_kv_heads)
+            )));
+        }
+        if !(device.is_cpu() && dtype == DType::F32) {
+            return Err(Error::Input(format!(
+                "per-head layers run on the CPU kernels (an f32 model on the CPU), not {dtype:?} on {device:?}"
+            )));
+        }
+        let one = Capacity::Bounded(head_capacity);
+        let heads = (0..num_kv_heads)
+            .map(|_| Self::build(1, head_dim, dtype, device, one, window, max_chunk, rope, mode, format))
+            .collect::<Result<Vec<_>>>()?;
+        let mut layer =
+            Self::build(num_kv_heads, head_dim, dtype, device, Capacity::Bounded(1), window, 1, rope, mode, format)?;
+        layer.kv =
+            Kv::Host { k: try_buf(format, num_kv_heads, 0, head_dim)?, v: try_buf(format, num_kv_heads, 0, head_dim)? };
+        (layer.positions, layer.live, layer.free) = (Vec::new(), Vec::new(), Vec::new());
+        layer.capacity = capacity;
+        layer.heads = heads;
+        layer.head_capacity = head_capacity;
+        Ok(layer)
+    }
+
+    /// Whether each KV head keeps its own tokens.
+    pub fn is_per_head(&self) -> bool {
+        !self.heads.is_empty()
+    }
+    /// The most entries one KV head may keep (per-head layers), `None` for a shared layer.
+    pub fn head_capacity(&self) -> Option<usize> {
+        self.is_per_head().then_some(self.head_capacity)
+    }
+    /// Tokens kept by each KV head (all equal in a shared layer).
+    pub fn head_live_counts(&self) -> Vec<usize> {
+        if self.is_per_head() {
+            self.heads.iter().map(|h| h.n_live).collect()
+        } else {
+            vec![self.n_live; self.num_kv_heads]
+        }
+    }
+    /// Every slot's position and liveness, per KV head end to end in a per-head layer (each head's
+    /// table padded to the largest head's slots): what state files store.
+    pub(crate) fn slot_table(&self) -> (Vec<u64>, Vec<bool>) {
+        if !self.is_per_head() {
+            return (self.positions.clone(), self.live.clone());
+        }
+        let n = self.num_slots();
+        let (mut pos, mut live) = (Vec::with_capacity(n * self.heads.len()), Vec::with_capacity(n * self.heads.len()));
+        for h in &self.heads {
+            pos.extend(h.positions.iter().copied().chain(std::iter::repeat(0)).take(n));
+            live.extend(h.live.iter().copied().chain(std::iter::repeat(false)).take(n));
+        }
+        (pos, live)
+    }
+    /// Absolute positions kept by KV head `head`, ascending.
+    pub fn head_live_positions(&self, head: usize) -> Vec<u64> {
+        match self.heads.get(head) {
+            Some(h) => h.live_positions(),
+            None if head < self.num_kv_heads => self.live_positions(),
+            None => Vec::new(),
+        }
     }
 
     fn try_clone(&self) -> Result<Self> {
         let kv = match &self.kv {
             Kv::Host { k, v } => {
-                let (h, n, d) = (self.num_kv_heads, self.num_slots(), self.head_dim);
+                // The layer's own slots (none in a per-head layer, whose heads copy theirs).
+                let (h, n, d) = (self.num_kv_heads, self.live.len(), self.head_dim);
                 let copy = |b: &KvBuf| b.grown(h, n, n, d).map_err(|_| self.alloc_error(n));
                 Kv::Host { k: copy(k)?, v: copy(v)? }
             }
@@ -252,6 +361,8 @@ impl LayerState {
             rope: self.rope.clone(),
             mode: self.mode,
             index: self.index,
+            heads: self.heads.iter().map(Self::try_clone).collect::<Result<_>>()?,
+            head_capacity: self.head_capacity,
         })
     }
 
@@ -279,13 +390,18 @@ impl LayerState {
         Ok(self)
     }
 
-    /// Allocated slots (live or free).
+    /// Allocated slots (live or free); per KV head in a per-head layer (the largest head's).
     pub fn num_slots(&self) -> usize {
-        self.live.len()
+        self.heads.iter().map(LayerState::num_slots).max().unwrap_or(self.live.len())
     }
-    /// Tokens currently kept.
+    /// Tokens currently kept; in a per-head layer, the entries of all heads over the number of
+    /// heads, rounded up (the per-head budget's measure).
     pub fn live_count(&self) -> usize {
-        self.n_live
+        if self.is_per_head() {
+            self.heads.iter().map(|h| h.n_live).sum::<usize>().div_ceil(self.heads.len())
+        } else {
+            self.n_live
+        }
     }
     pub fn capacity(&self) -> Capacity {
         self.capacity
@@ -320,8 +436,14 @@ impl LayerState {
             Kv::Device { .. } => KvFormat::F32,
         }
     }
-    /// Absolute positions of the kept tokens, ascending.
+    /// Absolute positions of the kept tokens, ascending (kept by any head in a per-head layer).
     pub fn live_positions(&self) -> Vec<u64> {
+        if self.is_per_head() {
+            let mut all: Vec<u64> = self.heads.iter().flat_map(LayerState::live_positions).collect();
+            all.sort_unstable();
+            all.dedup();
+            return all;
+        }
         self.order.iter().map(|&s| self.positions[s]).collect()
     }
     pub fn slot_positions(&self) -> &[u64] {
@@ -334,6 +456,17 @@ impl LayerState {
     /// `[kv_heads, slots, head_dim]` on the state's device (dead slots hold stale data). A copy for
     /// host buffers.
     pub fn kv(&self) -> Result<(Tensor, Tensor)> {
+        if self.is_per_head() {
+            let n = self.num_slots();
+            let (mut ks, mut vs) = (Vec::new(), Vec::new());
+            for h in &self.heads {
+                let (k, v) = h.kv()?;
+                let pad = |t: Tensor| t.pad_with_zeros(1, 0, n - h.num_slots());
+                ks.push(pad(k)?);
+                vs.push(pad(v)?);
+            }
+            return Ok((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?));
+        }
         match &self.kv {
             Kv::Device { k, v } => Ok((k.clone(), v.clone())),
             Kv::Host { v, .. } => {
@@ -361,6 +494,19 @@ impl LayerState {
     /// Keys and values exactly as stored, as rows `[kv_heads, slots, head_dim]` in the state's
     /// format (what state files hold); device tensors come back as f32 or f16 rows.
     pub(crate) fn kv_rows(&self) -> Result<(KvBuf, KvBuf)> {
+        if self.is_per_head() {
+            // Every head's rows padded to the largest head's slots, heads end to end.
+            let (n, d) = (self.num_slots(), self.head_dim);
+            let (mut ks, mut vs) = (Vec::new(), Vec::new());
+            for h in &self.heads {
+                let (k, v) = h.kv_rows()?;
+                let grow = |b: KvBuf| b.grown(1, h.num_slots(), n, d).map_err(|_| self.alloc_error(n));
+                ks.push(grow(k)?);
+                vs.push(grow(v)?);
+            }
+            let join = |parts: &[KvBuf]| KvBuf::concat(parts).ok_or_else(|| self.alloc_error(n));
+            return Ok((join(&ks)?, join(&vs)?));
+        }
         match &self.kv {
             Kv::Host { k, v } => {
                 let (h, n, d) = (self.num_kv_heads, self.num_slots(), self.head_dim);
@@ -389,11 +535,11 @@ impl LayerState {
     }
     /// Bytes of key/value data held by live tokens (in the storage format: f16 halves f32).
     pub fn live_kv_bytes(&self) -> usize {
-        self.n_live * self.token_bytes()
+        self.n_live * self.token_bytes() + self.heads.iter().map(LayerState::live_kv_bytes).sum::<usize>()
     }
     /// Bytes allocated for the slot buffers (live + free slots).
     pub fn allocated_kv_bytes(&self) -> usize {
-        self.num_slots() * self.token_bytes()
+        self.live.len() * self.token_bytes() + self.heads.iter().map(LayerState::allocated_kv_bytes).sum::<usize>()
     }
     fn alloc_error(&self, slots: usize) -> Error {
         let bytes = (slots * self.token_bytes()) as u64;
@@ -402,6 +548,7 @@ impl LayerState {
 
     /// Drops every token (a new sequence starts); keeps the allocation.
     pub fn clear(&mut self) {
+        self.heads.iter_mut().for_each(LayerState::clear);
         self.live.iter_mut().for_each(|l| *l = false);
         self.free = (0..self.live.len()).rev().collect();
         self.order.clear();
@@ -430,6 +577,7 @@ impl LayerState {
     /// Drops tokens no future query can see through the model's own sliding window: a query at
     /// `next_pos` sees keys at `p` with `next_pos - p < window`.
     pub(crate) fn drop_outside_window(&mut self, next_pos: u64) {
+        self.heads.iter_mut().for_each(|h| h.drop_outside_window(next_pos));
         let Some(w) = self.window else { return };
         let w = w as u64;
         let old: Vec<usize> =
@@ -522,6 +670,20 @@ impl LayerState {
     /// Restores a layer from saved keys/values: rows `[kv_heads, slots, head_dim]` of `slots`
     /// slots per head in the layer's format (keys as stored); used by state files.
     pub(crate) fn restore(&mut self, k: KvBuf, v: KvBuf, positions: Vec<u64>, live: Vec<bool>) -> Result<()> {
+        if self.is_per_head() {
+            // Heads end to end, each padded to the same slots (what `kv_rows` wrote).
+            let n = self.heads.len();
+            let (ks, vs) = match (k.split(n), v.split(n)) {
+                (Some(k), Some(v)) if positions.len().is_multiple_of(n) && live.len() == positions.len() => (k, v),
+                _ => return Err(Error::StateFile(format!("per-head layer data does not split over {n} KV heads"))),
+            };
+            let per = positions.len() / n;
+            for (h, (head, (k, v))) in self.heads.iter_mut().zip(ks.into_iter().zip(vs)).enumerate() {
+                let (p, l) = (positions[h * per..][..per].to_vec(), live[h * per..][..per].to_vec());
+                head.restore(k, v, p, l)?;
+            }
+            return Ok(());
+        }
         let (h, d) = (self.num_kv_heads, self.head_dim);
         let slots = positions.len();
         let fits = |b: &KvBuf| {
@@ -612,6 +774,21 @@ impl MsrnnState {
         let layers = (0..n)
             .zip(capacities)
             .map(|(i, capacity)| {
+                if let Some(hc) = policies[i].head_capacity() {
+                    let shape = (cfg.num_kv_heads, cfg.head_dim, cfg.dtype, &cfg.device);
+                    let (w, chunk, rope) = (cfg.windows[i], cfg.max_chunk, cfg.ropes[i]);
+                    let mut l = LayerState::build_per_head(shape, capacity, hc, w, chunk, rope, cfg.positions, cfg.kv)
+                        .map_err(|e| {
+                            let named = |m| format!("policy `{}` on layer {i}: {m}", policies[i].name());
+                            match e {
+                                Error::InvalidCapacity(m) => Error::InvalidCapacity(named(m)),
+                                Error::Input(m) => Error::Input(named(m)),
+                                e => e,
+                            }
+                        })?;
+                    l.index = i;
+                    return Ok(l);
+                }
                 let mut l = LayerState::build(
                     cfg.num_kv_heads,
                     cfg.head_dim,
@@ -690,7 +867,7 @@ impl MsrnnState {
 
     /// Largest live count over layers.
     pub fn max_live(&self) -> usize {
-        self.layers.iter().map(|l| l.n_live).max().unwrap_or(0)
+        self.layers.iter().map(LayerState::live_count).max().unwrap_or(0)
     }
     /// Key/value bytes held by live tokens, all layers.
     pub fn live_kv_bytes(&self) -> usize {

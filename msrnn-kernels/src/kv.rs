@@ -272,6 +272,47 @@ impl KvBuf {
         })
     }
 
+    /// Row buffers of one format laid end to end (heads after heads): what per-head layers' one-head
+    /// buffers become in a state file. `None` for no parts or mixed formats.
+    pub fn concat(parts: &[KvBuf]) -> Option<Self> {
+        let mut out = match parts.first()? {
+            KvBuf::F32(_) => KvBuf::F32(Vec::new()),
+            KvBuf::F16(_) => KvBuf::F16(Vec::new()),
+            KvBuf::Q8_0 { .. } => KvBuf::Q8_0 { q: Vec::new(), d: Vec::new() },
+        };
+        for p in parts {
+            match (&mut out, p) {
+                (KvBuf::F32(o), KvBuf::F32(x)) => o.extend_from_slice(x),
+                (KvBuf::F16(o), KvBuf::F16(x)) => o.extend_from_slice(x),
+                (KvBuf::Q8_0 { q: oq, d: od }, KvBuf::Q8_0 { q, d }) => {
+                    oq.extend_from_slice(q);
+                    od.extend_from_slice(d);
+                }
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
+    /// Row buffers of `heads` heads cut into one buffer per head: the inverse of [`Self::concat`]
+    /// for equal parts. `None` when the buffer does not divide evenly.
+    pub fn split(&self, heads: usize) -> Option<Vec<Self>> {
+        fn cut<T: Copy>(x: &[T], heads: usize) -> Option<Vec<Vec<T>>> {
+            (heads > 0 && x.len().is_multiple_of(heads))
+                .then(|| x.chunks(x.len() / heads.max(1)).map(<[T]>::to_vec).collect())
+        }
+        if heads > 0 && self.bytes() == 0 {
+            return Some(vec![self.clone(); heads]);
+        }
+        Some(match self {
+            KvBuf::F32(x) => cut(x, heads)?.into_iter().map(KvBuf::F32).collect(),
+            KvBuf::F16(x) => cut(x, heads)?.into_iter().map(KvBuf::F16).collect(),
+            KvBuf::Q8_0 { q, d } => {
+                cut(q, heads)?.into_iter().zip(cut(d, heads)?).map(|(q, d)| KvBuf::Q8_0 { q, d }).collect()
+            }
+        })
+    }
+
     /// A blocked key buffer of `slots` slots per head as rows (the values' layout), same format.
     pub fn keys_to_rows(&self, heads: usize, slots: usize, head_dim: usize) -> Result<Self, TryReserveError> {
         let nb = head_dim.div_ceil(QBLOCK);
@@ -440,5 +481,33 @@ mod tests {
                 assert!(b.iter().all(|&x| x == 0.0));
             }
         }
+    }
+
+    #[test]
+    fn concat_and_split_are_inverse() {
+        let d = 40; // two q8_0 blocks, the second ragged
+        for format in [KvFormat::F32, KvFormat::F16, KvFormat::Q8_0] {
+            let parts: Vec<KvBuf> = (0..3)
+                .map(|h| {
+                    let mut b = KvBuf::zeros(format, 1, 4, d).unwrap();
+                    for s in 0..4 {
+                        let row: Vec<f32> = (0..d).map(|i| (h * 100 + s * 10 + i) as f32 * 0.01).collect();
+                        b.write_value(4, 0, s, &row);
+                    }
+                    b
+                })
+                .collect();
+            let all = KvBuf::concat(&parts).unwrap();
+            assert_eq!(all.bytes(), 3 * parts[0].bytes());
+            let mut row = vec![0f32; d];
+            all.read_value(4, 2, 3, &mut row);
+            let mut want = vec![0f32; d];
+            parts[2].read_value(4, 0, 3, &mut want);
+            assert_eq!(row, want, "{format}: head 2's rows follow heads 0 and 1");
+            assert_eq!(all.split(3).unwrap(), parts, "{format}");
+            assert!(all.split(7).is_none(), "{format}: 480 values do not split over 7 heads");
+        }
+        assert!(KvBuf::concat(&[]).is_none());
+        assert!(KvBuf::concat(&[KvBuf::F32(vec![1.0]), KvBuf::F16(vec![f16::ONE])]).is_none());
     }
 }

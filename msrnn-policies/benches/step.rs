@@ -69,6 +69,7 @@ fn compress_only(c: &mut Criterion) {
             probs: &probs,
             key_norms: &[],
             keys: &[],
+            head_capacity: 0,
         };
         g.bench_function(name, |b| b.iter(|| black_box(pol.step(black_box(&obs), C).unwrap())));
     }

@@ -60,6 +60,7 @@ impl Obs {
             probs: &self.probs,
             key_norms: &[],
             keys: &self.keys,
+            head_capacity: 0,
         }
     }
 }

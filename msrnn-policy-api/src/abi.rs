@@ -14,7 +14,12 @@ use crate::types::{Context, Needs, Observation, Rows};
 ///
 /// 2: `msrnn_needs` gained `keys` and `capacity`, `msrnn_context` and `msrnn_observation` gained
 /// `head_dim`, `msrnn_observation` gained `keys`, the descriptor gained `aliases`.
-pub const ABI_VERSION: u32 = 2;
+/// 3: `msrnn_needs` and `msrnn_observation` gained `head_capacity` (per-KV-head layers), appended,
+/// so a version 2 plugin (which never asks for it and never reads it) still loads.
+pub const ABI_VERSION: u32 = 3;
+
+/// The oldest version the host still loads.
+pub const MIN_ABI_VERSION: u32 = 2;
 
 /// The symbol every plugin exports: `const msrnn_policy_descriptor *msrnn_policy_plugin(void)`.
 pub const ENTRY_SYMBOL: &str = "msrnn_policy_plugin";
@@ -49,10 +54,13 @@ pub struct RawNeeds {
     pub every_step: u32,
     /// The capacity this instance wants for its layer; 0 takes the context's.
     pub capacity: u64,
+    /// Version 3: > 0 makes the layer per-head, each KV head keeping at most this many entries
+    /// ([`crate::Policy::head_capacity`]); 0 (what a version 2 plugin leaves) shares the slots.
+    pub head_capacity: u64,
 }
 
 impl RawNeeds {
-    pub fn new(needs: Needs, capacity: Option<usize>) -> Self {
+    pub fn new(needs: Needs, capacity: Option<usize>, head_capacity: Option<usize>) -> Self {
         RawNeeds {
             rows: match needs.rows {
                 Rows::None => ROWS_NONE,
@@ -63,6 +71,17 @@ impl RawNeeds {
             keys: needs.keys as u32,
             every_step: needs.every_step as u32,
             capacity: capacity.map_or(0, |c| c as u64),
+            head_capacity: head_capacity.map_or(0, |c| c as u64),
+        }
+    }
+
+    /// The head capacity asked for (`None`: a shared layer).
+    pub fn head_capacity(&self) -> Result<Option<usize>, String> {
+        match self.head_capacity {
+            0 => Ok(None),
+            c => usize::try_from(c)
+                .map(Some)
+                .map_err(|_| format!("asked for a head capacity of {c}, more than memory holds")),
         }
     }
 
@@ -133,7 +152,8 @@ impl From<&RawContext> for Context {
 }
 
 /// One layer's state after the new tokens were written and attention ran. Every per-slot array has
-/// `num_slots` entries; entries of dead slots are meaningless.
+/// `num_slots` entries (`num_kv_heads x num_slots` in a per-head layer); entries of dead slots are
+/// meaningless.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct RawObservation {
@@ -159,6 +179,9 @@ pub struct RawObservation {
     pub key_norms: *const f32,
     /// `[num_kv_heads, num_slots, head_dim]` keys as stored; NULL unless the needs asked for them.
     pub keys: *const f32,
+    /// Version 3: 0 for a shared layer, else the layer is per-head (positions, live and new slots
+    /// are per entry `head * num_slots + slot`) and no head may keep more than this many entries.
+    pub head_capacity: u64,
 }
 
 impl RawObservation {
@@ -182,6 +205,7 @@ impl RawObservation {
             probs: or_null(obs.probs),
             key_norms: or_null(obs.key_norms),
             keys: or_null(obs.keys),
+            head_capacity: obs.head_capacity as u64,
         }
     }
 }
@@ -201,6 +225,8 @@ impl<'a> Observation<'a> {
             }
         }
         let n = o.num_slots as usize;
+        let head_capacity = o.head_capacity as usize;
+        let entries = if head_capacity > 0 { n * o.num_kv_heads as usize } else { n };
         scratch.clear();
         scratch.extend(slice(o.new_slots, o.num_new as usize).iter().map(|&s| s as usize));
         let (rows, heads, kv, hd) =
@@ -209,8 +235,8 @@ impl<'a> Observation<'a> {
             layer: o.layer as usize,
             tokens_seen: o.tokens_seen,
             num_slots: n,
-            positions: slice(o.positions, n),
-            live: slice(o.live as *const bool, n),
+            positions: slice(o.positions, entries),
+            live: slice(o.live as *const bool, entries),
             new_slots: scratch,
             num_heads: heads,
             num_kv_heads: kv,
@@ -219,6 +245,7 @@ impl<'a> Observation<'a> {
             probs: slice(o.probs, rows * heads * n),
             key_norms: slice(o.key_norms, kv * n),
             keys: slice(o.keys, kv * n * hd),
+            head_capacity,
         }
     }
 }
@@ -321,6 +348,7 @@ mod tests {
             probs: &probs,
             key_norms: &norms,
             keys: &keys,
+            head_capacity: 0,
         };
         let raw = RawObservation::new(&obs, &[2]);
         let mut scratch = Vec::new();
@@ -339,8 +367,10 @@ mod tests {
     #[test]
     fn needs_and_context_round_trip() {
         let n = Needs { rows: Rows::All, key_norms: false, keys: true, every_step: true };
-        assert_eq!(RawNeeds::new(n, Some(12)).decode().unwrap(), (n, Some(12)));
-        assert_eq!(RawNeeds::new(n, None).decode().unwrap(), (n, None));
+        assert_eq!(RawNeeds::new(n, Some(12), None).decode().unwrap(), (n, Some(12)));
+        assert_eq!(RawNeeds::new(n, None, None).decode().unwrap(), (n, None));
+        assert_eq!(RawNeeds::new(n, None, Some(7)).head_capacity().unwrap(), Some(7));
+        assert_eq!(RawNeeds::default().head_capacity().unwrap(), None);
         assert_eq!(RawNeeds::default().decode().unwrap(), (Needs::default(), None));
         let e = RawNeeds { rows: 7, ..RawNeeds::default() }.decode().unwrap_err();
         assert!(e.contains("rows = 7"), "{e}");

@@ -62,7 +62,8 @@ use crate::{Context, Decision, Declare, ParamSet, Params};
 /// #     let positions = [4u64, 0, 1, 2, 3];
 /// #     let live = [true; 5];
 /// #     let obs = Observation { layer: 0, tokens_seen: 5, num_slots: 5, positions: &positions, live: &live,
-/// #         new_slots: &[0], num_heads: 1, num_kv_heads: 1, head_dim: 2, rows: 0, probs: &[], key_norms: &[], keys: &[] };
+/// #         new_slots: &[0], num_heads: 1, num_kv_heads: 1, head_dim: 2, rows: 0, probs: &[], key_norms: &[], keys: &[],
+/// #         head_capacity: 0 };
 /// #     assert_eq!(p.step(&obs, 3).unwrap(), Decision::Evict(vec![2, 3]));
 /// #     assert_eq!(p.step(&obs, 1).unwrap(), Decision::Evict(vec![2, 3, 4, 0]));
 /// #     assert_eq!(p.step(&obs, 5).unwrap(), Decision::Evict(vec![]));
@@ -296,7 +297,7 @@ pub unsafe extern "C" fn create<T: Declare>(
         };
         let p = Params::parse(text, <T::Params as ParamSet>::SCHEMA).and_then(|p| T::Params::from_params(&p));
         let policy = T::create(p.map_err(|e| e.to_string())?, &Context::from(&*ctx)).map_err(|e| e.to_string())?;
-        let needs = RawNeeds::new(policy.needs(), policy.capacity());
+        let needs = RawNeeds::new(policy.needs(), policy.capacity(), policy.head_capacity());
         Ok((policy, needs))
     }));
     match r {

@@ -28,7 +28,7 @@ pub mod rng;
 pub mod types;
 
 pub use error::{Error, Result};
-pub use helpers::{lowest_scored, newest_first, validate};
+pub use helpers::{lowest_among, lowest_scored, newest_first, validate};
 pub use params::{parse_pairs, valid_name, Bounds, FromParam, Param, ParamSet, ParamType, Params};
 pub use policy::{Declare, Policy};
 pub use rng::SplitMix64;

@@ -21,8 +21,20 @@ pub trait Policy: Send {
         None
     }
 
+    /// `Some(h)` makes the layer *per-head*: each KV head keeps its own tokens (its own slots, freed
+    /// when evicted), at most `h` of them, and the layer `C x kv_heads` entries in all; the
+    /// observation and the decision then speak of entries (see [`Observation`]). `h = C` splits the
+    /// budget evenly (per-head TOVA); a larger `h` lets heads share it unevenly (AdaKV), and
+    /// every head's slots are sized for `h`. `None` (the default): every KV head keeps the same
+    /// tokens. Asked once, when the state is built; the host refuses `h` outside `C..=C x kv_heads`.
+    fn head_capacity(&self) -> Option<usize> {
+        None
+    }
+
     /// Called after attention with `budget` = the layer's capacity. When more than `budget` slots are
     /// live it must evict exactly `live - budget` of them; otherwise it must answer [`Decision::Keep`].
+    /// A per-head layer's budget is per head: exactly [`Observation::excess`] entries go, and no
+    /// head keeps more than `head_capacity`.
     fn step(&mut self, obs: &Observation<'_>, budget: usize) -> Result<Decision>;
 
     /// Forget all bookkeeping (a new sequence starts).

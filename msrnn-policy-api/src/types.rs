@@ -47,6 +47,12 @@ pub struct Context {
 /// position. Slot order means nothing, and slots are reused after eviction: per-slot bookkeeping
 /// must restart for the slots in `new_slots`. Per-slot slices have `num_slots` entries; entries of
 /// dead slots are meaningless (probabilities there are 0).
+///
+/// **Per-head layers** ([`crate::Policy::head_capacity`], `head_capacity > 0`): every KV head keeps
+/// its own tokens in its own slots. A slot is then named by its *entry* index `head * num_slots +
+/// slot`: `positions`, `live` and `new_slots` are per entry (`[num_kv_heads, num_slots]`, the new
+/// tokens head by head), a decision lists entries, and query head `h`'s probabilities
+/// (`probs[row, h, s]`) refer to entry `(h / group) * num_slots + s` of its own KV head.
 #[derive(Debug, Clone, Copy)]
 pub struct Observation<'a> {
     pub layer: usize,
@@ -70,6 +76,9 @@ pub struct Observation<'a> {
     /// Keys as the state stores them (rotated at their positions), `[num_kv_heads, num_slots,
     /// head_dim]` f32; empty unless asked for.
     pub keys: &'a [f32],
+    /// 0 for a layer whose KV heads keep the same tokens; otherwise the per-head layout above, and
+    /// the most entries one KV head may keep after the step.
+    pub head_capacity: usize,
 }
 
 /// A policy's answer for one layer and one step.
@@ -78,6 +87,7 @@ pub enum Decision {
     /// Evict nothing (only valid when the layer is within budget).
     #[default]
     Keep,
-    /// Evict exactly these slots, bringing the live count down to the budget.
+    /// Evict exactly these slots (entries of a per-head layer), bringing the live count down to the
+    /// budget.
     Evict(Vec<usize>),
 }

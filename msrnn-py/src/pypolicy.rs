@@ -35,9 +35,15 @@ pub struct Observation {
     /// Tokens the state has seen, the new ones included.
     #[pyo3(get)]
     tokens_seen: u64,
-    /// Slots in the layer's buffer (live or free); every per-slot array has this length.
+    /// Slots in the layer's buffer (live or free; per KV head in a per-head layer); every per-slot
+    /// array has this length (`[num_kv_heads, num_slots]` in a per-head layer).
     #[pyo3(get)]
     num_slots: usize,
+    /// 0 for a layer whose KV heads keep the same tokens; else the layer is per-head (the policy
+    /// asked for `per_head`), slots are named by entry `head * num_slots + slot`, and no head may
+    /// keep more than this many.
+    #[pyo3(get)]
+    head_capacity: usize,
     #[pyo3(get)]
     num_heads: usize,
     #[pyo3(get)]
@@ -47,13 +53,14 @@ pub struct Observation {
     /// Query rows in `probs`: 0, 1 (`last_row`) or the chunk length (`all_rows`).
     #[pyo3(get)]
     rows: usize,
-    /// Absolute position of each slot's token (uint64, `[num_slots]`).
+    /// Absolute position of each slot's token (uint64, `[num_slots]`, or `[num_kv_heads,
+    /// num_slots]` per head).
     #[pyo3(get)]
     positions: Py<PyAny>,
-    /// Whether each slot holds a token (bool, `[num_slots]`).
+    /// Whether each slot holds a token (bool, shaped as `positions`).
     #[pyo3(get)]
     live: Py<PyAny>,
-    /// Slots written in this step, oldest first (int64).
+    /// Slots (entries, per head) written in this step, oldest first (int64).
     #[pyo3(get)]
     new_slots: Py<PyAny>,
     /// Attention probabilities (float32, `[rows, num_heads, num_slots]`; 0 at free slots).
@@ -66,6 +73,8 @@ pub struct Observation {
     #[pyo3(get)]
     keys: Py<PyAny>,
     live_count: usize,
+    /// Live entries per KV head (per-head layers).
+    head_live: Vec<usize>,
 }
 
 fn shaped<'py, T: numpy::Element>(py: Python<'py>, v: &[T], shape: &[usize]) -> PyResult<Py<PyAny>> {
@@ -81,21 +90,28 @@ impl Observation {
         let keys_shape: &[usize] =
             if o.keys.is_empty() { &[0, n, o.head_dim] } else { &[o.num_kv_heads, n, o.head_dim] };
         let norms_shape: &[usize] = if o.key_norms.is_empty() { &[0, n] } else { &[o.num_kv_heads, n] };
+        let table: Vec<usize> = if o.per_head() { vec![o.num_kv_heads, n] } else { vec![n] };
         Ok(Observation {
             layer: o.layer,
             tokens_seen: o.tokens_seen,
             num_slots: n,
+            head_capacity: o.head_capacity,
             num_heads: o.num_heads,
             num_kv_heads: o.num_kv_heads,
             head_dim: o.head_dim,
             rows: o.rows,
-            positions: shaped(py, o.positions, &[n])?,
-            live: shaped(py, o.live, &[n])?,
+            positions: shaped(py, o.positions, &table)?,
+            live: shaped(py, o.live, &table)?,
             new_slots: shaped(py, &new_slots, &[new_slots.len()])?,
             probs: shaped(py, o.probs, &[o.rows, o.num_heads, n])?,
             key_norms: shaped(py, o.key_norms, norms_shape)?,
             keys: shaped(py, o.keys, keys_shape)?,
             live_count: o.live_count(),
+            head_live: if o.per_head() {
+                (0..o.num_kv_heads).map(|h| o.head_live_count(h)).collect()
+            } else {
+                Vec::new()
+            },
         })
     }
 }
@@ -107,25 +123,57 @@ impl Observation {
         self.live_count
     }
 
-    /// `live - budget`: how many slots must be evicted (0 within budget).
+    /// How many slots must be evicted: `live - budget` (0 within budget); in a per-head layer
+    /// `live - budget x num_kv_heads`, or more when a head holds more than `head_capacity`.
     fn excess(&self, budget: usize) -> usize {
-        self.live_count.saturating_sub(budget)
+        if self.head_capacity == 0 {
+            return self.live_count.saturating_sub(budget);
+        }
+        let over: usize = self.head_live.iter().map(|n| n.saturating_sub(self.head_capacity)).sum();
+        self.live_count.saturating_sub(budget.saturating_mul(self.num_kv_heads)).max(over)
+    }
+
+    /// Live entries of KV head `head` (a per-head layer; the whole layer's live count otherwise).
+    fn head_live_count(&self, head: usize) -> usize {
+        if self.head_capacity == 0 {
+            self.live_count
+        } else {
+            self.head_live.get(head).copied().unwrap_or(0)
+        }
+    }
+
+    /// The attention of query row `row` averaged over each KV head's own query heads, float64
+    /// `[num_kv_heads, num_slots]` (in a per-head layer, entry `h * num_slots + s` is `[h, s]`).
+    #[pyo3(signature = (row = -1))]
+    fn kv_head_mean<'py>(&self, py: Python<'py>, row: isize) -> PyResult<Bound<'py, PyAny>> {
+        let r = self.row(row)?;
+        let probs = self.probs.bind(py).cast::<numpy::PyArray3<f32>>()?.readonly();
+        let p = probs.as_slice()?;
+        let (h, n, kv) = (self.num_heads, self.num_slots, self.num_kv_heads.max(1));
+        let group = (h / kv).max(1);
+        let inv = 1.0 / group as f64;
+        let mut acc = vec![0f64; kv * n];
+        let base = r * h * n;
+        for head in 0..h {
+            let out = &mut acc[(head / group).min(kv - 1) * n..][..n];
+            for (a, &x) in out.iter_mut().zip(&p[base + head * n..base + (head + 1) * n]) {
+                *a += x as f64 * inv;
+            }
+        }
+        Ok(PyArray1::from_vec(py, acc).reshape(vec![kv, n])?.into_any())
     }
 
     /// The attention of query row `row` (negative counts from the end) averaged over the query
     /// heads per slot, float64, summed in the order the built-in policies sum it.
     #[pyo3(signature = (row = -1))]
     fn head_mean<'py>(&self, py: Python<'py>, row: isize) -> PyResult<Bound<'py, PyArray1<f64>>> {
-        let r = if row < 0 { self.rows as isize + row } else { row };
-        if r < 0 || r as usize >= self.rows {
-            return Err(PyValueError::new_err(format!("row {row} is outside the {} probability rows", self.rows)));
-        }
+        let r = self.row(row)?;
         let probs = self.probs.bind(py).cast::<numpy::PyArray3<f32>>()?.readonly();
         let p = probs.as_slice()?;
         let (h, n) = (self.num_heads, self.num_slots);
         let inv = 1.0 / h as f64;
         let mut acc = vec![0f64; n];
-        let base = r as usize * h * n;
+        let base = r * h * n;
         for head in 0..h {
             for (a, &x) in acc.iter_mut().zip(&p[base + head * n..base + (head + 1) * n]) {
                 *a += x as f64 * inv;
@@ -143,11 +191,24 @@ impl Observation {
     }
 }
 
+impl Observation {
+    /// Row `row` of `probs` (negative counts from the end), or why not.
+    fn row(&self, row: isize) -> PyResult<usize> {
+        let r = if row < 0 { self.rows as isize + row } else { row };
+        if r < 0 || r as usize >= self.rows {
+            return Err(PyValueError::new_err(format!("row {row} is outside the {} probability rows", self.rows)));
+        }
+        Ok(r as usize)
+    }
+}
+
 /// A Python policy instance for one layer.
 struct PyPolicy {
     obj: Py<PyAny>,
     name: String,
     needs: Needs,
+    /// `per_head` in its needs: the run's C.
+    head_capacity: Option<usize>,
 }
 
 /// A Python exception inside a policy call: kept as the cause of the error that reaches Python.
@@ -166,6 +227,10 @@ impl Policy for PyPolicy {
         self.needs
     }
 
+    fn head_capacity(&self) -> Option<usize> {
+        self.head_capacity
+    }
+
     fn step(&mut self, obs: &CoreObs<'_>, budget: usize) -> msrnn_policy_api::Result<Decision> {
         Python::attach(|py| {
             let o = Observation::new(py, obs).map_err(failed)?;
@@ -177,7 +242,7 @@ impl Policy for PyPolicy {
                 let t = answer.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
                 PolicyErr::Failed(format!("step must return a list of slot indices or None, got {t}"))
             })?;
-            let n = obs.num_slots;
+            let n = obs.live.len();
             let slots = slots
                 .into_iter()
                 .map(|s| {
@@ -219,14 +284,15 @@ impl Policy for PyPolicy {
 }
 
 /// `needs` as a Python policy declares it: names among `last_row`, `all_rows`, `key_norms`,
-/// `keys`, `every_step`.
-fn parse_needs(v: &Bound<'_, PyAny>) -> Result<Needs, String> {
+/// `keys`, `every_step`, `per_head` (the last returned apart: it asks for a per-head layer).
+fn parse_needs(v: &Bound<'_, PyAny>) -> Result<(Needs, bool), String> {
     let names: Vec<String> = if let Ok(s) = v.cast::<PyString>() {
         vec![s.to_string()]
     } else {
         v.extract().map_err(|_| "`needs` must be a list of names".to_string())?
     };
     let mut n = Needs::default();
+    let mut per_head = false;
     for name in &names {
         match name.as_str() {
             "last_row" | "all_rows" if n.rows != Rows::None => {
@@ -237,14 +303,16 @@ fn parse_needs(v: &Bound<'_, PyAny>) -> Result<Needs, String> {
             "key_norms" => n.key_norms = true,
             "keys" => n.keys = true,
             "every_step" => n.every_step = true,
+            "per_head" => per_head = true,
             other => {
                 return Err(format!(
-                    "`needs` names `{other}`; expected some of last_row, all_rows, key_norms, keys, every_step"
+                    "`needs` names `{other}`; expected some of last_row, all_rows, key_norms, keys, every_step, \
+                     per_head"
                 ))
             }
         }
     }
-    Ok(n)
+    Ok((n, per_head))
 }
 
 /// A declared default as the text a spec would give, and the type values convert to.
@@ -362,8 +430,16 @@ pub fn register_policy(cls: &Bound<'_, PyType>, replace: bool) -> PyResult<Strin
                 set().map_err(|e| fail(PolicyErr::Param(e.to_string())))?;
                 let obj = class.bind(py).call1((c, values)).map_err(|e| fail(PolicyErr::Param(e.to_string())))?;
                 let needs = obj.getattr("needs").map_err(|e| fail(PolicyErr::Param(e.to_string())))?;
-                let needs = parse_needs(&needs).map_err(|e| fail(PolicyErr::Param(e)))?;
-                Ok(Box::new(PyPolicy { obj: obj.unbind(), name: policy_name.clone(), needs }) as Box<dyn Policy>)
+                let (needs, per_head) = parse_needs(&needs).map_err(|e| fail(PolicyErr::Param(e)))?;
+                let head_capacity = match (per_head, ctx.capacity) {
+                    (false, _) => None,
+                    (true, Some(c)) => Some(c),
+                    (true, None) => {
+                        return Err(fail(PolicyErr::Param("`per_head` needs a capacity (the run is unbounded)".into())))
+                    }
+                };
+                let obj = obj.unbind();
+                Ok(Box::new(PyPolicy { obj, name: policy_name.clone(), needs, head_capacity }) as Box<dyn Policy>)
             })
         });
     let entry = Entry::new(&name, &description, Some(schema), Source::Plugin(source), factory).with_aliases(aliases);

@@ -63,6 +63,25 @@ class PyTova(msrnn.Policy):
         return live[order[:excess]].tolist()
 
 
+class PyTovaHead(msrnn.Policy):
+    """TOVA per KV head in Python: each head keeps the C entries its own query heads attend to most."""
+
+    name = "py-tova-head"
+    needs = ["last_row", "per_head"]
+
+    def step(self, obs, budget):
+        assert obs.head_capacity == budget and obs.positions.shape == (obs.num_kv_heads, obs.num_slots)
+        score = obs.kv_head_mean().ravel()
+        positions, live = obs.positions.ravel(), obs.live.ravel()
+        out = []
+        for h in range(obs.num_kv_heads):
+            mine = np.flatnonzero(live[h * obs.num_slots : (h + 1) * obs.num_slots]) + h * obs.num_slots
+            order = np.lexsort((positions[mine], score[mine]))  # lowest first, then older
+            out += mine[order[: max(0, len(mine) - budget)]].tolist()
+        assert len(out) == obs.excess(budget)
+        return out
+
+
 class Oldest(msrnn.Policy):
     """Evicts the oldest entries, except on the layer `bad_layer`, where it misbehaves as `mode` says."""
 
@@ -85,6 +104,7 @@ class Oldest(msrnn.Policy):
 
 
 msrnn.register_policy(PyTova)
+msrnn.register_policy(PyTovaHead)
 msrnn.register_policy(Oldest)
 
 
@@ -115,6 +135,16 @@ def test_python_tova_gives_exactly_the_builtin_perplexities(model, text):
         a, b = by_id[f"tova C={c}"], by_id[f"py-tova C={c}"]
         assert a["ppl"] == b["ppl"] and a["nll_sum"] == b["nll_sum"], (a, b)
         assert a["scored"] == 95 and a["max_live"] == c
+
+
+def test_a_per_head_python_policy_is_the_builtin_per_head_policy(model, text):
+    rows = model.perplexity(text, policies=["tova-head", "py-tova-head"], capacities=[16], tokens=96)
+    a, b = rows
+    assert (a["id"], b["id"]) == ("tova-head C=16", "py-tova-head C=16")
+    assert a["nll_sum"] == b["nll_sum"] and a["max_live"] == 16, (a, b)
+    state = model.new_state("py-tova-head", capacity=16)
+    state.feed(model.tokenize(text)[:40])
+    assert state.tokens_seen == 40
 
 
 def test_the_grid_has_the_cli_json_fields_and_numbers(model, text, tmp_path):

@@ -60,6 +60,7 @@ fn main() {
             probs: &[],
             key_norms: &norms,
             keys: &[],
+            head_capacity: 0,
         };
         let budget = slots - 1;
         assert_eq!(pn.step(&obs, budget).unwrap(), pw.step(&obs, budget).unwrap());

@@ -92,7 +92,9 @@ pub(crate) mod obs32 {
     pub const PROBS: usize = 80;
     pub const KEY_NORMS: usize = 84;
     pub const KEYS: usize = 88;
-    pub const SIZE: usize = 96;
+    /// ABI version 3 (a version 2 module never reads it).
+    pub const HEAD_CAPACITY: usize = 96;
+    pub const SIZE: usize = 104;
 }
 
 /// Decodes and checks the descriptor at `d` in a module's memory (wasm32 layout), as the native

@@ -419,6 +419,9 @@ impl WasmInstance {
     }
 }
 
+/// Bytes of `msrnn_needs` (version 3; a version 2 module writes the first 24).
+const NEEDS_SIZE: usize = 32;
+
 impl Transport for WasmInstance {
     type Plugin = WasmPlugin;
 
@@ -427,7 +430,8 @@ impl Transport for WasmInstance {
         let s = &plugin.shared;
         let mut rt = Runtime::start(&s.pre, s.limits)?;
         let mut l = Layout(0);
-        let (p_params, p_ctx, p_needs, p_err) = (l.take(params.len() + 1), l.take(48), l.take(24), l.take(err.len()));
+        let (p_params, p_ctx, p_needs, p_err) =
+            (l.take(params.len() + 1), l.take(48), l.take(NEEDS_SIZE), l.take(err.len()));
         let base = rt.scratch(l.0)?;
         let at = |off: usize| base + off as u32;
         let mut text = params.as_bytes().to_vec();
@@ -435,7 +439,8 @@ impl Transport for WasmInstance {
         rt.write(at(p_params), &text);
         let c = RawContext::from(ctx);
         rt.write(at(p_ctx), &le_u64([c.layer, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.capacity]));
-        rt.write(at(p_needs), &[0u8; 24]);
+        // Zeroed: a version 2 module writes the first 24 bytes only, leaving `head_capacity` 0.
+        rt.write(at(p_needs), &[0u8; NEEDS_SIZE]);
         rt.write(at(p_err), &vec![0u8; err.len()]);
         let args = (at(p_params) as i32, at(p_ctx) as i32, at(p_needs) as i32, at(p_err) as i32, err.len() as i64);
         let handle = Runtime::call(&mut rt.store, &s.limits, &rt.fns.create, args, "create")?;
@@ -443,7 +448,7 @@ impl Transport for WasmInstance {
             err.copy_from_slice(rt.bytes(at(p_err) as u64, err.len() as u64, "error buffer")?);
             return Ok(None);
         }
-        let n = rt.bytes(at(p_needs) as u64, 24, "needs")?;
+        let n = rt.bytes(at(p_needs) as u64, NEEDS_SIZE as u64, "needs")?;
         let u32_at = |i: usize| u32::from_le_bytes(n[i..i + 4].try_into().expect("4 bytes"));
         let raw = RawNeeds {
             rows: u32_at(0),
@@ -451,21 +456,22 @@ impl Transport for WasmInstance {
             keys: u32_at(8),
             every_step: u32_at(12),
             capacity: u64::from_le_bytes(n[16..24].try_into().expect("8 bytes")),
+            head_capacity: u64::from_le_bytes(n[24..32].try_into().expect("8 bytes")),
         };
         Ok(Some((WasmInstance { shared: s.clone(), rt, handle }, raw)))
     }
 
     /// One `compress` call: the observation copied into the module's memory, the answer read back.
     fn compress(&mut self, obs: &Observation<'_>, budget: usize, evict: &mut [u64], err: &mut [u8]) -> Raw<(i32, u64)> {
-        let n = obs.num_slots;
+        let (n, entries) = (obs.num_slots, obs.live.len());
         let mut l = Layout(0);
         let p_obs = l.take(obs32::SIZE);
         let p_len = l.take(8);
         let p_err = l.take(err.len());
         let p_evict = l.take(evict.len() * 8);
-        let p_pos = l.take(n * 8);
+        let p_pos = l.take(entries * 8);
         let p_new = l.take(obs.new_slots.len() * 8);
-        let p_live = l.take(n);
+        let p_live = l.take(entries);
         let p_probs = l.take(obs.probs.len() * 4);
         let p_norms = l.take(obs.key_norms.len() * 4);
         let p_keys = l.take(obs.keys.len() * 4);
@@ -483,6 +489,7 @@ impl Transport for WasmInstance {
         put64(obs32::NUM_KV_HEADS, obs.num_kv_heads as u64);
         put64(obs32::HEAD_DIM, obs.head_dim as u64);
         put64(obs32::ROWS, obs.rows as u64);
+        put64(obs32::HEAD_CAPACITY, obs.head_capacity as u64);
         let mut put32 = |off: usize, v: u32| o[off..off + 4].copy_from_slice(&v.to_le_bytes());
         put32(obs32::POSITIONS, at(p_pos));
         put32(obs32::LIVE, at(p_live));
@@ -493,9 +500,9 @@ impl Transport for WasmInstance {
         rt.write(at(p_obs), &o);
         rt.write(at(p_len), &[0u8; 8]);
         rt.write(at(p_err), err);
-        rt.write(at(p_pos), &le_u64(obs.positions[..n].iter().copied()));
+        rt.write(at(p_pos), &le_u64(obs.positions[..entries].iter().copied()));
         rt.write(at(p_new), &le_u64(obs.new_slots.iter().map(|&s| s as u64)));
-        let flags: Vec<u8> = obs.live[..n].iter().map(|&b| b as u8).collect();
+        let flags: Vec<u8> = obs.live[..entries].iter().map(|&b| b as u8).collect();
         rt.write(at(p_live), &flags);
         rt.write(at(p_probs), &le_f32(obs.probs));
         rt.write(at(p_norms), &le_f32(obs.key_norms));

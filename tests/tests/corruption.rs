@@ -449,7 +449,7 @@ proptest! {
         answer in prop::collection::vec(any::<u64>(), 0..8), len in any::<u64>(), budget in 0usize..10,
         live_bits in any::<u8>(),
     ) {
-        let raw = abi::RawNeeds { rows, key_norms: flags.0, keys: flags.1, every_step: flags.2, capacity };
+        let raw = abi::RawNeeds { rows, key_norms: flags.0, keys: flags.1, every_step: flags.2, capacity, head_capacity: 0 };
         if raw.decode().is_ok() {
             prop_assert!(rows <= 2);
         }
@@ -458,6 +458,7 @@ proptest! {
         let obs = Observation {
             layer: 0, tokens_seen: 8, num_slots: 8, positions: &positions, live: &live, new_slots: &[],
             num_heads: 1, num_kv_heads: 1, head_dim: 0, rows: 0, probs: &[], key_norms: &[], keys: &[],
+            head_capacity: 0,
         };
         let n_live = live.iter().filter(|&&l| l).count();
         let mut buf = answer.clone();

@@ -14,7 +14,8 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use msrnn_core::eval::nll;
 use msrnn_core::{
-    generate, new_state, perplexity, Capacity, CausalLm, EvalMode, GenerateOptions, MsrnnState, PolicySpec, StopReason,
+    generate, new_state, perplexity, Capacity, CausalLm, Decision, EvalMode, GenerateOptions, MsrnnState, Observation,
+    Policy, PolicySpec, StopReason,
 };
 use msrnn_llama::Llama;
 use msrnn_modelkit::{LoadOptions, Model, TokenStream, WeightFormat};
@@ -312,4 +313,148 @@ fn every_policy_stays_within_capacity_on_the_real_model() {
         ids[..n].iter().flat_map(|&id| m.forward(&[id], &mut st, true).unwrap().to_vec2::<f32>().unwrap()).collect();
     assert!(small != full, "a window that evicts must change the logits");
     eprintln!("window == full check on {n} tokens in {:.1?}", t.elapsed());
+}
+
+/// The per-head policies' rules written again in f64, straight from their doc comments, from what
+/// the real model's layers show them: per KV head, the mean over its query group of the newest
+/// row (`tova-head`, `adakv`), or the cosine of each key to its head's mean unit key
+/// (`keydiff-head`); returns the entries that must go, as a set.
+fn per_head_reference(name: &str, obs: &Observation<'_>, budget: usize, c: usize) -> Vec<usize> {
+    let (n, kv) = (obs.num_slots, obs.num_kv_heads);
+    let group = obs.num_heads / kv;
+    let live: Vec<usize> = (0..kv * n).filter(|&e| obs.live[e]).collect();
+    let score: Vec<f64> = match name {
+        "keydiff-head" => {
+            let unit = |e: usize| {
+                let k = obs.key(e / n, e % n);
+                let norm = k.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+                k.iter().map(|&x| x as f64 / norm).collect::<Vec<f64>>()
+            };
+            let mut anchor = vec![vec![0f64; obs.head_dim]; kv];
+            for &e in &live {
+                anchor[e / n].iter_mut().zip(unit(e)).for_each(|(a, u)| *a += u);
+            }
+            (0..kv * n)
+                .map(|e| {
+                    if !obs.live[e] {
+                        return 0.0;
+                    }
+                    let a = &anchor[e / n];
+                    let an = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+                    -unit(e).iter().zip(a).map(|(u, a)| u * a).sum::<f64>() / an
+                })
+                .collect()
+        }
+        _ => {
+            let row = (obs.rows - 1) * obs.num_heads * n;
+            (0..kv * n)
+                .map(|e| {
+                    (0..group).map(|j| obs.probs[row + ((e / n) * group + j) * n + e % n] as f64).sum::<f64>()
+                        / group as f64
+                })
+                .collect()
+        }
+    };
+    // Lowest score first, then older, then lower entry.
+    let mut order = live.clone();
+    order.sort_by(|&a, &b| score[a].total_cmp(&score[b]).then(obs.positions[a].cmp(&obs.positions[b])).then(a.cmp(&b)));
+    let mut count: Vec<usize> = (0..kv).map(|h| live.iter().filter(|&&e| e / n == h).count()).collect();
+    let mut out = Vec::new();
+    if name == "adakv" {
+        // The defaults: floor 0.2 x C, cap 2 x C. Over the cap a head loses its own lowest first.
+        let (floor, cap) = ((0.2 * c as f64).ceil() as usize, (2 * c).min(c * kv));
+        let over: usize = count.iter().map(|&x| x.saturating_sub(cap)).sum();
+        let want = (live.len() - budget * kv).max(over);
+        for &e in &order {
+            if count[e / n] > cap {
+                count[e / n] -= 1;
+                out.push(e);
+            }
+        }
+        for e in order {
+            if out.len() < want && !out.contains(&e) && count[e / n] > floor {
+                count[e / n] -= 1;
+                out.push(e);
+            }
+        }
+    } else {
+        for e in order {
+            if count[e / n] > budget {
+                count[e / n] -= 1;
+                out.push(e);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Runs the built-in and checks its decision against [`per_head_reference`] at every call.
+struct CheckedPerHead {
+    inner: Box<dyn Policy>,
+    c: usize,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Policy for CheckedPerHead {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn needs(&self) -> msrnn_core::Needs {
+        self.inner.needs()
+    }
+    fn head_capacity(&self) -> Option<usize> {
+        self.inner.head_capacity()
+    }
+    fn step(&mut self, obs: &Observation<'_>, budget: usize) -> msrnn_core::policy::Result<Decision> {
+        let d = self.inner.step(obs, budget)?;
+        let mut got = match &d {
+            Decision::Keep => Vec::new(),
+            Decision::Evict(v) => v.clone(),
+        };
+        got.sort_unstable();
+        let want = per_head_reference(self.inner.name(), obs, budget, self.c);
+        assert_eq!(got, want, "{} at layer {}, {} tokens seen", self.inner.name(), obs.layer, obs.tokens_seen);
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(d)
+    }
+}
+
+/// `tova-head`, `adakv` and `keydiff-head` on SmolLM2 (3 KV heads of 3 query heads each), decoding
+/// Hamlet at C = 16: every decision of every layer equals the f64 reference of the rule, and the
+/// heads end up keeping different tokens.
+#[test]
+fn per_head_policies_follow_their_rules_on_the_real_model() {
+    let (Some(path), Some(text)) = (model_path(), hamlet()) else { return };
+    let m = load(&path, WeightFormat::Native);
+    let tokens = &hamlet_tokens(&m, &text)[..48];
+    let reg = msrnn_policies::registry();
+    let c = 16;
+    for name in ["tova-head", "adakv", "keydiff-head"] {
+        let i = m.info();
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let policies = reg
+            .create_layers(
+                &name.parse().unwrap(),
+                i.num_layers,
+                i.num_heads,
+                i.num_kv_heads,
+                i.head_dim,
+                Capacity::Bounded(c),
+            )
+            .unwrap()
+            .into_iter()
+            .map(|inner| Box::new(CheckedPerHead { inner, c, calls: calls.clone() }) as Box<dyn Policy>)
+            .collect();
+        let mut st = MsrnnState::new(&m.state_config(Capacity::Bounded(c), 1), policies).unwrap();
+        perplexity(&m, &mut st, tokens, EvalMode::Decode, &mut |_| {}).unwrap();
+        // 47 tokens are fed (the last is only a target): over budget from the 17th on.
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::Relaxed),
+            30 * (47 - c),
+            "{name}: one call per layer and step"
+        );
+        let differ = (0..30).any(|l| st.layer(l).head_live_positions(0) != st.layer(l).head_live_positions(1));
+        assert!(differ, "{name}: heads keep different tokens somewhere");
+    }
 }

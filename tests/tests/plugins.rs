@@ -33,6 +33,7 @@ struct Built {
     strided: PathBuf,
     hostile: PathBuf,
     wrong_version: PathBuf,
+    version_2: PathBuf,
     no_symbol: PathBuf,
     null_compress: PathBuf,
     bad_name: PathBuf,
@@ -89,6 +90,7 @@ fn build_all() -> Built {
         strided,
         hostile: variant("hostile", &[]),
         wrong_version: variant("hostile_wrong_version", &["WRONG_VERSION"]),
+        version_2: variant("hostile_version_2", &["VERSION_2"]),
         no_symbol: variant("hostile_no_symbol", &["NO_SYMBOL"]),
         null_compress: variant("hostile_null_compress", &["NULL_COMPRESS"]),
         bad_name: variant("hostile_bad_name", &["BAD_NAME"]),
@@ -211,6 +213,73 @@ impl Feeder {
     fn live(&self) -> Vec<u64> {
         self.layer.live_positions()
     }
+
+    /// A per-head layer of head capacity C instead.
+    fn per_head(mut self, capacity: Capacity) -> Self {
+        let c = capacity.get().expect("bounded");
+        self.layer = LayerState::per_head(self.kv, HEAD_DIM, DType::F32, &Device::Cpu, capacity, c, None, 4).unwrap();
+        self
+    }
+
+    /// Each KV head's live positions.
+    fn heads_live(&self) -> Vec<Vec<u64>> {
+        (0..self.kv).map(|h| self.layer.head_live_positions(h)).collect()
+    }
+}
+
+/// keynorm's per-head rule written again from the keys themselves (f64 norms): per KV head, the
+/// entries of largest norm go, ties evict the older.
+struct PerHeadKeyNormRef(usize);
+
+impl Policy for PerHeadKeyNormRef {
+    fn name(&self) -> &str {
+        "keynorm-ref"
+    }
+    fn needs(&self) -> Needs {
+        Needs { keys: true, ..Needs::default() }
+    }
+    fn head_capacity(&self) -> Option<usize> {
+        Some(self.0)
+    }
+    fn step(&mut self, obs: &Observation<'_>, budget: usize) -> msrnn_core::policy::Result<Decision> {
+        let n = obs.num_slots;
+        let mut out = Vec::new();
+        for h in 0..obs.num_kv_heads {
+            let norm = |e: usize| obs.key(h, e - h * n).iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+            let mut mine: Vec<usize> = obs.live_slots().filter(|&e| e / n == h).collect();
+            mine.sort_by(|&a, &b| norm(b).total_cmp(&norm(a)).then(obs.positions[a].cmp(&obs.positions[b])));
+            mine.truncate(mine.len().saturating_sub(budget));
+            out.extend(mine);
+        }
+        Ok(Decision::Evict(out))
+    }
+}
+
+/// The native plugin decides per KV head (ABI version 3's `head_capacity`): each head keeps
+/// exactly what the rule, recomputed from the keys, keeps, and the heads disagree.
+#[test]
+fn a_per_head_plugin_keeps_per_head_what_its_rule_keeps() {
+    let reg = registry();
+    let mut disagreed = false;
+    for seed in 0..6u64 {
+        let (kv, c) = (2 + seed as usize % 2, 3 + seed as usize % 4);
+        let cap = Capacity::Bounded(c);
+        let mut plugin = reg.create(&"keynorm:per_head=true".parse().unwrap(), &ctx(2 * kv, kv, cap)).unwrap();
+        assert_eq!(plugin.head_capacity(), Some(c));
+        let mut reference = PerHeadKeyNormRef(c);
+        let (mut a, mut b) =
+            (Feeder::new(2 * kv, kv, cap, seed).per_head(cap), Feeder::new(2 * kv, kv, cap, seed).per_head(cap));
+        let mut rng = Rng::new(seed + 50);
+        for _ in 0..30 {
+            let t = 1 + rng.below(4) as usize;
+            a.feed(t, plugin.as_mut()).1.unwrap();
+            b.feed(t, &mut reference).1.unwrap();
+            assert_eq!(a.heads_live(), b.heads_live(), "seed {seed}");
+            assert!(a.heads_live().iter().all(|h| h.len() == c.min(a.next as usize)));
+            disagreed |= a.heads_live().windows(2).any(|w| w[0] != w[1]);
+        }
+    }
+    assert!(disagreed, "random keys: some heads keep different tokens");
 }
 
 #[derive(Debug, Clone)]
@@ -384,6 +453,7 @@ proptest! {
         let obs = Observation {
             layer: 0, tokens_seen, num_slots: n, positions: &positions, live: &live, new_slots: &[],
             num_heads: kv, num_kv_heads: kv, head_dim: 0, rows: 0, probs: &[], key_norms: &norms, keys: &[],
+            head_capacity: 0,
         };
         let live_pos: Vec<(usize, u64)> = (0..n).filter(|&s| live[s]).map(|s| (s, positions[s])).collect();
         let slots_of = |keep: &[u64]| -> Vec<usize> {
@@ -439,7 +509,8 @@ fn real_plugins_load_next_to_the_builtins_and_list_with_their_source() {
     let names: Vec<&str> = strided.params.iter().map(|p| &*p.name).collect();
     assert_eq!(names, ["sinks", "stride", "recent"]);
     assert_eq!(strided.params[1].default, "8");
-    assert!(reg.get("keynorm").unwrap().params.is_empty());
+    let keynorm: Vec<&str> = reg.get("keynorm").unwrap().params.iter().map(|p| &*p.name).collect();
+    assert_eq!(keynorm, ["per_head"]);
 }
 
 /// Hand-computed through the real attend: one KV head, keys of norms 3, 1, 2, 5, 0.5 in one chunk,
@@ -541,8 +612,23 @@ fn load_fails(path: &Path, needle: &str) -> String {
 
 #[test]
 fn a_wrong_abi_version_is_refused() {
-    let needle = format!("built for plugin ABI version 999, but this msrnn speaks version {ABI_VERSION}");
+    let needle = format!("built for plugin ABI version 999, but this msrnn loads versions 2 to {ABI_VERSION}");
     load_fails(&built().wrong_version, &needle);
+}
+
+/// A library declaring ABI version 2 (before `head_capacity`) still loads and runs, shared.
+#[test]
+fn a_version_2_library_still_loads_and_runs() {
+    let mut reg = msrnn_policies::registry();
+    reg.load_plugin(&built().version_2).unwrap();
+    let cap = Capacity::Bounded(3);
+    let mut p = reg.create(&"hostile:mode=ok".parse().unwrap(), &ctx(2, 1, cap)).unwrap();
+    assert_eq!(p.head_capacity(), None);
+    let mut f = Feeder::new(2, 1, cap, 4);
+    for t in [2, 2, 1, 3] {
+        f.feed(t, p.as_mut()).1.unwrap();
+    }
+    assert_eq!(f.layer.live_count(), 3);
 }
 
 #[test]
@@ -603,7 +689,7 @@ fn plugin_parameters_are_checked() {
     let reg = registry();
     let c = ctx(2, 1, Capacity::Bounded(4));
     let cases = [
-        ("keynorm:x=1", "takes no parameters, got `x`"),
+        ("keynorm:x=1", "unknown parameter `x` (known: per_head)"),
         ("strided:bogus=1", "unknown parameter `bogus` (known: sinks, stride, recent)"),
         ("strided:stride=0", "`stride` must be at least 1"),
         ("strided:sinks=-1", "`sinks` must be a non-negative integer, got `-1`"),
@@ -718,6 +804,7 @@ fn a_dead_slot_is_refused() {
         probs: &[],
         key_norms: &[],
         keys: &[],
+        head_capacity: 0,
     };
     let e = p.step(&obs, 2).unwrap_err();
     assert!(matches!(e, msrnn_core::policy::Error::Decision(_)), "{e:?}");

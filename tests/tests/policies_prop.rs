@@ -9,8 +9,12 @@ use msrnn_core::{attend, Capacity, Context, Decision, Entry, LayerState, Needs, 
 use msrnn_tests::Rng;
 use proptest::prelude::*;
 
-/// What the spy saw at one step: (position, head-mean of the last row) per live slot, before eviction.
+/// What the spy saw at one step: (position, head-mean of the last row) per live slot, before eviction
+/// (per live entry of a per-head layer, the mean over the entry's own query heads).
 type Seen = Vec<(u64, f64)>;
+
+/// Each KV head's live positions after one step.
+type HeadsLive = Vec<Vec<u64>>;
 
 /// Wraps a policy and records what it saw, so properties can be checked against the real inputs.
 struct Spy {
@@ -29,8 +33,11 @@ impl Policy for Spy {
         }
         n
     }
+    fn head_capacity(&self) -> Option<usize> {
+        self.inner.head_capacity()
+    }
     fn step(&mut self, obs: &Observation<'_>, budget: usize) -> Result<Decision> {
-        let mean = obs.head_mean(obs.rows - 1);
+        let mean = if obs.per_head() { obs.kv_head_mean(obs.rows - 1) } else { obs.head_mean(obs.rows - 1) };
         self.log.lock().unwrap().push(obs.live_slots().map(|s| (obs.positions[s], mean[s])).collect());
         // Hand the inner policy exactly the rows it asked for.
         let mut o = *obs;
@@ -87,8 +94,9 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
-/// Runs one policy over the case; returns the live positions after every step and the spy's log.
-fn run(e: &Entry, c: &Case) -> (Vec<Vec<u64>>, Vec<Seen>, Vec<Vec<u64>>) {
+/// Runs one policy over the case; returns each KV head's live positions after every step
+/// (`[step][head]`, the same for every head of a shared layer) and the spy's log.
+fn run(e: &Entry, c: &Case) -> (Vec<HeadsLive>, Vec<Seen>, Vec<Vec<u64>>) {
     let dev = Device::Cpu;
     let full = e.unbounded;
     let capacity = if full { Capacity::Unbounded } else { Capacity::Bounded(c.cap) };
@@ -104,7 +112,10 @@ fn run(e: &Entry, c: &Case) -> (Vec<Vec<u64>>, Vec<Seen>, Vec<Vec<u64>>) {
     let inner = reg.create(&spec_for(e, c.cap, c.policy_seed), &ctx).expect("policy creation");
     let log = Arc::new(Mutex::new(Vec::new()));
     let mut spy = Spy { inner, log: log.clone() };
-    let mut layer = LayerState::new(c.kv, 4, DType::F32, &dev, capacity, None, 1).unwrap();
+    let mut layer = match spy.head_capacity() {
+        Some(hc) => LayerState::per_head(c.kv, 4, DType::F32, &dev, capacity, hc, None, 1).unwrap(),
+        None => LayerState::new(c.kv, 4, DType::F32, &dev, capacity, None, 1).unwrap(),
+    };
     let mut next = 0u64;
     let mut after = Vec::new();
     let mut new_positions = Vec::new();
@@ -117,7 +128,7 @@ fn run(e: &Entry, c: &Case) -> (Vec<Vec<u64>>, Vec<Seen>, Vec<Vec<u64>>) {
         let pos: Vec<u64> = (next..next + t as u64).collect();
         next += t as u64;
         attend(&q, &k, &v, &pos, &mut layer, &mut spy, 0.5).unwrap();
-        after.push(layer.live_positions());
+        after.push((0..c.kv).map(|h| layer.head_live_positions(h)).collect());
         new_positions.push(pos);
     }
     let log = log.lock().unwrap().clone();
@@ -133,24 +144,35 @@ proptest! {
         let entries: Vec<Entry> = reg.entries().cloned().collect();
         prop_assert!(entries.len() >= 6);
         for e in &entries {
-            let (after, log, news) = run(e, &c);
+            let (heads_after, log, news) = run(e, &c);
+            // A per-head layer: every head within its head capacity, the heads together exactly
+            // C x kv_heads once full; a shared layer (and tova-head, keydiff-head): C per head.
+            let adakv = e.name == "adakv";
             let mut seen = 0usize;
-            let mut prev: Vec<u64> = Vec::new();
-            for (step, live) in after.iter().enumerate() {
+            let mut prev: Vec<Vec<u64>> = vec![Vec::new(); c.kv];
+            for (step, heads) in heads_after.iter().enumerate() {
                 seen += c.chunks[step];
                 let bound = if e.unbounded { seen } else { seen.min(c.cap) };
-                prop_assert_eq!(live.len(), bound, "{}: live size at step {}", e.name, step);
-                let mut u = live.clone();
-                u.dedup();
-                prop_assert_eq!(u.len(), live.len(), "{}: duplicate positions", e.name);
-                for p in live {
-                    prop_assert!(prev.contains(p) || news[step].contains(p), "{}: position {} came from nowhere", e.name, p);
+                let total: usize = heads.iter().map(Vec::len).sum();
+                prop_assert_eq!(total, bound * c.kv, "{}: live entries at step {}", e.name, step);
+                for (h, live) in heads.iter().enumerate() {
+                    if !adakv {
+                        prop_assert_eq!(live.len(), bound, "{}: live size of head {} at step {}", e.name, h, step);
+                    }
+                    prop_assert!(e.unbounded || live.len() <= 2 * c.cap, "{}: head {} holds {}", e.name, h, live.len());
+                    let mut u = live.clone();
+                    u.dedup();
+                    prop_assert_eq!(u.len(), live.len(), "{}: duplicate positions", e.name);
+                    for p in live {
+                        prop_assert!(prev[h].contains(p) || news[step].contains(p), "{}: position {} came from nowhere", e.name, p);
+                    }
+                    prev[h] = live.clone();
                 }
-                prev = live.clone();
             }
+            let after: Vec<Vec<u64>> = heads_after.iter().map(|h| h[0].clone()).collect();
             // Same seed, same result.
             let (again, _, _) = run(e, &c);
-            prop_assert_eq!(&after, &again, "{} is not deterministic", e.name);
+            prop_assert_eq!(&heads_after, &again, "{} is not deterministic", e.name);
 
             match e.name.as_str() {
                 "window" => {
@@ -188,7 +210,7 @@ fn full_never_evicts_over_a_long_run() {
     let e = reg.get("full").unwrap().clone();
     let c = Case { heads: 2, kv: 1, cap: 1, chunks: vec![3; 200], data_seed: 9, policy_seed: 0 };
     let (after, _, _) = run(&e, &c);
-    assert_eq!(after.last().unwrap().len(), 600);
+    assert_eq!(after.last().unwrap()[0].len(), 600);
 }
 
 /// TOVA after a chunk scores by the chunk's last row: a chunk of 3 where only the last query

@@ -230,6 +230,18 @@ impl Feeder {
     fn live(&self) -> Vec<u64> {
         self.layer.live_positions()
     }
+
+    /// A per-head layer of head capacity C instead.
+    fn per_head(mut self, capacity: Capacity) -> Self {
+        let c = capacity.get().expect("bounded");
+        self.layer = LayerState::per_head(self.kv, HEAD_DIM, DType::F32, &Device::Cpu, capacity, c, None, 4).unwrap();
+        self
+    }
+
+    /// Each KV head's live positions.
+    fn heads_live(&self) -> Vec<Vec<u64>> {
+        (0..self.kv).map(|h| self.layer.head_live_positions(h)).collect()
+    }
 }
 
 /// Fills a C = 4 layer (within budget), then feeds one more token: the step must fail with an
@@ -320,6 +332,7 @@ fn a_trap_is_an_error_and_the_instance_recovers_after_reset() {
         probs: &[],
         key_norms: &[],
         keys: &[],
+        head_capacity: 0,
     };
     let mut p = plugin.instantiate(&Default::default(), &ctx(1, Capacity::Bounded(2))).unwrap();
     assert_eq!(p.step(&obs(3), 2).unwrap(), Decision::Evict(vec![0]));
@@ -360,10 +373,25 @@ fn bad_decisions_are_refused_as_for_native_plugins() {
     hostile_step(&Wat::with_compress("(i32.const 42)"), "code", "returned the unknown code 42: (no message)");
 }
 
+/// A version 2 module (written for the layouts before `head_capacity` was appended) still loads
+/// and runs: its needs leave the head capacity zero, so its layer is shared.
+#[test]
+fn a_version_2_module_still_loads_and_runs() {
+    let (plugin, _) = open(&Wat { version: 2, ..Wat::default() }, "v2");
+    let cap = Capacity::Bounded(3);
+    let mut p = plugin.instantiate(&Default::default(), &ctx(2, cap)).unwrap();
+    assert_eq!(p.head_capacity(), None);
+    let mut f = Feeder::new(2, cap, 1);
+    for t in [1, 2, 4, 1] {
+        f.feed(t, p.as_mut()).1.unwrap();
+    }
+    assert_eq!(f.layer.live_count(), 3);
+}
+
 #[test]
 fn a_wrong_abi_version_is_refused() {
     let w = Wat { version: 1, ..Wat::default() };
-    load_fails(&w, "version", "it was built for plugin ABI version 1, but this msrnn speaks version 2");
+    load_fails(&w, "version", "it was built for plugin ABI version 1, but this msrnn loads versions 2 to 3");
 }
 
 #[test]
@@ -500,10 +528,10 @@ fn keynorm_as_wasm_loads_with_the_same_declaration_as_native() {
     reg.load_plugin(wasm).unwrap();
     let e = reg.get("keynorm").unwrap();
     assert!(matches!(&e.source, Source::Plugin(p) if p.ends_with(".wasm")), "{:?}", e.source);
-    // Parameters are checked against the same schema (keynorm takes none).
+    // Parameters are checked against the same schema.
     let e =
         reg.create(&"keynorm:x=1".parse().unwrap(), &ctx(1, Capacity::Bounded(4))).err().expect("refused").to_string();
-    assert!(e.contains("takes no parameters"), "{e}");
+    assert!(e.contains("unknown parameter `x` (known: per_head)"), "{e}");
 }
 
 #[test]
@@ -524,6 +552,31 @@ fn keynorm_as_wasm_keeps_exactly_what_native_keynorm_keeps() {
         }
         pw.reset();
         pn.reset();
+    }
+}
+
+/// ABI version 3 through the sandbox: `keynorm:per_head=true` built for wasm32 makes the native
+/// library's per-head decisions (per-entry observations copied into the module's memory, entries
+/// read back).
+#[test]
+fn per_head_keynorm_as_wasm_keeps_exactly_what_native_keeps() {
+    let Some((native, wasm)) = keynorm_builds() else { return };
+    let (n, w) = (msrnn_core::Plugin::open(native).unwrap(), WasmPlugin::open(wasm).unwrap());
+    let schema = n.info().params.clone().expect("keynorm declares its parameters");
+    let p = msrnn_core::Params::parse("per_head=true", &schema).unwrap();
+    for seed in 0..6u64 {
+        let (kv, cap) = (2 + seed as usize % 2, Capacity::Bounded(3 + seed as usize % 5));
+        let mut pn = n.instantiate(&p, &ctx(kv, cap)).unwrap();
+        let mut pw = w.instantiate(&p, &ctx(kv, cap)).unwrap();
+        assert_eq!((pn.head_capacity(), pw.head_capacity()), (cap.get(), cap.get()));
+        let (mut fna, mut fwa) = (Feeder::new(kv, cap, seed).per_head(cap), Feeder::new(kv, cap, seed).per_head(cap));
+        let mut rng = Rng::new(seed + 100);
+        for _ in 0..30 {
+            let t = 1 + rng.below(4) as usize;
+            fna.feed(t, pn.as_mut()).1.unwrap();
+            fwa.feed(t, pw.as_mut()).1.unwrap();
+            assert_eq!(fna.heads_live(), fwa.heads_live(), "seed {seed}");
+        }
     }
 }
 
@@ -549,6 +602,7 @@ proptest! {
         let obs = Observation {
             layer: 0, tokens_seen: 1000, num_slots: n, positions: &positions, live: &live, new_slots: &[],
             num_heads: kv, num_kv_heads: kv, head_dim: 0, rows: 0, probs: &[], key_norms: &norms, keys: &[],
+            head_capacity: 0,
         };
         let c = ctx(kv, Capacity::Bounded(budget.max(1)));
         let a = np.instantiate(&Default::default(), &c).unwrap().step(&obs, budget).map_err(|e| e.to_string());

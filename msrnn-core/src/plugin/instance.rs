@@ -54,6 +54,9 @@ pub trait Transport: Send + Sized + 'static {
     }
 }
 
+/// What an instance asks for when created: its needs, its layer's capacity, its head capacity.
+type Asks = (Needs, Option<usize>, Option<usize>);
+
 /// One layer's instance of a plugin policy over a [`Transport`].
 pub struct PluginPolicy<T: Transport> {
     plugin: T::Plugin,
@@ -62,6 +65,7 @@ pub struct PluginPolicy<T: Transport> {
     ctx: Context,
     needs: Needs,
     capacity: Option<usize>,
+    head_capacity: Option<usize>,
     /// In a cell because saving state (`&self`) calls the plugin too.
     live: RefCell<Live<T>>,
     /// Reused buffer for the decision.
@@ -80,7 +84,7 @@ impl<T: Transport> PluginPolicy<T> {
     pub fn create(plugin: &T::Plugin, params: &Params, ctx: &Context) -> crate::Result<Self> {
         let name = &plugin.info().name;
         let text = params_text(params).map_err(|reason| crate::Error::InvalidParam { policy: name.clone(), reason })?;
-        let (transport, needs, capacity) = Self::build(plugin, &text, ctx)
+        let (transport, (needs, capacity, head_capacity)) = Self::build(plugin, &text, ctx)
             .map_err(|reason| crate::Error::Plugin { path: plugin.path().into(), reason })?;
         Ok(PluginPolicy {
             plugin: plugin.clone(),
@@ -88,16 +92,13 @@ impl<T: Transport> PluginPolicy<T> {
             ctx: *ctx,
             needs,
             capacity,
+            head_capacity,
             live: RefCell::new(Live { transport, poisoned: None, err: vec![0; ERR_CAP] }),
             out: Vec::new(),
         })
     }
 
-    fn build(
-        plugin: &T::Plugin,
-        params: &str,
-        ctx: &Context,
-    ) -> std::result::Result<(T, Needs, Option<usize>), String> {
+    fn build(plugin: &T::Plugin, params: &str, ctx: &Context) -> std::result::Result<(T, Asks), String> {
         let name = &plugin.info().name;
         let mut err = vec![0u8; ERR_CAP];
         let Some((transport, raw)) = T::create(plugin, params, ctx, &mut err)? else {
@@ -106,15 +107,18 @@ impl<T: Transport> PluginPolicy<T> {
         };
         // From here `transport` owns the instance: an error below drops (destroys) it.
         let (needs, capacity) = raw.decode().map_err(|e| format!("policy `{name}` {e}"))?;
-        Ok((transport, needs, capacity))
+        let head_capacity = raw.head_capacity().map_err(|e| format!("policy `{name}` {e}"))?;
+        Ok((transport, (needs, capacity, head_capacity)))
     }
 
     /// Builds the instance afresh; its needs must not change.
     fn rebuild(&mut self) -> std::result::Result<(), String> {
-        let (transport, needs, capacity) = Self::build(&self.plugin, &self.params, &self.ctx)?;
-        if (needs, capacity) != (self.needs, self.capacity) {
+        let (transport, asks) = Self::build(&self.plugin, &self.params, &self.ctx)?;
+        if asks != (self.needs, self.capacity, self.head_capacity) {
+            let (needs, capacity, head) = asks;
             return Err(format!(
-                "policy `{}` asked for other needs when built again ({needs:?}, capacity {capacity:?})",
+                "policy `{}` asked for other needs when built again ({needs:?}, capacity {capacity:?}, head \
+                 capacity {head:?})",
                 self.plugin.info().name
             ));
         }
@@ -135,6 +139,10 @@ impl<T: Transport> Policy for PluginPolicy<T> {
 
     fn capacity(&self) -> Option<usize> {
         self.capacity
+    }
+
+    fn head_capacity(&self) -> Option<usize> {
+        self.head_capacity
     }
 
     fn step(&mut self, obs: &Observation<'_>, budget: usize) -> Result<Decision> {
@@ -379,6 +387,7 @@ mod tests {
             probs: &[],
             key_norms: &[],
             keys: &[],
+            head_capacity: 0,
         }
     }
 

@@ -90,13 +90,15 @@ pub fn open_plugin(path: &std::path::Path) -> crate::Result<std::sync::Arc<dyn P
 
 /// The handshake every kind does first, before reading anything else the plugin declares.
 pub fn check_version(found: u32) -> Result<(), String> {
+    use msrnn_policy_api::abi::MIN_ABI_VERSION;
     let ours = msrnn_policy_api::abi::ABI_VERSION;
-    if found == ours {
+    // Version 3 only appended fields a version 2 plugin never asks for nor reads.
+    if (MIN_ABI_VERSION..=ours).contains(&found) {
         Ok(())
     } else {
         Err(format!(
-            "it was built for plugin ABI version {found}, but this msrnn speaks version {ours}; rebuild it against \
-             msrnn-policy-api (or docs/msrnn_plugin.h) version {ours}"
+            "it was built for plugin ABI version {found}, but this msrnn loads versions {MIN_ABI_VERSION} to {ours}; \
+             rebuild it against msrnn-policy-api (or docs/msrnn_plugin.h) version {ours}"
         ))
     }
 }
@@ -155,13 +157,15 @@ pub fn params_text(params: &Params) -> Result<String, String> {
 /// the instance asked for.
 pub fn check_observation(obs: &Observation<'_>, needs: &Needs) -> Result<(), Error> {
     let n = obs.num_slots;
+    // A per-head layer's per-slot arrays are per entry of every KV head.
+    let entries = if obs.per_head() { n * obs.num_kv_heads } else { n };
     let opt = |s: &[f32], len: usize| s.is_empty() || s.len() == len;
-    if obs.positions.len() < n
-        || obs.live.len() < n
+    if obs.positions.len() < entries
+        || obs.live.len() < entries
         || obs.probs.len() != obs.rows * obs.num_heads * n
         || !opt(obs.key_norms, obs.num_kv_heads * n)
         || !opt(obs.keys, obs.num_kv_heads * n * obs.head_dim)
-        || obs.new_slots.iter().any(|&s| s >= n)
+        || obs.new_slots.iter().any(|&s| s >= entries)
     {
         return Err(Error::Failed(format!(
             "the observation disagrees with its counts: {n} slots but {} positions, {} live flags, {} probabilities \
@@ -277,7 +281,11 @@ mod tests {
         let e = PluginInfo { params: Some(vec![Param::new("a", "", ""), Param::new("a", "", "")]), ..info() }.check();
         assert!(e.unwrap_err().contains("declares the parameter `a` twice"));
         assert!(check_version(msrnn_policy_api::abi::ABI_VERSION).is_ok());
-        assert!(check_version(1).unwrap_err().contains("built for plugin ABI version 1, but this msrnn speaks"));
+        assert!(check_version(1)
+            .unwrap_err()
+            .contains("built for plugin ABI version 1, but this msrnn loads versions 2 to 3"));
+        assert!(check_version(2).is_ok(), "version 2 plugins still load");
+        assert!(check_version(4).is_err());
     }
 
     #[test]
@@ -307,6 +315,7 @@ mod tests {
             probs: &[],
             key_norms: &[],
             keys: &[0.0; 5],
+            head_capacity: 0,
         };
         let e = check_observation(&obs, &Needs::default()).unwrap_err().to_string();
         assert!(e.contains("5 key values for 1 KV heads x 2 dims"), "{e}");

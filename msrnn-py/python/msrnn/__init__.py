@@ -58,7 +58,10 @@ class Policy:
             float, bool, str) is the type values arrive in ``self.params``.
         needs: what ``step`` observes, among ``"last_row"`` (the newest query's attention row, as
             TOVA uses), ``"all_rows"`` (every row of the chunk), ``"key_norms"``, ``"keys"`` and
-            ``"every_step"`` (be called within budget too).
+            ``"every_step"`` (be called within budget too), ``"per_head"`` (each KV head keeps its
+            own C tokens: ``positions``/``live`` are ``[num_kv_heads, num_slots]``, ``step``
+            returns entries ``head * num_slots + slot``, exactly ``obs.excess(budget)`` of them with
+            none of a head's left above C; ``obs.kv_head_mean()`` scores per head).
         description: one line for ``msrnn.policies()`` (default: the docstring's first line).
 
     One instance is created per layer, with ``ctx`` (layer, num_layers, num_heads, num_kv_heads,

@@ -20,6 +20,7 @@ class Observation:
     layer: int
     tokens_seen: int
     num_slots: int
+    head_capacity: int
     num_heads: int
     num_kv_heads: int
     head_dim: int
@@ -33,6 +34,8 @@ class Observation:
     def live_count(self) -> int: ...
     def excess(self, budget: int) -> int: ...
     def head_mean(self, row: int = -1) -> npt.NDArray[np.float64]: ...
+    def kv_head_mean(self, row: int = -1) -> npt.NDArray[np.float64]: ...
+    def head_live_count(self, head: int) -> int: ...
 
 class Policy:
     name: str
