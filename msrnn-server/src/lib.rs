@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod error;
+mod files;
 mod http;
 pub mod metrics;
 pub mod sessions;
@@ -160,6 +161,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let defaults = turn::Defaults::check(&cfg, &model, &registry)?;
+    files::ensure(cfg.max_connections)?;
     let store: Arc<dyn SessionStore> = {
         let (spec, ttl) = (cfg.sessions.clone(), cfg.session_ttl);
         tokio::task::spawn_blocking(move || sessions::open(&spec, ttl))

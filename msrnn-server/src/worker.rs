@@ -80,6 +80,24 @@ pub struct Worker {
     draining: bool,
     /// Seconds per step, smoothed: for `Retry-After`.
     step_ema: f64,
+    /// No step ran since the heap was last trimmed ([`TRIM_AFTER`]).
+    trimmed: bool,
+}
+
+/// How long the engine stays idle before freed memory is handed back to the OS. glibc keeps freed
+/// buffers (states, a batch's activations, states serialized for the store) in its arenas, so
+/// without this RSS stays at the high-water mark of past bursts; trimming only after a quiet
+/// second keeps the cost (a few ms, and page faults when the next burst comes) off busy periods.
+/// Numbers in docs/serving.md.
+const TRIM_AFTER: Duration = Duration::from_secs(1);
+
+/// Hands freed heap memory back to the OS (glibc; other allocators do it themselves).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 impl Worker {
@@ -95,6 +113,7 @@ impl Worker {
             reserved: 0,
             draining: false,
             step_ema: 0.05,
+            trimmed: true,
         }
     }
 
@@ -107,9 +126,9 @@ impl Worker {
                 break;
             }
             if idle {
-                match rx.recv() {
-                    Ok(cmd) => self.command(cmd),
-                    Err(_) => break,
+                match self.wait_idle(&rx) {
+                    Some(cmd) => self.command(cmd),
+                    None => break,
                 }
                 // The idle gap ends now: the tokens/s gauges read it as flat.
                 self.metrics.sample_rates(Instant::now(), true);
@@ -144,6 +163,24 @@ impl Worker {
         }
         self.publish();
         tracing::info!("engine thread stopped");
+    }
+
+    /// The next command; once the engine has been idle for [`TRIM_AFTER`], the heap is trimmed
+    /// first. None when every sender is gone.
+    fn wait_idle(&mut self, rx: &Receiver<Cmd>) -> Option<Cmd> {
+        if !self.trimmed {
+            match rx.recv_timeout(TRIM_AFTER) {
+                Ok(cmd) => return Some(cmd),
+                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Timeout) => {
+                    let t0 = Instant::now();
+                    trim_heap();
+                    self.trimmed = true;
+                    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "idle: heap trimmed");
+                }
+            }
+        }
+        rx.recv().ok()
     }
 
     fn command(&mut self, cmd: Cmd) {
@@ -265,6 +302,7 @@ impl Worker {
     }
 
     fn step(&mut self) {
+        self.trimmed = false;
         let before: HashMap<SeqId, usize> =
             self.engine.ids().into_iter().filter_map(|id| Some((id, self.engine.progress(id)?.fed))).collect();
         let prompt_len: HashMap<SeqId, usize> = self

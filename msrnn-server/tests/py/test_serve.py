@@ -2,8 +2,10 @@
 
 import json
 import os
+import resource
 import signal
 import socket
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -11,7 +13,7 @@ import urllib.parse
 import openai
 import pytest
 
-from conftest import Server, wait_for
+from conftest import BASE_ARGS, BIN, MODEL as MODEL_FILE, Server, raise_open_files, wait_for
 
 MODEL = "SmolLM2"  # any name: the server answers with its own
 
@@ -132,6 +134,47 @@ def test_two_turn_session(server):
 
 # --- hostile input ---------------------------------------------------------------------------
 
+IDLE = 1000
+MIB = 1 << 20
+
+
+def post_chat(server, text, max_tokens=4):
+    """A chat request over its own connection (closed after the answer, unlike the `openai` client's
+    pool): so `msrnn_open_connections` counts only the connections a test means to hold."""
+    status, _, body = server.raw("POST", "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens, "temperature": 0})
+    assert status == 200, body
+    return json.loads(body)
+
+
+def quiet(server, connections=1):
+    """Waits until no sequence runs or waits and only `connections` are open (the `/metrics`
+    request's own, by default; None: any number, e.g. where `openai` clients keep theirs open);
+    then live and allocated KV must be 0."""
+    wait_for(lambda: server.metric("msrnn_sequences_active") == 0 and server.metric("msrnn_sequences_queued") == 0,
+             what="an empty batch and queue")
+    if connections is not None:
+        wait_for(lambda: server.metric("msrnn_open_connections") == connections, what="the connections to close")
+    assert server.metric("msrnn_kv_live_bytes") == 0
+    assert server.metric("msrnn_kv_allocated_bytes") == 0
+
+
+def settled_rss(server):
+    """The server's RSS once it has been idle long enough to trim its heap (a second after the
+    engine's last step: TRIM_AFTER in worker.rs), so that every reading is taken in that state."""
+    time.sleep(1.5)
+    return server.rss()
+
+
+@pytest.fixture(scope="module")
+def baseline(server):
+    """The shared server's RSS before the hostile cases, once warm: after one round of
+    `hostile_round`, so that what the allocator keeps for that work (its buffers, a batch of three,
+    states written to the store) is counted in, and what the rounds after it add is a leak."""
+    hostile_round(server, "warm")
+    return settled_rss(server)
+
+
 def error_of(resp):
     status, _, body = resp
     e = json.loads(body)["error"]
@@ -139,7 +182,7 @@ def error_of(resp):
     return status, e
 
 
-def test_malformed_json_and_wrong_types(server):
+def test_malformed_json_and_wrong_types(server, baseline):
     status, e = error_of(server.raw("POST", "/v1/chat/completions", b'{"messages": [}'))
     assert status == 400 and "not valid JSON" in e["message"] and e["type"] == "invalid_request_error"
     status, e = error_of(server.raw("POST", "/v1/chat/completions", b""))
@@ -152,7 +195,7 @@ def test_malformed_json_and_wrong_types(server):
     assert status == 400 and e["param"].startswith("messages[0]")
 
 
-def test_unknown_fields_are_refused(server):
+def test_unknown_fields_are_refused(server, baseline):
     with pytest.raises(openai.BadRequestError, match="unknown field `frobnicate`"):
         chat(server.client(), "hi", extra_body={"frobnicate": True})
     with pytest.raises(openai.BadRequestError, match="polcy"):
@@ -161,7 +204,7 @@ def test_unknown_fields_are_refused(server):
         chat(server.client(), "hi", extra_body={"msrnn": {"policy": "tovaa"}})
 
 
-def test_limits(server):
+def test_limits(server, baseline):
     c = server.client()
     with pytest.raises(openai.BadRequestError) as err:
         chat(c, "hi", max_tokens=10**12)
@@ -175,7 +218,7 @@ def test_limits(server):
     assert status == 404
 
 
-def test_wrong_api_key(server):
+def test_wrong_api_key(server, baseline):
     with pytest.raises(openai.AuthenticationError):
         chat(server.client(api_key="wrong"), "hi")
     status, e = error_of(server.raw("GET", "/v1/models", auth=False))
@@ -205,7 +248,7 @@ def raw_stream_then_vanish(server, body, read_bytes=200):
     return got
 
 
-def test_a_client_vanishing_mid_stream_is_cancelled(server):
+def test_a_client_vanishing_mid_stream_is_cancelled(server, baseline):
     before = server.metric("msrnn_sequences_cancelled_total")
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}],
             "max_tokens": 64, "temperature": 0, "stream": True}
@@ -216,6 +259,84 @@ def test_a_client_vanishing_mid_stream_is_cancelled(server):
     assert server.metric("msrnn_kv_allocated_bytes") == 0
     # ... and the server goes on serving.
     assert chat(server.client(), "Name a colour.").choices[0].message.content
+
+
+def vanish_before_the_answer(server, body):
+    """Sends a request on a plain socket and closes it at once, before any answer."""
+    u = urllib.parse.urlparse(server.url)
+    data = json.dumps(body).encode()
+    s = socket.create_connection((u.hostname, u.port), timeout=120)
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {server.api_key}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+    s.close()
+
+
+def post_huge(server, n):
+    """POSTs `n` bytes on a plain socket; the status of the answer, or None when the server closed
+    the connection before the client could send them all or read it (it answers 413 as soon as the
+    body passes --max-body and closes)."""
+    u = urllib.parse.urlparse(server.url)
+    s = socket.create_connection((u.hostname, u.port), timeout=120)
+    try:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  + f"Authorization: Bearer {server.api_key}\r\nContent-Length: {n}\r\n\r\n".encode())
+        s.sendall(b"x" * n)
+        head = read_until(s, lambda g: b"\r\n" in g)
+    except (BrokenPipeError, ConnectionResetError, AssertionError):
+        return None
+    finally:
+        s.close()
+    return int(head.split()[1])
+
+
+def hostile_round(server, tag):
+    """One round of the hostile cases: each cheap refusal five times (a leak per request adds up:
+    five 2 MB bodies are 10 MB), then, at once, clients vanishing from three streamed turns on
+    sessions and from three non-streamed turns. Then nothing runs, no KV is live, and no session is
+    left claimed by a cancelled turn (nor stored: only finished turns are)."""
+    user = [{"role": "user", "content": "hi"}]
+    for _ in range(5):
+        assert server.raw("POST", "/v1/chat/completions", b'{"messages": [}')[0] == 400
+        assert server.raw("POST", "/v1/chat/completions", {"messages": user, "max_tokens": "ten"})[0] == 400
+        assert server.raw("POST", "/v1/chat/completions", {"messages": user, "frobnicate": 1})[0] == 400
+        assert server.raw("POST", "/v1/chat/completions", {"messages": user, "max_tokens": 10**12})[0] == 400
+        long = [{"role": "user", "content": "w " * 400}]
+        assert server.raw("POST", "/v1/chat/completions", {"messages": long})[0] == 400
+        assert post_huge(server, 2 << 20) in (413, None)
+        assert server.raw("GET", "/v1/models", auth=False)[0] == 401
+    story = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 64,
+             "temperature": 0}
+    sids = [f"vanish-{tag}-{i}" for i in range(3)]
+    before = server.metric("msrnn_sequences_cancelled_total")
+    threads = [threading.Thread(target=raw_stream_then_vanish, args=(server, {**story, "stream": True, **session(sid)}))
+               for sid in sids]
+    threads += [threading.Thread(target=vanish_before_the_answer, args=(server, story)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wait_for(lambda: server.metric("msrnn_sequences_cancelled_total") >= before + 3, what="the streams' cancels")
+    quiet(server, None)
+    for sid in sids:
+        r = chat(server.client(), "hi", max_tokens=2, extra_body=session(sid))
+        assert r.model_extra["msrnn"]["turns"] == 1 and not r.model_extra["msrnn"]["resumed"]
+        assert server.raw("DELETE", f"/v1/sessions/{sid}")[0] == 200
+    quiet(server, None)
+
+
+def test_the_hostile_cases_leak_nothing(server, baseline):
+    """After the hostile cases above and four more rounds of them: nothing runs or waits, no KV is
+    live or allocated, and RSS is within 10 MiB of the baseline taken after the first round (a
+    2 MB body or a 4 MB state kept per request would add 40 MB or more)."""
+    rss = []
+    for i in range(4):
+        hostile_round(server, str(i))
+        rss.append(server.rss())
+    rss.append(settled_rss(server))
+    print(f"hostile rounds: baseline {baseline / MIB:.1f} MiB, after each round",
+          ", ".join(f"{r / MIB:.1f}" for r in rss[:-1]), f"MiB, settled {rss[-1] / MIB:.1f} MiB")
+    assert rss[-1] - baseline < 10 * MIB, (baseline, rss)
 
 
 def test_idle_connections_are_closed_and_idle_sessions_expire(tmp):
@@ -245,6 +366,73 @@ def test_idle_connections_are_closed_and_idle_sessions_expire(tmp):
         assert s.raw("GET", "/v1/sessions/brief")[0] == 404
     finally:
         s.stop()
+
+
+def test_a_thousand_idle_connections_leak_nothing(tmp):
+    """1,000 idle TCP connections to one server. `--max-connections 1100` holds them all (each is a
+    descriptor and a small task, ~10 KiB), so a real request is answered at once; below 1,000 they
+    would wait in the listen backlog and a request behind them would wait for rounds of
+    `--header-timeout`. The server starts with a soft open-file limit of 512, too low for 1,000
+    connections, and must raise it itself (1024, the common default, is just enough for 1,000). Round 1: the
+    clients close their connections; round 2: the server closes them after `--header-timeout`.
+    After each, every connection's task is gone, no KV is live, RSS is within 10 MiB of the
+    baseline, and round 2 ends within 4 MiB of round 1 (a leak per connection would add up)."""
+    if not raise_open_files(IDLE + 100):
+        pytest.skip(f"this process may not open {IDLE + 100} files (ulimit -n)")
+    s = Server(tmp, "idle-1000", ["--sessions", f"sqlite:{tmp / 'idle-1000.db'}", "--max-connections", "1100",
+                                  "--header-timeout", "10s"], nofile=512)
+    try:
+        addr = (urllib.parse.urlparse(s.url).hostname, urllib.parse.urlparse(s.url).port)
+        for _ in range(2):  # warm: the model's buffers, the allocator's arenas
+            post_chat(s, "Name a colour.")
+        quiet(s)
+        base = settled_rss(s)
+        rss = []
+        for closer in ("client", "server"):
+            idle = [socket.create_connection(addr, timeout=30) for _ in range(IDLE)]
+            try:
+                wait_for(lambda: s.metric("msrnn_open_connections") >= IDLE + 1, timeout=20,
+                         what=f"the server to hold {IDLE} idle connections")
+                held = s.rss()
+                t0 = time.time()
+                assert post_chat(s, "Name a colour.")["choices"][0]["message"]["content"]
+                took = time.time() - t0
+                assert took < 20, f"a request among {IDLE} idle connections took {took:.1f} s"
+                if closer == "server":
+                    # --header-timeout closes them; a client then reads the end of the stream.
+                    wait_for(lambda: s.metric("msrnn_open_connections") == 1, timeout=30,
+                             what="the header timeout to close the idle connections")
+                    idle[0].settimeout(10)
+                    assert idle[0].recv(1) == b""
+            finally:
+                for c in idle:
+                    c.close()
+            quiet(s)
+            # The engine trims the heap when it goes idle: one more request, so that what the
+            # closed connections freed is handed back, then the reading.
+            assert post_chat(s, "Name a colour.")["choices"][0]["message"]["content"]
+            quiet(s)
+            rss.append(settled_rss(s))
+            print(f"{closer}: base {base / MIB:.1f} MiB, {IDLE} held {held / MIB:.1f} MiB "
+                  f"(+{(held - base) / 1024 / IDLE:.1f} KiB each), after {rss[-1] / MIB:.1f} MiB, "
+                  f"request {took:.2f} s")
+        assert max(rss) - base < 10 * MIB, (base, rss)
+        assert rss[1] - rss[0] < 4 * MIB, (base, rss)
+    finally:
+        s.stop()
+
+
+def test_a_max_connections_beyond_the_open_file_limit_is_refused(tmp):
+    """A hard limit the server cannot raise: it says so at start, instead of stalling under load."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    r = subprocess.run([BIN, "--model", MODEL_FILE, *BASE_ARGS, "--sessions", f"sqlite:{tmp / 'nofile.db'}",
+                        "--max-connections", "1000"], capture_output=True, text=True, timeout=60,
+                       preexec_fn=limit)
+    assert r.returncode != 0 and "listening" not in r.stdout
+    assert "--max-connections 1000 needs about 1064 open files" in r.stderr, r.stderr[-2000:]
+    assert "at most 256 (hard limit" in r.stderr, r.stderr[-2000:]
 
 
 # --- admission ------------------------------------------------------------------------------
