@@ -60,9 +60,38 @@ pub fn share_budget(obs: &Observation<'_>, score: &[f64], budget: usize, floor: 
         *n -= over;
     }
     let key = |e: usize| if score[e].is_nan() { f64::NEG_INFINITY } else { score[e] };
+    let order = |a: &usize, b: &usize| {
+        key(*a).total_cmp(&key(*b)).then(obs.positions[*a].cmp(&obs.positions[*b])).then(a.cmp(b))
+    };
     let mut rest: Vec<usize> = obs.live_slots().filter(|&e| !gone[e]).collect();
-    rest.sort_by(|&a, &b| key(a).total_cmp(&key(b)).then(obs.positions[a].cmp(&obs.positions[b])).then(a.cmp(&b)));
-    for e in rest {
+    // A decode step evicts a few entries of a layer's C x kv_heads: order only the lowest few
+    // (enough unless the floor skips many of them; then the rest too), not the whole layer.
+    let few = (4 * want.saturating_sub(out.len())).max(16);
+    if few < rest.len() {
+        rest.select_nth_unstable_by(few - 1, order);
+        rest[..few].sort_by(order);
+        if !take_lowest(obs, &rest[..few], &mut left, floor, want, &mut out) {
+            rest[few..].sort_by(order);
+            take_lowest(obs, &rest[few..], &mut left, floor, want, &mut out);
+        }
+        return out;
+    }
+    rest.sort_by(order);
+    take_lowest(obs, &rest, &mut left, floor, want, &mut out);
+    out
+}
+
+/// Takes entries of `sorted` in order while their head stays above `floor`, until `out` holds
+/// `want`; whether it got there.
+fn take_lowest(
+    obs: &Observation<'_>,
+    sorted: &[usize],
+    left: &mut [usize],
+    floor: usize,
+    want: usize,
+    out: &mut Vec<usize>,
+) -> bool {
+    for &e in sorted {
         if out.len() >= want {
             break;
         }
@@ -72,7 +101,7 @@ pub fn share_budget(obs: &Observation<'_>, score: &[f64], budget: usize, floor: 
             out.push(e);
         }
     }
-    out
+    out.len() >= want
 }
 
 impl Policy for AdaKv {

@@ -388,3 +388,42 @@ proptest! {
         }
     }
 }
+
+/// When the floor blocks more than the few lowest entries `adakv` orders first, it goes on in
+/// order through the rest: the same entries as ordering everything.
+#[test]
+fn adakv_past_a_floor_that_blocks_the_lowest_entries() {
+    // C = 20, floor = C: KV head 1 (20 live) may lose nothing; head 0 (22 live) must lose 2. Head 1
+    // holds the 20 lowest scores, head 0's lowest are slots 5 and 9.
+    let n = 24;
+    let positions: Vec<u64> = (0..2 * n as u64).map(|e| e % n as u64).collect();
+    let live: Vec<bool> = (0..2 * n).map(|e| if e < n { e < 22 } else { e - n < 20 }).collect();
+    let mut probs = vec![0f32; 2 * n];
+    for s in 0..22 {
+        probs[s] = 0.5 + s as f32 * 0.001;
+    }
+    probs[5] = 0.2;
+    probs[9] = 0.3;
+    for s in 0..20 {
+        probs[n + s] = 0.01 * (s + 1) as f32 / 10.0;
+    }
+    let o = Observation {
+        layer: 0,
+        tokens_seen: 22,
+        num_slots: n,
+        positions: &positions,
+        live: &live,
+        new_slots: &[],
+        num_heads: 2,
+        num_kv_heads: 2,
+        head_dim: 2,
+        rows: 1,
+        probs: &probs,
+        key_norms: &[],
+        keys: &[],
+        head_capacity: 40,
+    };
+    assert_eq!(o.excess(20), 2);
+    let mut p = create("adakv:floor=1", &Context { num_heads: 2, ..ctx(2, 2, 20) });
+    assert_eq!(p.step(&o, 20).unwrap(), Decision::Evict(vec![5, 9]));
+}
