@@ -78,6 +78,9 @@ impl Policy for Pyramid {
     fn capacity(&self) -> Option<usize> {
         self.capacity
     }
+    fn head_capacity(&self) -> Option<usize> {
+        self.base.head_capacity()
+    }
     fn step(&mut self, obs: &Observation<'_>, budget: usize) -> Result<Decision> {
         self.base.step(obs, budget)
     }

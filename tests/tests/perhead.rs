@@ -427,3 +427,16 @@ fn adakv_past_a_floor_that_blocks_the_lowest_entries() {
     let mut p = create("adakv:floor=1", &Context { num_heads: 2, ..ctx(2, 2, 20) });
     assert_eq!(p.step(&o, 20).unwrap(), Decision::Evict(vec![5, 9]));
 }
+
+/// PyramidKV's per-layer capacities around a per-head base: each layer per-head, with its own C.
+#[test]
+fn pyramid_over_a_per_head_base_is_per_head_with_its_layer_capacities() {
+    let mut st = state("pyramid:base=tova-head", 8);
+    let caps: Vec<usize> = (0..2).map(|l| st.layer(l).capacity().budget()).collect();
+    assert_ne!(caps[0], caps[1]);
+    assert!((0..2).all(|l| st.layer(l).head_capacity() == Some(caps[l])), "{caps:?}");
+    feed(&mut st, &mut Rng::new(4), &[4, 4, 4, 4, 1, 1]);
+    for (l, &c) in caps.iter().enumerate() {
+        assert_eq!(st.layer(l).head_live_counts(), vec![c; 2], "layer {l}");
+    }
+}
