@@ -19,6 +19,7 @@
 //! | `pyramid` | per-layer capacities (more below, fewer above) around any `base` | what the base needs |
 //! | `tova-head` | per KV head, the C highest attention of the newest query over the head's query group (per-head slots) | the last row |
 //! | `adakv` | the layer's C x kv_heads highest of those scores, shared unevenly between heads (floor and cap per head) | the last row |
+//! | `tova-ema-head` | per KV head, the C highest moving averages of the head group's attention (per-head slots) | every row, every step |
 //! | `keydiff-head` | per KV head, the keys least similar to the head's mean key direction (per-head slots) | the keys |
 //!
 //! **Chunks.** When several tokens arrive at once, the core writes them all, runs attention with a
@@ -38,6 +39,7 @@ mod random;
 mod snapkv;
 mod tova;
 mod tova_ema;
+mod tova_ema_head;
 mod tova_head;
 mod window;
 mod window_sinks;
@@ -53,6 +55,7 @@ pub use random::{Random, RandomParams};
 pub use snapkv::{SnapKv, SnapKvParams};
 pub use tova::Tova;
 pub use tova_ema::{ema_update, TovaEma, TovaEmaParams};
+pub use tova_ema_head::TovaEmaHead;
 pub use tova_head::{per_head_lowest, TovaHead};
 pub use window::Window;
 pub use window_sinks::{WindowSinks, WindowSinksParams};

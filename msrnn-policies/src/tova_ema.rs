@@ -50,22 +50,29 @@ impl Declare for TovaEma {
 }
 
 /// Updates `scores` with every query row of `obs`, oldest first: an entry that arrives at row `r`
-/// starts at its attention in row `r`, and every row after its arrival decays and adds.
+/// starts at its attention in row `r`, and every row after its arrival decays and adds. The
+/// attention is averaged over all query heads, or, in a per-head layer, over each entry's own KV
+/// head's query heads (scores per entry).
 pub fn ema_update(obs: &Observation<'_>, decay: f64, scores: &mut Vec<f64>) {
-    if scores.len() < obs.num_slots {
-        scores.resize(obs.num_slots, 0.0);
+    let n = obs.live.len();
+    if scores.len() < n {
+        scores.resize(n, 0.0);
     }
     // Row r is the query of the token at position `first + r`; a new entry arrives at its own row.
     let first = obs.tokens_seen.saturating_sub(obs.rows as u64);
-    let mut arrival: Vec<Option<usize>> = vec![None; obs.num_slots];
+    let mut arrival: Vec<Option<usize>> = vec![None; n];
     for &s in obs.new_slots {
         scores[s] = 0.0;
         arrival[s] = Some(obs.positions[s].saturating_sub(first) as usize);
     }
-    let mut row = vec![0f64; obs.num_slots];
+    let mut row = vec![0f64; n];
     for r in 0..obs.rows {
-        row.iter_mut().for_each(|x| *x = 0.0);
-        obs.add_head_mean(r, &mut row);
+        if obs.per_head() {
+            row = obs.kv_head_mean(r);
+        } else {
+            row.iter_mut().for_each(|x| *x = 0.0);
+            obs.add_head_mean(r, &mut row);
+        }
         for s in obs.live_slots() {
             match arrival[s] {
                 Some(a) if a == r => scores[s] = row[s],

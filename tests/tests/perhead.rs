@@ -440,3 +440,57 @@ fn pyramid_over_a_per_head_base_is_per_head_with_its_layer_capacities() {
         assert_eq!(st.layer(l).head_live_counts(), vec![c; 2], "layer {l}");
     }
 }
+
+#[test]
+fn tova_ema_head_smooths_each_heads_own_attention() {
+    // 2 KV heads of one query head each, 3 slots per head, decay 0.5, budget 2 per head.
+    let mut p = create("tova-ema-head:decay=0.5", &Context { num_heads: 2, ..ctx(2, 2, 2) });
+    let base = |positions, live, new_slots, probs, tokens_seen| Observation {
+        layer: 0,
+        tokens_seen,
+        num_slots: 3,
+        positions,
+        live,
+        new_slots,
+        num_heads: 2,
+        num_kv_heads: 2,
+        head_dim: 2,
+        rows: 1,
+        probs,
+        key_norms: &[],
+        keys: &[],
+        head_capacity: 2,
+    };
+    // Step 1 (two old tokens, nothing new): scores 0.5 * a = [0.3, 0.2 | 0.05, 0.45]; within budget.
+    let (pos1, live1) = ([0u64, 1, 0, 0, 1, 0], [true, true, false, true, true, false]);
+    let probs1 = [0.6f32, 0.4, 0.0, 0.1, 0.9, 0.0];
+    assert_eq!(p.step(&base(&pos1, &live1, &[], &probs1, 2), 2).unwrap(), Decision::Keep);
+    // Step 2: token 2 arrives in slot 2 of each head. Head 0: 0.2, 0.35, new 0.4 -> entry 0 goes;
+    // head 1: 0.275, 0.325, new 0.3 -> entry 3 goes (tova-head would drop entry 4, at 0.2).
+    let (pos2, live2) = ([0u64, 1, 2, 0, 1, 2], [true; 6]);
+    let probs2 = [0.1f32, 0.5, 0.4, 0.5, 0.2, 0.3];
+    assert_eq!(p.step(&base(&pos2, &live2, &[2, 5], &probs2, 3), 2).unwrap(), Decision::Evict(vec![0, 3]));
+}
+
+#[test]
+fn tova_ema_head_without_memory_is_tova_head() {
+    let (heads, kv, d, c) = (4, 2, 4, 5);
+    let dev = Device::Cpu;
+    let cap = Capacity::Bounded(c);
+    let mut a = LayerState::per_head(kv, d, DType::F32, &dev, cap, c, None, 4).unwrap();
+    let mut b = LayerState::per_head(kv, d, DType::F32, &dev, cap, c, None, 4).unwrap();
+    let (mut pa, mut pb) =
+        (create("tova-head", &ctx(heads, kv, c)), create("tova-ema-head:decay=0", &ctx(heads, kv, c)));
+    let mut rng = Rng::new(21);
+    let mut next = 0u64;
+    for _ in 0..30 {
+        // One token per step: a chunk is scored by its last row in tova-head, by every row here.
+        let (q, k, v) = qkv(&mut rng, heads, kv, 1, d);
+        attend(&q, &k, &v, &[next], &mut a, pa.as_mut(), 0.5).unwrap();
+        attend(&q, &k, &v, &[next], &mut b, pb.as_mut(), 0.5).unwrap();
+        next += 1;
+        for h in 0..kv {
+            assert_eq!(a.head_live_positions(h), b.head_live_positions(h));
+        }
+    }
+}
