@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::doc::{ModelSettings, PolicySources, Shard};
 use crate::error::{Context, Error, Result};
+use crate::Feed;
 
 /// The capacities of a grid when none are given.
 pub const DEFAULT_CAPACITIES: [usize; 4] = [64, 128, 256, 512];
@@ -41,6 +42,60 @@ impl EvalModel<'_> {
             max_context: i.max_context,
             kv_bytes_per_token: i.kv_bytes_per_token(),
         }
+    }
+}
+
+/// What every grid task's config holds: which policies at which budgets, how prompts (or the
+/// text) enter the states, how states are kept, which part of the grid this run covers, and how
+/// many sequences run at once.
+#[derive(Debug, Clone)]
+pub struct GridConfig {
+    pub policies: Vec<PolicySpec>,
+    pub capacities: Vec<usize>,
+    /// Budgets as ratios of the context removed, resolved per context length, instead of
+    /// `capacities` (which must then be empty).
+    pub ratios: Vec<f64>,
+    pub feed: Feed,
+    pub positions: Positions,
+    /// How every state stores keys and values.
+    pub kv: KvFormat,
+    pub shard: Option<Shard>,
+    /// Most sequences run at once (default: the task's).
+    pub batch: Option<usize>,
+}
+
+impl GridConfig {
+    /// `policies` (comma-separated specs, a task's default) at [`DEFAULT_CAPACITIES`], fed as
+    /// `feed`, absolute positions, f32 states, the whole grid, the task's batch size.
+    pub fn new(policies: &str, feed: Feed) -> Self {
+        GridConfig {
+            policies: policies.split(',').map(|s| s.parse().expect("the default specs parse")).collect(),
+            capacities: DEFAULT_CAPACITIES.to_vec(),
+            ratios: Vec::new(),
+            feed,
+            positions: Positions::default(),
+            kv: KvFormat::F32,
+            shard: None,
+            batch: None,
+        }
+    }
+
+    /// Checks what can be checked without a model (`default_batch`: the task's batch size); the
+    /// policy axis.
+    pub fn validate(&self, registry: &PolicyRegistry, default_batch: usize) -> Result<PolicyGrid> {
+        let g = PolicyGrid::with_ratios(registry, &self.policies, &self.capacities, &self.ratios)?;
+        self.feed.check()?;
+        batch_or(self.batch, default_batch)?;
+        Ok(g)
+    }
+
+    /// The template of every cell's state: positions, the largest chunk fed and the KV format;
+    /// [`PolicyCell::state`] puts in each cell's policy and capacity (`full`, unbounded, until then).
+    pub fn recipe(&self) -> StateRecipe {
+        StateRecipe::new(PolicySpec::new("full"), Capacity::Unbounded)
+            .positions(self.positions)
+            .max_chunk(self.feed.chunk())
+            .kv(self.kv)
     }
 }
 
@@ -82,18 +137,13 @@ impl PolicyCell {
         }
     }
 
-    /// A fresh state for this cell in the given position mode and KV format, with errors that say
-    /// which policy and capacity were refused.
-    pub fn state(
-        &self,
-        lm: &dyn Model,
-        registry: &PolicyRegistry,
-        max_chunk: usize,
-        positions: Positions,
-        kv: KvFormat,
-    ) -> Result<MsrnnState> {
-        let recipe =
-            StateRecipe::new(self.spec.clone(), self.capacity).positions(positions).max_chunk(max_chunk).kv(kv);
+    /// A fresh state for this cell: `template` (see [`GridConfig::recipe`]) with this cell's policy
+    /// and capacity put in, so an option of the template reaches every cell's state unnamed here.
+    /// Errors say which policy and capacity were refused.
+    pub fn state(&self, lm: &dyn Model, registry: &PolicyRegistry, template: &StateRecipe) -> Result<MsrnnState> {
+        let mut recipe = template.clone();
+        recipe.policy = self.spec.clone();
+        recipe.capacity = self.capacity;
         registry.build_state(lm, &recipe).context(|| format!("policy `{}` at capacity {}", self.spec, self.capacity))
     }
 }
@@ -290,14 +340,12 @@ impl PolicyGrid {
         &self,
         lm: &dyn Model,
         registry: &PolicyRegistry,
-        max_chunk: usize,
-        positions: Positions,
+        template: &StateRecipe,
         lengths: &[usize],
-        kv: KvFormat,
     ) -> Result<()> {
         for c in &self.cells {
             for &l in lengths {
-                drop(c.at(l).state(lm, registry, max_chunk, positions, kv)?);
+                drop(c.at(l).state(lm, registry, template)?);
                 if c.ratio.is_none() {
                     break;
                 }

