@@ -354,6 +354,16 @@ impl PolicyGrid {
         Ok(())
     }
 
+    /// The axis as a document's settings record it.
+    pub fn settings(&self, registry: &PolicyRegistry) -> GridSettings {
+        GridSettings {
+            policies: self.policy_names(),
+            policy_sources: self.sources(registry),
+            capacities: self.caps.clone(),
+            ratios: self.ratios.clone(),
+        }
+    }
+
     /// The specs as written: part of the settings.
     pub fn policy_names(&self) -> Vec<String> {
         self.specs.iter().map(|s| s.to_string()).collect()
@@ -374,6 +384,20 @@ impl PolicyGrid {
             })
             .collect()
     }
+}
+
+/// The policy axis in every task's settings (flattened: its fields close the settings object):
+/// the specs as written, where each comes from, the capacities, and the ratios when the budgets
+/// were given so.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GridSettings {
+    pub policies: Vec<String>,
+    pub policy_sources: PolicySources,
+    /// The capacities (for ppl, those its ratios resolved to; empty for the prompt tasks' ratios).
+    pub capacities: Vec<usize>,
+    /// The ratios of the context removed the capacities were resolved from (`--ratios`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratios: Option<Vec<f64>>,
 }
 
 /// `, KV f16` for a title when the states are not f32 (nothing for the default).

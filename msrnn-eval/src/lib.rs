@@ -23,7 +23,7 @@ pub mod ruler;
 
 pub use doc::{AnyDocument, CellResult, Document, ModelSettings, Run, Shard, KIND, SCHEMA};
 pub use error::{Error, Result};
-pub use grid::{Budget, EvalModel, GridConfig, PolicyCell, PolicyGrid, DEFAULT_CAPACITIES};
+pub use grid::{Budget, EvalModel, GridConfig, GridSettings, PolicyCell, PolicyGrid, DEFAULT_CAPACITIES};
 pub use merge::merge;
 
 /// What a running task tells its caller.

@@ -27,9 +27,9 @@ use msrnn_core::{generate_batch, GenItem, GenerateOptions, KvFormat, PolicyRegis
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
-use crate::doc::{CellResult, Document, ModelSettings, PolicySources, Run};
+use crate::doc::{CellResult, Document, ModelSettings, Run};
 use crate::error::{Context, Error, Result};
-use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, PolicyFields, PolicyGrid};
+use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, GridSettings, PolicyFields, PolicyGrid};
 use crate::{Event, Feed, Observer};
 
 /// The task's name in documents.
@@ -63,12 +63,9 @@ pub struct PasskeySettings {
     pub bos: bool,
     pub answer_tokens: usize,
     pub decoding: String,
-    pub policies: Vec<String>,
-    pub policy_sources: PolicySources,
-    pub capacities: Vec<usize>,
-    /// The ratios of the context removed the capacities were resolved from (`--ratios`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ratios: Option<Vec<f64>>,
+    /// policies, policy_sources, capacities, ratios.
+    #[serde(flatten)]
+    pub grid: GridSettings,
 }
 
 /// The haystack: `filler`, or `plays` with the files' names, their line count and a digest.
@@ -584,10 +581,7 @@ pub fn run(
         bos: tok.wants_bos(),
         answer_tokens: cfg.answer_tokens,
         decoding: "greedy".into(),
-        policies: g.policy_names(),
-        policy_sources: g.sources(registry),
-        capacities: g.caps.clone(),
-        ratios: g.ratios.clone(),
+        grid: g.settings(registry),
     };
 
     let units: u64 = seqs.iter().map(|s| prompts[s.prompt].tokens.len() as u64).sum();
@@ -688,7 +682,7 @@ impl PasskeyDocument {
         let s = &self.settings;
         // The full cache's cells are `full L=.. d=..`, without a capacity.
         let full = |p: &str| self.cells.iter().any(|c| c.starts_with(&format!("{p} L=")));
-        Budget::rows(&s.policies, full, &s.capacities, s.ratios.as_deref())
+        Budget::rows(&s.grid.policies, full, &s.grid.capacities, s.grid.ratios.as_deref())
     }
 }
 

@@ -10,9 +10,9 @@ use msrnn_core::{perplexity_batch_with, EvalMode, KvFormat, PolicyRegistry};
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
-use crate::doc::{nullable_f64, BatchTime, CellResult, Document, ModelSettings, PolicySources, Run};
+use crate::doc::{nullable_f64, BatchTime, CellResult, Document, ModelSettings, Run};
 use crate::error::{Error, Result};
-use crate::grid::{self, kv_note, EvalModel, GridConfig, PolicyFields, PolicyGrid};
+use crate::grid::{self, kv_note, EvalModel, GridConfig, GridSettings, PolicyFields, PolicyGrid};
 use crate::{Event, Feed, Observer};
 
 /// The task's name in documents.
@@ -37,12 +37,9 @@ pub struct PplSettings {
     pub mode: String,
     pub chunk: usize,
     pub segment: Option<usize>,
-    pub policies: Vec<String>,
-    pub policy_sources: PolicySources,
-    pub capacities: Vec<usize>,
-    /// The ratios of the context removed the capacities were resolved from (`--ratios`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ratios: Option<Vec<f64>>,
+    /// policies, policy_sources, capacities, ratios.
+    #[serde(flatten)]
+    pub grid: GridSettings,
 }
 
 /// The scored text: which files, how many tokens, and a digest of them.
@@ -242,10 +239,7 @@ pub fn run(
         mode: cfg.grid.feed.name().to_string(),
         chunk,
         segment: cfg.segment,
-        policies: g.policy_names(),
-        policy_sources: g.sources(registry),
-        capacities: g.caps.clone(),
-        ratios: g.ratios.clone(),
+        grid: g.settings(registry),
     };
 
     let per_run = (cfg.tokens - 1) as u64;

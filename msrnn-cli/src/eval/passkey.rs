@@ -200,7 +200,7 @@ pub fn draw(doc: &PasskeyDocument, p: &Pictures) -> Result<()> {
                 }
                 Chart {
                     title: format!("Passkey, {l}-token prompts"),
-                    x_label: if s.ratios.is_some() {
+                    x_label: if s.grid.ratios.is_some() {
                         "ratio R of the context removed".into()
                     } else {
                         "cache capacity C (tokens per layer)".into()
@@ -242,7 +242,7 @@ pub fn draw(doc: &PasskeyDocument, p: &Pictures) -> Result<()> {
                 annotate: Some(percent),
             })
             .collect();
-        let per_row = s.ratios.as_ref().map_or(s.capacities.len(), Vec::len);
+        let per_row = s.grid.ratios.as_ref().map_or(s.grid.capacities.len(), Vec::len);
         plot::draw_heatmaps(path, &maps, per_row.max(1), (330, 280))
             .with_context(|| format!("--heatmap {}", path.display()))?;
         eprintln!("wrote {}", path.display());

@@ -84,21 +84,21 @@ pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
 pub fn table(doc: &PplDocument) -> String {
     let s = &doc.settings;
     let mut header = vec!["policy".to_string()];
-    header.extend(s.capacities.iter().map(|c| format!("C={c}")));
+    header.extend(s.grid.capacities.iter().map(|c| format!("C={c}")));
     let (mut rows, mut full_rows) = (Vec::new(), Vec::new());
     let fmt = |c: Option<usize>, p: &str| {
         doc.cell(p, c).filter(|r| r.ppl.is_finite()).map_or("-".to_string(), |r| format!("{:.3}", r.ppl))
     };
-    for p in &s.policies {
+    for p in &s.grid.policies {
         if doc.is_unbounded(p) {
             let v = fmt(None, p);
             let mut row = vec![format!("{p} (every token kept)")];
-            row.extend(s.capacities.iter().map(|_| v.clone()));
+            row.extend(s.grid.capacities.iter().map(|_| v.clone()));
             full_rows.push(row);
             continue;
         }
         let mut row = vec![p.clone()];
-        row.extend(s.capacities.iter().map(|&c| fmt(Some(c), p)));
+        row.extend(s.grid.capacities.iter().map(|&c| fmt(Some(c), p)));
         rows.push(row);
     }
     rows.extend(full_rows);
@@ -140,7 +140,7 @@ pub fn draw(doc: &PplDocument, p: &Pictures) -> Result<()> {
 
 fn ppl_chart(doc: &PplDocument, title: &str) -> Chart {
     let (mut series, mut hlines) = (Vec::new(), Vec::new());
-    for p in &doc.settings.policies {
+    for p in &doc.settings.grid.policies {
         if doc.is_unbounded(p) {
             if let Some(r) = doc.cell(p, None).filter(|r| r.ppl.is_finite()) {
                 hlines.push((format!("{p} (unbounded)"), r.ppl));
@@ -149,6 +149,7 @@ fn ppl_chart(doc: &PplDocument, title: &str) -> Chart {
         }
         let points = doc
             .settings
+            .grid
             .capacities
             .iter()
             .filter_map(|&c| doc.cell(p, Some(c)).filter(|r| r.ppl.is_finite()).map(|r| (c as f64, r.ppl)))
@@ -170,7 +171,7 @@ fn segment_charts(doc: &PplDocument, title: &str) -> Vec<Chart> {
     let curve = |r: &msrnn_eval::ppl::PplCell| -> Vec<(f64, f64)> {
         r.segments.iter().flatten().map(|x| (x.end as f64, x.ppl)).filter(|p| p.1.is_finite()).collect()
     };
-    let policies = &doc.settings.policies;
+    let policies = &doc.settings.grid.policies;
     let full: Vec<Series> = policies
         .iter()
         .filter(|p| doc.is_unbounded(p))
@@ -178,6 +179,7 @@ fn segment_charts(doc: &PplDocument, title: &str) -> Vec<Chart> {
         .collect();
     let mut charts: Vec<Chart> = doc
         .settings
+        .grid
         .capacities
         .iter()
         .map(|&c| {

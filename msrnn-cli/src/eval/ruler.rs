@@ -195,7 +195,7 @@ pub fn draw(doc: &RulerDocument, p: &Pictures) -> Result<()> {
                 annotate: Some(percent),
             })
             .collect();
-        let per_row = s.ratios.as_ref().map_or(s.capacities.len(), Vec::len);
+        let per_row = s.grid.ratios.as_ref().map_or(s.grid.capacities.len(), Vec::len);
         plot::draw_heatmaps(path, &maps, per_row.max(1), (360, 40 + 24 * s.tasks.len() as u32))
             .with_context(|| format!("--plot {}", path.display()))?;
         eprintln!("wrote {} ({})", path.display(), s.title);

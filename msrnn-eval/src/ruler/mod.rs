@@ -31,9 +31,9 @@ use msrnn_core::{generate_batch, GenItem, GenerateOptions, KvFormat, PolicyRegis
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
-use crate::doc::{CellResult, Document, ModelSettings, PolicySources, Run};
+use crate::doc::{CellResult, Document, ModelSettings, Run};
 use crate::error::{Context, Error, Result};
-use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, PolicyFields, PolicyGrid};
+use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, GridSettings, PolicyFields, PolicyGrid};
 use crate::passkey::{check_depths, trial_rng, FORMAT};
 use crate::{Event, Feed, Observer};
 
@@ -373,12 +373,9 @@ pub struct RulerSettings {
     pub bos: bool,
     pub decoding: String,
     pub scoring: String,
-    pub policies: Vec<String>,
-    pub policy_sources: PolicySources,
-    pub capacities: Vec<usize>,
-    /// The ratios of the context removed the capacities were resolved from (`--ratios`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ratios: Option<Vec<f64>>,
+    /// policies, policy_sources, capacities, ratios.
+    #[serde(flatten)]
+    pub grid: GridSettings,
 }
 
 /// A task as settings.
@@ -667,10 +664,7 @@ pub fn run(
         bos: tok.wants_bos(),
         decoding: "greedy".into(),
         scoring: "string_match_all: share of the expected strings the answer contains, ignoring case".into(),
-        policies: g.policy_names(),
-        policy_sources: g.sources(registry),
-        capacities: g.caps.clone(),
-        ratios: g.ratios.clone(),
+        grid: g.settings(registry),
     };
 
     let units: u64 = seqs.iter().map(|s| prompts[s.prompt].tokens.len() as u64).sum();
@@ -778,7 +772,7 @@ impl RulerDocument {
                     && c.starts_with(&format!("{p} "))
             })
         };
-        Budget::rows(&s.policies, full, &s.capacities, s.ratios.as_deref())
+        Budget::rows(&s.grid.policies, full, &s.grid.capacities, s.grid.ratios.as_deref())
     }
 
     /// The mean score (over trials) of the results that `keep`, if any.
