@@ -89,6 +89,21 @@ impl GridConfig {
         Ok(g)
     }
 
+    /// What a document's settings record of this config, with `grid` (its policy axis, ratios
+    /// resolved where the task resolves them once) as [`GridConfig::validate`] gave it.
+    pub fn settings(&self, grid: &PolicyGrid, registry: &PolicyRegistry) -> GridSettings {
+        GridSettings {
+            positions: self.positions.to_string(),
+            kv: self.kv,
+            mode: self.feed.name().to_string(),
+            chunk: self.feed.chunk(),
+            policies: grid.policy_names(),
+            policy_sources: grid.sources(registry),
+            capacities: grid.caps.clone(),
+            ratios: grid.ratios.clone(),
+        }
+    }
+
     /// The template of every cell's state: positions, the largest chunk fed and the KV format;
     /// [`PolicyCell::state`] puts in each cell's policy and capacity (`full`, unbounded, until then).
     pub fn recipe(&self) -> StateRecipe {
@@ -354,16 +369,6 @@ impl PolicyGrid {
         Ok(())
     }
 
-    /// The axis as a document's settings record it.
-    pub fn settings(&self, registry: &PolicyRegistry) -> GridSettings {
-        GridSettings {
-            policies: self.policy_names(),
-            policy_sources: self.sources(registry),
-            capacities: self.caps.clone(),
-            ratios: self.ratios.clone(),
-        }
-    }
-
     /// The specs as written: part of the settings.
     pub fn policy_names(&self) -> Vec<String> {
         self.specs.iter().map(|s| s.to_string()).collect()
@@ -386,11 +391,20 @@ impl PolicyGrid {
     }
 }
 
-/// The policy axis in every task's settings (flattened: its fields close the settings object):
-/// the specs as written, where each comes from, the capacities, and the ratios when the budgets
-/// were given so.
+/// What every task's settings record of its [`GridConfig`] (flattened into them: documents are
+/// written with their keys sorted, so the fields land where they always stood): positions, KV
+/// format, feed, and the policy axis: the specs as written, where each comes from, the capacities,
+/// and the ratios when the budgets were given so.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GridSettings {
+    pub positions: String,
+    /// How the states stored keys and values (absent: f32).
+    #[serde(default, skip_serializing_if = "KvFormat::is_f32")]
+    pub kv: KvFormat,
+    /// `decode` or `chunked`.
+    pub mode: String,
+    /// Tokens per step (1 in decode mode).
+    pub chunk: usize,
     pub policies: Vec<String>,
     pub policy_sources: PolicySources,
     /// The capacities (for ppl, those its ratios resolved to; empty for the prompt tasks' ratios).

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use msrnn_core::generate::SplitMix64;
 use msrnn_core::util::{fnv64, FNV_OFFSET};
-use msrnn_core::{generate_batch, GenItem, GenerateOptions, KvFormat, PolicyRegistry, Sampling};
+use msrnn_core::{generate_batch, GenItem, GenerateOptions, PolicyRegistry, Sampling};
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
@@ -47,13 +47,6 @@ pub struct PasskeySettings {
     pub title: String,
     pub msrnn_version: String,
     pub model: ModelSettings,
-    pub positions: String,
-    /// How the states stored keys and values (absent: f32).
-    #[serde(default, skip_serializing_if = "KvFormat::is_f32")]
-    pub kv: KvFormat,
-    /// `chunked` or `decode`.
-    pub mode: String,
-    pub chunk: usize,
     pub lengths: Vec<usize>,
     pub depths: Vec<f64>,
     pub trials: usize,
@@ -63,7 +56,7 @@ pub struct PasskeySettings {
     pub bos: bool,
     pub answer_tokens: usize,
     pub decoding: String,
-    /// policies, policy_sources, capacities, ratios.
+    /// positions, kv, mode, chunk, policies, policy_sources, capacities, ratios.
     #[serde(flatten)]
     pub grid: GridSettings,
 }
@@ -568,10 +561,6 @@ pub fn run(
         title: format!("{} haystack, {mode} mode, positions {positions}{}, {}", haystack.kind, kv_note(kv), model.name),
         msrnn_version: env!("CARGO_PKG_VERSION").to_string(),
         model: model.settings(),
-        positions: positions.to_string(),
-        kv,
-        mode: cfg.grid.feed.name().to_string(),
-        chunk,
         lengths: lengths.clone(),
         depths: depths.clone(),
         trials: cfg.trials,
@@ -581,7 +570,7 @@ pub fn run(
         bos: tok.wants_bos(),
         answer_tokens: cfg.answer_tokens,
         decoding: "greedy".into(),
-        grid: g.settings(registry),
+        grid: cfg.grid.settings(&g, registry),
     };
 
     let units: u64 = seqs.iter().map(|s| prompts[s.prompt].tokens.len() as u64).sum();

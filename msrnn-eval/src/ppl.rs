@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use msrnn_core::{perplexity_batch_with, EvalMode, KvFormat, PolicyRegistry};
+use msrnn_core::{perplexity_batch_with, EvalMode, PolicyRegistry};
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
@@ -28,16 +28,9 @@ pub struct PplSettings {
     pub title: String,
     pub msrnn_version: String,
     pub model: ModelSettings,
-    pub positions: String,
-    /// How the states stored keys and values (absent: f32).
-    #[serde(default, skip_serializing_if = "KvFormat::is_f32")]
-    pub kv: KvFormat,
     pub text: TextSettings,
-    /// `decode` or `chunked`.
-    pub mode: String,
-    pub chunk: usize,
     pub segment: Option<usize>,
-    /// policies, policy_sources, capacities, ratios.
+    /// positions, kv, mode, chunk, policies, policy_sources, capacities, ratios.
     #[serde(flatten)]
     pub grid: GridSettings,
 }
@@ -202,9 +195,9 @@ pub fn run(
     }
     let tokens = &text.tokens[..cfg.tokens];
     let lm = model.lm;
-    let (mode, chunk) = match cfg.grid.feed {
-        Feed::Decode => (EvalMode::Decode, 1),
-        Feed::Chunked(n) => (EvalMode::Chunked(n), n),
+    let mode = match cfg.grid.feed {
+        Feed::Decode => EvalMode::Decode,
+        Feed::Chunked(n) => EvalMode::Chunked(n),
     };
     let (positions, kv) = (cfg.grid.positions, cfg.grid.kv);
     let recipe = cfg.grid.recipe();
@@ -226,8 +219,6 @@ pub fn run(
         title: format!("{names} ({} tokens, {mode}, positions {positions}{}), {}", cfg.tokens, kv_note(kv), model.name),
         msrnn_version: env!("CARGO_PKG_VERSION").to_string(),
         model: model.settings(),
-        positions: positions.to_string(),
-        kv,
         text: TextSettings {
             files: text.files.clone(),
             tokens: cfg.tokens,
@@ -236,10 +227,8 @@ pub fn run(
             digest: grid::tokens_digest(tokens),
             first_tokens: tokens[..tokens.len().min(16)].to_vec(),
         },
-        mode: cfg.grid.feed.name().to_string(),
-        chunk,
         segment: cfg.segment,
-        grid: g.settings(registry),
+        grid: cfg.grid.settings(&g, registry),
     };
 
     let per_run = (cfg.tokens - 1) as u64;

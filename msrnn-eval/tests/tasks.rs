@@ -84,7 +84,7 @@ fn a_ppl_grid_in_batches_and_shards_equals_one_cell_at_a_time() {
     }
     assert!(all.result("full").unwrap().max_live == 119 && all.result("tova C=8").unwrap().max_live <= 8 + 4);
     assert_eq!(all.settings.text.tokens, 120);
-    assert_eq!(all.settings.mode, "chunked");
+    assert_eq!(all.settings.grid.mode, "chunked");
     assert_eq!(all.run.batches.as_ref().unwrap().len(), 1);
 
     let one = msrnn_eval::ppl::run(&m, &r, &text, &ppl_with(|c| c.grid.batch = Some(1)), &mut ()).unwrap();

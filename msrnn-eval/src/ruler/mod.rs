@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use msrnn_core::generate::SplitMix64;
-use msrnn_core::{generate_batch, GenItem, GenerateOptions, KvFormat, PolicyRegistry, Sampling};
+use msrnn_core::{generate_batch, GenItem, GenerateOptions, PolicyRegistry, Sampling};
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
@@ -354,13 +354,6 @@ pub struct RulerSettings {
     pub title: String,
     pub msrnn_version: String,
     pub model: ModelSettings,
-    pub positions: String,
-    /// How the states stored keys and values (absent: f32).
-    #[serde(default, skip_serializing_if = "KvFormat::is_f32")]
-    pub kv: KvFormat,
-    /// `chunked` or `decode`.
-    pub mode: String,
-    pub chunk: usize,
     pub tasks: Vec<TaskSettings>,
     pub lengths: Vec<usize>,
     pub depths: Vec<f64>,
@@ -373,7 +366,7 @@ pub struct RulerSettings {
     pub bos: bool,
     pub decoding: String,
     pub scoring: String,
-    /// policies, policy_sources, capacities, ratios.
+    /// positions, kv, mode, chunk, policies, policy_sources, capacities, ratios.
     #[serde(flatten)]
     pub grid: GridSettings,
 }
@@ -641,10 +634,6 @@ pub fn run(
         ),
         msrnn_version: env!("CARGO_PKG_VERSION").to_string(),
         model: model.settings(),
-        positions: positions.to_string(),
-        kv,
-        mode: cfg.grid.feed.name().to_string(),
-        chunk,
         tasks: tasks
             .iter()
             .map(|t| TaskSettings {
@@ -664,7 +653,7 @@ pub fn run(
         bos: tok.wants_bos(),
         decoding: "greedy".into(),
         scoring: "string_match_all: share of the expected strings the answer contains, ignoring case".into(),
-        grid: g.settings(registry),
+        grid: cfg.grid.settings(&g, registry),
     };
 
     let units: u64 = seqs.iter().map(|s| prompts[s.prompt].tokens.len() as u64).sum();
