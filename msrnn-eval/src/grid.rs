@@ -2,13 +2,16 @@
 //! stable cell ids, the disjoint parts a shard picks, batches, and the model as settings.
 
 use msrnn_core::util::{fnv64, FNV_OFFSET};
-use msrnn_core::{Capacity, KvFormat, MsrnnState, PolicyRegistry, PolicySpec, Positions, Source, StateRecipe};
+use msrnn_core::{
+    generate_batch, Capacity, GenItem, GenerateOptions, KvFormat, MsrnnState, PolicyRegistry, PolicySpec, Positions,
+    Sampling, Source, StateRecipe,
+};
 use msrnn_modelkit::Model;
 use serde::{Deserialize, Serialize};
 
 use crate::doc::{ModelSettings, PolicySources, Shard};
 use crate::error::{Context, Error, Result};
-use crate::Feed;
+use crate::{Event, Feed, Observer};
 
 /// The capacities of a grid when none are given.
 pub const DEFAULT_CAPACITIES: [usize; 4] = [64, 128, 256, 512];
@@ -426,6 +429,66 @@ pub fn kv_note(kv: KvFormat) -> String {
 /// Whether the spec names a policy that declares itself unbounded (`full`): it runs without a capacity.
 pub fn is_unbounded(registry: &PolicyRegistry, spec: &PolicySpec) -> bool {
     registry.get(&spec.name).is_ok_and(|e| e.unbounded)
+}
+
+/// One sequence of a prompt task: its prompt, the cell whose state it runs in (ratios resolved at
+/// the prompt's length), and the most tokens of its answer.
+#[derive(Debug, Clone)]
+pub struct Job<'a> {
+    pub prompt: &'a [u32],
+    pub cell: PolicyCell,
+    pub max_tokens: usize,
+}
+
+/// Greedy answers to `jobs` (decoded), in batches of up to `batch` in the order given, each job in
+/// a fresh state of its cell built from `template`. An answer ends at its job's `max_tokens`, at an
+/// end-of-text token, or once `settled(job, answer so far)` says more tokens cannot change its
+/// score. Reports each batch and the prompt tokens fed so far; the observer can stop the run
+/// between tokens.
+pub fn answer(
+    lm: &dyn Model,
+    registry: &PolicyRegistry,
+    template: &StateRecipe,
+    jobs: &[Job<'_>],
+    batch: usize,
+    obs: &mut dyn Observer,
+    settled: &dyn Fn(usize, &str) -> bool,
+) -> Result<Vec<String>> {
+    let tok = lm.tokenizer();
+    let mut answers = Vec::with_capacity(jobs.len());
+    let mut fed = 0u64;
+    let size = batch.max(1);
+    for (k, group) in jobs.chunks(size).enumerate() {
+        if obs.cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let mut states = group.iter().map(|j| j.cell.state(lm, registry, template)).collect::<Result<Vec<_>>>()?;
+        obs.event(Event::Batch(format!("{} sequences of {} tokens", group.len(), group[0].prompt.len())));
+        let opts = GenerateOptions {
+            max_tokens: group.iter().map(|j| j.max_tokens).max().unwrap_or(1),
+            sampling: Sampling::Greedy,
+            stop_tokens: tok.eos_tokens().to_vec(),
+            prefill_chunk: template.max_chunk,
+        };
+        let mut outs: Vec<Vec<u32>> = vec![Vec::new(); group.len()];
+        let mut items: Vec<GenItem<'_>> =
+            states.iter_mut().zip(group).map(|(state, j)| GenItem { state, prompt: j.prompt }).collect();
+        let mut cancelled = false;
+        generate_batch(lm, &mut items, &opts, &mut |i, t| {
+            outs[i].push(t);
+            cancelled = cancelled || obs.cancelled();
+            let text = tok.decode(&outs[i]).unwrap_or_default();
+            !cancelled && outs[i].len() < group[i].max_tokens && !settled(k * size + i, &text)
+        })
+        .context(|| "generating the answers".to_string())?;
+        if cancelled {
+            return Err(Error::Cancelled);
+        }
+        fed += group.iter().map(|j| j.prompt.len() as u64).sum::<u64>();
+        obs.event(Event::Progress(fed));
+        answers.extend(outs.iter().map(|o| tok.decode(o).unwrap_or_default()));
+    }
+    Ok(answers)
 }
 
 /// The cells (by index) a run covers: all of them, or its shard's.

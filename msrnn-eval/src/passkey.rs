@@ -23,13 +23,13 @@ use std::time::Instant;
 
 use msrnn_core::generate::SplitMix64;
 use msrnn_core::util::{fnv64, FNV_OFFSET};
-use msrnn_core::{generate_batch, GenItem, GenerateOptions, PolicyRegistry, Sampling};
+use msrnn_core::PolicyRegistry;
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
 use crate::doc::{CellResult, Document, ModelSettings, Run};
 use crate::error::{Context, Error, Result};
-use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, GridSettings, PolicyFields, PolicyGrid};
+use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, GridSettings, Job, PolicyFields, PolicyGrid};
 use crate::{Event, Feed, Observer};
 
 /// The task's name in documents.
@@ -512,7 +512,6 @@ pub fn run(
             ),
         ));
     }
-    let chunk = cfg.grid.feed.chunk();
     let (positions, kv) = (cfg.grid.positions, cfg.grid.kv);
     let recipe = cfg.grid.recipe();
     g.check(lm, registry, &recipe, &lengths)?;
@@ -575,56 +574,18 @@ pub fn run(
 
     let units: u64 = seqs.iter().map(|s| prompts[s.prompt].tokens.len() as u64).sum();
     obs.event(Event::Start { units, cells: chosen.len(), total_cells: cells.len(), sequences: seqs.len(), batch });
-    let opts = GenerateOptions {
-        max_tokens: cfg.answer_tokens,
-        sampling: Sampling::Greedy,
-        stop_tokens: tok.eos_tokens().to_vec(),
-        prefill_chunk: chunk,
-    };
     let t_all = Instant::now();
-    let mut done = 0u64;
-    // Per sequence: the answer's tokens.
-    let mut answers: HashMap<(usize, usize), Vec<u32>> = HashMap::new();
-    for group in grid::batches(seqs, batch) {
-        if obs.cancelled() {
-            return Err(Error::Cancelled);
-        }
-        let mut states = group
-            .iter()
-            .map(|s| {
-                let (p, l, _) = cells[s.cell];
-                g.cells[p].at(lengths[l]).state(lm, registry, &recipe)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        obs.event(Event::Batch(format!(
-            "{} sequences of {} tokens",
-            group.len(),
-            prompts[group[0].prompt].tokens.len()
-        )));
-        let mut outs: Vec<Vec<u32>> = vec![Vec::new(); group.len()];
-        let mut items: Vec<GenItem<'_>> = states
-            .iter_mut()
-            .zip(&group)
-            .map(|(state, s)| GenItem { state, prompt: &prompts[s.prompt].tokens })
-            .collect();
-        let mut cancelled = false;
-        generate_batch(lm, &mut items, &opts, &mut |i, t| {
-            outs[i].push(t);
-            cancelled = cancelled || obs.cancelled();
-            // Stop once the first number is complete (or the caller stops the run).
-            let text = tok.decode(&outs[i]).unwrap_or_default();
-            !cancelled && !first_number(&text).is_some_and(|(_, done)| done)
+    let jobs: Vec<Job<'_>> = seqs
+        .iter()
+        .map(|s| {
+            let (p, l, _) = cells[s.cell];
+            Job { prompt: &prompts[s.prompt].tokens, cell: g.cells[p].at(lengths[l]), max_tokens: cfg.answer_tokens }
         })
-        .context(|| "generating the answers".to_string())?;
-        if cancelled {
-            return Err(Error::Cancelled);
-        }
-        done += group.iter().map(|s| prompts[s.prompt].tokens.len() as u64).sum::<u64>();
-        obs.event(Event::Progress(done));
-        for (s, o) in group.iter().zip(outs) {
-            answers.insert((s.cell, s.trial), o);
-        }
-    }
+        .collect();
+    // An answer is final once its first number is complete.
+    let settled = |_: usize, text: &str| first_number(text).is_some_and(|(_, done)| done);
+    let texts = grid::answer(lm, registry, &recipe, &jobs, batch, obs, &settled)?;
+    let answers: HashMap<(usize, usize), String> = seqs.iter().map(|s| (s.cell, s.trial)).zip(texts).collect();
     let total = t_all.elapsed().as_secs_f64();
 
     let mut results = Vec::new();
@@ -633,8 +594,7 @@ pub fn run(
         let mut trials = Vec::new();
         for t in 0..cfg.trials {
             let pr = &prompts[prompt_of[&(l, d, t)]];
-            let toks = answers.get(&(k, t)).cloned().unwrap_or_default();
-            let text = tok.decode(&toks).unwrap_or_default();
+            let text = answers.get(&(k, t)).cloned().unwrap_or_default();
             trials.push(Answer {
                 key: pr.key,
                 correct: score(&text, pr.key),

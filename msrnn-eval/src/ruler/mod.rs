@@ -27,13 +27,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use msrnn_core::generate::SplitMix64;
-use msrnn_core::{generate_batch, GenItem, GenerateOptions, PolicyRegistry, Sampling};
+use msrnn_core::PolicyRegistry;
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
 use crate::doc::{CellResult, Document, ModelSettings, Run};
 use crate::error::{Context, Error, Result};
-use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, GridSettings, PolicyFields, PolicyGrid};
+use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, GridSettings, Job, PolicyFields, PolicyGrid};
 use crate::passkey::{check_depths, trial_rng, FORMAT};
 use crate::{Event, Feed, Observer};
 
@@ -571,7 +571,6 @@ pub fn run(
             ),
         ));
     }
-    let chunk = cfg.grid.feed.chunk();
     let (positions, kv) = (cfg.grid.positions, cfg.grid.kv);
     let recipe = cfg.grid.recipe();
     g.check(lm, registry, &recipe, &lengths)?;
@@ -659,56 +658,18 @@ pub fn run(
     let units: u64 = seqs.iter().map(|s| prompts[s.prompt].tokens.len() as u64).sum();
     obs.event(Event::Start { units, cells: chosen.len(), total_cells: cells.len(), sequences: seqs.len(), batch });
     let t_all = Instant::now();
-    let mut done = 0u64;
-    let mut answers: HashMap<(usize, usize), String> = HashMap::new();
-    for group in grid::batches(seqs, batch) {
-        if obs.cancelled() {
-            return Err(Error::Cancelled);
-        }
-        let mut states = group
-            .iter()
-            .map(|s| {
-                let c = cells[s.cell];
-                g.cells[c.policy].at(lengths[c.length]).state(lm, registry, &recipe)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        obs.event(Event::Batch(format!(
-            "{} sequences of {} tokens",
-            group.len(),
-            prompts[group[0].prompt].tokens.len()
-        )));
-        let limits: Vec<usize> = group.iter().map(|s| tasks[cells[s.cell].task].answer_tokens).collect();
-        let opts = GenerateOptions {
-            max_tokens: limits.iter().copied().max().unwrap_or(1),
-            sampling: Sampling::Greedy,
-            stop_tokens: tok.eos_tokens().to_vec(),
-            prefill_chunk: chunk,
-        };
-        let mut outs: Vec<Vec<u32>> = vec![Vec::new(); group.len()];
-        let mut items: Vec<GenItem<'_>> = states
-            .iter_mut()
-            .zip(&group)
-            .map(|(state, s)| GenItem { state, prompt: &prompts[s.prompt].tokens })
-            .collect();
-        let mut cancelled = false;
-        generate_batch(lm, &mut items, &opts, &mut |i, t| {
-            outs[i].push(t);
-            cancelled = cancelled || obs.cancelled();
-            // Stop at the task's limit, or once every expected string is there (the score is final).
-            let text = tok.decode(&outs[i]).unwrap_or_default();
-            let expected = &prompts[group[i].prompt].expected;
-            !cancelled && outs[i].len() < limits[i] && score(&text, expected) < 1.0
+    let jobs: Vec<Job<'_>> = seqs
+        .iter()
+        .map(|s| {
+            let c = cells[s.cell];
+            let cell = g.cells[c.policy].at(lengths[c.length]);
+            Job { prompt: &prompts[s.prompt].tokens, cell, max_tokens: tasks[c.task].answer_tokens }
         })
-        .context(|| "generating the answers".to_string())?;
-        if cancelled {
-            return Err(Error::Cancelled);
-        }
-        done += group.iter().map(|s| prompts[s.prompt].tokens.len() as u64).sum::<u64>();
-        obs.event(Event::Progress(done));
-        for (s, o) in group.iter().zip(outs) {
-            answers.insert((s.cell, s.trial), tok.decode(&o).unwrap_or_default());
-        }
-    }
+        .collect();
+    // An answer is final once every expected string is in it.
+    let settled = |i: usize, text: &str| score(text, &prompts[seqs[i].prompt].expected) >= 1.0;
+    let texts = grid::answer(lm, registry, &recipe, &jobs, batch, obs, &settled)?;
+    let answers: HashMap<(usize, usize), String> = seqs.iter().map(|s| (s.cell, s.trial)).zip(texts).collect();
     let total = t_all.elapsed().as_secs_f64();
 
     let mut results = Vec::new();
