@@ -159,13 +159,8 @@ pub struct PasskeyConfig {
     /// Policies, budgets (ratios resolved per prompt length), feed, positions, KV format, shard,
     /// batch (default [`DEFAULT_BATCH`]).
     pub grid: GridConfig,
-    /// Prompt lengths in tokens (instruction, haystack, key and question together).
-    pub lengths: Vec<usize>,
-    /// Depths of the key in the haystack, from 0 (right after the instruction) to 1 (the end).
-    pub depths: Vec<f64>,
-    /// Keys per cell.
-    pub trials: usize,
-    pub seed: u64,
+    /// Prompt lengths, depths of the key, keys per cell, seed.
+    pub prompts: Prompts,
     pub haystack: Haystack,
     /// Most tokens of an answer (decoding stops earlier once a number is complete).
     pub answer_tokens: usize,
@@ -177,10 +172,7 @@ impl Default for PasskeyConfig {
     fn default() -> Self {
         PasskeyConfig {
             grid: GridConfig::new(DEFAULT_POLICIES, Feed::Chunked(64)),
-            lengths: vec![1024, 2048, 4096],
-            depths: vec![0.0, 0.25, 0.5, 0.75, 1.0],
-            trials: 5,
-            seed: 0,
+            prompts: Prompts { depths: vec![0.0, 0.25, 0.5, 0.75, 1.0], trials: 5, ..Prompts::default() },
             haystack: Haystack::Filler,
             answer_tokens: 8,
         }
@@ -199,6 +191,41 @@ impl PasskeyConfig {
     /// Checks what can be checked without a model.
     pub fn validate(&self, registry: &PolicyRegistry) -> Result<Axes> {
         let grid = self.grid.validate(registry, DEFAULT_BATCH)?;
+        let (lengths, depths) = self.prompts.validate()?;
+        if self.answer_tokens < 5 {
+            return Err(Error::setting(
+                "answer_tokens",
+                format!(" {}: a five-digit key needs at least 5 tokens", self.answer_tokens),
+            ));
+        }
+        Ok(Axes { grid, lengths, depths })
+    }
+}
+
+/// The axes the prompt tasks (passkey, ruler) share besides the policy axis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompts {
+    /// Prompt lengths in tokens (instruction, haystack, needles and question together).
+    pub lengths: Vec<usize>,
+    /// Depths of the key (ruler: of the first needle, in the needle tasks) in the haystack, from 0
+    /// (right after the instruction) to 1 (its end).
+    pub depths: Vec<f64>,
+    /// Prompts per cell, each its own random key (or needles) and haystack.
+    pub trials: usize,
+    /// Where the prompts come from: the same seed gives the same prompts.
+    pub seed: u64,
+}
+
+impl Default for Prompts {
+    /// Lengths 1024,2048,4096, depths 0.1,0.5,0.9, 2 trials, seed 0.
+    fn default() -> Self {
+        Prompts { lengths: vec![1024, 2048, 4096], depths: vec![0.1, 0.5, 0.9], trials: 2, seed: 0 }
+    }
+}
+
+impl Prompts {
+    /// The lengths and the depths, checked, each once, ascending; at least one trial.
+    pub fn validate(&self) -> Result<(Vec<usize>, Vec<f64>)> {
         let mut lengths = self.lengths.clone();
         lengths.sort_unstable();
         lengths.dedup();
@@ -209,13 +236,7 @@ impl PasskeyConfig {
         if self.trials == 0 {
             return Err(Error::setting("trials", " must be at least 1"));
         }
-        if self.answer_tokens < 5 {
-            return Err(Error::setting(
-                "answer_tokens",
-                format!(" {}: a five-digit key needs at least 5 tokens", self.answer_tokens),
-            ));
-        }
-        Ok(Axes { grid, lengths, depths })
+        Ok((lengths, depths))
     }
 }
 
@@ -536,11 +557,11 @@ pub fn run(
     let mut seqs = Vec::new();
     for &k in &chosen {
         let (_, l, d) = cells[k];
-        for t in 0..cfg.trials {
+        for t in 0..cfg.prompts.trials {
             let i = match prompt_of.get(&(l, d, t)) {
                 Some(&i) => i,
                 None => {
-                    prompts.push(build_prompt(tok, &src, cfg.seed, lengths[l], depths[d], t)?);
+                    prompts.push(build_prompt(tok, &src, cfg.prompts.seed, lengths[l], depths[d], t)?);
                     prompt_of.insert((l, d, t), prompts.len() - 1);
                     prompts.len() - 1
                 }
@@ -562,8 +583,8 @@ pub fn run(
         model: model.settings(),
         lengths: lengths.clone(),
         depths: depths.clone(),
-        trials: cfg.trials,
-        seed: cfg.seed,
+        trials: cfg.prompts.trials,
+        seed: cfg.prompts.seed,
         haystack,
         format: FORMAT.settings(),
         bos: tok.wants_bos(),
@@ -592,7 +613,7 @@ pub fn run(
     for &k in &chosen {
         let (p, l, d) = cells[k];
         let mut trials = Vec::new();
-        for t in 0..cfg.trials {
+        for t in 0..cfg.prompts.trials {
             let pr = &prompts[prompt_of[&(l, d, t)]];
             let text = answers.get(&(k, t)).cloned().unwrap_or_default();
             trials.push(Answer {
@@ -608,9 +629,9 @@ pub fn run(
             id: ids[k].clone(),
             length: lengths[l],
             depth: depths[d],
-            trials: cfg.trials,
+            trials: cfg.prompts.trials,
             correct,
-            accuracy: correct as f64 / cfg.trials as f64,
+            accuracy: correct as f64 / cfg.prompts.trials as f64,
             answers: trials,
             policy: g.cells[p].at(lengths[l]).fields(),
         });
@@ -699,6 +720,16 @@ mod tests {
         }
         let mut units = || -> Result<Vec<u32>> { Ok(vec![5]) };
         assert!(assemble(&head, &needle, &tail, &mut units, 7, 0.5).is_err());
+    }
+
+    #[test]
+    fn prompt_axes_come_back_sorted_once_and_are_checked() {
+        let p = Prompts { lengths: vec![2048, 1024, 2048], depths: vec![1.0, 0.0], trials: 1, seed: 0 };
+        assert_eq!(p.validate().unwrap(), (vec![1024, 2048], vec![0.0, 1.0]));
+        let e = |p: Prompts| p.validate().unwrap_err().to_string();
+        assert!(e(Prompts { lengths: vec![], ..p.clone() }).starts_with("lengths is empty"));
+        assert!(e(Prompts { depths: vec![0.5, 2.0], ..p.clone() }).starts_with("depths 2"));
+        assert!(e(Prompts { trials: 0, ..p }).starts_with("trials must be at least 1"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use msrnn_core::PolicySpec;
+use msrnn_eval::passkey::Prompts;
 use msrnn_eval::ruler::{make_sample, task, Env, RulerConfig, Texts, TASKS};
 use msrnn_eval::{AnyDocument, EvalModel, Feed, Shard};
 use msrnn_llama as _;
@@ -66,9 +67,7 @@ fn the_full_cache_finds_the_needle_and_a_short_window_cannot() {
     let policies: Vec<PolicySpec> = ["full", "window"].iter().map(|s| s.parse().unwrap()).collect();
     let mut cfg = RulerConfig {
         tasks: vec!["niah_single_1".into(), "niah_multikey_2".into()],
-        lengths: vec![384],
-        depths: vec![0.5],
-        trials: 1,
+        prompts: Prompts { lengths: vec![384], depths: vec![0.5], trials: 1, seed: 0 },
         text: vec![prose],
         ..RulerConfig::default()
     };

@@ -6,10 +6,10 @@ use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::GgmlDType;
-use msrnn_core::{PolicyRegistry, PolicySpec};
-use msrnn_eval::passkey::{PasskeyConfig, PasskeyDocument};
+use msrnn_core::{KvFormat, PolicyRegistry, PolicySpec, Positions};
+use msrnn_eval::passkey::{PasskeyConfig, PasskeyDocument, Prompts};
 use msrnn_eval::ppl::{PplConfig, Text};
-use msrnn_eval::{AnyDocument, Error, EvalModel, Event, Feed, Observer, OnEvent, Shard};
+use msrnn_eval::{AnyDocument, Error, EvalModel, Event, Feed, GridConfig, Observer, OnEvent, Shard};
 use msrnn_llama as _;
 use msrnn_modelkit::{LoadOptions, Model, WeightFormat};
 use msrnn_tests::files::scratch;
@@ -110,13 +110,8 @@ fn a_ppl_grid_in_batches_and_shards_equals_one_cell_at_a_time() {
 }
 
 fn passkey_config() -> PasskeyConfig {
-    let mut c = PasskeyConfig {
-        lengths: vec![340, 300],
-        depths: vec![0.0, 0.5, 1.0],
-        trials: 2,
-        seed: 3,
-        ..PasskeyConfig::default()
-    };
+    let prompts = Prompts { lengths: vec![340, 300], depths: vec![0.0, 0.5, 1.0], trials: 2, seed: 3 };
+    let mut c = PasskeyConfig { prompts, ..PasskeyConfig::default() };
     c.grid.policies = specs("full,window,tova");
     c.grid.capacities = vec![16, 32];
     c.grid.feed = Feed::Chunked(16);
@@ -209,12 +204,12 @@ fn bad_settings_are_refused_by_name() {
     let r: PolicyRegistry = msrnn_policies::registry();
     let m = model(&*lm);
     let err = |cfg: PasskeyConfig| msrnn_eval::passkey::run(&m, &r, &cfg, &mut ()).unwrap_err().to_string();
-    let e = err(PasskeyConfig { lengths: vec![600], ..passkey_config() });
+    let e = err(passkey_with(|c| c.prompts.lengths = vec![600]));
     assert!(e.starts_with("lengths 600") && e.contains("context of 512 tokens") && e.contains("drop `full`"), "{e}");
-    assert!(err(PasskeyConfig { lengths: vec![100], ..passkey_config() }).contains("too short"));
-    assert!(err(PasskeyConfig { depths: vec![0.5, 1.5], ..passkey_config() }).starts_with("depths 1.5"));
-    assert!(err(PasskeyConfig { depths: vec![0.5, 0.5], ..passkey_config() }).contains("listed twice"));
-    assert!(err(PasskeyConfig { trials: 0, ..passkey_config() }).starts_with("trials"));
+    assert!(err(passkey_with(|c| c.prompts.lengths = vec![100])).contains("too short"));
+    assert!(err(passkey_with(|c| c.prompts.depths = vec![0.5, 1.5])).starts_with("depths 1.5"));
+    assert!(err(passkey_with(|c| c.prompts.depths = vec![0.5, 0.5])).contains("listed twice"));
+    assert!(err(passkey_with(|c| c.prompts.trials = 0)).starts_with("trials"));
     assert!(err(PasskeyConfig { answer_tokens: 4, ..passkey_config() }).starts_with("answer_tokens 4"));
     assert!(err(passkey_with(|c| c.grid.batch = Some(0))).starts_with("batch must be at least 1"));
     let plays = msrnn_eval::passkey::Haystack::Plays(d.join("nowhere"));
@@ -229,4 +224,24 @@ fn bad_settings_are_refused_by_name() {
     assert!(ppl(PplConfig { segment: Some(0), ..ppl_config() }).to_string().starts_with("segment"));
     assert!(ppl(ppl_with(|c| c.grid.feed = Feed::Chunked(0))).to_string().starts_with("chunk"));
     assert!(ppl(ppl_with(|c| c.grid.capacities = vec![16, 0])).to_string().starts_with("capacities: 0"));
+}
+
+#[test]
+fn every_cell_state_is_the_grid_template_with_the_cells_policy_and_capacity() {
+    let d = scratch("eval-template");
+    let (lm, _) = tiny(&d);
+    let r = msrnn_policies::registry();
+    let mut c = GridConfig::new("full,tova", Feed::Chunked(4));
+    c.capacities = vec![16, 32];
+    c.kv = KvFormat::F16;
+    c.positions = Positions::Cache;
+    let g = c.validate(&r, 1).unwrap();
+    let recipe = c.recipe();
+    assert_eq!(recipe.max_chunk, 4, "the feed's chunk");
+    assert_eq!(g.cells.len(), 3);
+    for cell in &g.cells {
+        let st = cell.state(&*lm, &r, &recipe).unwrap();
+        assert_eq!((st.policy_name(), st.capacity()), (cell.spec.name.as_str(), cell.capacity));
+        assert_eq!((st.kv_format(), st.positions_mode()), (KvFormat::F16, Positions::Cache));
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use msrnn_core::{KvFormat, MsrnnState, PolicyRegistry, PolicySpec, Positions, StateRecipe};
 use msrnn_engine::{LoadedModel, Message};
-use msrnn_eval::passkey::PasskeyConfig;
+use msrnn_eval::passkey::{PasskeyConfig, Prompts};
 use msrnn_eval::ppl::PplConfig;
 use msrnn_eval::ruler::{RulerConfig, DEFAULT_POLICIES as RULER_POLICIES, TASKS};
 use msrnn_modelkit::WeightFormat;
@@ -272,10 +272,12 @@ impl Model {
         let d = PasskeyConfig::default();
         let cfg = PasskeyConfig {
             grid: eval::grid(&r, policies, DEFAULT_POLICIES, capacities, ratios, (mode, chunk), positions, kv, batch)?,
-            lengths: lengths.unwrap_or(d.lengths),
-            depths: depths.unwrap_or(d.depths),
-            trials,
-            seed,
+            prompts: Prompts {
+                lengths: lengths.unwrap_or(d.prompts.lengths),
+                depths: depths.unwrap_or(d.prompts.depths),
+                trials,
+                seed,
+            },
             haystack: d.haystack,
             answer_tokens,
         };
@@ -314,10 +316,12 @@ impl Model {
         let cfg = RulerConfig {
             grid: eval::grid(&r, policies, RULER_POLICIES, capacities, ratios, (mode, chunk), positions, kv, batch)?,
             tasks: tasks.unwrap_or_else(|| TASKS.iter().map(|t| t.name.to_string()).collect()),
-            lengths: lengths.unwrap_or(d.lengths),
-            depths: depths.unwrap_or(d.depths),
-            trials,
-            seed,
+            prompts: Prompts {
+                lengths: lengths.unwrap_or(d.prompts.lengths),
+                depths: depths.unwrap_or(d.prompts.depths),
+                trials,
+                seed,
+            },
             text: text.unwrap_or_default(),
             chat,
         };

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use msrnn_eval::passkey::{tally, PasskeyCell, PasskeyConfig, PasskeyDocument, DEFAULT_POLICIES};
+use msrnn_eval::passkey::{tally, PasskeyCell, PasskeyConfig, PasskeyDocument, Prompts, DEFAULT_POLICIES};
 use msrnn_eval::{AnyDocument, Budget, Event};
 
 use super::grid::GridArgs;
@@ -23,16 +23,17 @@ pub enum Haystack {
     Plays,
 }
 
-/// Default grid: full,window,window+i,h2o,tova at C = 64,128,256,512, lengths 1024,2048,4096,
-/// depths 0,0.25,0.5,0.75,1, 5 keys per cell, filler haystack, prompt in chunks of 64.
-#[derive(Args, Debug)]
-pub struct PasskeyArgs {
-    /// Prompt lengths in tokens (instruction, haystack, key and question together).
+/// The axes the prompt tasks share (`msrnn_eval::passkey::Prompts`); the defaults are passkey's,
+/// ruler sets its own of --depths and --trials with `mut_arg`.
+#[derive(Args, Debug, Clone)]
+pub struct PromptArgs {
+    /// Prompt lengths in tokens (instruction, haystack, needles and question together).
     #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "1024,2048,4096")]
-    lengths: Vec<usize>,
+    pub lengths: Vec<usize>,
 
-    /// Depths of the key in the haystack, from 0 (right after the instruction) to 1 (the end of the
-    /// haystack, one filler paragraph or play line before the question).
+    /// Depths of the key (ruler: of the first needle, in the needle tasks) in the haystack, from 0
+    /// (right after the instruction) to 1 (the end of the haystack, one filler paragraph or text
+    /// line before the question).
     #[arg(
         long,
         value_name = "D,...",
@@ -40,15 +41,29 @@ pub struct PasskeyArgs {
         default_value = "0,0.25,0.5,0.75,1",
         allow_negative_numbers = true
     )]
-    depths: Vec<f64>,
+    pub depths: Vec<f64>,
 
-    /// Keys per cell (each its own random key and haystack).
+    /// Prompts per cell, each its own random key (or needles) and haystack.
     #[arg(long, value_name = "N", default_value_t = 5)]
-    trials: usize,
+    pub trials: usize,
 
-    /// Seed of the keys and haystacks: the same seed gives the same prompts.
+    /// Seed of the prompts (keys, needles, haystacks): the same seed gives the same prompts.
     #[arg(long, value_name = "N", default_value_t = 0)]
-    seed: u64,
+    pub seed: u64,
+}
+
+impl PromptArgs {
+    pub fn prompts(&self) -> Prompts {
+        Prompts { lengths: self.lengths.clone(), depths: self.depths.clone(), trials: self.trials, seed: self.seed }
+    }
+}
+
+/// Default grid: full,window,window+i,h2o,tova at C = 64,128,256,512, lengths 1024,2048,4096,
+/// depths 0,0.25,0.5,0.75,1, 5 keys per cell, filler haystack, prompt in chunks of 64.
+#[derive(Args, Debug)]
+pub struct PasskeyArgs {
+    #[command(flatten)]
+    prompts: PromptArgs,
 
     /// What the key hides in.
     #[arg(long, value_enum, default_value_t = Haystack::Filler)]
@@ -76,10 +91,7 @@ pub fn run(ctx: &Ctx, a: PasskeyArgs) -> Result<()> {
     let registry = policy::registry(ctx)?;
     let mut cfg = PasskeyConfig {
         grid: a.grid.config(ctx, &registry, DEFAULT_POLICIES)?,
-        lengths: a.lengths.clone(),
-        depths: a.depths.clone(),
-        trials: a.trials,
-        seed: a.seed,
+        prompts: a.prompts.prompts(),
         haystack: msrnn_eval::passkey::Haystack::Filler,
         answer_tokens: a.answer_tokens,
     };
@@ -103,7 +115,7 @@ pub fn run(ctx: &Ctx, a: PasskeyArgs) -> Result<()> {
         format!(
             "passkey: {cells} cells{} x {} keys = {sequences} sequences, {}, batches of up to {batch}, {} threads",
             a.grid.shard.map_or(String::new(), |s| format!(" (shard {s} of {total_cells})")),
-            a.trials,
+            a.prompts.trials,
             m.describe(),
             ctx.threads
         )

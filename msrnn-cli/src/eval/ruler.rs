@@ -10,6 +10,7 @@ use msrnn_eval::ruler::{RulerCell, RulerConfig, RulerDocument, DEFAULT_POLICIES,
 use msrnn_eval::{AnyDocument, Budget, Event};
 
 use super::grid::GridArgs;
+use super::passkey::PromptArgs;
 use super::{cli_error, percent, Pictures};
 use crate::context::Ctx;
 use crate::plot::{self, Heatmap};
@@ -18,32 +19,14 @@ use crate::{policy, report};
 /// Default grid: full,window,h2o,tova at C = 64,128,256,512, every task, lengths 1024,2048,4096,
 /// depths 0.1,0.5,0.9, 2 trials, chat template, prompt in chunks of 64.
 #[derive(Args, Debug)]
+#[command(mut_arg("depths", |a| a.default_value("0.1,0.5,0.9")), mut_arg("trials", |a| a.default_value("2")))]
 pub struct RulerArgs {
     /// Tasks, comma-separated (niah_single_1,...,vt,cwe,fwe), or all.
     #[arg(long, value_name = "NAMES", value_delimiter = ',', default_value = "all")]
     tasks: Vec<String>,
 
-    /// Prompt lengths in tokens.
-    #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "1024,2048,4096")]
-    lengths: Vec<usize>,
-
-    /// Depths of the (first) needle in the needle tasks' haystacks, from 0 to 1.
-    #[arg(
-        long,
-        value_name = "D,...",
-        value_delimiter = ',',
-        default_value = "0.1,0.5,0.9",
-        allow_negative_numbers = true
-    )]
-    depths: Vec<f64>,
-
-    /// Prompts per cell.
-    #[arg(long, value_name = "N", default_value_t = 2)]
-    trials: usize,
-
-    /// Seed of the prompts: the same seed gives the same prompts.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    prompts: PromptArgs,
 
     /// Real text for the needle tasks' text haystacks: files, or directories of .txt files
     /// (repeatable). [default: data/prose, fetched by ./scripts/fetch-data.sh]
@@ -73,10 +56,7 @@ pub fn run(ctx: &Ctx, a: RulerArgs) -> Result<()> {
     let mut cfg = RulerConfig {
         grid: a.grid.config(ctx, &registry, DEFAULT_POLICIES)?,
         tasks,
-        lengths: a.lengths.clone(),
-        depths: a.depths.clone(),
-        trials: a.trials,
-        seed: a.seed,
+        prompts: a.prompts.prompts(),
         text: a.text.clone(),
         chat: !a.raw,
     };
@@ -97,7 +77,7 @@ pub fn run(ctx: &Ctx, a: RulerArgs) -> Result<()> {
         format!(
             "ruler: {cells} cells{} x {} trials = {sequences} sequences, {}, batches of up to {batch}, {} threads",
             a.grid.shard.map_or(String::new(), |s| format!(" (shard {s} of {total_cells})")),
-            a.trials,
+            a.prompts.trials,
             m.describe(),
             ctx.threads
         )

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::doc::{CellResult, Document, ModelSettings, Run};
 use crate::error::{Context, Error, Result};
 use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, GridSettings, Job, PolicyFields, PolicyGrid};
-use crate::passkey::{check_depths, trial_rng, FORMAT};
+use crate::passkey::{trial_rng, Prompts, FORMAT};
 use crate::{Event, Feed, Observer};
 
 /// The task's name in documents.
@@ -429,12 +429,8 @@ pub struct RulerConfig {
     pub grid: GridConfig,
     /// Task names (see [`TASKS`]).
     pub tasks: Vec<String>,
-    /// Prompt lengths in tokens.
-    pub lengths: Vec<usize>,
-    /// Depths of the first needle (NIAH tasks), from 0 to 1.
-    pub depths: Vec<f64>,
-    pub trials: usize,
-    pub seed: u64,
+    /// Prompt lengths, depths of the first needle (NIAH tasks), prompts per cell, seed.
+    pub prompts: Prompts,
     /// Files or directories of the real-text haystack (needed by the `text` tasks).
     pub text: Vec<PathBuf>,
     pub chat: bool,
@@ -447,10 +443,7 @@ impl Default for RulerConfig {
         RulerConfig {
             grid: GridConfig::new(DEFAULT_POLICIES, Feed::Chunked(64)),
             tasks: TASKS.iter().map(|t| t.name.to_string()).collect(),
-            lengths: vec![1024, 2048, 4096],
-            depths: vec![0.1, 0.5, 0.9],
-            trials: 2,
-            seed: 0,
+            prompts: Prompts::default(),
             text: Vec::new(),
             chat: true,
         }
@@ -487,16 +480,7 @@ impl RulerConfig {
             }
             tasks.push(t);
         }
-        let mut lengths = self.lengths.clone();
-        lengths.sort_unstable();
-        lengths.dedup();
-        if lengths.is_empty() {
-            return Err(Error::setting("lengths", " is empty: give at least one prompt length, e.g. 1024,2048"));
-        }
-        let depths = check_depths(&self.depths)?;
-        if self.trials == 0 {
-            return Err(Error::setting("trials", " must be at least 1"));
-        }
+        let (lengths, depths) = self.prompts.validate()?;
         Ok(Axes { grid, tasks, lengths, depths })
     }
 }
@@ -603,13 +587,13 @@ pub fn run(
     let mut seqs = Vec::new();
     for &k in &chosen {
         let c = cells[k];
-        for trial in 0..cfg.trials {
+        for trial in 0..cfg.prompts.trials {
             let key = (c.task, c.length, c.depth, trial);
             let i = match prompt_of.get(&key) {
                 Some(&i) => i,
                 None => {
                     let depth = c.depth.map(|d| depths[d]);
-                    prompts.push(make_sample(&env, tasks[c.task], cfg.seed, lengths[c.length], depth, trial)?);
+                    prompts.push(make_sample(&env, tasks[c.task], cfg.prompts.seed, lengths[c.length], depth, trial)?);
                     prompt_of.insert(key, prompts.len() - 1);
                     prompts.len() - 1
                 }
@@ -645,8 +629,8 @@ pub fn run(
             .collect(),
         lengths: lengths.clone(),
         depths: depths.clone(),
-        trials: cfg.trials,
-        seed: cfg.seed,
+        trials: cfg.prompts.trials,
+        seed: cfg.prompts.seed,
         text: texts.as_ref().map(Texts::settings),
         chat,
         bos: tok.wants_bos(),
@@ -676,7 +660,7 @@ pub fn run(
     for &k in &chosen {
         let c = cells[k];
         let mut trials = Vec::new();
-        for t in 0..cfg.trials {
+        for t in 0..cfg.prompts.trials {
             let pr = &prompts[prompt_of[&(c.task, c.length, c.depth, t)]];
             let answer = answers.get(&(k, t)).cloned().unwrap_or_default();
             trials.push(RulerAnswer {
@@ -687,13 +671,13 @@ pub fn run(
                 needle_tokens: pr.needles.clone(),
             });
         }
-        let mean = trials.iter().map(|a| a.score).sum::<f64>() / cfg.trials as f64;
+        let mean = trials.iter().map(|a| a.score).sum::<f64>() / cfg.prompts.trials as f64;
         results.push(RulerCell {
             id: ids[k].clone(),
             task: tasks[c.task].name.into(),
             length: lengths[c.length],
             depth: c.depth.map(|d| depths[d]),
-            trials: cfg.trials,
+            trials: cfg.prompts.trials,
             score: mean,
             answers: trials,
             policy: g.cells[c.policy].at(lengths[c.length]).fields(),
