@@ -303,8 +303,9 @@ pub struct Prompt {
 
 /// Lays out exactly `length` tokens: `head`, haystack units up to the boundary nearest `depth` of
 /// the haystack (never after the last unit: one unit at least follows the needle), `needle`, the
-/// other units, `tail`. Units come from `next_unit`; the haystack's first tokens are cut so the
-/// total is exact (a prompt starts mid-sentence, like an excerpt).
+/// other units, `tail`: [`crate::ruler::assemble`] with one needle. Units come from `next_unit`;
+/// the haystack's first tokens are cut so the total is exact (a prompt starts mid-sentence, like
+/// an excerpt).
 pub fn assemble(
     head: &[u32],
     needle: &[u32],
@@ -313,57 +314,8 @@ pub fn assemble(
     length: usize,
     depth: f64,
 ) -> Result<(Vec<u32>, usize)> {
-    let fixed = head.len() + needle.len() + tail.len();
-    if length <= fixed {
-        return Err(Error::setting(
-            "lengths",
-            format!(" {length}: no room for a haystack (the instruction, key and question take {fixed} tokens)"),
-        ));
-    }
-    let budget = length - fixed;
-    let mut units: Vec<Vec<u32>> = Vec::new();
-    let mut total = 0;
-    while total < budget {
-        let u = next_unit()?;
-        if u.is_empty() {
-            continue;
-        }
-        total += u.len();
-        units.push(u);
-    }
-    // Cut the excess from the front.
-    let mut excess = total - budget;
-    while excess > 0 {
-        let first = &mut units[0];
-        if first.len() <= excess {
-            excess -= first.len();
-            units.remove(0);
-        } else {
-            first.drain(..excess);
-            excess = 0;
-        }
-    }
-    let target = depth * budget as f64;
-    let mut bounds = vec![0usize];
-    for u in &units {
-        bounds.push(bounds.last().expect("starts with 0") + u.len());
-    }
-    let at = (0..units.len())
-        .min_by(|&a, &b| (bounds[a] as f64 - target).abs().total_cmp(&(bounds[b] as f64 - target).abs()))
-        .expect("at least one boundary");
-    let mut tokens = Vec::with_capacity(length);
-    tokens.extend_from_slice(head);
-    for u in &units[..at] {
-        tokens.extend_from_slice(u);
-    }
-    let needle_at = tokens.len();
-    tokens.extend_from_slice(needle);
-    for u in &units[at..] {
-        tokens.extend_from_slice(u);
-    }
-    tokens.extend_from_slice(tail);
-    debug_assert_eq!(tokens.len(), length);
-    Ok((tokens, needle_at))
+    let (tokens, at) = crate::ruler::assemble(head, &[(needle.to_vec(), depth)], tail, next_unit, length)?;
+    Ok((tokens, at[0]))
 }
 
 /// Where haystack text comes from.

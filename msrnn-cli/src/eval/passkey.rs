@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use msrnn_eval::passkey::{tally, PasskeyCell, PasskeyConfig, PasskeyDocument, Prompts, DEFAULT_POLICIES};
-use msrnn_eval::{AnyDocument, Budget, Event};
+use msrnn_eval::{AnyDocument, Budget, EvalModel, Observer};
 
 use super::grid::GridArgs;
 use super::{cli_error, percent, Pictures};
@@ -109,23 +109,9 @@ pub fn run(ctx: &Ctx, a: PasskeyArgs) -> Result<()> {
     }
 
     let m = crate::model::load(&ctx.global)?;
-    let model = super::eval_model(&m);
-    let mut progress = super::Progress::new(|e: &Event| {
-        let Event::Start { cells, total_cells, sequences, batch, .. } = e else { return String::new() };
-        format!(
-            "passkey: {cells} cells{} x {} keys = {sequences} sequences, {}, batches of up to {batch}, {} threads",
-            a.grid.shard.map_or(String::new(), |s| format!(" (shard {s} of {total_cells})")),
-            a.prompts.trials,
-            m.describe(),
-            ctx.threads
-        )
-    });
-    let result = msrnn_eval::passkey::run(&model, &registry, &cfg, &mut progress);
-    progress.finish();
-    let mut doc = result.map_err(cli_error)?;
-    eprintln!("{} cells in {:.1} s", doc.results.len(), doc.run.total_seconds);
-    super::fill_run(&mut doc.run, ctx, &m);
-    super::finish(&AnyDocument::Passkey(doc), a.grid.out.as_deref(), &pictures)
+    let header = super::prompt_header(ctx, &m, &a.grid, "passkey", format!("{} keys", a.prompts.trials));
+    let task = |model: &EvalModel<'_>, obs: &mut dyn Observer| msrnn_eval::passkey::run(model, &registry, &cfg, obs);
+    super::run_task(ctx, &m, &a.grid, &pictures, header, task, AnyDocument::Passkey)
 }
 
 fn share((c, t): (usize, usize)) -> Option<f64> {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use msrnn_eval::ppl::{PplConfig, PplDocument, Text, DEFAULT_POLICIES};
-use msrnn_eval::{AnyDocument, Event, Feed};
+use msrnn_eval::{AnyDocument, EvalModel, Event, Feed, Observer};
 
 use super::grid::GridArgs;
 use super::{cli_error, Pictures};
@@ -54,8 +54,7 @@ pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
 
     let m = crate::model::load(&ctx.global)?;
     let text = Text::read(m.tokenizer(), &paths, a.tokens).map_err(cli_error)?;
-    let model = super::eval_model(&m);
-    let mut progress = super::Progress::new(|e: &Event| {
+    let header = |e: &Event| {
         let Event::Start { cells, total_cells, batch, .. } = e else { return String::new() };
         format!(
             "ppl: {} ({} tokens, {} mode, positions {}), {}, {cells} of {total_cells} cells{}, batches of up to {batch}, {} threads",
@@ -70,13 +69,9 @@ pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
             a.grid.shard.map_or(String::new(), |s| format!(" (shard {s})")),
             ctx.threads
         )
-    });
-    let result = msrnn_eval::ppl::run(&model, &registry, &text, &cfg, &mut progress);
-    progress.finish();
-    let mut doc = result.map_err(cli_error)?;
-    eprintln!("{} cells in {:.1} s", doc.results.len(), doc.run.total_seconds);
-    super::fill_run(&mut doc.run, ctx, &m);
-    super::finish(&AnyDocument::Ppl(doc), a.grid.out.as_deref(), &pictures)
+    };
+    let task = |model: &EvalModel<'_>, obs: &mut dyn Observer| msrnn_eval::ppl::run(model, &registry, &text, &cfg, obs);
+    super::run_task(ctx, &m, &a.grid, &pictures, header, task, AnyDocument::Ppl)
 }
 
 /// Policies down, capacities across; the full cache is one row at the bottom, its single value the

@@ -186,7 +186,9 @@ pub fn assemble(
     if length <= fixed {
         return Err(Error::setting(
             "lengths",
-            format!(" {length}: no room for a haystack (the instruction, needles and question take {fixed} tokens)"),
+            format!(
+                " {length}: no room for a haystack (the instruction, the needles and the question take {fixed} tokens)"
+            ),
         ));
     }
     let budget = length - fixed;
