@@ -431,6 +431,59 @@ pub fn is_unbounded(registry: &PolicyRegistry, spec: &PolicySpec) -> bool {
     registry.get(&spec.name).is_ok_and(|e| e.unbounded)
 }
 
+/// A sequence of a prompt task: a chosen cell (its index in the whole grid), a trial, and the index
+/// of its prompt in [`Plan::prompts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seq {
+    pub cell: usize,
+    pub trial: usize,
+    pub prompt: usize,
+}
+
+/// The sequences of a prompt task: `trials` per chosen cell, each with the prompt of its cell's
+/// key (what the prompt depends on: length, depth, task) and trial, made once and shared by every
+/// policy; long prompts first, so a batch's sequences are alike and the largest states come early.
+pub struct Plan<K, P> {
+    pub prompts: Vec<P>,
+    pub seqs: Vec<Seq>,
+    index: std::collections::HashMap<(K, usize), usize>,
+}
+
+impl<K: Copy + Eq + std::hash::Hash, P> Plan<K, P> {
+    /// `key(cell)` names a cell's prompts, `make(key, trial)` makes one, `len` is its token count.
+    pub fn new(
+        chosen: &[usize],
+        trials: usize,
+        key: impl Fn(usize) -> K,
+        mut make: impl FnMut(K, usize) -> Result<P>,
+        len: impl Fn(&P) -> usize,
+    ) -> Result<Self> {
+        let mut plan = Plan { prompts: Vec::new(), seqs: Vec::new(), index: Default::default() };
+        for &cell in chosen {
+            let k = key(cell);
+            for trial in 0..trials {
+                let prompt = match plan.index.get(&(k, trial)) {
+                    Some(&i) => i,
+                    None => {
+                        plan.prompts.push(make(k, trial)?);
+                        plan.index.insert((k, trial), plan.prompts.len() - 1);
+                        plan.prompts.len() - 1
+                    }
+                };
+                plan.seqs.push(Seq { cell, trial, prompt });
+            }
+        }
+        let prompts = &plan.prompts;
+        plan.seqs.sort_by_key(|s| (std::cmp::Reverse(len(&prompts[s.prompt])), s.cell, s.trial));
+        Ok(plan)
+    }
+
+    /// The prompt of `key`'s trial `trial` (one the plan made).
+    pub fn prompt(&self, key: K, trial: usize) -> &P {
+        &self.prompts[self.index[&(key, trial)]]
+    }
+}
+
 /// One sequence of a prompt task: its prompt, the cell whose state it runs in (ratios resolved at
 /// the prompt's length), and the most tokens of its answer.
 #[derive(Debug, Clone)]

@@ -97,3 +97,13 @@ impl Feed {
         Ok(())
     }
 }
+
+impl std::fmt::Display for Feed {
+    /// `decode` or `chunked(64)`: for titles and progress lines.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Feed::Decode => write!(f, "decode"),
+            Feed::Chunked(n) => write!(f, "chunked({n})"),
+        }
+    }
+}

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::doc::{CellResult, Document, ModelSettings, Run};
 use crate::error::{Context, Error, Result};
-use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, GridSettings, Job, PolicyFields, PolicyGrid};
+use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, GridSettings, Job, Plan, PolicyFields, PolicyGrid};
 use crate::{Event, Feed, Observer};
 
 /// The task's name in documents.
@@ -443,13 +443,6 @@ fn pieces(tok: &Tokenizer, src: &Source, key: u32) -> Result<(Vec<u32>, Vec<u32>
     Ok((enc(&instruction, tok.wants_bos())?, enc(&needle, false)?, enc(&question, false)?))
 }
 
-/// One trial of one cell.
-struct Seq {
-    cell: usize,
-    trial: usize,
-    prompt: usize,
-}
-
 /// Runs the grid (or its shard).
 pub fn run(
     model: &EvalModel<'_>,
@@ -504,30 +497,16 @@ pub fn run(
     let batch = grid::batch_or(cfg.grid.batch, DEFAULT_BATCH)?;
 
     // Prompts, shared by every policy: one per length, depth and trial that a chosen cell needs.
-    let mut prompts: Vec<Prompt> = Vec::new();
-    let mut prompt_of: HashMap<(usize, usize, usize), usize> = HashMap::new();
-    let mut seqs = Vec::new();
-    for &k in &chosen {
-        let (_, l, d) = cells[k];
-        for t in 0..cfg.prompts.trials {
-            let i = match prompt_of.get(&(l, d, t)) {
-                Some(&i) => i,
-                None => {
-                    prompts.push(build_prompt(tok, &src, cfg.prompts.seed, lengths[l], depths[d], t)?);
-                    prompt_of.insert((l, d, t), prompts.len() - 1);
-                    prompts.len() - 1
-                }
-            };
-            seqs.push(Seq { cell: k, trial: t, prompt: i });
-        }
-    }
-    // Long prompts first, so a batch's sequences are alike and the largest states come early.
-    seqs.sort_by_key(|s| (std::cmp::Reverse(prompts[s.prompt].tokens.len()), s.cell, s.trial));
+    let seed = cfg.prompts.seed;
+    let plan = Plan::new(
+        &chosen,
+        cfg.prompts.trials,
+        |k| (cells[k].1, cells[k].2),
+        |(l, d), t| build_prompt(tok, &src, seed, lengths[l], depths[d], t),
+        |p: &Prompt| p.tokens.len(),
+    )?;
 
-    let mode = match cfg.grid.feed {
-        Feed::Chunked(n) => format!("chunked({n})"),
-        Feed::Decode => "decode".into(),
-    };
+    let mode = cfg.grid.feed;
     let haystack = src.settings();
     let settings = PasskeySettings {
         title: format!("{} haystack, {mode} mode, positions {positions}{}, {}", haystack.kind, kv_note(kv), model.name),
@@ -545,6 +524,7 @@ pub fn run(
         grid: cfg.grid.settings(&g, registry),
     };
 
+    let (prompts, seqs) = (&plan.prompts, &plan.seqs);
     let units: u64 = seqs.iter().map(|s| prompts[s.prompt].tokens.len() as u64).sum();
     obs.event(Event::Start { units, cells: chosen.len(), total_cells: cells.len(), sequences: seqs.len(), batch });
     let t_all = Instant::now();
@@ -566,7 +546,7 @@ pub fn run(
         let (p, l, d) = cells[k];
         let mut trials = Vec::new();
         for t in 0..cfg.prompts.trials {
-            let pr = &prompts[prompt_of[&(l, d, t)]];
+            let pr = plan.prompt((l, d), t);
             let text = answers.get(&(k, t)).cloned().unwrap_or_default();
             trials.push(Answer {
                 key: pr.key,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use msrnn_eval::ppl::{PplConfig, PplDocument, Text, DEFAULT_POLICIES};
-use msrnn_eval::{AnyDocument, EvalModel, Event, Feed, Observer};
+use msrnn_eval::{AnyDocument, EvalModel, Event, Observer};
 
 use super::grid::GridArgs;
 use super::{cli_error, Pictures};
@@ -60,10 +60,7 @@ pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
             "ppl: {} ({} tokens, {} mode, positions {}), {}, {cells} of {total_cells} cells{}, batches of up to {batch}, {} threads",
             text.names(),
             a.tokens,
-            match cfg.grid.feed {
-                Feed::Decode => "decode".to_string(),
-                Feed::Chunked(n) => format!("chunked({n})"),
-            },
+            cfg.grid.feed,
             cfg.grid.positions,
             m.describe(),
             a.grid.shard.map_or(String::new(), |s| format!(" (shard {s})")),

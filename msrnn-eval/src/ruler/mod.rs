@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::doc::{CellResult, Document, ModelSettings, Run};
 use crate::error::{Context, Error, Result};
-use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, GridSettings, Job, PolicyFields, PolicyGrid};
+use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, GridSettings, Job, Plan, PolicyFields, PolicyGrid};
 use crate::passkey::{trial_rng, Prompts, FORMAT};
 use crate::{Event, Feed, Observer};
 
@@ -506,13 +506,6 @@ pub fn make_sample(
     t.make.make(env, &mut g, length, d).context(|| format!("making a prompt of task {}", t.name))
 }
 
-/// One trial of one cell.
-struct Seq {
-    cell: usize,
-    trial: usize,
-    prompt: usize,
-}
-
 /// A cell of the whole grid: policy cell, task, length, depth.
 #[derive(Clone, Copy)]
 struct Coord {
@@ -584,31 +577,16 @@ pub fn run(
     let batch = grid::batch_or(cfg.grid.batch, DEFAULT_BATCH)?;
 
     // Prompts, shared by every policy.
-    let mut prompts: Vec<Sample> = Vec::new();
-    let mut prompt_of: HashMap<(usize, usize, Option<usize>, usize), usize> = HashMap::new();
-    let mut seqs = Vec::new();
-    for &k in &chosen {
-        let c = cells[k];
-        for trial in 0..cfg.prompts.trials {
-            let key = (c.task, c.length, c.depth, trial);
-            let i = match prompt_of.get(&key) {
-                Some(&i) => i,
-                None => {
-                    let depth = c.depth.map(|d| depths[d]);
-                    prompts.push(make_sample(&env, tasks[c.task], cfg.prompts.seed, lengths[c.length], depth, trial)?);
-                    prompt_of.insert(key, prompts.len() - 1);
-                    prompts.len() - 1
-                }
-            };
-            seqs.push(Seq { cell: k, trial, prompt: i });
-        }
-    }
-    seqs.sort_by_key(|s| (std::cmp::Reverse(prompts[s.prompt].tokens.len()), s.cell, s.trial));
+    let seed = cfg.prompts.seed;
+    let plan = Plan::new(
+        &chosen,
+        cfg.prompts.trials,
+        |k| (cells[k].task, cells[k].length, cells[k].depth),
+        |(t, l, d), trial| make_sample(&env, tasks[t], seed, lengths[l], d.map(|d| depths[d]), trial),
+        |p: &Sample| p.tokens.len(),
+    )?;
 
-    let mode = match cfg.grid.feed {
-        Feed::Chunked(n) => format!("chunked({n})"),
-        Feed::Decode => "decode".into(),
-    };
+    let mode = cfg.grid.feed;
     let chat = cfg.chat && tok.has_chat_template();
     let settings = RulerSettings {
         title: format!(
@@ -641,6 +619,7 @@ pub fn run(
         grid: cfg.grid.settings(&g, registry),
     };
 
+    let (prompts, seqs) = (&plan.prompts, &plan.seqs);
     let units: u64 = seqs.iter().map(|s| prompts[s.prompt].tokens.len() as u64).sum();
     obs.event(Event::Start { units, cells: chosen.len(), total_cells: cells.len(), sequences: seqs.len(), batch });
     let t_all = Instant::now();
@@ -663,7 +642,7 @@ pub fn run(
         let c = cells[k];
         let mut trials = Vec::new();
         for t in 0..cfg.prompts.trials {
-            let pr = &prompts[prompt_of[&(c.task, c.length, c.depth, t)]];
+            let pr = plan.prompt((c.task, c.length, c.depth), t);
             let answer = answers.get(&(k, t)).cloned().unwrap_or_default();
             trials.push(RulerAnswer {
                 expected: pr.expected.clone(),
