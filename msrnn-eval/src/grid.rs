@@ -217,6 +217,17 @@ impl Budget {
     }
 }
 
+impl Budget {
+    /// `tova C=64`, `tova R=0.5`, `full (unbounded)`: a panel's title for `policy` at this budget.
+    pub fn title(&self, policy: &str) -> String {
+        match self {
+            Budget::Full => format!("{policy} (unbounded)"),
+            Budget::Capacity(c) => format!("{policy} C={c}"),
+            Budget::Ratio(r) => format!("{policy} R={r}"),
+        }
+    }
+}
+
 impl std::fmt::Display for Budget {
     /// `-`, `128`, `R=0.5`: a table's column.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -597,6 +608,13 @@ mod tests {
             assert!(seen.iter().all(|&s| s == 1), "{n} shards cover each cell once: {seen:?}");
         }
         assert_eq!(selected(3, None), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn budgets_title_their_panels() {
+        assert_eq!(Budget::Full.title("full"), "full (unbounded)");
+        assert_eq!(Budget::Capacity(64).title("tova"), "tova C=64");
+        assert_eq!(Budget::Ratio(0.5).title("h2o"), "h2o R=0.5");
     }
 
     #[test]

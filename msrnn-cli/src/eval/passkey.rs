@@ -217,11 +217,7 @@ pub fn draw(doc: &PasskeyDocument, p: &Pictures) -> Result<()> {
         let maps: Vec<Heatmap> = rows
             .iter()
             .map(|(policy, cap)| Heatmap {
-                title: match cap {
-                    Budget::Full => format!("{policy} (unbounded)"),
-                    Budget::Capacity(c) => format!("{policy} C={c}"),
-                    Budget::Ratio(r) => format!("{policy} R={r}"),
-                },
+                title: cap.title(policy),
                 x_label: "prompt length (tokens)".into(),
                 y_label: "depth of the key".into(),
                 x_ticks: s.lengths.iter().enumerate().map(|(i, l)| (i, l.to_string())).collect(),
