@@ -14,7 +14,7 @@ use msrnn_core::Capacity;
 use serde_json::json;
 
 use crate::context::Ctx;
-use crate::eval::ppl::Mode;
+use crate::eval::grid::Mode;
 use crate::plot::{self, Heatmap};
 use crate::policy;
 use crate::report;

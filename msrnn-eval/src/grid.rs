@@ -2,12 +2,16 @@
 //! stable cell ids, the disjoint parts a shard picks, batches, and the model as settings.
 
 use msrnn_core::util::{fnv64, FNV_OFFSET};
-use msrnn_core::{Capacity, KvFormat, MsrnnState, PolicyRegistry, PolicySpec, Positions, Source, StateRecipe};
+use msrnn_core::{
+    generate_batch, Capacity, GenItem, GenerateOptions, KvFormat, MsrnnState, PolicyRegistry, PolicySpec, Positions,
+    Sampling, Source, StateRecipe,
+};
 use msrnn_modelkit::Model;
 use serde::{Deserialize, Serialize};
 
 use crate::doc::{ModelSettings, PolicySources, Shard};
 use crate::error::{Context, Error, Result};
+use crate::{Event, Feed, Observer};
 
 /// The capacities of a grid when none are given.
 pub const DEFAULT_CAPACITIES: [usize; 4] = [64, 128, 256, 512];
@@ -41,6 +45,75 @@ impl EvalModel<'_> {
             max_context: i.max_context,
             kv_bytes_per_token: i.kv_bytes_per_token(),
         }
+    }
+}
+
+/// What every grid task's config holds: which policies at which budgets, how prompts (or the
+/// text) enter the states, how states are kept, which part of the grid this run covers, and how
+/// many sequences run at once.
+#[derive(Debug, Clone)]
+pub struct GridConfig {
+    pub policies: Vec<PolicySpec>,
+    pub capacities: Vec<usize>,
+    /// Budgets as ratios of the context removed, resolved per context length, instead of
+    /// `capacities` (which must then be empty).
+    pub ratios: Vec<f64>,
+    pub feed: Feed,
+    pub positions: Positions,
+    /// How every state stores keys and values.
+    pub kv: KvFormat,
+    pub shard: Option<Shard>,
+    /// Most sequences run at once (default: the task's).
+    pub batch: Option<usize>,
+}
+
+impl GridConfig {
+    /// `policies` (comma-separated specs, a task's default) at [`DEFAULT_CAPACITIES`], fed as
+    /// `feed`, absolute positions, f32 states, the whole grid, the task's batch size.
+    pub fn new(policies: &str, feed: Feed) -> Self {
+        GridConfig {
+            policies: policies.split(',').map(|s| s.parse().expect("the default specs parse")).collect(),
+            capacities: DEFAULT_CAPACITIES.to_vec(),
+            ratios: Vec::new(),
+            feed,
+            positions: Positions::default(),
+            kv: KvFormat::F32,
+            shard: None,
+            batch: None,
+        }
+    }
+
+    /// Checks what can be checked without a model (`default_batch`: the task's batch size); the
+    /// policy axis.
+    pub fn validate(&self, registry: &PolicyRegistry, default_batch: usize) -> Result<PolicyGrid> {
+        let g = PolicyGrid::with_ratios(registry, &self.policies, &self.capacities, &self.ratios)?;
+        self.feed.check()?;
+        batch_or(self.batch, default_batch)?;
+        Ok(g)
+    }
+
+    /// What a document's settings record of this config, with `grid` (its policy axis, ratios
+    /// resolved where the task resolves them once) as [`GridConfig::validate`] gave it.
+    pub fn settings(&self, grid: &PolicyGrid, registry: &PolicyRegistry) -> GridSettings {
+        GridSettings {
+            positions: self.positions.to_string(),
+            kv: self.kv,
+            mode: self.feed.name().to_string(),
+            chunk: self.feed.chunk(),
+            policies: grid.policy_names(),
+            policy_sources: grid.sources(registry),
+            capacities: grid.caps.clone(),
+            ratios: grid.ratios.clone(),
+        }
+    }
+
+    /// The template of every cell's state: positions, the largest chunk fed and the KV format;
+    /// [`PolicyCell::state`] puts in each cell's policy and capacity (`full`, unbounded, until then).
+    pub fn recipe(&self) -> StateRecipe {
+        StateRecipe::new(PolicySpec::new("full"), Capacity::Unbounded)
+            .positions(self.positions)
+            .max_chunk(self.feed.chunk())
+            .kv(self.kv)
     }
 }
 
@@ -82,18 +155,13 @@ impl PolicyCell {
         }
     }
 
-    /// A fresh state for this cell in the given position mode and KV format, with errors that say
-    /// which policy and capacity were refused.
-    pub fn state(
-        &self,
-        lm: &dyn Model,
-        registry: &PolicyRegistry,
-        max_chunk: usize,
-        positions: Positions,
-        kv: KvFormat,
-    ) -> Result<MsrnnState> {
-        let recipe =
-            StateRecipe::new(self.spec.clone(), self.capacity).positions(positions).max_chunk(max_chunk).kv(kv);
+    /// A fresh state for this cell: `template` (see [`GridConfig::recipe`]) with this cell's policy
+    /// and capacity put in, so an option of the template reaches every cell's state unnamed here.
+    /// Errors say which policy and capacity were refused.
+    pub fn state(&self, lm: &dyn Model, registry: &PolicyRegistry, template: &StateRecipe) -> Result<MsrnnState> {
+        let mut recipe = template.clone();
+        recipe.policy = self.spec.clone();
+        recipe.capacity = self.capacity;
         registry.build_state(lm, &recipe).context(|| format!("policy `{}` at capacity {}", self.spec, self.capacity))
     }
 }
@@ -146,6 +214,17 @@ impl Budget {
         }
         rows.extend(policies.iter().filter(|p| unbounded(p)).map(|p| (p.clone(), Budget::Full)));
         rows
+    }
+}
+
+impl Budget {
+    /// `tova C=64`, `tova R=0.5`, `full (unbounded)`: a panel's title for `policy` at this budget.
+    pub fn title(&self, policy: &str) -> String {
+        match self {
+            Budget::Full => format!("{policy} (unbounded)"),
+            Budget::Capacity(c) => format!("{policy} C={c}"),
+            Budget::Ratio(r) => format!("{policy} R={r}"),
+        }
     }
 }
 
@@ -290,14 +369,12 @@ impl PolicyGrid {
         &self,
         lm: &dyn Model,
         registry: &PolicyRegistry,
-        max_chunk: usize,
-        positions: Positions,
+        template: &StateRecipe,
         lengths: &[usize],
-        kv: KvFormat,
     ) -> Result<()> {
         for c in &self.cells {
             for &l in lengths {
-                drop(c.at(l).state(lm, registry, max_chunk, positions, kv)?);
+                drop(c.at(l).state(lm, registry, template)?);
                 if c.ratio.is_none() {
                     break;
                 }
@@ -328,6 +405,29 @@ impl PolicyGrid {
     }
 }
 
+/// What every task's settings record of its [`GridConfig`] (flattened into them: documents are
+/// written with their keys sorted, so the fields land where they always stood): positions, KV
+/// format, feed, and the policy axis: the specs as written, where each comes from, the capacities,
+/// and the ratios when the budgets were given so.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GridSettings {
+    pub positions: String,
+    /// How the states stored keys and values (absent: f32).
+    #[serde(default, skip_serializing_if = "KvFormat::is_f32")]
+    pub kv: KvFormat,
+    /// `decode` or `chunked`.
+    pub mode: String,
+    /// Tokens per step (1 in decode mode).
+    pub chunk: usize,
+    pub policies: Vec<String>,
+    pub policy_sources: PolicySources,
+    /// The capacities (for ppl, those its ratios resolved to; empty for the prompt tasks' ratios).
+    pub capacities: Vec<usize>,
+    /// The ratios of the context removed the capacities were resolved from (`--ratios`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratios: Option<Vec<f64>>,
+}
+
 /// `, KV f16` for a title when the states are not f32 (nothing for the default).
 pub fn kv_note(kv: KvFormat) -> String {
     if kv.is_f32() {
@@ -340,6 +440,119 @@ pub fn kv_note(kv: KvFormat) -> String {
 /// Whether the spec names a policy that declares itself unbounded (`full`): it runs without a capacity.
 pub fn is_unbounded(registry: &PolicyRegistry, spec: &PolicySpec) -> bool {
     registry.get(&spec.name).is_ok_and(|e| e.unbounded)
+}
+
+/// A sequence of a prompt task: a chosen cell (its index in the whole grid), a trial, and the index
+/// of its prompt in [`Plan::prompts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seq {
+    pub cell: usize,
+    pub trial: usize,
+    pub prompt: usize,
+}
+
+/// The sequences of a prompt task: `trials` per chosen cell, each with the prompt of its cell's
+/// key (what the prompt depends on: length, depth, task) and trial, made once and shared by every
+/// policy; long prompts first, so a batch's sequences are alike and the largest states come early.
+pub struct Plan<K, P> {
+    pub prompts: Vec<P>,
+    pub seqs: Vec<Seq>,
+    index: std::collections::HashMap<(K, usize), usize>,
+}
+
+impl<K: Copy + Eq + std::hash::Hash, P> Plan<K, P> {
+    /// `key(cell)` names a cell's prompts, `make(key, trial)` makes one, `len` is its token count.
+    pub fn new(
+        chosen: &[usize],
+        trials: usize,
+        key: impl Fn(usize) -> K,
+        mut make: impl FnMut(K, usize) -> Result<P>,
+        len: impl Fn(&P) -> usize,
+    ) -> Result<Self> {
+        let mut plan = Plan { prompts: Vec::new(), seqs: Vec::new(), index: Default::default() };
+        for &cell in chosen {
+            let k = key(cell);
+            for trial in 0..trials {
+                let prompt = match plan.index.get(&(k, trial)) {
+                    Some(&i) => i,
+                    None => {
+                        plan.prompts.push(make(k, trial)?);
+                        plan.index.insert((k, trial), plan.prompts.len() - 1);
+                        plan.prompts.len() - 1
+                    }
+                };
+                plan.seqs.push(Seq { cell, trial, prompt });
+            }
+        }
+        let prompts = &plan.prompts;
+        plan.seqs.sort_by_key(|s| (std::cmp::Reverse(len(&prompts[s.prompt])), s.cell, s.trial));
+        Ok(plan)
+    }
+
+    /// The prompt of `key`'s trial `trial` (one the plan made).
+    pub fn prompt(&self, key: K, trial: usize) -> &P {
+        &self.prompts[self.index[&(key, trial)]]
+    }
+}
+
+/// One sequence of a prompt task: its prompt, the cell whose state it runs in (ratios resolved at
+/// the prompt's length), and the most tokens of its answer.
+#[derive(Debug, Clone)]
+pub struct Job<'a> {
+    pub prompt: &'a [u32],
+    pub cell: PolicyCell,
+    pub max_tokens: usize,
+}
+
+/// Greedy answers to `jobs` (decoded), in batches of up to `batch` in the order given, each job in
+/// a fresh state of its cell built from `template`. An answer ends at its job's `max_tokens`, at an
+/// end-of-text token, or once `settled(job, answer so far)` says more tokens cannot change its
+/// score. Reports each batch and the prompt tokens fed so far; the observer can stop the run
+/// between tokens.
+pub fn answer(
+    lm: &dyn Model,
+    registry: &PolicyRegistry,
+    template: &StateRecipe,
+    jobs: &[Job<'_>],
+    batch: usize,
+    obs: &mut dyn Observer,
+    settled: &dyn Fn(usize, &str) -> bool,
+) -> Result<Vec<String>> {
+    let tok = lm.tokenizer();
+    let mut answers = Vec::with_capacity(jobs.len());
+    let mut fed = 0u64;
+    let size = batch.max(1);
+    for (k, group) in jobs.chunks(size).enumerate() {
+        if obs.cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let mut states = group.iter().map(|j| j.cell.state(lm, registry, template)).collect::<Result<Vec<_>>>()?;
+        obs.event(Event::Batch(format!("{} sequences of {} tokens", group.len(), group[0].prompt.len())));
+        let opts = GenerateOptions {
+            max_tokens: group.iter().map(|j| j.max_tokens).max().unwrap_or(1),
+            sampling: Sampling::Greedy,
+            stop_tokens: tok.eos_tokens().to_vec(),
+            prefill_chunk: template.max_chunk,
+        };
+        let mut outs: Vec<Vec<u32>> = vec![Vec::new(); group.len()];
+        let mut items: Vec<GenItem<'_>> =
+            states.iter_mut().zip(group).map(|(state, j)| GenItem { state, prompt: j.prompt }).collect();
+        let mut cancelled = false;
+        generate_batch(lm, &mut items, &opts, &mut |i, t| {
+            outs[i].push(t);
+            cancelled = cancelled || obs.cancelled();
+            let text = tok.decode(&outs[i]).unwrap_or_default();
+            !cancelled && outs[i].len() < group[i].max_tokens && !settled(k * size + i, &text)
+        })
+        .context(|| "generating the answers".to_string())?;
+        if cancelled {
+            return Err(Error::Cancelled);
+        }
+        fed += group.iter().map(|j| j.prompt.len() as u64).sum::<u64>();
+        obs.event(Event::Progress(fed));
+        answers.extend(outs.iter().map(|o| tok.decode(o).unwrap_or_default()));
+    }
+    Ok(answers)
 }
 
 /// The cells (by index) a run covers: all of them, or its shard's.
@@ -395,6 +608,13 @@ mod tests {
             assert!(seen.iter().all(|&s| s == 1), "{n} shards cover each cell once: {seen:?}");
         }
         assert_eq!(selected(3, None), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn budgets_title_their_panels() {
+        assert_eq!(Budget::Full.title("full"), "full (unbounded)");
+        assert_eq!(Budget::Capacity(64).title("tova"), "tova C=64");
+        assert_eq!(Budget::Ratio(0.5).title("h2o"), "h2o R=0.5");
     }
 
     #[test]

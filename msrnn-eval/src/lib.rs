@@ -6,7 +6,8 @@
 //! - [`ruler`]: a RULER-style long-context suite (needles, variable tracking, word extraction);
 //! - [`merge`]: joins the documents of shards (`--shard I/N`) into the unsharded one;
 //! - [`doc`]: the one versioned result schema ([`Document`]), typed per task;
-//! - [`grid`]: the policy x capacity axis, shards, batches.
+//! - [`grid`]: what every task's config shares ([`GridConfig`]), the policy x capacity axis,
+//!   shards, batches.
 //!
 //! A task's `run(model, registry, config, observer)` validates its config before anything runs,
 //! runs the chosen cells as batches (each weight read once per step for every sequence), reports
@@ -22,7 +23,7 @@ pub mod ruler;
 
 pub use doc::{AnyDocument, CellResult, Document, ModelSettings, Run, Shard, KIND, SCHEMA};
 pub use error::{Error, Result};
-pub use grid::{Budget, EvalModel, PolicyCell, PolicyGrid, DEFAULT_CAPACITIES};
+pub use grid::{Budget, EvalModel, GridConfig, GridSettings, PolicyCell, PolicyGrid, DEFAULT_CAPACITIES};
 pub use merge::merge;
 
 /// What a running task tells its caller.
@@ -94,5 +95,15 @@ impl Feed {
             return Err(Error::setting("chunk", " must be at least 1"));
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Display for Feed {
+    /// `decode` or `chunked(64)`: for titles and progress lines.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Feed::Decode => write!(f, "decode"),
+            Feed::Chunked(n) => write!(f, "chunked({n})"),
+        }
     }
 }

@@ -23,13 +23,13 @@ use std::time::Instant;
 
 use msrnn_core::generate::SplitMix64;
 use msrnn_core::util::{fnv64, FNV_OFFSET};
-use msrnn_core::{generate_batch, GenItem, GenerateOptions, KvFormat, PolicyRegistry, PolicySpec, Positions, Sampling};
+use msrnn_core::PolicyRegistry;
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
-use crate::doc::{CellResult, Document, ModelSettings, PolicySources, Run, Shard};
+use crate::doc::{CellResult, Document, ModelSettings, Run};
 use crate::error::{Context, Error, Result};
-use crate::grid::{self, kv_note, Budget, EvalModel, PolicyFields, PolicyGrid};
+use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, GridSettings, Job, Plan, PolicyFields, PolicyGrid};
 use crate::{Event, Feed, Observer};
 
 /// The task's name in documents.
@@ -47,13 +47,6 @@ pub struct PasskeySettings {
     pub title: String,
     pub msrnn_version: String,
     pub model: ModelSettings,
-    pub positions: String,
-    /// How the states stored keys and values (absent: f32).
-    #[serde(default, skip_serializing_if = "KvFormat::is_f32")]
-    pub kv: KvFormat,
-    /// `chunked` or `decode`.
-    pub mode: String,
-    pub chunk: usize,
     pub lengths: Vec<usize>,
     pub depths: Vec<f64>,
     pub trials: usize,
@@ -63,12 +56,9 @@ pub struct PasskeySettings {
     pub bos: bool,
     pub answer_tokens: usize,
     pub decoding: String,
-    pub policies: Vec<String>,
-    pub policy_sources: PolicySources,
-    pub capacities: Vec<usize>,
-    /// The ratios of the context removed the capacities were resolved from (`--ratios`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ratios: Option<Vec<f64>>,
+    /// positions, kv, mode, chunk, policies, policy_sources, capacities, ratios.
+    #[serde(flatten)]
+    pub grid: GridSettings,
 }
 
 /// The haystack: `filler`, or `plays` with the files' names, their line count and a digest.
@@ -166,28 +156,14 @@ pub enum Haystack {
 /// A passkey grid.
 #[derive(Debug, Clone)]
 pub struct PasskeyConfig {
-    pub policies: Vec<PolicySpec>,
-    pub capacities: Vec<usize>,
-    /// Budgets as ratios of the context removed, resolved per prompt length, instead of
-    /// `capacities` (which must then be empty).
-    pub ratios: Vec<f64>,
-    /// Prompt lengths in tokens (instruction, haystack, key and question together).
-    pub lengths: Vec<usize>,
-    /// Depths of the key in the haystack, from 0 (right after the instruction) to 1 (the end).
-    pub depths: Vec<f64>,
-    /// Keys per cell.
-    pub trials: usize,
-    pub seed: u64,
+    /// Policies, budgets (ratios resolved per prompt length), feed, positions, KV format, shard,
+    /// batch (default [`DEFAULT_BATCH`]).
+    pub grid: GridConfig,
+    /// Prompt lengths, depths of the key, keys per cell, seed.
+    pub prompts: Prompts,
     pub haystack: Haystack,
-    pub feed: Feed,
     /// Most tokens of an answer (decoding stops earlier once a number is complete).
     pub answer_tokens: usize,
-    pub positions: Positions,
-    /// How every state stores keys and values.
-    pub kv: KvFormat,
-    pub shard: Option<Shard>,
-    /// Most sequences run at once (default [`DEFAULT_BATCH`]).
-    pub batch: Option<usize>,
 }
 
 impl Default for PasskeyConfig {
@@ -195,20 +171,10 @@ impl Default for PasskeyConfig {
     /// 0,0.25,0.5,0.75,1, 5 keys per cell, filler haystack, prompt in chunks of 64.
     fn default() -> Self {
         PasskeyConfig {
-            policies: DEFAULT_POLICIES.split(',').map(|s| s.parse().expect("the default specs parse")).collect(),
-            capacities: crate::DEFAULT_CAPACITIES.to_vec(),
-            ratios: Vec::new(),
-            lengths: vec![1024, 2048, 4096],
-            depths: vec![0.0, 0.25, 0.5, 0.75, 1.0],
-            trials: 5,
-            seed: 0,
+            grid: GridConfig::new(DEFAULT_POLICIES, Feed::Chunked(64)),
+            prompts: Prompts { depths: vec![0.0, 0.25, 0.5, 0.75, 1.0], trials: 5, ..Prompts::default() },
             haystack: Haystack::Filler,
-            feed: Feed::Chunked(64),
             answer_tokens: 8,
-            positions: Positions::default(),
-            kv: KvFormat::F32,
-            shard: None,
-            batch: None,
         }
     }
 }
@@ -224,7 +190,42 @@ pub struct Axes {
 impl PasskeyConfig {
     /// Checks what can be checked without a model.
     pub fn validate(&self, registry: &PolicyRegistry) -> Result<Axes> {
-        let grid = PolicyGrid::with_ratios(registry, &self.policies, &self.capacities, &self.ratios)?;
+        let grid = self.grid.validate(registry, DEFAULT_BATCH)?;
+        let (lengths, depths) = self.prompts.validate()?;
+        if self.answer_tokens < 5 {
+            return Err(Error::setting(
+                "answer_tokens",
+                format!(" {}: a five-digit key needs at least 5 tokens", self.answer_tokens),
+            ));
+        }
+        Ok(Axes { grid, lengths, depths })
+    }
+}
+
+/// The axes the prompt tasks (passkey, ruler) share besides the policy axis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompts {
+    /// Prompt lengths in tokens (instruction, haystack, needles and question together).
+    pub lengths: Vec<usize>,
+    /// Depths of the key (ruler: of the first needle, in the needle tasks) in the haystack, from 0
+    /// (right after the instruction) to 1 (its end).
+    pub depths: Vec<f64>,
+    /// Prompts per cell, each its own random key (or needles) and haystack.
+    pub trials: usize,
+    /// Where the prompts come from: the same seed gives the same prompts.
+    pub seed: u64,
+}
+
+impl Default for Prompts {
+    /// Lengths 1024,2048,4096, depths 0.1,0.5,0.9, 2 trials, seed 0.
+    fn default() -> Self {
+        Prompts { lengths: vec![1024, 2048, 4096], depths: vec![0.1, 0.5, 0.9], trials: 2, seed: 0 }
+    }
+}
+
+impl Prompts {
+    /// The lengths and the depths, checked, each once, ascending; at least one trial.
+    pub fn validate(&self) -> Result<(Vec<usize>, Vec<f64>)> {
         let mut lengths = self.lengths.clone();
         lengths.sort_unstable();
         lengths.dedup();
@@ -235,15 +236,7 @@ impl PasskeyConfig {
         if self.trials == 0 {
             return Err(Error::setting("trials", " must be at least 1"));
         }
-        self.feed.check()?;
-        if self.answer_tokens < 5 {
-            return Err(Error::setting(
-                "answer_tokens",
-                format!(" {}: a five-digit key needs at least 5 tokens", self.answer_tokens),
-            ));
-        }
-        grid::batch_or(self.batch, DEFAULT_BATCH)?;
-        Ok(Axes { grid, lengths, depths })
+        Ok((lengths, depths))
     }
 }
 
@@ -310,8 +303,9 @@ pub struct Prompt {
 
 /// Lays out exactly `length` tokens: `head`, haystack units up to the boundary nearest `depth` of
 /// the haystack (never after the last unit: one unit at least follows the needle), `needle`, the
-/// other units, `tail`. Units come from `next_unit`; the haystack's first tokens are cut so the
-/// total is exact (a prompt starts mid-sentence, like an excerpt).
+/// other units, `tail`: [`crate::ruler::assemble`] with one needle. Units come from `next_unit`;
+/// the haystack's first tokens are cut so the total is exact (a prompt starts mid-sentence, like
+/// an excerpt).
 pub fn assemble(
     head: &[u32],
     needle: &[u32],
@@ -320,57 +314,8 @@ pub fn assemble(
     length: usize,
     depth: f64,
 ) -> Result<(Vec<u32>, usize)> {
-    let fixed = head.len() + needle.len() + tail.len();
-    if length <= fixed {
-        return Err(Error::setting(
-            "lengths",
-            format!(" {length}: no room for a haystack (the instruction, key and question take {fixed} tokens)"),
-        ));
-    }
-    let budget = length - fixed;
-    let mut units: Vec<Vec<u32>> = Vec::new();
-    let mut total = 0;
-    while total < budget {
-        let u = next_unit()?;
-        if u.is_empty() {
-            continue;
-        }
-        total += u.len();
-        units.push(u);
-    }
-    // Cut the excess from the front.
-    let mut excess = total - budget;
-    while excess > 0 {
-        let first = &mut units[0];
-        if first.len() <= excess {
-            excess -= first.len();
-            units.remove(0);
-        } else {
-            first.drain(..excess);
-            excess = 0;
-        }
-    }
-    let target = depth * budget as f64;
-    let mut bounds = vec![0usize];
-    for u in &units {
-        bounds.push(bounds.last().expect("starts with 0") + u.len());
-    }
-    let at = (0..units.len())
-        .min_by(|&a, &b| (bounds[a] as f64 - target).abs().total_cmp(&(bounds[b] as f64 - target).abs()))
-        .expect("at least one boundary");
-    let mut tokens = Vec::with_capacity(length);
-    tokens.extend_from_slice(head);
-    for u in &units[..at] {
-        tokens.extend_from_slice(u);
-    }
-    let needle_at = tokens.len();
-    tokens.extend_from_slice(needle);
-    for u in &units[at..] {
-        tokens.extend_from_slice(u);
-    }
-    tokens.extend_from_slice(tail);
-    debug_assert_eq!(tokens.len(), length);
-    Ok((tokens, needle_at))
+    let (tokens, at) = crate::ruler::assemble(head, &[(needle.to_vec(), depth)], tail, next_unit, length)?;
+    Ok((tokens, at[0]))
 }
 
 /// Where haystack text comes from.
@@ -498,13 +443,6 @@ fn pieces(tok: &Tokenizer, src: &Source, key: u32) -> Result<(Vec<u32>, Vec<u32>
     Ok((enc(&instruction, tok.wants_bos())?, enc(&needle, false)?, enc(&question, false)?))
 }
 
-/// One trial of one cell.
-struct Seq {
-    cell: usize,
-    trial: usize,
-    prompt: usize,
-}
-
 /// Runs the grid (or its shard).
 pub fn run(
     model: &EvalModel<'_>,
@@ -540,9 +478,9 @@ pub fn run(
             ),
         ));
     }
-    let chunk = cfg.feed.chunk();
-    let (positions, kv) = (cfg.positions, cfg.kv);
-    g.check(lm, registry, chunk, positions, &lengths, kv)?;
+    let (positions, kv) = (cfg.grid.positions, cfg.grid.kv);
+    let recipe = cfg.grid.recipe();
+    g.check(lm, registry, &recipe, &lengths)?;
 
     // The cells: policy cell x length x depth.
     let mut cells: Vec<(usize, usize, usize)> = Vec::new();
@@ -555,120 +493,61 @@ pub fn run(
     }
     let ids: Vec<String> =
         cells.iter().map(|&(p, l, d)| format!("{} L={} d={}", g.cells[p].label(), lengths[l], depths[d])).collect();
-    let chosen = grid::selected(cells.len(), cfg.shard);
-    let batch = grid::batch_or(cfg.batch, DEFAULT_BATCH)?;
+    let chosen = grid::selected(cells.len(), cfg.grid.shard);
+    let batch = grid::batch_or(cfg.grid.batch, DEFAULT_BATCH)?;
 
     // Prompts, shared by every policy: one per length, depth and trial that a chosen cell needs.
-    let mut prompts: Vec<Prompt> = Vec::new();
-    let mut prompt_of: HashMap<(usize, usize, usize), usize> = HashMap::new();
-    let mut seqs = Vec::new();
-    for &k in &chosen {
-        let (_, l, d) = cells[k];
-        for t in 0..cfg.trials {
-            let i = match prompt_of.get(&(l, d, t)) {
-                Some(&i) => i,
-                None => {
-                    prompts.push(build_prompt(tok, &src, cfg.seed, lengths[l], depths[d], t)?);
-                    prompt_of.insert((l, d, t), prompts.len() - 1);
-                    prompts.len() - 1
-                }
-            };
-            seqs.push(Seq { cell: k, trial: t, prompt: i });
-        }
-    }
-    // Long prompts first, so a batch's sequences are alike and the largest states come early.
-    seqs.sort_by_key(|s| (std::cmp::Reverse(prompts[s.prompt].tokens.len()), s.cell, s.trial));
+    let seed = cfg.prompts.seed;
+    let plan = Plan::new(
+        &chosen,
+        cfg.prompts.trials,
+        |k| (cells[k].1, cells[k].2),
+        |(l, d), t| build_prompt(tok, &src, seed, lengths[l], depths[d], t),
+        |p: &Prompt| p.tokens.len(),
+    )?;
 
-    let mode = match cfg.feed {
-        Feed::Chunked(n) => format!("chunked({n})"),
-        Feed::Decode => "decode".into(),
-    };
+    let mode = cfg.grid.feed;
     let haystack = src.settings();
     let settings = PasskeySettings {
         title: format!("{} haystack, {mode} mode, positions {positions}{}, {}", haystack.kind, kv_note(kv), model.name),
         msrnn_version: env!("CARGO_PKG_VERSION").to_string(),
         model: model.settings(),
-        positions: positions.to_string(),
-        kv,
-        mode: cfg.feed.name().to_string(),
-        chunk,
         lengths: lengths.clone(),
         depths: depths.clone(),
-        trials: cfg.trials,
-        seed: cfg.seed,
+        trials: cfg.prompts.trials,
+        seed: cfg.prompts.seed,
         haystack,
         format: FORMAT.settings(),
         bos: tok.wants_bos(),
         answer_tokens: cfg.answer_tokens,
         decoding: "greedy".into(),
-        policies: g.policy_names(),
-        policy_sources: g.sources(registry),
-        capacities: g.caps.clone(),
-        ratios: g.ratios.clone(),
+        grid: cfg.grid.settings(&g, registry),
     };
 
+    let (prompts, seqs) = (&plan.prompts, &plan.seqs);
     let units: u64 = seqs.iter().map(|s| prompts[s.prompt].tokens.len() as u64).sum();
     obs.event(Event::Start { units, cells: chosen.len(), total_cells: cells.len(), sequences: seqs.len(), batch });
-    let opts = GenerateOptions {
-        max_tokens: cfg.answer_tokens,
-        sampling: Sampling::Greedy,
-        stop_tokens: tok.eos_tokens().to_vec(),
-        prefill_chunk: chunk,
-    };
     let t_all = Instant::now();
-    let mut done = 0u64;
-    // Per sequence: the answer's tokens.
-    let mut answers: HashMap<(usize, usize), Vec<u32>> = HashMap::new();
-    for group in grid::batches(seqs, batch) {
-        if obs.cancelled() {
-            return Err(Error::Cancelled);
-        }
-        let mut states = group
-            .iter()
-            .map(|s| {
-                let (p, l, _) = cells[s.cell];
-                g.cells[p].at(lengths[l]).state(lm, registry, chunk, positions, kv)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        obs.event(Event::Batch(format!(
-            "{} sequences of {} tokens",
-            group.len(),
-            prompts[group[0].prompt].tokens.len()
-        )));
-        let mut outs: Vec<Vec<u32>> = vec![Vec::new(); group.len()];
-        let mut items: Vec<GenItem<'_>> = states
-            .iter_mut()
-            .zip(&group)
-            .map(|(state, s)| GenItem { state, prompt: &prompts[s.prompt].tokens })
-            .collect();
-        let mut cancelled = false;
-        generate_batch(lm, &mut items, &opts, &mut |i, t| {
-            outs[i].push(t);
-            cancelled = cancelled || obs.cancelled();
-            // Stop once the first number is complete (or the caller stops the run).
-            let text = tok.decode(&outs[i]).unwrap_or_default();
-            !cancelled && !first_number(&text).is_some_and(|(_, done)| done)
+    let jobs: Vec<Job<'_>> = seqs
+        .iter()
+        .map(|s| {
+            let (p, l, _) = cells[s.cell];
+            Job { prompt: &prompts[s.prompt].tokens, cell: g.cells[p].at(lengths[l]), max_tokens: cfg.answer_tokens }
         })
-        .context(|| "generating the answers".to_string())?;
-        if cancelled {
-            return Err(Error::Cancelled);
-        }
-        done += group.iter().map(|s| prompts[s.prompt].tokens.len() as u64).sum::<u64>();
-        obs.event(Event::Progress(done));
-        for (s, o) in group.iter().zip(outs) {
-            answers.insert((s.cell, s.trial), o);
-        }
-    }
+        .collect();
+    // An answer is final once its first number is complete.
+    let settled = |_: usize, text: &str| first_number(text).is_some_and(|(_, done)| done);
+    let texts = grid::answer(lm, registry, &recipe, &jobs, batch, obs, &settled)?;
+    let answers: HashMap<(usize, usize), String> = seqs.iter().map(|s| (s.cell, s.trial)).zip(texts).collect();
     let total = t_all.elapsed().as_secs_f64();
 
     let mut results = Vec::new();
     for &k in &chosen {
         let (p, l, d) = cells[k];
         let mut trials = Vec::new();
-        for t in 0..cfg.trials {
-            let pr = &prompts[prompt_of[&(l, d, t)]];
-            let toks = answers.get(&(k, t)).cloned().unwrap_or_default();
-            let text = tok.decode(&toks).unwrap_or_default();
+        for t in 0..cfg.prompts.trials {
+            let pr = plan.prompt((l, d), t);
+            let text = answers.get(&(k, t)).cloned().unwrap_or_default();
             trials.push(Answer {
                 key: pr.key,
                 correct: score(&text, pr.key),
@@ -682,15 +561,15 @@ pub fn run(
             id: ids[k].clone(),
             length: lengths[l],
             depth: depths[d],
-            trials: cfg.trials,
+            trials: cfg.prompts.trials,
             correct,
-            accuracy: correct as f64 / cfg.trials as f64,
+            accuracy: correct as f64 / cfg.prompts.trials as f64,
             answers: trials,
             policy: g.cells[p].at(lengths[l]).fields(),
         });
     }
     let run = Run { batch: Some(batch), total_seconds: total, ..Run::default() };
-    Ok(Document::new(TASK, settings, ids, cfg.shard, results, run))
+    Ok(Document::new(TASK, settings, ids, cfg.grid.shard, results, run))
 }
 
 /// Correct and total keys over the results that match.
@@ -705,7 +584,7 @@ impl PasskeyDocument {
         let s = &self.settings;
         // The full cache's cells are `full L=.. d=..`, without a capacity.
         let full = |p: &str| self.cells.iter().any(|c| c.starts_with(&format!("{p} L=")));
-        Budget::rows(&s.policies, full, &s.capacities, s.ratios.as_deref())
+        Budget::rows(&s.grid.policies, full, &s.grid.capacities, s.grid.ratios.as_deref())
     }
 }
 
@@ -773,6 +652,16 @@ mod tests {
         }
         let mut units = || -> Result<Vec<u32>> { Ok(vec![5]) };
         assert!(assemble(&head, &needle, &tail, &mut units, 7, 0.5).is_err());
+    }
+
+    #[test]
+    fn prompt_axes_come_back_sorted_once_and_are_checked() {
+        let p = Prompts { lengths: vec![2048, 1024, 2048], depths: vec![1.0, 0.0], trials: 1, seed: 0 };
+        assert_eq!(p.validate().unwrap(), (vec![1024, 2048], vec![0.0, 1.0]));
+        let e = |p: Prompts| p.validate().unwrap_err().to_string();
+        assert!(e(Prompts { lengths: vec![], ..p.clone() }).starts_with("lengths is empty"));
+        assert!(e(Prompts { depths: vec![0.5, 2.0], ..p.clone() }).starts_with("depths 2"));
+        assert!(e(Prompts { trials: 0, ..p }).starts_with("trials must be at least 1"));
     }
 
     #[test]

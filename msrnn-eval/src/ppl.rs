@@ -6,13 +6,13 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use msrnn_core::{perplexity_batch_with, EvalMode, KvFormat, PolicyRegistry, PolicySpec, Positions};
+use msrnn_core::{perplexity_batch_with, EvalMode, PolicyRegistry};
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
-use crate::doc::{nullable_f64, BatchTime, CellResult, Document, ModelSettings, PolicySources, Run, Shard};
+use crate::doc::{nullable_f64, BatchTime, CellResult, Document, ModelSettings, Run};
 use crate::error::{Error, Result};
-use crate::grid::{self, kv_note, EvalModel, PolicyFields, PolicyGrid};
+use crate::grid::{self, kv_note, EvalModel, GridConfig, GridSettings, PolicyFields, PolicyGrid};
 use crate::{Event, Feed, Observer};
 
 /// The task's name in documents.
@@ -28,21 +28,11 @@ pub struct PplSettings {
     pub title: String,
     pub msrnn_version: String,
     pub model: ModelSettings,
-    pub positions: String,
-    /// How the states stored keys and values (absent: f32).
-    #[serde(default, skip_serializing_if = "KvFormat::is_f32")]
-    pub kv: KvFormat,
     pub text: TextSettings,
-    /// `decode` or `chunked`.
-    pub mode: String,
-    pub chunk: usize,
     pub segment: Option<usize>,
-    pub policies: Vec<String>,
-    pub policy_sources: PolicySources,
-    pub capacities: Vec<usize>,
-    /// The ratios of the context removed the capacities were resolved from (`--ratios`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ratios: Option<Vec<f64>>,
+    /// positions, kv, mode, chunk, policies, policy_sources, capacities, ratios.
+    #[serde(flatten)]
+    pub grid: GridSettings,
 }
 
 /// The scored text: which files, how many tokens, and a digest of them.
@@ -147,52 +137,30 @@ impl Text {
 /// A ppl grid.
 #[derive(Debug, Clone)]
 pub struct PplConfig {
-    pub policies: Vec<PolicySpec>,
-    pub capacities: Vec<usize>,
-    /// Budgets as ratios of the context removed, instead of `capacities` (which must then be empty).
-    pub ratios: Vec<f64>,
+    /// Policies, budgets, feed, positions, KV format, shard; `batch` defaults to every cell at once.
+    pub grid: GridConfig,
     /// Tokens of the text to score, from its start.
     pub tokens: usize,
-    pub feed: Feed,
     /// Also score every segment of this many tokens.
     pub segment: Option<usize>,
-    pub positions: Positions,
-    /// How every state stores keys and values.
-    pub kv: KvFormat,
-    pub shard: Option<Shard>,
-    /// Most cells run at once (default: all of them).
-    pub batch: Option<usize>,
 }
 
 impl PplConfig {
     /// The default grid (full,window,window+i,h2o,tova at C = 64,128,256,512) on `tokens` tokens,
     /// decode mode.
     pub fn new(tokens: usize) -> Self {
-        PplConfig {
-            policies: DEFAULT_POLICIES.split(',').map(|s| s.parse().expect("the default specs parse")).collect(),
-            capacities: crate::DEFAULT_CAPACITIES.to_vec(),
-            ratios: Vec::new(),
-            tokens,
-            feed: Feed::Decode,
-            segment: None,
-            positions: Positions::default(),
-            kv: KvFormat::F32,
-            shard: None,
-            batch: None,
-        }
+        PplConfig { grid: GridConfig::new(DEFAULT_POLICIES, Feed::Decode), tokens, segment: None }
     }
 
     /// Checks what can be checked without a model; the grid.
     pub fn validate(&self, registry: &PolicyRegistry) -> Result<PolicyGrid> {
-        let g = PolicyGrid::with_ratios(registry, &self.policies, &self.capacities, &self.ratios)?;
+        let g = self.grid.validate(registry, 1)?;
         if self.tokens < 2 {
             return Err(Error::setting("tokens", format!(" {}: perplexity needs at least 2 tokens", self.tokens)));
         }
-        self.feed.check()?;
         if self.segment == Some(0) {
             return Err(Error::setting("segment", " must be at least 1 token"));
         }
-        grid::batch_or(self.batch, 1)?;
         Ok(g)
     }
 }
@@ -227,13 +195,14 @@ pub fn run(
     }
     let tokens = &text.tokens[..cfg.tokens];
     let lm = model.lm;
-    let (mode, chunk) = match cfg.feed {
-        Feed::Decode => (EvalMode::Decode, 1),
-        Feed::Chunked(n) => (EvalMode::Chunked(n), n),
+    let mode = match cfg.grid.feed {
+        Feed::Decode => EvalMode::Decode,
+        Feed::Chunked(n) => EvalMode::Chunked(n),
     };
-    let (positions, kv) = (cfg.positions, cfg.kv);
+    let (positions, kv) = (cfg.grid.positions, cfg.grid.kv);
+    let recipe = cfg.grid.recipe();
     // The grid, validated before anything runs: every policy must accept every capacity.
-    g.check(lm, registry, chunk, positions, &[cfg.tokens], kv)?;
+    g.check(lm, registry, &recipe, &[cfg.tokens])?;
     let max_ctx = lm.info().max_context;
     if cfg.tokens > max_ctx && g.has_full() {
         obs.event(Event::Warning(format!(
@@ -244,14 +213,12 @@ pub fn run(
     }
 
     let ids: Vec<String> = g.cells.iter().map(|c| c.label()).collect();
-    let chosen = grid::selected(g.cells.len(), cfg.shard);
-    let batch = grid::batch_or(cfg.batch, chosen.len())?;
+    let chosen = grid::selected(g.cells.len(), cfg.grid.shard);
+    let batch = grid::batch_or(cfg.grid.batch, chosen.len())?;
     let settings = PplSettings {
         title: format!("{names} ({} tokens, {mode}, positions {positions}{}), {}", cfg.tokens, kv_note(kv), model.name),
         msrnn_version: env!("CARGO_PKG_VERSION").to_string(),
         model: model.settings(),
-        positions: positions.to_string(),
-        kv,
         text: TextSettings {
             files: text.files.clone(),
             tokens: cfg.tokens,
@@ -260,13 +227,8 @@ pub fn run(
             digest: grid::tokens_digest(tokens),
             first_tokens: tokens[..tokens.len().min(16)].to_vec(),
         },
-        mode: cfg.feed.name().to_string(),
-        chunk,
         segment: cfg.segment,
-        policies: g.policy_names(),
-        policy_sources: g.sources(registry),
-        capacities: g.caps.clone(),
-        ratios: g.ratios.clone(),
+        grid: cfg.grid.settings(&g, registry),
     };
 
     let per_run = (cfg.tokens - 1) as u64;
@@ -285,8 +247,7 @@ pub fn run(
         if obs.cancelled() {
             return Err(Error::Cancelled);
         }
-        let mut states =
-            group.iter().map(|&k| g.cells[k].state(lm, registry, chunk, positions, kv)).collect::<Result<Vec<_>>>()?;
+        let mut states = group.iter().map(|&k| g.cells[k].state(lm, registry, &recipe)).collect::<Result<Vec<_>>>()?;
         let cells: Vec<String> = group.iter().map(|&k| ids[k].clone()).collect();
         obs.event(Event::Batch(if cells.len() == 1 { cells[0].clone() } else { format!("{} cells", cells.len()) }));
         let seg_len = cfg.segment.unwrap_or(usize::MAX);
@@ -368,7 +329,7 @@ pub fn run(
         batches: Some(timing),
         ..Run::default()
     };
-    let mut doc = Document::new(TASK, settings, ids, cfg.shard, results, run);
+    let mut doc = Document::new(TASK, settings, ids, cfg.grid.shard, results, run);
     doc.sort_results();
     Ok(doc)
 }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use msrnn_core::PolicySpec;
+use msrnn_eval::passkey::Prompts;
 use msrnn_eval::ruler::{make_sample, task, Env, RulerConfig, Texts, TASKS};
 use msrnn_eval::{AnyDocument, EvalModel, Feed, Shard};
 use msrnn_llama as _;
@@ -64,17 +65,15 @@ fn the_full_cache_finds_the_needle_and_a_short_window_cannot() {
     let r = msrnn_policies::registry();
     let model = EvalModel { lm: &*lm, id: "smollm2 [test]".into(), name: "SmolLM2".into() };
     let policies: Vec<PolicySpec> = ["full", "window"].iter().map(|s| s.parse().unwrap()).collect();
-    let cfg = RulerConfig {
-        policies,
-        capacities: vec![32],
+    let mut cfg = RulerConfig {
         tasks: vec!["niah_single_1".into(), "niah_multikey_2".into()],
-        lengths: vec![384],
-        depths: vec![0.5],
-        trials: 1,
+        prompts: Prompts { lengths: vec![384], depths: vec![0.5], trials: 1, seed: 0 },
         text: vec![prose],
-        feed: Feed::Chunked(64),
         ..RulerConfig::default()
     };
+    cfg.grid.policies = policies;
+    cfg.grid.capacities = vec![32];
+    cfg.grid.feed = Feed::Chunked(64);
     let doc = msrnn_eval::ruler::run(&model, &r, &cfg, &mut ()).unwrap();
     let ids: Vec<&str> = doc.results.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(
@@ -99,7 +98,8 @@ fn the_full_cache_finds_the_needle_and_a_short_window_cannot() {
     // Shards merge into the whole; the document round-trips.
     let parts: Vec<(String, AnyDocument)> = (0..2)
         .map(|i| {
-            let c = RulerConfig { shard: Some(Shard::new(i, 2).unwrap()), ..cfg.clone() };
+            let mut c = cfg.clone();
+            c.grid.shard = Some(Shard::new(i, 2).unwrap());
             (format!("part{i}"), AnyDocument::Ruler(msrnn_eval::ruler::run(&model, &r, &c, &mut ()).unwrap()))
         })
         .collect();

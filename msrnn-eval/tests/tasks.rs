@@ -6,10 +6,10 @@ use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::GgmlDType;
-use msrnn_core::{PolicyRegistry, PolicySpec};
-use msrnn_eval::passkey::{PasskeyConfig, PasskeyDocument};
+use msrnn_core::{KvFormat, PolicyRegistry, PolicySpec, Positions};
+use msrnn_eval::passkey::{PasskeyConfig, PasskeyDocument, Prompts};
 use msrnn_eval::ppl::{PplConfig, Text};
-use msrnn_eval::{AnyDocument, Error, EvalModel, Event, Feed, Observer, OnEvent, Shard};
+use msrnn_eval::{AnyDocument, Error, EvalModel, Event, Feed, GridConfig, Observer, OnEvent, Shard};
 use msrnn_llama as _;
 use msrnn_modelkit::{LoadOptions, Model, WeightFormat};
 use msrnn_tests::files::scratch;
@@ -38,13 +38,18 @@ fn model(lm: &dyn Model) -> EvalModel<'_> {
 }
 
 fn ppl_config() -> PplConfig {
-    PplConfig {
-        policies: specs("full,window,h2o,tova"),
-        capacities: vec![16, 8],
-        feed: Feed::Chunked(4),
-        segment: Some(50),
-        ..PplConfig::new(120)
-    }
+    let mut c = PplConfig { segment: Some(50), ..PplConfig::new(120) };
+    c.grid.policies = specs("full,window,h2o,tova");
+    c.grid.capacities = vec![16, 8];
+    c.grid.feed = Feed::Chunked(4);
+    c
+}
+
+/// [`ppl_config`] changed by `f`.
+fn ppl_with(f: impl FnOnce(&mut PplConfig)) -> PplConfig {
+    let mut c = ppl_config();
+    f(&mut c);
+    c
 }
 
 /// Parses a document's text back as any task's document and serialises it again: the same text
@@ -79,16 +84,16 @@ fn a_ppl_grid_in_batches_and_shards_equals_one_cell_at_a_time() {
     }
     assert!(all.result("full").unwrap().max_live == 119 && all.result("tova C=8").unwrap().max_live <= 8 + 4);
     assert_eq!(all.settings.text.tokens, 120);
-    assert_eq!(all.settings.mode, "chunked");
+    assert_eq!(all.settings.grid.mode, "chunked");
     assert_eq!(all.run.batches.as_ref().unwrap().len(), 1);
 
-    let one = msrnn_eval::ppl::run(&m, &r, &text, &PplConfig { batch: Some(1), ..ppl_config() }, &mut ()).unwrap();
+    let one = msrnn_eval::ppl::run(&m, &r, &text, &ppl_with(|c| c.grid.batch = Some(1)), &mut ()).unwrap();
     assert_eq!(one.results, all.results, "the whole grid in one batch gives each cell what it gets alone");
     assert_eq!(one.run.batches.as_ref().unwrap().len(), 7);
 
     let parts: Vec<(String, AnyDocument)> = (0..3)
         .map(|i| {
-            let cfg = PplConfig { shard: Some(Shard::new(i, 3).unwrap()), ..ppl_config() };
+            let cfg = ppl_with(|c| c.grid.shard = Some(Shard::new(i, 3).unwrap()));
             let doc = msrnn_eval::ppl::run(&m, &r, &text, &cfg, &mut ()).unwrap();
             assert_eq!(doc.cells.len(), 7);
             assert_eq!(doc.results.len(), [3, 2, 2][i]);
@@ -105,16 +110,19 @@ fn a_ppl_grid_in_batches_and_shards_equals_one_cell_at_a_time() {
 }
 
 fn passkey_config() -> PasskeyConfig {
-    PasskeyConfig {
-        policies: specs("full,window,tova"),
-        capacities: vec![16, 32],
-        lengths: vec![340, 300],
-        depths: vec![0.0, 0.5, 1.0],
-        trials: 2,
-        seed: 3,
-        feed: Feed::Chunked(16),
-        ..PasskeyConfig::default()
-    }
+    let prompts = Prompts { lengths: vec![340, 300], depths: vec![0.0, 0.5, 1.0], trials: 2, seed: 3 };
+    let mut c = PasskeyConfig { prompts, ..PasskeyConfig::default() };
+    c.grid.policies = specs("full,window,tova");
+    c.grid.capacities = vec![16, 32];
+    c.grid.feed = Feed::Chunked(16);
+    c
+}
+
+/// [`passkey_config`] changed by `f`.
+fn passkey_with(f: impl FnOnce(&mut PasskeyConfig)) -> PasskeyConfig {
+    let mut c = passkey_config();
+    f(&mut c);
+    c
 }
 
 #[test]
@@ -141,12 +149,12 @@ fn a_passkey_grid_is_deterministic_and_its_shards_merge() {
     assert_eq!(keys(&whole, "full L=300 d=0.5"), keys(&whole, "tova C=16 L=300 d=0.5"), "paired prompts");
     assert_ne!(keys(&whole, "full L=300 d=0.5"), keys(&whole, "full L=300 d=1"));
 
-    let small = msrnn_eval::passkey::run(&m, &r, &PasskeyConfig { batch: Some(5), ..passkey_config() }, &mut ());
+    let small = msrnn_eval::passkey::run(&m, &r, &passkey_with(|c| c.grid.batch = Some(5)), &mut ());
     assert_eq!(small.unwrap().results, whole.results, "same results whatever the batch size");
 
     let parts: Vec<(String, AnyDocument)> = (0..2)
         .map(|i| {
-            let cfg = PasskeyConfig { shard: Some(Shard::new(i, 2).unwrap()), ..passkey_config() };
+            let cfg = passkey_with(|c| c.grid.shard = Some(Shard::new(i, 2).unwrap()));
             let doc = msrnn_eval::passkey::run(&m, &r, &cfg, &mut ()).unwrap();
             (format!("part{i}"), round_trip(&doc.to_json_string()))
         })
@@ -183,7 +191,7 @@ fn a_cancelled_run_stops_between_steps() {
     let m = model(&*lm);
     let text = Text::read(lm.tokenizer(), &[path], 120).unwrap();
     let mut stop = StopAfter { seen: Cell::new(0), after: 1 };
-    let cfg = PplConfig { batch: Some(2), ..ppl_config() };
+    let cfg = ppl_with(|c| c.grid.batch = Some(2));
     assert!(matches!(msrnn_eval::ppl::run(&m, &r, &text, &cfg, &mut stop), Err(Error::Cancelled)));
     let mut stop = StopAfter { seen: Cell::new(0), after: 1 };
     assert!(matches!(msrnn_eval::passkey::run(&m, &r, &passkey_config(), &mut stop), Err(Error::Cancelled)));
@@ -196,14 +204,14 @@ fn bad_settings_are_refused_by_name() {
     let r: PolicyRegistry = msrnn_policies::registry();
     let m = model(&*lm);
     let err = |cfg: PasskeyConfig| msrnn_eval::passkey::run(&m, &r, &cfg, &mut ()).unwrap_err().to_string();
-    let e = err(PasskeyConfig { lengths: vec![600], ..passkey_config() });
+    let e = err(passkey_with(|c| c.prompts.lengths = vec![600]));
     assert!(e.starts_with("lengths 600") && e.contains("context of 512 tokens") && e.contains("drop `full`"), "{e}");
-    assert!(err(PasskeyConfig { lengths: vec![100], ..passkey_config() }).contains("too short"));
-    assert!(err(PasskeyConfig { depths: vec![0.5, 1.5], ..passkey_config() }).starts_with("depths 1.5"));
-    assert!(err(PasskeyConfig { depths: vec![0.5, 0.5], ..passkey_config() }).contains("listed twice"));
-    assert!(err(PasskeyConfig { trials: 0, ..passkey_config() }).starts_with("trials"));
+    assert!(err(passkey_with(|c| c.prompts.lengths = vec![100])).contains("too short"));
+    assert!(err(passkey_with(|c| c.prompts.depths = vec![0.5, 1.5])).starts_with("depths 1.5"));
+    assert!(err(passkey_with(|c| c.prompts.depths = vec![0.5, 0.5])).contains("listed twice"));
+    assert!(err(passkey_with(|c| c.prompts.trials = 0)).starts_with("trials"));
     assert!(err(PasskeyConfig { answer_tokens: 4, ..passkey_config() }).starts_with("answer_tokens 4"));
-    assert!(err(PasskeyConfig { batch: Some(0), ..passkey_config() }).starts_with("batch must be at least 1"));
+    assert!(err(passkey_with(|c| c.grid.batch = Some(0))).starts_with("batch must be at least 1"));
     let plays = msrnn_eval::passkey::Haystack::Plays(d.join("nowhere"));
     assert!(err(PasskeyConfig { haystack: plays, ..passkey_config() }).starts_with("plays "));
 
@@ -214,6 +222,26 @@ fn bad_settings_are_refused_by_name() {
     assert!(e.render(&flag).contains("fewer than --tokens 4000"), "{}", e.render(&flag));
     assert!(ppl(PplConfig { tokens: 1, ..ppl_config() }).to_string().contains("at least 2 tokens"));
     assert!(ppl(PplConfig { segment: Some(0), ..ppl_config() }).to_string().starts_with("segment"));
-    assert!(ppl(PplConfig { feed: Feed::Chunked(0), ..ppl_config() }).to_string().starts_with("chunk"));
-    assert!(ppl(PplConfig { capacities: vec![16, 0], ..ppl_config() }).to_string().starts_with("capacities: 0"));
+    assert!(ppl(ppl_with(|c| c.grid.feed = Feed::Chunked(0))).to_string().starts_with("chunk"));
+    assert!(ppl(ppl_with(|c| c.grid.capacities = vec![16, 0])).to_string().starts_with("capacities: 0"));
+}
+
+#[test]
+fn every_cell_state_is_the_grid_template_with_the_cells_policy_and_capacity() {
+    let d = scratch("eval-template");
+    let (lm, _) = tiny(&d);
+    let r = msrnn_policies::registry();
+    let mut c = GridConfig::new("full,tova", Feed::Chunked(4));
+    c.capacities = vec![16, 32];
+    c.kv = KvFormat::F16;
+    c.positions = Positions::Cache;
+    let g = c.validate(&r, 1).unwrap();
+    let recipe = c.recipe();
+    assert_eq!(recipe.max_chunk, 4, "the feed's chunk");
+    assert_eq!(g.cells.len(), 3);
+    for cell in &g.cells {
+        let st = cell.state(&*lm, &r, &recipe).unwrap();
+        assert_eq!((st.policy_name(), st.capacity()), (cell.spec.name.as_str(), cell.capacity));
+        assert_eq!((st.kv_format(), st.positions_mode()), (KvFormat::F16, Positions::Cache));
+    }
 }

@@ -7,14 +7,15 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use msrnn_core::PolicyRegistry;
-use msrnn_eval::{EvalModel, Feed, Observer};
+use msrnn_eval::{EvalModel, Feed, GridConfig, Observer};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 use serde::Serialize;
 
 use crate::errors;
-use crate::model::Shared;
+use crate::model::{parse_kv, parse_positions, string_list, Shared};
+use crate::registry;
 use crate::values;
 
 /// Python's signal handlers run at most this often while a task runs (each run takes the GIL).
@@ -101,12 +102,43 @@ fn model(m: &Shared) -> EvalModel<'_> {
 }
 
 /// `decode`, or `chunked` with `chunk` tokens per step.
-pub fn feed(mode: &str, chunk: usize) -> PyResult<Feed> {
+fn feed(mode: &str, chunk: usize) -> PyResult<Feed> {
     match mode {
         "decode" => Ok(Feed::Decode),
         "chunked" => Ok(Feed::Chunked(chunk)),
         other => Err(PyValueError::new_err(format!("mode `{other}`: expected decode or chunked"))),
     }
+}
+
+/// The keywords every task takes, as its config's grid: `policies` a spec or a list of them
+/// (None: the task's `default`), `capacities` (None: the CLI's, unless `ratios` replace them),
+/// `mode` and `chunk`, `positions`, `kv`, `batch`; the whole grid (no shard).
+#[allow(clippy::too_many_arguments)]
+pub fn grid(
+    r: &PolicyRegistry,
+    policies: Option<&Bound<'_, PyAny>>,
+    default: &str,
+    capacities: Option<Vec<usize>>,
+    ratios: Option<Vec<f64>>,
+    (mode, chunk): (&str, usize),
+    positions: &str,
+    kv: &str,
+    batch: Option<usize>,
+) -> PyResult<GridConfig> {
+    let (capacities, ratios) = match (capacities, ratios) {
+        (None, Some(r)) => (Vec::new(), r),
+        (c, r) => (c.unwrap_or_else(|| msrnn_eval::DEFAULT_CAPACITIES.to_vec()), r.unwrap_or_default()),
+    };
+    Ok(GridConfig {
+        policies: registry::parse_spec_list(r, string_list(policies, default, "policies")?)?,
+        capacities,
+        ratios,
+        feed: feed(mode, chunk)?,
+        positions: parse_positions(positions)?,
+        kv: parse_kv(kv)?,
+        shard: None,
+        batch,
+    })
 }
 
 /// `Model.perplexity`: the ppl grid over `ids` (already cut to `cfg.tokens`).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use msrnn_core::{KvFormat, MsrnnState, PolicyRegistry, PolicySpec, Positions, StateRecipe};
 use msrnn_engine::{LoadedModel, Message};
-use msrnn_eval::passkey::PasskeyConfig;
+use msrnn_eval::passkey::{PasskeyConfig, Prompts};
 use msrnn_eval::ppl::PplConfig;
 use msrnn_eval::ruler::{RulerConfig, DEFAULT_POLICIES as RULER_POLICIES, TASKS};
 use msrnn_modelkit::WeightFormat;
@@ -23,7 +23,6 @@ use crate::values;
 
 /// The CLI's defaults.
 const DEFAULT_POLICIES: &str = msrnn_eval::ppl::DEFAULT_POLICIES;
-use msrnn_eval::DEFAULT_CAPACITIES;
 pub const DEFAULT_CAPACITY: usize = 512;
 
 /// What a Python `Model` holds; shared with the states and streams made from it.
@@ -126,14 +125,7 @@ fn ids_of(m: &Shared, obj: &Bound<'_, PyAny>, n: Option<usize>) -> PyResult<Vec<
 
 /// `capacities` or `ratios` (the library refuses both): given ratios and no capacities, no
 /// default capacities.
-fn budgets(capacities: Option<Vec<usize>>, ratios: Option<Vec<f64>>) -> (Vec<usize>, Vec<f64>) {
-    match (capacities, ratios) {
-        (None, Some(r)) => (Vec::new(), r),
-        (c, r) => (c.unwrap_or_else(|| DEFAULT_CAPACITIES.to_vec()), r.unwrap_or_default()),
-    }
-}
-
-fn string_list(obj: Option<&Bound<'_, PyAny>>, default: &str, what: &str) -> PyResult<Vec<String>> {
+pub(crate) fn string_list(obj: Option<&Bound<'_, PyAny>>, default: &str, what: &str) -> PyResult<Vec<String>> {
     match obj {
         None => Ok(vec![default.to_string()]),
         Some(o) if o.is_instance_of::<PyString>() => Ok(vec![o.extract()?]),
@@ -235,14 +227,8 @@ impl Model {
         kv: &str,
     ) -> PyResult<Bound<'py, PyList>> {
         let r = registry::current()?;
-        let mut cfg = PplConfig::new(tokens);
-        cfg.policies = registry::parse_spec_list(&r, string_list(policies, DEFAULT_POLICIES, "policies")?)?;
-        (cfg.capacities, cfg.ratios) = budgets(capacities, ratios);
-        cfg.feed = eval::feed(mode, chunk)?;
-        cfg.positions = parse_positions(positions)?;
-        cfg.segment = segment;
-        cfg.batch = batch;
-        cfg.kv = parse_kv(kv)?;
+        let grid = eval::grid(&r, policies, DEFAULT_POLICIES, capacities, ratios, (mode, chunk), positions, kv, batch)?;
+        let cfg = PplConfig { grid, tokens, segment };
         let m = &*self.inner;
         let mut ids = ids_of(m, text, Some(tokens))?;
         if ids.len() < tokens {
@@ -284,22 +270,16 @@ impl Model {
     ) -> PyResult<Bound<'py, PyList>> {
         let r = registry::current()?;
         let d = PasskeyConfig::default();
-        let (capacities, ratios) = budgets(capacities, ratios);
         let cfg = PasskeyConfig {
-            policies: registry::parse_spec_list(&r, string_list(policies, DEFAULT_POLICIES, "policies")?)?,
-            capacities,
-            ratios,
-            lengths: lengths.unwrap_or(d.lengths),
-            depths: depths.unwrap_or(d.depths),
-            trials,
-            seed,
+            grid: eval::grid(&r, policies, DEFAULT_POLICIES, capacities, ratios, (mode, chunk), positions, kv, batch)?,
+            prompts: Prompts {
+                lengths: lengths.unwrap_or(d.prompts.lengths),
+                depths: depths.unwrap_or(d.prompts.depths),
+                trials,
+                seed,
+            },
             haystack: d.haystack,
-            feed: eval::feed(mode, chunk)?,
             answer_tokens,
-            positions: parse_positions(positions)?,
-            kv: parse_kv(kv)?,
-            shard: None,
-            batch,
         };
         eval::passkey(py, &self.inner, &r, cfg, haystack, plays)
     }
@@ -333,23 +313,17 @@ impl Model {
     ) -> PyResult<Bound<'py, PyList>> {
         let r = registry::current()?;
         let d = RulerConfig::default();
-        let (capacities, ratios) = budgets(capacities, ratios);
         let cfg = RulerConfig {
-            policies: registry::parse_spec_list(&r, string_list(policies, RULER_POLICIES, "policies")?)?,
-            capacities,
-            ratios,
+            grid: eval::grid(&r, policies, RULER_POLICIES, capacities, ratios, (mode, chunk), positions, kv, batch)?,
             tasks: tasks.unwrap_or_else(|| TASKS.iter().map(|t| t.name.to_string()).collect()),
-            lengths: lengths.unwrap_or(d.lengths),
-            depths: depths.unwrap_or(d.depths),
-            trials,
-            seed,
+            prompts: Prompts {
+                lengths: lengths.unwrap_or(d.prompts.lengths),
+                depths: depths.unwrap_or(d.prompts.depths),
+                trials,
+                seed,
+            },
             text: text.unwrap_or_default(),
             chat,
-            feed: eval::feed(mode, chunk)?,
-            positions: parse_positions(positions)?,
-            kv: parse_kv(kv)?,
-            shard: None,
-            batch,
         };
         eval::ruler(py, &self.inner, &r, cfg)
     }

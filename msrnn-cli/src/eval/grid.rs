@@ -1,13 +1,36 @@
-//! The flags every evaluation grid takes; the task supplies the defaults of the first two.
+//! The flags every evaluation grid takes (the library's `GridConfig`, with `--positions` and
+//! `--kv` from the global flags); the task supplies the default policies, and sets its defaults of
+//! `--mode` and `--chunk` with `mut_arg` (ppl: decode, 16; the prompt tasks: chunked, 64).
 
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use msrnn_core::{PolicyRegistry, PolicySpec};
-use msrnn_eval::Shard;
+use msrnn_eval::{Feed, GridConfig, Shard};
 
+use crate::context::Ctx;
 use crate::policy;
+
+/// How a text or a prompt enters the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// One token per step, the policy after every token (the paper's protocol).
+    Decode,
+    /// --chunk tokens per step, the policy after every chunk (faster; as generation feeds a
+    /// prompt); tokens inside a chunk may see up to C + chunk entries.
+    Chunked,
+}
+
+impl Mode {
+    /// The feed of the library, `chunk` tokens per step when chunked.
+    pub fn feed(self, chunk: usize) -> Feed {
+        match self {
+            Mode::Decode => Feed::Decode,
+            Mode::Chunked => Feed::Chunked(chunk),
+        }
+    }
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct GridArgs {
@@ -36,6 +59,14 @@ pub struct GridArgs {
     #[arg(long, value_name = "N")]
     pub batch: Option<usize>,
 
+    /// How the text (ppl) or each prompt enters the state.
+    #[arg(long, value_enum, default_value_t = Mode::Chunked)]
+    pub mode: Mode,
+
+    /// Tokens per step in chunked mode.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub chunk: usize,
+
     /// Write every result and every setting needed to reproduce it as JSON (the input of
     /// `msrnn eval merge`).
     #[arg(long, value_name = "FILE")]
@@ -47,6 +78,21 @@ pub struct GridArgs {
 }
 
 impl GridArgs {
+    /// The grid settings of a task's config: these flags, the task's `default_policies` when
+    /// --policies is not given, and the global --positions and --kv.
+    pub fn config(&self, ctx: &Ctx, r: &PolicyRegistry, default_policies: &str) -> Result<GridConfig> {
+        Ok(GridConfig {
+            policies: self.specs(r, default_policies)?,
+            capacities: self.capacities(),
+            ratios: self.ratios(),
+            feed: self.mode.feed(self.chunk),
+            positions: ctx.global.positions(),
+            kv: ctx.global.kv(),
+            shard: self.shard,
+            batch: self.batch,
+        })
+    }
+
     /// `--policies` (or the task's default) parsed and checked against the registry.
     pub fn specs(&self, r: &PolicyRegistry, default: &str) -> Result<Vec<PolicySpec>> {
         policy::parse_spec_list(r, self.policies.as_deref().unwrap_or(default), "--policies")

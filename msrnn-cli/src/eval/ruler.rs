@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use msrnn_eval::ruler::{RulerCell, RulerConfig, RulerDocument, DEFAULT_POLICIES, TASKS};
-use msrnn_eval::{AnyDocument, Budget, Event, Feed};
+use msrnn_eval::{AnyDocument, Budget, EvalModel, Observer};
 
 use super::grid::GridArgs;
-use super::passkey::Mode;
+use super::passkey::PromptArgs;
 use super::{cli_error, percent, Pictures};
 use crate::context::Ctx;
 use crate::plot::{self, Heatmap};
@@ -19,32 +19,14 @@ use crate::{policy, report};
 /// Default grid: full,window,h2o,tova at C = 64,128,256,512, every task, lengths 1024,2048,4096,
 /// depths 0.1,0.5,0.9, 2 trials, chat template, prompt in chunks of 64.
 #[derive(Args, Debug)]
+#[command(mut_arg("depths", |a| a.default_value("0.1,0.5,0.9")), mut_arg("trials", |a| a.default_value("2")))]
 pub struct RulerArgs {
     /// Tasks, comma-separated (niah_single_1,...,vt,cwe,fwe), or all.
     #[arg(long, value_name = "NAMES", value_delimiter = ',', default_value = "all")]
     tasks: Vec<String>,
 
-    /// Prompt lengths in tokens.
-    #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "1024,2048,4096")]
-    lengths: Vec<usize>,
-
-    /// Depths of the (first) needle in the needle tasks' haystacks, from 0 to 1.
-    #[arg(
-        long,
-        value_name = "D,...",
-        value_delimiter = ',',
-        default_value = "0.1,0.5,0.9",
-        allow_negative_numbers = true
-    )]
-    depths: Vec<f64>,
-
-    /// Prompts per cell.
-    #[arg(long, value_name = "N", default_value_t = 2)]
-    trials: usize,
-
-    /// Seed of the prompts: the same seed gives the same prompts.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    prompts: PromptArgs,
 
     /// Real text for the needle tasks' text haystacks: files, or directories of .txt files
     /// (repeatable). [default: data/prose, fetched by ./scripts/fetch-data.sh]
@@ -54,14 +36,6 @@ pub struct RulerArgs {
     /// Raw prompts instead of the model's chat template.
     #[arg(long)]
     raw: bool,
-
-    /// How the prompt enters the state.
-    #[arg(long, value_enum, default_value_t = Mode::Chunked)]
-    mode: Mode,
-
-    /// Prompt tokens per step in chunked mode.
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    chunk: usize,
 
     /// Draw the scores as a task x length heatmap, one panel per policy and capacity: .svg or .png
     /// (repeatable; --plot draws the same).
@@ -80,24 +54,11 @@ pub fn run(ctx: &Ctx, a: RulerArgs) -> Result<()> {
         a.tasks.clone()
     };
     let mut cfg = RulerConfig {
-        policies: a.grid.specs(&registry, DEFAULT_POLICIES)?,
-        capacities: a.grid.capacities(),
-        ratios: a.grid.ratios(),
+        grid: a.grid.config(ctx, &registry, DEFAULT_POLICIES)?,
         tasks,
-        lengths: a.lengths.clone(),
-        depths: a.depths.clone(),
-        trials: a.trials,
-        seed: a.seed,
+        prompts: a.prompts.prompts(),
         text: a.text.clone(),
         chat: !a.raw,
-        feed: match a.mode {
-            Mode::Chunked => Feed::Chunked(a.chunk),
-            Mode::Decode => Feed::Decode,
-        },
-        positions: ctx.global.positions(),
-        kv: ctx.global.kv(),
-        shard: a.grid.shard,
-        batch: a.grid.batch,
     };
     let axes = cfg.validate(&registry).map_err(cli_error)?;
     let pictures = Pictures { plot: a.grid.plot.clone(), heatmap: a.heatmap.clone() };
@@ -110,23 +71,9 @@ pub fn run(ctx: &Ctx, a: RulerArgs) -> Result<()> {
     }
 
     let m = crate::model::load(&ctx.global)?;
-    let model = super::eval_model(&m);
-    let mut progress = super::Progress::new(|e: &Event| {
-        let Event::Start { cells, total_cells, sequences, batch, .. } = e else { return String::new() };
-        format!(
-            "ruler: {cells} cells{} x {} trials = {sequences} sequences, {}, batches of up to {batch}, {} threads",
-            a.grid.shard.map_or(String::new(), |s| format!(" (shard {s} of {total_cells})")),
-            a.trials,
-            m.describe(),
-            ctx.threads
-        )
-    });
-    let result = msrnn_eval::ruler::run(&model, &registry, &cfg, &mut progress);
-    progress.finish();
-    let mut doc = result.map_err(cli_error)?;
-    eprintln!("{} cells in {:.1} s", doc.results.len(), doc.run.total_seconds);
-    super::fill_run(&mut doc.run, ctx, &m);
-    super::finish(&AnyDocument::Ruler(doc), a.grid.out.as_deref(), &pictures)
+    let header = super::prompt_header(ctx, &m, &a.grid, "ruler", format!("{} trials", a.prompts.trials));
+    let task = |model: &EvalModel<'_>, obs: &mut dyn Observer| msrnn_eval::ruler::run(model, &registry, &cfg, obs);
+    super::run_task(ctx, &m, &a.grid, &pictures, header, task, AnyDocument::Ruler)
 }
 
 fn pct(x: Option<f64>) -> String {
@@ -191,11 +138,7 @@ pub fn draw(doc: &RulerDocument, p: &Pictures) -> Result<()> {
         let maps: Vec<Heatmap> = rows
             .iter()
             .map(|(policy, cap)| Heatmap {
-                title: match cap {
-                    Budget::Full => format!("{policy} (unbounded)"),
-                    Budget::Capacity(c) => format!("{policy} C={c}"),
-                    Budget::Ratio(r) => format!("{policy} R={r}"),
-                },
+                title: cap.title(policy),
                 x_label: "prompt length (tokens)".into(),
                 y_label: "task".into(),
                 x_ticks: s.lengths.iter().enumerate().map(|(i, l)| (i, l.to_string())).collect(),
@@ -214,7 +157,7 @@ pub fn draw(doc: &RulerDocument, p: &Pictures) -> Result<()> {
                 annotate: Some(percent),
             })
             .collect();
-        let per_row = s.ratios.as_ref().map_or(s.capacities.len(), Vec::len);
+        let per_row = s.grid.ratios.as_ref().map_or(s.grid.capacities.len(), Vec::len);
         plot::draw_heatmaps(path, &maps, per_row.max(1), (360, 40 + 24 * s.tasks.len() as u32))
             .with_context(|| format!("--plot {}", path.display()))?;
         eprintln!("wrote {} ({})", path.display(), s.title);

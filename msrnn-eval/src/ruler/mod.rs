@@ -27,14 +27,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use msrnn_core::generate::SplitMix64;
-use msrnn_core::{generate_batch, GenItem, GenerateOptions, KvFormat, PolicyRegistry, PolicySpec, Positions, Sampling};
+use msrnn_core::PolicyRegistry;
 use msrnn_modelkit::Tokenizer;
 use serde::{Deserialize, Serialize};
 
-use crate::doc::{CellResult, Document, ModelSettings, PolicySources, Run, Shard};
+use crate::doc::{CellResult, Document, ModelSettings, Run};
 use crate::error::{Context, Error, Result};
-use crate::grid::{self, kv_note, Budget, EvalModel, PolicyFields, PolicyGrid};
-use crate::passkey::{check_depths, trial_rng, FORMAT};
+use crate::grid::{self, kv_note, Budget, EvalModel, GridConfig, GridSettings, Job, Plan, PolicyFields, PolicyGrid};
+use crate::passkey::{trial_rng, Prompts, FORMAT};
 use crate::{Event, Feed, Observer};
 
 /// The task's name in documents.
@@ -186,7 +186,9 @@ pub fn assemble(
     if length <= fixed {
         return Err(Error::setting(
             "lengths",
-            format!(" {length}: no room for a haystack (the instruction, needles and question take {fixed} tokens)"),
+            format!(
+                " {length}: no room for a haystack (the instruction, the needles and the question take {fixed} tokens)"
+            ),
         ));
     }
     let budget = length - fixed;
@@ -354,13 +356,6 @@ pub struct RulerSettings {
     pub title: String,
     pub msrnn_version: String,
     pub model: ModelSettings,
-    pub positions: String,
-    /// How the states stored keys and values (absent: f32).
-    #[serde(default, skip_serializing_if = "KvFormat::is_f32")]
-    pub kv: KvFormat,
-    /// `chunked` or `decode`.
-    pub mode: String,
-    pub chunk: usize,
     pub tasks: Vec<TaskSettings>,
     pub lengths: Vec<usize>,
     pub depths: Vec<f64>,
@@ -373,12 +368,9 @@ pub struct RulerSettings {
     pub bos: bool,
     pub decoding: String,
     pub scoring: String,
-    pub policies: Vec<String>,
-    pub policy_sources: PolicySources,
-    pub capacities: Vec<usize>,
-    /// The ratios of the context removed the capacities were resolved from (`--ratios`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ratios: Option<Vec<f64>>,
+    /// positions, kv, mode, chunk, policies, policy_sources, capacities, ratios.
+    #[serde(flatten)]
+    pub grid: GridSettings,
 }
 
 /// A task as settings.
@@ -434,29 +426,16 @@ pub struct RulerAnswer {
 /// A suite grid.
 #[derive(Debug, Clone)]
 pub struct RulerConfig {
-    pub policies: Vec<PolicySpec>,
-    pub capacities: Vec<usize>,
-    /// Budgets as ratios of the context removed, resolved per prompt length, instead of
-    /// `capacities` (which must then be empty).
-    pub ratios: Vec<f64>,
+    /// Policies, budgets (ratios resolved per prompt length), feed, positions, KV format, shard,
+    /// batch (default [`DEFAULT_BATCH`]).
+    pub grid: GridConfig,
     /// Task names (see [`TASKS`]).
     pub tasks: Vec<String>,
-    /// Prompt lengths in tokens.
-    pub lengths: Vec<usize>,
-    /// Depths of the first needle (NIAH tasks), from 0 to 1.
-    pub depths: Vec<f64>,
-    pub trials: usize,
-    pub seed: u64,
+    /// Prompt lengths, depths of the first needle (NIAH tasks), prompts per cell, seed.
+    pub prompts: Prompts,
     /// Files or directories of the real-text haystack (needed by the `text` tasks).
     pub text: Vec<PathBuf>,
     pub chat: bool,
-    pub feed: Feed,
-    pub positions: Positions,
-    /// How states store keys and values.
-    pub kv: KvFormat,
-    pub shard: Option<Shard>,
-    /// Most sequences run at once (default [`DEFAULT_BATCH`]).
-    pub batch: Option<usize>,
 }
 
 impl Default for RulerConfig {
@@ -464,21 +443,11 @@ impl Default for RulerConfig {
     /// 0.1,0.5,0.9, 2 trials, chat template, prompt in chunks of 64; no text (set `text`).
     fn default() -> Self {
         RulerConfig {
-            policies: DEFAULT_POLICIES.split(',').map(|s| s.parse().expect("the default specs parse")).collect(),
-            capacities: crate::DEFAULT_CAPACITIES.to_vec(),
-            ratios: Vec::new(),
+            grid: GridConfig::new(DEFAULT_POLICIES, Feed::Chunked(64)),
             tasks: TASKS.iter().map(|t| t.name.to_string()).collect(),
-            lengths: vec![1024, 2048, 4096],
-            depths: vec![0.1, 0.5, 0.9],
-            trials: 2,
-            seed: 0,
+            prompts: Prompts::default(),
             text: Vec::new(),
             chat: true,
-            feed: Feed::Chunked(64),
-            positions: Positions::default(),
-            kv: KvFormat::F32,
-            shard: None,
-            batch: None,
         }
     }
 }
@@ -501,7 +470,7 @@ impl Axes {
 impl RulerConfig {
     /// Checks what can be checked without a model.
     pub fn validate(&self, registry: &PolicyRegistry) -> Result<Axes> {
-        let grid = PolicyGrid::with_ratios(registry, &self.policies, &self.capacities, &self.ratios)?;
+        let grid = self.grid.validate(registry, DEFAULT_BATCH)?;
         if self.tasks.is_empty() {
             return Err(Error::setting("tasks", " is empty: name at least one task, or all"));
         }
@@ -513,18 +482,7 @@ impl RulerConfig {
             }
             tasks.push(t);
         }
-        let mut lengths = self.lengths.clone();
-        lengths.sort_unstable();
-        lengths.dedup();
-        if lengths.is_empty() {
-            return Err(Error::setting("lengths", " is empty: give at least one prompt length, e.g. 1024,2048"));
-        }
-        let depths = check_depths(&self.depths)?;
-        if self.trials == 0 {
-            return Err(Error::setting("trials", " must be at least 1"));
-        }
-        self.feed.check()?;
-        grid::batch_or(self.batch, DEFAULT_BATCH)?;
+        let (lengths, depths) = self.prompts.validate()?;
         Ok(Axes { grid, tasks, lengths, depths })
     }
 }
@@ -546,13 +504,6 @@ pub fn make_sample(
     let d = depth.unwrap_or(0.5);
     let mut g = task_rng(seed, t.name, length, d, trial);
     t.make.make(env, &mut g, length, d).context(|| format!("making a prompt of task {}", t.name))
-}
-
-/// One trial of one cell.
-struct Seq {
-    cell: usize,
-    trial: usize,
-    prompt: usize,
 }
 
 /// A cell of the whole grid: policy cell, task, length, depth.
@@ -599,9 +550,9 @@ pub fn run(
             ),
         ));
     }
-    let chunk = cfg.feed.chunk();
-    let (positions, kv) = (cfg.positions, cfg.kv);
-    g.check(lm, registry, chunk, positions, &lengths, kv)?;
+    let (positions, kv) = (cfg.grid.positions, cfg.grid.kv);
+    let recipe = cfg.grid.recipe();
+    g.check(lm, registry, &recipe, &lengths)?;
 
     let mut cells: Vec<Coord> = Vec::new();
     for p in 0..g.cells.len() {
@@ -622,35 +573,20 @@ pub fn run(
             format!("{} {} L={}{d}", g.cells[c.policy].label(), tasks[c.task].name, lengths[c.length])
         })
         .collect();
-    let chosen = grid::selected(cells.len(), cfg.shard);
-    let batch = grid::batch_or(cfg.batch, DEFAULT_BATCH)?;
+    let chosen = grid::selected(cells.len(), cfg.grid.shard);
+    let batch = grid::batch_or(cfg.grid.batch, DEFAULT_BATCH)?;
 
     // Prompts, shared by every policy.
-    let mut prompts: Vec<Sample> = Vec::new();
-    let mut prompt_of: HashMap<(usize, usize, Option<usize>, usize), usize> = HashMap::new();
-    let mut seqs = Vec::new();
-    for &k in &chosen {
-        let c = cells[k];
-        for trial in 0..cfg.trials {
-            let key = (c.task, c.length, c.depth, trial);
-            let i = match prompt_of.get(&key) {
-                Some(&i) => i,
-                None => {
-                    let depth = c.depth.map(|d| depths[d]);
-                    prompts.push(make_sample(&env, tasks[c.task], cfg.seed, lengths[c.length], depth, trial)?);
-                    prompt_of.insert(key, prompts.len() - 1);
-                    prompts.len() - 1
-                }
-            };
-            seqs.push(Seq { cell: k, trial, prompt: i });
-        }
-    }
-    seqs.sort_by_key(|s| (std::cmp::Reverse(prompts[s.prompt].tokens.len()), s.cell, s.trial));
+    let seed = cfg.prompts.seed;
+    let plan = Plan::new(
+        &chosen,
+        cfg.prompts.trials,
+        |k| (cells[k].task, cells[k].length, cells[k].depth),
+        |(t, l, d), trial| make_sample(&env, tasks[t], seed, lengths[l], d.map(|d| depths[d]), trial),
+        |p: &Sample| p.tokens.len(),
+    )?;
 
-    let mode = match cfg.feed {
-        Feed::Chunked(n) => format!("chunked({n})"),
-        Feed::Decode => "decode".into(),
-    };
+    let mode = cfg.grid.feed;
     let chat = cfg.chat && tok.has_chat_template();
     let settings = RulerSettings {
         title: format!(
@@ -661,10 +597,6 @@ pub fn run(
         ),
         msrnn_version: env!("CARGO_PKG_VERSION").to_string(),
         model: model.settings(),
-        positions: positions.to_string(),
-        kv,
-        mode: cfg.feed.name().to_string(),
-        chunk,
         tasks: tasks
             .iter()
             .map(|t| TaskSettings {
@@ -677,80 +609,40 @@ pub fn run(
             .collect(),
         lengths: lengths.clone(),
         depths: depths.clone(),
-        trials: cfg.trials,
-        seed: cfg.seed,
+        trials: cfg.prompts.trials,
+        seed: cfg.prompts.seed,
         text: texts.as_ref().map(Texts::settings),
         chat,
         bos: tok.wants_bos(),
         decoding: "greedy".into(),
         scoring: "string_match_all: share of the expected strings the answer contains, ignoring case".into(),
-        policies: g.policy_names(),
-        policy_sources: g.sources(registry),
-        capacities: g.caps.clone(),
-        ratios: g.ratios.clone(),
+        grid: cfg.grid.settings(&g, registry),
     };
 
+    let (prompts, seqs) = (&plan.prompts, &plan.seqs);
     let units: u64 = seqs.iter().map(|s| prompts[s.prompt].tokens.len() as u64).sum();
     obs.event(Event::Start { units, cells: chosen.len(), total_cells: cells.len(), sequences: seqs.len(), batch });
     let t_all = Instant::now();
-    let mut done = 0u64;
-    let mut answers: HashMap<(usize, usize), String> = HashMap::new();
-    for group in grid::batches(seqs, batch) {
-        if obs.cancelled() {
-            return Err(Error::Cancelled);
-        }
-        let mut states = group
-            .iter()
-            .map(|s| {
-                let c = cells[s.cell];
-                g.cells[c.policy].at(lengths[c.length]).state(lm, registry, chunk, positions, kv)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        obs.event(Event::Batch(format!(
-            "{} sequences of {} tokens",
-            group.len(),
-            prompts[group[0].prompt].tokens.len()
-        )));
-        let limits: Vec<usize> = group.iter().map(|s| tasks[cells[s.cell].task].answer_tokens).collect();
-        let opts = GenerateOptions {
-            max_tokens: limits.iter().copied().max().unwrap_or(1),
-            sampling: Sampling::Greedy,
-            stop_tokens: tok.eos_tokens().to_vec(),
-            prefill_chunk: chunk,
-        };
-        let mut outs: Vec<Vec<u32>> = vec![Vec::new(); group.len()];
-        let mut items: Vec<GenItem<'_>> = states
-            .iter_mut()
-            .zip(&group)
-            .map(|(state, s)| GenItem { state, prompt: &prompts[s.prompt].tokens })
-            .collect();
-        let mut cancelled = false;
-        generate_batch(lm, &mut items, &opts, &mut |i, t| {
-            outs[i].push(t);
-            cancelled = cancelled || obs.cancelled();
-            // Stop at the task's limit, or once every expected string is there (the score is final).
-            let text = tok.decode(&outs[i]).unwrap_or_default();
-            let expected = &prompts[group[i].prompt].expected;
-            !cancelled && outs[i].len() < limits[i] && score(&text, expected) < 1.0
+    let jobs: Vec<Job<'_>> = seqs
+        .iter()
+        .map(|s| {
+            let c = cells[s.cell];
+            let cell = g.cells[c.policy].at(lengths[c.length]);
+            Job { prompt: &prompts[s.prompt].tokens, cell, max_tokens: tasks[c.task].answer_tokens }
         })
-        .context(|| "generating the answers".to_string())?;
-        if cancelled {
-            return Err(Error::Cancelled);
-        }
-        done += group.iter().map(|s| prompts[s.prompt].tokens.len() as u64).sum::<u64>();
-        obs.event(Event::Progress(done));
-        for (s, o) in group.iter().zip(outs) {
-            answers.insert((s.cell, s.trial), tok.decode(&o).unwrap_or_default());
-        }
-    }
+        .collect();
+    // An answer is final once every expected string is in it.
+    let settled = |i: usize, text: &str| score(text, &prompts[seqs[i].prompt].expected) >= 1.0;
+    let texts = grid::answer(lm, registry, &recipe, &jobs, batch, obs, &settled)?;
+    let answers: HashMap<(usize, usize), String> = seqs.iter().map(|s| (s.cell, s.trial)).zip(texts).collect();
     let total = t_all.elapsed().as_secs_f64();
 
     let mut results = Vec::new();
     for &k in &chosen {
         let c = cells[k];
         let mut trials = Vec::new();
-        for t in 0..cfg.trials {
-            let pr = &prompts[prompt_of[&(c.task, c.length, c.depth, t)]];
+        for t in 0..cfg.prompts.trials {
+            let pr = plan.prompt((c.task, c.length, c.depth), t);
             let answer = answers.get(&(k, t)).cloned().unwrap_or_default();
             trials.push(RulerAnswer {
                 expected: pr.expected.clone(),
@@ -760,20 +652,20 @@ pub fn run(
                 needle_tokens: pr.needles.clone(),
             });
         }
-        let mean = trials.iter().map(|a| a.score).sum::<f64>() / cfg.trials as f64;
+        let mean = trials.iter().map(|a| a.score).sum::<f64>() / cfg.prompts.trials as f64;
         results.push(RulerCell {
             id: ids[k].clone(),
             task: tasks[c.task].name.into(),
             length: lengths[c.length],
             depth: c.depth.map(|d| depths[d]),
-            trials: cfg.trials,
+            trials: cfg.prompts.trials,
             score: mean,
             answers: trials,
             policy: g.cells[c.policy].at(lengths[c.length]).fields(),
         });
     }
     let run = Run { batch: Some(batch), total_seconds: total, ..Run::default() };
-    Ok(Document::new(TASK, settings, ids, cfg.shard, results, run))
+    Ok(Document::new(TASK, settings, ids, cfg.grid.shard, results, run))
 }
 
 impl RulerCell {
@@ -795,7 +687,7 @@ impl RulerDocument {
                     && c.starts_with(&format!("{p} "))
             })
         };
-        Budget::rows(&s.policies, full, &s.capacities, s.ratios.as_deref())
+        Budget::rows(&s.grid.policies, full, &s.grid.capacities, s.grid.ratios.as_deref())
     }
 
     /// The mean score (over trials) of the results that `keep`, if any.

