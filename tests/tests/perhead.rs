@@ -399,8 +399,8 @@ fn adakv_past_a_floor_that_blocks_the_lowest_entries() {
     let positions: Vec<u64> = (0..2 * n as u64).map(|e| e % n as u64).collect();
     let live: Vec<bool> = (0..2 * n).map(|e| if e < n { e < 22 } else { e - n < 20 }).collect();
     let mut probs = vec![0f32; 2 * n];
-    for s in 0..22 {
-        probs[s] = 0.5 + s as f32 * 0.001;
+    for (s, p) in probs[..22].iter_mut().enumerate() {
+        *p = 0.5 + s as f32 * 0.001;
     }
     probs[5] = 0.2;
     probs[9] = 0.3;
@@ -482,13 +482,11 @@ fn tova_ema_head_without_memory_is_tova_head() {
     let (mut pa, mut pb) =
         (create("tova-head", &ctx(heads, kv, c)), create("tova-ema-head:decay=0", &ctx(heads, kv, c)));
     let mut rng = Rng::new(21);
-    let mut next = 0u64;
-    for _ in 0..30 {
+    for next in 0..30u64 {
         // One token per step: a chunk is scored by its last row in tova-head, by every row here.
         let (q, k, v) = qkv(&mut rng, heads, kv, 1, d);
         attend(&q, &k, &v, &[next], &mut a, pa.as_mut(), 0.5).unwrap();
         attend(&q, &k, &v, &[next], &mut b, pb.as_mut(), 0.5).unwrap();
-        next += 1;
         for h in 0..kv {
             assert_eq!(a.head_live_positions(h), b.head_live_positions(h));
         }
