@@ -585,12 +585,22 @@ mod tests {
 
     #[test]
     fn drain_finishes_running_turns_and_refuses_the_rest() {
-        let (tx, thread, _) = start(one_state(), 4, Duration::from_secs(60));
-        let mut a = submit(&tx, 40);
+        // Every command is in the channel before the thread starts, so `a` is running and `queued`
+        // waiting (the budget holds one state) when the drain comes, however fast `a` would
+        // finish: on a loaded machine it could end before a command sent after its start arrived.
+        let (a, a_rx) = job(40);
+        let (queued, queued_rx) = job(3);
+        let (late, late_rx) = job(3);
+        let engine = Engine::new(model(), registry(), EngineOptions::default());
+        let settings = Settings { kv_budget: one_state(), max_queue: 4, queue_timeout: Duration::from_secs(60) };
+        let w = Worker::new(engine, settings, Arc::new(Metrics::default()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for cmd in [Cmd::Submit(a), Cmd::Submit(queued), Cmd::Drain, Cmd::Submit(late)] {
+            tx.send(cmd).unwrap();
+        }
+        let thread = std::thread::spawn(move || w.run(rx));
+        let (mut a, mut queued, mut late) = (a_rx, queued_rx, late_rx);
         first(&mut a).unwrap();
-        let mut queued = submit(&tx, 3);
-        tx.send(Cmd::Drain).unwrap();
-        let mut late = submit(&tx, 3);
         assert_eq!(finish(&mut a), 40);
         assert_eq!(first(&mut queued).unwrap_err().status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(first(&mut late).unwrap_err().status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
