@@ -13,7 +13,7 @@ export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-1}" CANDLE_NUM_THREADS="${CANDLE_
 # The WebAssembly plugin tests build the keynorm plugin for wasm32 (the sandboxed plugin kind,
 # ABI version 3 per-head decisions included); without the target they skip with a message.
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
-    rustup target add wasm32-unknown-unknown || echo "wasm32-unknown-unknown could not be installed: the wasm plugin tests will skip"
+    timeout 300 rustup target add wasm32-unknown-unknown || echo "wasm32-unknown-unknown could not be installed: the wasm plugin tests will skip"
 fi
 cargo test --workspace "$@"
 # `msrnn serve` end to end: the debug binary cargo test just built, the real model, the `openai`
