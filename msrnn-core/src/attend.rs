@@ -10,7 +10,7 @@ use msrnn_kernels::attention::{attention_with, KeyAngles, Sink, Step};
 use msrnn_kernels::rope::{block_angles, rotate_row};
 
 use crate::error::{Error, Result};
-use crate::policy::{validate, Observation, Policy, Rows};
+use crate::policy::{validate, Needs, Observation, Policy, Rows};
 use crate::positions::Positions;
 use crate::state::{Kv, LayerState};
 
@@ -120,15 +120,17 @@ pub(crate) fn step_host(
         return step_heads(layer, policy, q, k, v, positions, n_heads, scale, out);
     }
     let needs = policy.needs();
-    let budget = layer.capacity.budget();
-    let rows_for = |l: &LayerState| match needs.rows {
-        _ if l.n_live <= budget && !needs.every_step => 0,
-        rows => rows_of(rows, positions.len()),
-    };
+    let rows_for = |l: &LayerState| if asked(l, &needs, 0) { rows_of(needs.rows, positions.len()) } else { 0 };
     let (new_slots, probs, prob_rows, hi) = update_attend(layer, q, k, v, positions, n_heads, scale, out, &rows_for)?;
 
     // 3. compress
     compress(layer, policy, probs, prob_rows, hi, &new_slots, positions[t - 1] + 1, n_heads)
+}
+
+/// Whether the policy is called after this step: the layer is over budget (with `extra` tokens not
+/// yet written), or the policy asked for every step.
+fn asked(layer: &LayerState, needs: &Needs, extra: usize) -> bool {
+    needs.every_step || layer.over_budget(extra)
 }
 
 /// Query rows of probabilities a policy's [`Rows`] asks for, for a chunk of `t` tokens.
@@ -247,11 +249,7 @@ fn step_heads(
     let needs = policy.needs();
     // Whether the policy will be asked, decided before attention from the counts after the write
     // (a window drop can only lower them: at worst rows are computed that are not needed).
-    let (budget, cap) = (layer.capacity.budget(), layer.head_capacity);
-    let over = needs.every_step
-        || layer.heads.iter().map(|h| h.n_live + t).sum::<usize>() > budget.saturating_mul(g)
-        || layer.heads.iter().any(|h| h.n_live + t > cap);
-    let prob_rows = if over { rows_of(needs.rows, t) } else { 0 };
+    let prob_rows = if asked(layer, &needs, t) { rows_of(needs.rows, t) } else { 0 };
     let (mut qg, mut kg, mut vg, mut og) =
         (vec![0f32; t * gw], vec![0f32; t * d], vec![0f32; t * d], vec![0f32; t * gw]);
     let mut parts = Vec::with_capacity(g);
@@ -286,8 +284,7 @@ fn compress_heads(
     let group = n_heads / g;
     let (budget, cap) = (layer.capacity.budget(), layer.head_capacity);
     let needs = policy.needs();
-    let total: usize = layer.heads.iter().map(|h| h.n_live).sum();
-    if !needs.every_step && total <= budget.saturating_mul(g) && layer.heads.iter().all(|h| h.n_live <= cap) {
+    if !asked(layer, &needs, 0) {
         return Ok(());
     }
     let n = layer.num_slots();
@@ -314,11 +311,7 @@ fn compress_heads(
             keys[h * n * d..][..hi * d].copy_from_slice(&layer_keys(head, hi)?);
         }
     }
-    let norms: Vec<f32> = if needs.key_norms {
-        keys.chunks(d).map(|k| k.iter().map(|x| x * x).sum::<f32>().sqrt()).collect()
-    } else {
-        Vec::new()
-    };
+    let norms = if needs.key_norms { key_norms(&keys, d) } else { Vec::new() };
     let obs = Observation {
         layer: layer.index,
         tokens_seen,
@@ -335,8 +328,7 @@ fn compress_heads(
         keys: if needs.keys { &keys } else { &[] },
         head_capacity: cap,
     };
-    let decision = policy.step(&obs, budget).map_err(|e| Error::from_policy(e, policy.name(), obs.layer))?;
-    let evict = validate(decision, &obs, budget).map_err(|e| Error::from_policy(e, policy.name(), obs.layer))?;
+    let evict = decide(policy, &obs, budget)?;
     for (h, head) in layer.heads.iter_mut().enumerate() {
         let mine: Vec<usize> = evict.iter().filter(|&&e| e / n == h).map(|&e| e % n).collect();
         head.evict(&mine);
@@ -433,10 +425,9 @@ fn step_device(
     layer.drop_outside_window(positions[t - 1] + 1);
 
     // 3. compress
-    let budget = layer.capacity.budget();
     let needs = policy.needs();
     let (rows, host) = match needs.rows {
-        _ if layer.n_live <= budget && !needs.every_step => (0, Vec::new()),
+        _ if !asked(layer, &needs, 0) => (0, Vec::new()),
         Rows::None => (0, Vec::new()),
         Rows::Last => (1, probs.narrow(1, t - 1, 1)?.flatten_all()?.to_vec1::<f32>()?),
         Rows::All => (t, probs.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?),
@@ -461,7 +452,7 @@ fn compress(
 ) -> Result<()> {
     let budget = layer.capacity.budget();
     let needs = policy.needs();
-    if layer.n_live <= budget && !needs.every_step {
+    if !asked(layer, &needs, 0) {
         return Ok(());
     }
     let hi = layer.high;
@@ -471,11 +462,7 @@ fn compress(
     }
     let keys = if needs.keys || needs.key_norms { layer_keys(layer, hi)? } else { Vec::new() };
     let d = layer.head_dim;
-    let norms: Vec<f32> = if needs.key_norms {
-        keys.chunks(d).map(|k| k.iter().map(|x| x * x).sum::<f32>().sqrt()).collect()
-    } else {
-        Vec::new()
-    };
+    let norms = if needs.key_norms { key_norms(&keys, d) } else { Vec::new() };
     // A 1-token model window can drop a new token already; keep the list to live slots.
     let new_live: Vec<usize> = new_slots.iter().copied().filter(|&s| layer.live[s]).collect();
     let obs = Observation {
@@ -494,10 +481,22 @@ fn compress(
         keys: if needs.keys { &keys } else { &[] },
         head_capacity: 0,
     };
-    let decision = policy.step(&obs, budget).map_err(|e| Error::from_policy(e, policy.name(), obs.layer))?;
-    let evict = validate(decision, &obs, budget).map_err(|e| Error::from_policy(e, policy.name(), obs.layer))?;
+    let evict = decide(policy, &obs, budget)?;
     layer.evict(&evict);
     Ok(())
+}
+
+/// The L2 norm of every `d`-value key in `keys`.
+fn key_norms(keys: &[f32], d: usize) -> Vec<f32> {
+    keys.chunks(d).map(|k| k.iter().map(|x| x * x).sum::<f32>().sqrt()).collect()
+}
+
+/// The policy's decision on `obs`, checked by the host: the slots (entries) to evict, or the
+/// policy's error naming it and the layer.
+fn decide(policy: &mut dyn Policy, obs: &Observation<'_>, budget: usize) -> Result<Vec<usize>> {
+    let decision = policy.step(obs, budget);
+    let name_it = |e| Error::from_policy(e, policy.name(), obs.layer);
+    validate(decision.map_err(name_it)?, obs, budget).map_err(name_it)
 }
 
 /// Every key of slots `[0, hi)` as stored (rotated in absolute mode, unrotated in cache mode),

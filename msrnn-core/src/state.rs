@@ -295,6 +295,18 @@ impl LayerState {
         Ok(layer)
     }
 
+    /// Whether the layer would hold more than its policy may keep after `extra` more tokens: more
+    /// than C (a shared layer), or more than C x kv_heads entries or a head above its head capacity
+    /// (a per-head layer). When it is, the policy must decide.
+    pub(crate) fn over_budget(&self, extra: usize) -> bool {
+        let c = self.capacity.budget();
+        if !self.is_per_head() {
+            return self.n_live.saturating_add(extra) > c;
+        }
+        let entries = self.heads.iter().map(|h| h.n_live + extra).sum::<usize>();
+        entries > c.saturating_mul(self.heads.len()) || self.heads.iter().any(|h| h.n_live + extra > self.head_capacity)
+    }
+
     /// Whether each KV head keeps its own tokens.
     pub fn is_per_head(&self) -> bool {
         !self.heads.is_empty()
