@@ -25,6 +25,22 @@ impl Declare for KeyDiff {
     }
 }
 
+/// The cosine similarity of each of `keys` (`d` values each) to their anchor, the mean of the keys
+/// scaled to unit length, in f64; 0 for a zero key, `None` for a zero anchor.
+pub fn anchor_cosines<'a>(keys: impl Iterator<Item = &'a [f32]>, d: usize) -> Option<Vec<f64>> {
+    let mut anchor = vec![0f64; d];
+    let units: Vec<Vec<f64>> = keys
+        .map(|k| {
+            let norm = k.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+            let u: Vec<f64> = k.iter().map(|&x| if norm > 0.0 { x as f64 / norm } else { 0.0 }).collect();
+            anchor.iter_mut().zip(&u).for_each(|(a, x)| *a += x);
+            u
+        })
+        .collect();
+    let an = anchor.iter().map(|x| x * x).sum::<f64>().sqrt();
+    (an != 0.0).then(|| units.iter().map(|u| u.iter().zip(&anchor).map(|(u, a)| u * a).sum::<f64>() / an).collect())
+}
+
 /// Per slot, the cosine similarity of its key to the anchor (mean unit key of the live slots),
 /// averaged over KV heads; 0 for a zero key or a zero anchor.
 pub fn anchor_similarity(obs: &Observation<'_>) -> Vec<f64> {
@@ -33,25 +49,11 @@ pub fn anchor_similarity(obs: &Observation<'_>) -> Vec<f64> {
     if obs.keys.len() < obs.num_kv_heads * n * d || d == 0 {
         return sim;
     }
-    let mut unit = vec![0f64; n * d];
+    let live: Vec<usize> = obs.live_slots().collect();
     for g in 0..obs.num_kv_heads {
-        let mut anchor = vec![0f64; d];
-        for s in obs.live_slots() {
-            let k = obs.key(g, s);
-            let norm = k.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-            let u = &mut unit[s * d..(s + 1) * d];
-            for ((u, &x), a) in u.iter_mut().zip(k).zip(anchor.iter_mut()) {
-                *u = if norm > 0.0 { x as f64 / norm } else { 0.0 };
-                *a += *u;
-            }
-        }
-        let an = anchor.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if an == 0.0 {
-            continue;
-        }
-        for s in obs.live_slots() {
-            let dot: f64 = unit[s * d..(s + 1) * d].iter().zip(&anchor).map(|(u, a)| u * a).sum();
-            sim[s] += dot / an / obs.num_kv_heads as f64;
+        let Some(cos) = anchor_cosines(live.iter().map(|&s| obs.key(g, s)), d) else { continue };
+        for (&s, c) in live.iter().zip(cos) {
+            sim[s] += c / obs.num_kv_heads as f64;
         }
     }
     sim

@@ -7,6 +7,7 @@
 
 use msrnn_policy_api::{Context, Decision, Declare, Needs, Observation, Policy, Result};
 
+use crate::keydiff::anchor_cosines;
 use crate::tova_head::{per_head_lowest, run_capacity};
 
 /// `keydiff-head`: per KV head, evict the keys most similar to that head's mean key direction.
@@ -36,19 +37,10 @@ pub fn head_anchor_similarity(obs: &Observation<'_>) -> Vec<f64> {
         return sim;
     }
     for h in 0..obs.num_kv_heads {
-        let mut anchor = vec![0f64; d];
-        let mut units = Vec::new();
-        for e in obs.live_slots().filter(|&e| obs.head_of(e) == h) {
-            let k = obs.key(h, e - h * n);
-            let norm = k.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-            let u: Vec<f64> = k.iter().map(|&x| if norm > 0.0 { x as f64 / norm } else { 0.0 }).collect();
-            anchor.iter_mut().zip(&u).for_each(|(a, x)| *a += x);
-            units.push((e, u));
-        }
-        let an = anchor.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if an > 0.0 {
-            for (e, u) in units {
-                sim[e] = u.iter().zip(&anchor).map(|(u, a)| u * a).sum::<f64>() / an;
+        let mine = obs.head_entries(h);
+        if let Some(cos) = anchor_cosines(mine.iter().map(|&e| obs.key(h, e - h * n)), d) {
+            for (&e, c) in mine.iter().zip(cos) {
+                sim[e] = c;
             }
         }
     }

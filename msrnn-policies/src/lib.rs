@@ -48,7 +48,7 @@ pub use adakv::{share_budget, AdaKv, AdaKvParams};
 pub use full::Full;
 pub use h2o::{H2o, H2oParams};
 pub use h2o_ema::{H2oEma, H2oEmaParams};
-pub use keydiff::{anchor_similarity, KeyDiff};
+pub use keydiff::{anchor_cosines, anchor_similarity, KeyDiff};
 pub use keydiff_head::{head_anchor_similarity, KeyDiffHead};
 pub use pyramid::{pyramid_capacities, Pyramid, PyramidParams};
 pub use random::{Random, RandomParams};
