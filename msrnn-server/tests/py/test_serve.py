@@ -235,14 +235,20 @@ def read_until(conn, done):
     return got
 
 
-def raw_stream_then_vanish(server, body, read_bytes=200):
-    """Sends a streaming request on a plain socket, reads the start of the answer, and closes."""
+def send_chat(server, body):
+    """Sends a chat request with `body` on a plain socket; returns the socket."""
     u = urllib.parse.urlparse(server.url)
     data = json.dumps(body).encode()
     s = socket.create_connection((u.hostname, u.port), timeout=120)
     s.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         + f"Authorization: Bearer {server.api_key}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+    return s
+
+
+def raw_stream_then_vanish(server, body, read_bytes=200):
+    """Sends a streaming request on a plain socket, reads the start of the answer, and closes."""
+    s = send_chat(server, body)
     got = read_until(s, lambda g: b"data: {" in g and len(g) >= read_bytes)
     s.close()
     return got
@@ -263,13 +269,7 @@ def test_a_client_vanishing_mid_stream_is_cancelled(server, baseline):
 
 def vanish_before_the_answer(server, body):
     """Sends a request on a plain socket and closes it at once, before any answer."""
-    u = urllib.parse.urlparse(server.url)
-    data = json.dumps(body).encode()
-    s = socket.create_connection((u.hostname, u.port), timeout=120)
-    s.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Authorization: Bearer {server.api_key}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
-    s.close()
+    send_chat(server, body).close()
 
 
 def post_huge(server, n):
