@@ -7,6 +7,7 @@
 #   .peers/build         the cmake build tree
 #   .peers/llama-bench   the kernel benchmark binary
 #   .peers/llama-server  the HTTP server binary (OpenAI-compatible, continuous batching)
+#   .peers/llama-quantize, .peers/llama-perplexity   with TARGETS naming them (scripts/compare-llama.sh does)
 # Usage: scripts/build-llama-bench.sh   (LLAMA_CPP_PYTHON_VERSION and JOBS may be overridden; TARGETS="llama-bench"
 #        builds the kernel benchmark alone)
 # Then:  .peers/llama-bench -m models/SmolLM2-135M-Instruct.Q4_1.gguf -t 1 -p 512 -n 32 -d 0,1024,8192
