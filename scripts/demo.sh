@@ -4,7 +4,7 @@
 #   1. `msrnn generate`: SmolLM2-135M-Instruct answers with a TOVA cache of 64 tokens per layer;
 #   2. `msrnn ppl`: a small perplexity grid (5 policies x 3 capacities over 512 tokens of Hamlet),
 #      written to results/ppl.json, results/ppl.svg and results/ppl.png.
-# About 5 minutes on 2 cores after the build. Extra arguments go to both commands (e.g. --threads 4).
+# Under a minute on 2 cores after the build. Extra arguments go to both commands (e.g. --threads 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -30,11 +30,13 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "candle-baseline")]
 mod baseline;
 mod config;
 mod loader;
 mod model;
 
+#[cfg(feature = "candle-baseline")]
 pub use baseline::CandleLlama;
 pub use config::LlamaConfig;
 pub use loader::{FAMILY, HF_NAMES};

@@ -35,9 +35,14 @@ msrnn_modelkit::inventory::submit! {
         architectures: &[FAMILY],
         model_types: &[FAMILY],
         load: load_boxed,
-        baseline: Some(&crate::baseline::CandleLlama),
+        baseline: BASELINE,
     }
 }
+
+#[cfg(feature = "candle-baseline")]
+const BASELINE: Option<&'static dyn msrnn_modelkit::Baseline> = Some(&crate::baseline::CandleLlama);
+#[cfg(not(feature = "candle-baseline"))]
+const BASELINE: Option<&'static dyn msrnn_modelkit::Baseline> = None;
 
 fn load_boxed(path: &Path, opts: &LoadOptions) -> Result<Box<dyn Model>> {
     Ok(Box::new(load(path, opts)?))

@@ -36,7 +36,8 @@ pub struct BenchArgs {
 
     /// Leave out the baseline rows: another implementation of the model's family run on the same
     /// file with a full cache, when the family has one (candle's own quantized_llama for LLaMA GGUF
-    /// files).
+    /// files, in builds with the `candle-baseline` feature:
+    /// `cargo build --release -p msrnn-cli --features candle-baseline`).
     #[arg(long)]
     pub no_baseline: bool,
 
