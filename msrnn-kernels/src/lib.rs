@@ -24,6 +24,7 @@ pub mod kv;
 pub mod pool;
 pub mod qmatrix;
 pub mod rope;
+mod simd;
 
 pub use error::KernelError;
 pub use format::Format;
