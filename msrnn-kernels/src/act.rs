@@ -131,10 +131,8 @@ unsafe fn quantize_blocks<V: Simd>(x: &[f32], out: &mut Out<'_>) {
         let v = [V::load(xb.as_ptr()), V::load(xb.as_ptr().add(L))];
         let (scale, id) = block_scale(V::splat(0.0).max(v[0].abs()).max(v[1].abs()).max_lane());
         let idv = V::splat(id);
-        let q = out.qs.as_mut_ptr().add(b * BLOCK);
-        let lo = v[0].mul(idv).store_i8(q);
-        let hi = v[1].mul(idv).store_i8(q.add(L));
-        out.set_block(b, scale, lo + hi, lo);
+        let (lo, sum) = V::store_i8_pair(v[0].mul(idv), v[1].mul(idv), out.qs.as_mut_ptr().add(b * BLOCK));
+        out.set_block(b, scale, sum, lo);
     }
 }
 

@@ -7,7 +7,6 @@
 //! operation, so a row rotated here equals one rotated by candle bit for bit.
 
 use crate::attention::{key_index, KEY_BLOCK};
-use crate::simd::{Simd, L};
 
 /// How a head's dimensions are paired for rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,9 +129,12 @@ pub fn block_angles(
 }
 
 /// Writes `[half][16]` lanes at `out`: lane `l` of row `i` is `table[lanes[l] * half + i]`, zero for lanes past
-/// `lanes.len()` (at most 16); sixteen table rows at a time, transposed in registers ([`Simd::transpose`]).
+/// `lanes.len()` (at most 16); sixteen table rows at a time, transposed in registers
+/// ([`crate::simd::Simd::transpose`]).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn transpose_rows<V: Simd>(table: &[f32], lanes: &[u32], half: usize, out: *mut f32) {
+unsafe fn transpose_rows<V: crate::simd::Simd>(table: &[f32], lanes: &[u32], half: usize, out: *mut f32) {
+    use crate::simd::L;
     for c in (0..half).step_by(L) {
         let mut r = [V::splat(0.0); L];
         for (l, &row) in lanes.iter().enumerate() {

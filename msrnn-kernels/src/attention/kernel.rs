@@ -2,31 +2,23 @@
 //! blocks (keys rotated in registers where the step stores them unrotated), softmax, and the
 //! probability-weighted sum of the values.
 
-use std::ops::Range;
-
 use half::f16;
 
 use super::elem::Elem;
-use super::{Dst, Src, Step, ROW_BLOCK, SPLIT};
+use super::{Src, Step, Task, ROW_BLOCK, SPLIT};
 use crate::kv::QBLOCK;
 use crate::rope::{pair, RopeStyle};
 use crate::simd::{Simd, L};
 
-/// The query heads of KV head `g` for query rows `rows` over the key slots `slots` (a range of
-/// whole key blocks inside `[0, hi)` rounded up), in blocks of [`ROW_BLOCK`] rows: scores (`-inf`
+/// The task's query heads of KV head `g` for query rows `rows` over the key slots `slots` (a range
+/// of whole key blocks inside `[0, hi)` rounded up), in blocks of [`ROW_BLOCK`] rows: scores (`-inf`
 /// where a row cannot see the slot), softmax, then the values weighted by the non-zero
 /// probabilities. With `dst.part` the softmax is left unnormalized and the outputs, maxima and sums
 /// go to the split's part entries for [`super::merge`].
 #[inline(always)]
-pub(super) unsafe fn rows_kv_head<V: Simd, E: Elem>(
-    s: &Step<'_>,
-    g: usize,
-    rows: Range<usize>,
-    slots: Range<usize>,
-    dst: &Dst,
-    k: Src<E>,
-    v: Src<E>,
-) {
+pub(super) unsafe fn rows_kv_head<V: Simd, E: Elem>(task: &Task<'_, E>) {
+    let Task { step: s, g, dst, k, v, .. } = *task;
+    let (rows, slots) = (task.rows.clone(), task.slots.clone());
     let (d, hi) = (s.head_dim, s.hi);
     let nb = d.div_ceil(QBLOCK);
     let group = s.num_heads / s.num_kv_heads;

@@ -283,106 +283,76 @@ impl<E> Src<E> {
     }
 }
 
-unsafe fn run(isa: Isa, step: &Step<'_>, head: usize, rows: Range<usize>, slots: Range<usize>, dst: &Dst) {
+/// One task: the query heads of KV head `g` for query rows `rows` over the key slots `slots`, reading keys and
+/// values from `k`, `v` and writing to `dst`.
+struct Task<'a, E> {
+    step: &'a Step<'a>,
+    g: usize,
+    rows: Range<usize>,
+    slots: Range<usize>,
+    dst: &'a Dst,
+    k: Src<E>,
+    v: Src<E>,
+}
+
+unsafe fn run(isa: Isa, step: &Step<'_>, g: usize, rows: Range<usize>, slots: Range<usize>, dst: &Dst) {
     match (step.k, step.v) {
-        (KvSlice::F32(k), KvSlice::F32(v)) => run_f32(isa, step, head, rows, slots, dst, Src::plain(k), Src::plain(v)),
-        (KvSlice::F16(k), KvSlice::F16(v)) => run_in(isa, step, head, rows, slots, dst, Src::plain(k), Src::plain(v)),
+        (KvSlice::F32(k), KvSlice::F32(v)) => {
+            run_f32(isa, &Task { step, g, rows, slots, dst, k: Src::plain(k), v: Src::plain(v) })
+        }
+        (KvSlice::F16(k), KvSlice::F16(v)) => {
+            run_in(isa, &Task { step, g, rows, slots, dst, k: Src::plain(k), v: Src::plain(v) })
+        }
         (KvSlice::Q8_0 { q: kq, d: kd }, KvSlice::Q8_0 { q: vq, d: vd }) => {
             let (k, v) = (Src { q: kq.as_ptr(), d: kd.as_ptr() }, Src { q: vq.as_ptr(), d: vd.as_ptr() });
-            run_in(isa, step, head, rows, slots, dst, k, v)
+            run_in(isa, &Task { step, g, rows, slots, dst, k, v })
         }
         _ => unreachable!("Step::check refuses keys and values in different formats"),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_in<E: Elem>(
-    isa: Isa,
-    step: &Step<'_>,
-    head: usize,
-    rows: Range<usize>,
-    slots: Range<usize>,
-    dst: &Dst,
-    k: Src<E>,
-    v: Src<E>,
-) {
+unsafe fn run_in<E: Elem>(isa: Isa, task: &Task<'_, E>) {
     match isa {
-        Isa::Scalar => rows_kv_head::<Lanes, E>(step, head, rows, slots, dst, k, v),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => rows_avx2(step, head, rows, slots, dst, k, v),
+        Isa::Avx2 => rows_avx2(task),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => rows_avx512(step, head, rows, slots, dst, k, v),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => rows_kv_head::<Lanes, E>(step, head, rows, slots, dst, k, v),
+        Isa::Avx512 => rows_avx512(task),
+        _ => rows_kv_head::<Lanes, E>(task),
     }
 }
 
-/// f32 keys and values through wrappers without F16C: the f32 kernel keeps the target features
+/// f32 keys and values through entry points without F16C: the f32 kernel keeps the target features
 /// it had before the other formats (the f16 and q8_0 branches are compiled out of it).
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_f32(
-    isa: Isa,
-    step: &Step<'_>,
-    head: usize,
-    rows: Range<usize>,
-    slots: Range<usize>,
-    dst: &Dst,
-    k: Src<f32>,
-    v: Src<f32>,
-) {
+unsafe fn run_f32(isa: Isa, task: &Task<'_, f32>) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => rows_avx2_f32(step, head, rows, slots, dst, k, v),
+        Isa::Avx2 => rows_avx2_f32(task),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => rows_avx512_f32(step, head, rows, slots, dst, k, v),
-        _ => run_in(isa, step, head, rows, slots, dst, k, v),
+        Isa::Avx512 => rows_avx512_f32(task),
+        _ => run_in(isa, task),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2_f32(s: &Step<'_>, g: usize, r: Range<usize>, k: Range<usize>, d: &Dst, ks: Src<f32>, vs: Src<f32>) {
-    rows_kv_head::<crate::simd::Avx2, f32>(s, g, r, k, d, ks, vs)
+unsafe fn rows_avx2_f32(task: &Task<'_, f32>) {
+    rows_kv_head::<crate::simd::Avx2, f32>(task)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn rows_avx512_f32(
-    s: &Step<'_>,
-    g: usize,
-    r: Range<usize>,
-    k: Range<usize>,
-    d: &Dst,
-    ks: Src<f32>,
-    vs: Src<f32>,
-) {
-    rows_kv_head::<crate::simd::Avx512, f32>(s, g, r, k, d, ks, vs)
+unsafe fn rows_avx512_f32(task: &Task<'_, f32>) {
+    rows_kv_head::<crate::simd::Avx512, f32>(task)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_avx2<E: Elem>(
-    s: &Step<'_>,
-    g: usize,
-    r: Range<usize>,
-    k: Range<usize>,
-    d: &Dst,
-    ks: Src<E>,
-    vs: Src<E>,
-) {
-    rows_kv_head::<crate::simd::Avx2, E>(s, g, r, k, d, ks, vs)
+unsafe fn rows_avx2<E: Elem>(task: &Task<'_, E>) {
+    rows_kv_head::<crate::simd::Avx2, E>(task)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn rows_avx512<E: Elem>(
-    s: &Step<'_>,
-    g: usize,
-    r: Range<usize>,
-    k: Range<usize>,
-    d: &Dst,
-    ks: Src<E>,
-    vs: Src<E>,
-) {
-    rows_kv_head::<crate::simd::Avx512, E>(s, g, r, k, d, ks, vs)
+unsafe fn rows_avx512<E: Elem>(task: &Task<'_, E>) {
+    rows_kv_head::<crate::simd::Avx512, E>(task)
 }

@@ -117,21 +117,187 @@ impl Simd for Avx2 {
     }
     #[inline(always)]
     unsafe fn store_i8(self, p: *mut i8) -> i32 {
-        // `cvtps_epi32` rounds to nearest even; NaN lanes are zeroed; the saturating packs are exact for codes that
-        // fit a byte. `packs_epi32` interleaves the 128-bit halves (a0-3 b0-3 | a4-7 b4-7), the permute undoes it.
-        let code = |x: __m256| {
-            let ord = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(x, x));
-            _mm256_and_si256(_mm256_cvtps_epi32(x), ord)
+        let (q, sum) = codes(self);
+        _mm_storeu_si128(p as *mut __m128i, _mm256_castsi256_si128(q));
+        sum
+    }
+    /// Both vectors packed at once: one 32-byte store.
+    #[inline(always)]
+    unsafe fn store_i8_pair(a: Self, b: Self, p: *mut i8) -> (i32, i32) {
+        let (qa, qb) = (rounded(a.0, a.1), rounded(b.0, b.1));
+        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(qa.0, qa.1), _mm256_packs_epi32(qb.0, qb.1));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        _mm256_storeu_si256(p as *mut __m256i, _mm256_permutevar8x32_epi32(bytes, order));
+        let lo = _mm256_add_epi32(qa.0, qa.1);
+        (hsum8(lo), hsum8(_mm256_add_epi32(lo, _mm256_add_epi32(qb.0, qb.1))))
+    }
+}
+
+/// The lanes rounded to nearest even (`cvtps_epi32`, the default rounding mode), NaN lanes zeroed.
+#[inline(always)]
+unsafe fn rounded(lo: __m256, hi: __m256) -> (__m256i, __m256i) {
+    let code = |x: __m256| {
+        let ord = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(x, x));
+        _mm256_and_si256(_mm256_cvtps_epi32(x), ord)
+    };
+    (code(lo), code(hi))
+}
+
+/// Sixteen codes as bytes in the low 128 bits (the saturating packs are exact for codes that fit a byte), and
+/// their sum.
+#[inline(always)]
+unsafe fn codes(x: Avx2) -> (__m256i, i32) {
+    let (a, b) = rounded(x.0, x.1);
+    // `packs_epi32` interleaves the 128-bit halves (a0-3 b0-3 | a4-7 b4-7); the permutes undo it.
+    let w = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
+    let bytes = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(w, w));
+    (bytes, hsum8(_mm256_add_epi32(a, b)))
+}
+
+#[inline(always)]
+unsafe fn hsum8(t: __m256i) -> i32 {
+    let t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
+    let t2 = _mm_add_epi32(t4, _mm_unpackhi_epi64(t4, t4));
+    _mm_cvtsi128_si32(_mm_add_epi32(t2, _mm_shuffle_epi32::<1>(t2)))
+}
+
+#[inline(always)]
+unsafe fn bcst(p: *const u8) -> __m256i {
+    _mm256_set1_epi32((p as *const i32).read_unaligned())
+}
+
+/// Eight outputs per register (a tile as two halves). 4-bit codes go straight into `vpmaddubsw` (8 of its 16-bit
+/// pair sums add up without saturating); 6-bit pair sums reach 16,002, so two are added in 16 bits before widening;
+/// `Q8_0` codes are made signed again and multiplied as `|w| * (x * sign(w))`, exact for every code including -128.
+impl Dot for Avx2 {
+    const W: usize = 8;
+    type I = __m256i;
+    type F = __m256;
+
+    #[inline(always)]
+    unsafe fn codes(p: *const u8) -> __m256i {
+        _mm256_loadu_si256(p as *const __m256i)
+    }
+    #[inline(always)]
+    unsafe fn izero() -> __m256i {
+        _mm256_setzero_si256()
+    }
+    #[inline(always)]
+    unsafe fn isplat(x: i32) -> __m256i {
+        _mm256_set1_epi32(x)
+    }
+    #[inline(always)]
+    unsafe fn iadd(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_add_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn isub(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_sub_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn imul(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_mullo_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn and(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_and_si256(a, b)
+    }
+    #[inline(always)]
+    unsafe fn or(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_or_si256(a, b)
+    }
+    #[inline(always)]
+    unsafe fn shr(a: __m256i, n: u32) -> __m256i {
+        _mm256_srl_epi32(a, _mm_cvtsi32_si128(n as i32))
+    }
+    #[inline(always)]
+    unsafe fn shl(a: __m256i, n: u32) -> __m256i {
+        _mm256_sll_epi32(a, _mm_cvtsi32_si128(n as i32))
+    }
+    #[inline(always)]
+    unsafe fn low_nibbles(v: __m256i) -> __m256i {
+        _mm256_and_si256(v, _mm256_set1_epi8(0x0F))
+    }
+    #[inline(always)]
+    unsafe fn high_nibbles(v: __m256i) -> __m256i {
+        _mm256_and_si256(_mm256_srli_epi16::<4>(v), _mm256_set1_epi8(0x0F))
+    }
+    #[inline(always)]
+    unsafe fn widen_u8(p: *const u8) -> __m256i {
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i))
+    }
+    #[inline(always)]
+    unsafe fn widen_i8(p: *const u8) -> __m256i {
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))
+    }
+    #[inline(always)]
+    unsafe fn dot16(acc: __m256i, w: &[__m256i; 4], x: *const u8) -> __m256i {
+        let ones = _mm256_set1_epi16(1);
+        let pair = |k: usize| {
+            let a = _mm256_maddubs_epi16(w[k], bcst(x.add(4 * k)));
+            let b = _mm256_maddubs_epi16(w[k + 1], bcst(x.add(4 * k + 4)));
+            _mm256_madd_epi16(_mm256_add_epi16(a, b), ones)
         };
-        let (a, b) = (code(self.0), code(self.1));
-        let w = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
-        _mm_storeu_si128(
-            p as *mut __m128i,
-            _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w)),
-        );
-        let t = _mm256_add_epi32(a, b);
-        let t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
-        let t2 = _mm_add_epi32(t4, _mm_unpackhi_epi64(t4, t4));
-        _mm_cvtsi128_si32(_mm_add_epi32(t2, _mm_shuffle_epi32::<1>(t2)))
+        _mm256_add_epi32(acc, _mm256_add_epi32(pair(0), pair(2)))
+    }
+    #[inline(always)]
+    unsafe fn dot32_4bit(lo: &[__m256i; 4], hi: &[__m256i; 4], x: *const u8) -> __m256i {
+        let mut s16 = _mm256_setzero_si256();
+        for k in 0..4 {
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(lo[k], bcst(x.add(4 * k))));
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[k], bcst(x.add(16 + 4 * k))));
+        }
+        _mm256_madd_epi16(s16, _mm256_set1_epi16(1))
+    }
+    #[inline(always)]
+    unsafe fn q8_codes(raw: __m256i) -> __m256i {
+        _mm256_xor_si256(raw, _mm256_set1_epi8(-128))
+    }
+    #[inline(always)]
+    unsafe fn dot_q8(w: &[__m256i; 8], x: *const u8, _bias: i32) -> __m256i {
+        let ones = _mm256_set1_epi16(1);
+        let mut isum = _mm256_setzero_si256();
+        for (g, wg) in w.iter().enumerate() {
+            let p = _mm256_maddubs_epi16(_mm256_abs_epi8(*wg), _mm256_sign_epi8(bcst(x.add(4 * g)), *wg));
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, ones));
+        }
+        isum
+    }
+
+    #[inline(always)]
+    unsafe fn scales(p: *const u8) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+    #[inline(always)]
+    unsafe fn fzero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn fsplat(x: f32) -> __m256 {
+        _mm256_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn fmul(a: __m256, b: __m256) -> __m256 {
+        _mm256_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn fneg(a: __m256) -> __m256 {
+        _mm256_castsi256_ps(_mm256_xor_si256(_mm256_castps_si256(a), _mm256_set1_epi32(i32::MIN)))
+    }
+    #[inline(always)]
+    unsafe fn to_f32(a: __m256i) -> __m256 {
+        _mm256_cvtepi32_ps(a)
+    }
+    #[inline(always)]
+    unsafe fn fstore(a: __m256, p: *mut f32) {
+        _mm256_storeu_ps(p, a)
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const u8) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
     }
 }

@@ -139,3 +139,133 @@ impl Simd for Avx512 {
         }
     }
 }
+
+#[inline(always)]
+unsafe fn bcst(p: *const u8) -> __m512i {
+    _mm512_set1_epi32((p as *const i32).read_unaligned())
+}
+
+/// AVX-512 VNNI: one register for a tile's sixteen outputs, `vpdpbusd` (unsigned weight codes x signed activation
+/// codes, 4 at a time, into 32-bit sums) with the activation group broadcast from memory.
+impl Dot for Avx512 {
+    const W: usize = L;
+    type I = __m512i;
+    type F = __m512;
+
+    #[inline(always)]
+    unsafe fn codes(p: *const u8) -> __m512i {
+        _mm512_loadu_si512(p as *const _)
+    }
+    #[inline(always)]
+    unsafe fn izero() -> __m512i {
+        _mm512_setzero_si512()
+    }
+    #[inline(always)]
+    unsafe fn isplat(x: i32) -> __m512i {
+        _mm512_set1_epi32(x)
+    }
+    #[inline(always)]
+    unsafe fn iadd(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_add_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn isub(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_sub_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn imul(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_mullo_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn and(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_and_si512(a, b)
+    }
+    #[inline(always)]
+    unsafe fn or(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_or_si512(a, b)
+    }
+    #[inline(always)]
+    unsafe fn shr(a: __m512i, n: u32) -> __m512i {
+        _mm512_srl_epi32(a, _mm_cvtsi32_si128(n as i32))
+    }
+    #[inline(always)]
+    unsafe fn shl(a: __m512i, n: u32) -> __m512i {
+        _mm512_sll_epi32(a, _mm_cvtsi32_si128(n as i32))
+    }
+    #[inline(always)]
+    unsafe fn low_nibbles(v: __m512i) -> __m512i {
+        _mm512_and_si512(v, _mm512_set1_epi8(0x0F))
+    }
+    #[inline(always)]
+    unsafe fn high_nibbles(v: __m512i) -> __m512i {
+        _mm512_and_si512(_mm512_srli_epi16::<4>(v), _mm512_set1_epi8(0x0F))
+    }
+    #[inline(always)]
+    unsafe fn widen_u8(p: *const u8) -> __m512i {
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i))
+    }
+    #[inline(always)]
+    unsafe fn widen_i8(p: *const u8) -> __m512i {
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i))
+    }
+    #[inline(always)]
+    unsafe fn dot16(acc: __m512i, w: &[__m512i; 4], x: *const u8) -> __m512i {
+        let mut s = acc;
+        for (k, wk) in w.iter().enumerate() {
+            s = _mm512_dpbusd_epi32(s, *wk, bcst(x.add(4 * k)));
+        }
+        s
+    }
+    #[inline(always)]
+    unsafe fn q8_codes(raw: __m512i) -> __m512i {
+        raw
+    }
+    #[inline(always)]
+    unsafe fn dot_q8(w: &[__m512i; 8], x: *const u8, bias: i32) -> __m512i {
+        // Two chains: the stored code + 128 times x, corrected by the bias `-128 Σx`.
+        let mut s0 = _mm512_set1_epi32(bias);
+        let mut s1 = _mm512_setzero_si512();
+        for g in (0..8).step_by(2) {
+            s0 = _mm512_dpbusd_epi32(s0, w[g], bcst(x.add(4 * g)));
+            s1 = _mm512_dpbusd_epi32(s1, w[g + 1], bcst(x.add(4 * g + 4)));
+        }
+        _mm512_add_epi32(s0, s1)
+    }
+
+    #[inline(always)]
+    unsafe fn scales(p: *const u8) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+    #[inline(always)]
+    unsafe fn fzero() -> __m512 {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn fsplat(x: f32) -> __m512 {
+        _mm512_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn fmul(a: __m512, b: __m512) -> __m512 {
+        _mm512_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn fneg(a: __m512) -> __m512 {
+        _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_set1_epi32(i32::MIN)))
+    }
+    #[inline(always)]
+    unsafe fn to_f32(a: __m512i) -> __m512 {
+        _mm512_cvtepi32_ps(a)
+    }
+    #[inline(always)]
+    unsafe fn fstore(a: __m512, p: *mut f32) {
+        _mm512_storeu_ps(p, a)
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const u8) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+    }
+}

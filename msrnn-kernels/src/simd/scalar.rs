@@ -154,6 +154,143 @@ impl Simd for Lanes {
     }
 }
 
+/// The portable integer lanes of [`Dot`].
+type I16 = [i32; L];
+
+#[allow(clippy::needless_range_loop)] // lane loops read best indexed
+#[inline(always)]
+fn zip(a: I16, b: I16, f: impl Fn(i32, i32) -> i32) -> I16 {
+    std::array::from_fn(|l| f(a[l], b[l]))
+}
+
+/// Plain loops over sixteen lanes; `fmadd` is `f32::mul_add`, a fused multiply-add on every target (a library call
+/// where the baseline has no FMA instruction), so the portable matrix product returns the SIMD variants' bits.
+impl Dot for Lanes {
+    const W: usize = L;
+    type I = I16;
+    type F = [f32; L];
+
+    #[inline(always)]
+    unsafe fn codes(p: *const u8) -> I16 {
+        std::array::from_fn(|l| i32::from_le_bytes(std::ptr::read_unaligned(p.add(4 * l) as *const [u8; 4])))
+    }
+    #[inline(always)]
+    unsafe fn izero() -> I16 {
+        [0; L]
+    }
+    #[inline(always)]
+    unsafe fn isplat(x: i32) -> I16 {
+        [x; L]
+    }
+    #[inline(always)]
+    unsafe fn iadd(a: I16, b: I16) -> I16 {
+        zip(a, b, i32::wrapping_add)
+    }
+    #[inline(always)]
+    unsafe fn isub(a: I16, b: I16) -> I16 {
+        zip(a, b, i32::wrapping_sub)
+    }
+    #[inline(always)]
+    unsafe fn imul(a: I16, b: I16) -> I16 {
+        zip(a, b, i32::wrapping_mul)
+    }
+    #[inline(always)]
+    unsafe fn and(a: I16, b: I16) -> I16 {
+        zip(a, b, |x, y| x & y)
+    }
+    #[inline(always)]
+    unsafe fn or(a: I16, b: I16) -> I16 {
+        zip(a, b, |x, y| x | y)
+    }
+    #[inline(always)]
+    unsafe fn shr(a: I16, n: u32) -> I16 {
+        a.map(|x| ((x as u32) >> n) as i32)
+    }
+    #[inline(always)]
+    unsafe fn shl(a: I16, n: u32) -> I16 {
+        a.map(|x| ((x as u32) << n) as i32)
+    }
+    #[inline(always)]
+    unsafe fn low_nibbles(v: I16) -> I16 {
+        v.map(|x| x & 0x0F0F_0F0F)
+    }
+    #[inline(always)]
+    unsafe fn high_nibbles(v: I16) -> I16 {
+        v.map(|x| ((x as u32 >> 4) & 0x0F0F_0F0F) as i32)
+    }
+    #[inline(always)]
+    unsafe fn widen_u8(p: *const u8) -> I16 {
+        std::array::from_fn(|l| *p.add(l) as i32)
+    }
+    #[inline(always)]
+    unsafe fn widen_i8(p: *const u8) -> I16 {
+        std::array::from_fn(|l| *p.add(l) as i8 as i32)
+    }
+    #[inline(always)]
+    unsafe fn dot16(acc: I16, w: &[I16; 4], x: *const u8) -> I16 {
+        let x = std::ptr::read_unaligned(x as *const [i8; 16]);
+        std::array::from_fn(|l| {
+            let mut s = acc[l];
+            for (k, wk) in w.iter().enumerate() {
+                for (i, &c) in wk[l].to_le_bytes().iter().enumerate() {
+                    s += c as i32 * x[4 * k + i] as i32;
+                }
+            }
+            s
+        })
+    }
+    #[inline(always)]
+    unsafe fn q8_codes(raw: I16) -> I16 {
+        raw
+    }
+    #[inline(always)]
+    unsafe fn dot_q8(w: &[I16; 8], x: *const u8, bias: i32) -> I16 {
+        let x = std::ptr::read_unaligned(x as *const [i8; 32]);
+        std::array::from_fn(|l| {
+            let mut s = bias;
+            for (g, wg) in w.iter().enumerate() {
+                for (i, &c) in wg[l].to_le_bytes().iter().enumerate() {
+                    s += c as i32 * x[4 * g + i] as i32;
+                }
+            }
+            s
+        })
+    }
+
+    #[inline(always)]
+    unsafe fn scales(p: *const u8) -> [f32; L] {
+        std::array::from_fn(|l| f16::from_bits(u16::from_le_bytes([*p.add(2 * l), *p.add(2 * l + 1)])).to_f32())
+    }
+    #[inline(always)]
+    unsafe fn fzero() -> [f32; L] {
+        [0.0; L]
+    }
+    #[inline(always)]
+    unsafe fn fsplat(x: f32) -> [f32; L] {
+        [x; L]
+    }
+    #[inline(always)]
+    unsafe fn fmul(a: [f32; L], b: [f32; L]) -> [f32; L] {
+        std::array::from_fn(|l| a[l] * b[l])
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: [f32; L], b: [f32; L], c: [f32; L]) -> [f32; L] {
+        std::array::from_fn(|l| a[l].mul_add(b[l], c[l]))
+    }
+    #[inline(always)]
+    unsafe fn fneg(a: [f32; L]) -> [f32; L] {
+        a.map(|x| -x)
+    }
+    #[inline(always)]
+    unsafe fn to_f32(a: I16) -> [f32; L] {
+        a.map(|x| x as f32)
+    }
+    #[inline(always)]
+    unsafe fn fstore(a: [f32; L], p: *mut f32) {
+        std::ptr::write_unaligned(p as *mut [f32; L], a)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
