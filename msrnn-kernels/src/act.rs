@@ -89,6 +89,8 @@ fn quantize_with(isa: Isa, x: &[f32], out: &mut Out<'_>) {
         Isa::Avx512 if isa.is_supported() => unsafe { quantize_avx512(x, out) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 if Isa::Avx2.is_supported() => unsafe { quantize_avx2(x, out) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon if isa.is_supported() => unsafe { quantize_neon(x, out) },
         // SAFETY: the portable code runs anywhere.
         _ => unsafe { quantize_blocks::<Lanes>(x, out) },
     }
@@ -146,4 +148,10 @@ unsafe fn quantize_avx2(x: &[f32], out: &mut Out<'_>) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn quantize_avx512(x: &[f32], out: &mut Out<'_>) {
     quantize_blocks::<crate::simd::Avx512>(x, out)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn quantize_neon(x: &[f32], out: &mut Out<'_>) {
+    quantize_blocks::<crate::simd::Neon>(x, out)
 }

@@ -317,6 +317,8 @@ unsafe fn run_in<E: Elem>(isa: Isa, task: &Task<'_, E>) {
         Isa::Avx2 => rows_avx2(task),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => rows_avx512(task),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => rows_neon(task),
         _ => rows_kv_head::<Lanes, E>(task),
     }
 }
@@ -355,4 +357,10 @@ unsafe fn rows_avx2<E: Elem>(task: &Task<'_, E>) {
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn rows_avx512<E: Elem>(task: &Task<'_, E>) {
     rows_kv_head::<crate::simd::Avx512, E>(task)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn rows_neon<E: Elem>(task: &Task<'_, E>) {
+    rows_kv_head::<crate::simd::Neon, E>(task)
 }

@@ -198,6 +198,8 @@ pub(crate) unsafe fn tile_rows(isa: Isa, format: Format, tile: Tile, acts: &QAct
         Isa::Avx512 => tile_rows_avx512(format, tile, acts, r0, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => tile_rows_avx2(format, tile, acts, r0, out),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => tile_rows_neon(format, tile, acts, r0, out),
         _ => kernel::tile_rows::<Lanes>(format, tile, acts, r0, out),
     }
 }
@@ -212,4 +214,10 @@ unsafe fn tile_rows_avx2(format: Format, tile: Tile, acts: &QActs, r0: usize, ou
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn tile_rows_avx512(format: Format, tile: Tile, acts: &QActs, r0: usize, out: &mut [[f32; TILE]]) {
     kernel::tile_rows::<crate::simd::Avx512>(format, tile, acts, r0, out)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn tile_rows_neon(format: Format, tile: Tile, acts: &QActs, r0: usize, out: &mut [[f32; TILE]]) {
+    kernel::tile_rows::<crate::simd::Neon>(format, tile, acts, r0, out)
 }

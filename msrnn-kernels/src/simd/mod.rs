@@ -1,8 +1,9 @@
 //! The one SIMD layer of the crate, two traits implemented by one type per instruction set: the portable
-//! [`Lanes`] (`scalar.rs`) and, on x86-64, `Avx2` (`avx2.rs`) and `Avx512` (`avx512.rs`).
+//! [`Lanes`] (`scalar.rs`), on x86-64 `Avx2` (`avx2.rs`) and `Avx512` (`avx512.rs`), on aarch64 `Neon`
+//! (`neon.rs`).
 //! - [`Simd`]: a vector of sixteen f32 lanes (attention, activation quantization, rotary angles);
 //! - [`Dot`]: the matrix product's vectors, `W` output lanes of exact integer dot products of 8-bit codes and of f32
-//!   accumulators (AVX2: 8, the others 16).
+//!   accumulators (AVX2 and NEON: 8, the others 16).
 //!
 //! Kernels are written once, generic over `V: Simd`; each instruction set gets a thin `#[target_feature]` entry
 //! point that instantiates the generic body with its type (Rust inlines the trait's methods only into a function
@@ -23,6 +24,10 @@ pub(crate) use avx2::Avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use avx512::Avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+#[cfg(target_arch = "aarch64")]
+pub(crate) use neon::Neon;
 
 /// Lanes of a vector: one AVX-512 register of f32, two AVX2 ones.
 pub(crate) const L: usize = 16;
@@ -188,6 +193,12 @@ mod tests {
         transposed::<Avx512>(m)
     }
 
+    #[cfg(target_arch = "aarch64")]
+    #[target_feature(enable = "neon")]
+    unsafe fn transposed_neon(m: &[[f32; L]; L]) -> [[f32; L]; L] {
+        transposed::<Neon>(m)
+    }
+
     #[test]
     fn transpose_swaps_lanes_and_vectors_in_every_variant() {
         let m: [[f32; L]; L] = std::array::from_fn(|i| std::array::from_fn(|l| (i * 100 + l) as f32));
@@ -200,6 +211,8 @@ mod tests {
                     Isa::Avx2 => transposed_avx2(&m),
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512 => transposed_avx512(&m),
+                    #[cfg(target_arch = "aarch64")]
+                    Isa::Neon => transposed_neon(&m),
                     _ => transposed::<Lanes>(&m),
                 }
             };
