@@ -3,12 +3,13 @@
 //! Per block of 32 inputs: `d = max|x| / 127`, `q = round_ties_even(x / d)` computed as `x * (1 / d)`, so
 //! `|q| <= 127`. Kept beside the codes: `d`, `s = d * Σq` (the min term of formats with a min), `-128 * Σq` (the
 //! correction for weights stored with an offset, e.g. Q8_0's +128 for `vpdpbusd`) and the sum of the first 16 codes
-//! (Q6_K's sub-blocks of 16). Every instruction-set variant computes the same bits as the
-//! plain reference (`quantize_blocks`), tested on awkward values in `tests/exact.rs`; they are written out because the
-//! compiler's own vectorization of the reference gathered across blocks (docs/performance.md).
+//! (Q6_K's sub-blocks of 16). One body over the crate's vectors ([`crate::simd`]) serves every variant, so all
+//! compute the same bits (tested on awkward values in `tests/exact.rs`); it is written with vectors because the
+//! compiler's own vectorization of a plain loop gathered across blocks (docs/performance.md).
 
 use crate::format::BLOCK;
 use crate::isa::Isa;
+use crate::simd::{Lanes, Simd, L};
 
 /// A row-major `[rows, in_dim]` activation matrix quantized in blocks of [`BLOCK`] values.
 #[derive(Debug, Clone, Default)]
@@ -88,7 +89,10 @@ fn quantize_with(isa: Isa, x: &[f32], out: &mut Out<'_>) {
         Isa::Avx512 if isa.is_supported() => unsafe { quantize_avx512(x, out) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 if Isa::Avx2.is_supported() => unsafe { quantize_avx2(x, out) },
-        _ => quantize_blocks(x, out),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon if isa.is_supported() => unsafe { quantize_neon(x, out) },
+        // SAFETY: the portable code runs anywhere.
+        _ => unsafe { quantize_blocks::<Lanes>(x, out) },
     }
 }
 
@@ -120,83 +124,34 @@ fn block_scale(amax: f32) -> (f32, f32) {
     (scale, if id.is_finite() { id } else { 0.0 })
 }
 
-/// The reference: `f32::max` skips NaN inputs, and a NaN code (only from an infinite input, whose block then has
-/// `id = 0`) converts to 0.
+/// One body for every variant, over [`Simd`]: a block is two vectors of 16. The running maximum is `max(m, |x|)`,
+/// which keeps `m` where `|x|` is NaN, so NaN inputs do not set the scale (and, as every other code, come out 0);
+/// codes round to nearest even, and the two halves' sums give `Σq` and the first 16 codes' sum exactly.
 #[inline(always)]
-fn quantize_blocks(x: &[f32], out: &mut Out<'_>) {
+unsafe fn quantize_blocks<V: Simd>(x: &[f32], out: &mut Out<'_>) {
     for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
-        let (scale, id) = block_scale(xb.iter().fold(0f32, |a, v| a.max(v.abs())));
-        let (mut sum, mut sum_lo) = (0i32, 0i32);
-        for (i, (q, v)) in out.qs[b * BLOCK..][..BLOCK].iter_mut().zip(xb).enumerate() {
-            let c = (v * id).round_ties_even() as i32;
-            *q = c as i8;
-            sum += c;
-            if i < 16 {
-                sum_lo += c;
-            }
-        }
-        out.set_block(b, scale, sum, sum_lo);
+        let v = [V::load(xb.as_ptr()), V::load(xb.as_ptr().add(L))];
+        let (scale, id) = block_scale(V::splat(0.0).max(v[0].abs()).max(v[1].abs()).max_lane());
+        let idv = V::splat(id);
+        let (lo, sum) = V::store_i8_pair(v[0].mul(idv), v[1].mul(idv), out.qs.as_mut_ptr().add(b * BLOCK));
+        out.set_block(b, scale, sum, lo);
     }
 }
 
-/// AVX2: a block is four 8-lane vectors. `max_ps` returns its second operand when either is NaN, so with the running
-/// maximum second, NaN inputs are skipped as in the reference; `cvtps_epi32` rounds to nearest even (the default
-/// rounding mode) and NaN lanes are zeroed; codes fit in a byte, so the saturating packs are exact.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_avx2(x: &[f32], out: &mut Out<'_>) {
-    use std::arch::x86_64::*;
-    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
-        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xb.as_ptr().add(8 * i)));
-        let mut m = _mm256_setzero_ps();
-        for vi in v {
-            m = _mm256_max_ps(_mm256_and_ps(vi, abs), m);
-        }
-        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
-        let (scale, id) = block_scale(amax);
-        let idv = _mm256_set1_ps(id);
-        let q: [__m256i; 4] = std::array::from_fn(|i| {
-            let p = _mm256_mul_ps(v[i], idv);
-            let ord = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(p, p));
-            _mm256_and_si256(_mm256_cvtps_epi32(p), ord)
-        });
-        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-        _mm256_storeu_si256(
-            out.qs.as_mut_ptr().add(b * BLOCK) as *mut __m256i,
-            _mm256_permutevar8x32_epi32(bytes, order),
-        );
-        let hsum = |t: __m256i| {
-            let t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
-            let t2 = _mm_add_epi32(t4, _mm_unpackhi_epi64(t4, t4));
-            _mm_cvtsi128_si32(_mm_add_epi32(t2, _mm_shuffle_epi32::<1>(t2)))
-        };
-        let (lo, hi) = (_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-        out.set_block(b, scale, hsum(_mm256_add_epi32(lo, hi)), hsum(lo));
-    }
+    quantize_blocks::<crate::simd::Avx2>(x, out)
 }
 
-/// AVX-512: a block is two 16-lane vectors; the same rules as the AVX2 variant.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn quantize_avx512(x: &[f32], out: &mut Out<'_>) {
-    use std::arch::x86_64::*;
-    for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
-        let v = [_mm512_loadu_ps(xb.as_ptr()), _mm512_loadu_ps(xb.as_ptr().add(16))];
-        let m = _mm512_max_ps(_mm512_abs_ps(v[1]), _mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_setzero_ps()));
-        let (scale, id) = block_scale(_mm512_reduce_max_ps(m));
-        let idv = _mm512_set1_ps(id);
-        let q = v.map(|vi| {
-            let p = _mm512_mul_ps(vi, idv);
-            _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(p, p), _mm512_cvtps_epi32(p))
-        });
-        let dst = out.qs.as_mut_ptr().add(b * BLOCK) as *mut __m128i;
-        _mm_storeu_si128(dst, _mm512_cvtepi32_epi8(q[0]));
-        _mm_storeu_si128(dst.add(1), _mm512_cvtepi32_epi8(q[1]));
-        let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1]));
-        out.set_block(b, scale, sum, _mm512_reduce_add_epi32(q[0]));
-    }
+    quantize_blocks::<crate::simd::Avx512>(x, out)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn quantize_neon(x: &[f32], out: &mut Out<'_>) {
+    quantize_blocks::<crate::simd::Neon>(x, out)
 }

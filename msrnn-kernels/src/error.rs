@@ -19,7 +19,7 @@ pub enum KernelError {
     UnknownFormat(String),
     #[error("{0}: no quantizer here (only Q8_0 and Q4_1 are made; the other formats are read)")]
     NoQuantizer(&'static str),
-    #[error("unknown instruction set {0:?} (expected scalar, avx2 or avx512)")]
+    #[error("unknown instruction set {0:?} (expected scalar, avx2, avx512 or neon)")]
     UnknownIsa(String),
     #[error("instruction set {0} is not supported by this CPU")]
     UnsupportedIsa(&'static str),

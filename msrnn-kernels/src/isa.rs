@@ -1,7 +1,7 @@
 //! Instruction-set variants, chosen at run time.
 //!
 //! The active variant is, in order: the one forced by [`force`], else the one named by the `MSRNN_ISA` environment
-//! variable (`scalar`, `avx2` or `avx512`; ignored when unknown or unsupported, see [`from_env`] for the error), else
+//! variable (`scalar`, `avx2`, `avx512` or `neon`; ignored when unknown or unsupported, see [`from_env`] for the error), else
 //! the best this CPU supports. Every variant returns the same bits, so forcing one changes speed only.
 
 use crate::error::{KernelError, Result};
@@ -16,16 +16,19 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL with VNNI (`vpdpbusd`).
     Avx512,
+    /// aarch64 NEON (Advanced SIMD, on every aarch64 CPU).
+    Neon,
 }
 
 impl Isa {
-    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
         }
     }
 
@@ -45,7 +48,8 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             _ => false,
         }
     }

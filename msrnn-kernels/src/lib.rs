@@ -19,14 +19,15 @@ pub mod attention;
 pub mod error;
 pub mod format;
 pub mod isa;
-mod kernels;
 pub mod kv;
+mod matmul;
 pub mod pool;
-pub mod qmatrix;
 pub mod rope;
+mod simd;
 
 pub use error::KernelError;
 pub use format::Format;
 pub use isa::Isa;
 pub use kv::{KvBuf, KvFormat, KvSlice};
+pub use matmul::qmatrix;
 pub use qmatrix::QMatrix;

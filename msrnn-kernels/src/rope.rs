@@ -129,56 +129,28 @@ pub fn block_angles(
 }
 
 /// Writes `[half][16]` lanes at `out`: lane `l` of row `i` is `table[lanes[l] * half + i]`, zero for lanes past
-/// `lanes.len()` (at most 16).
+/// `lanes.len()` (at most 16); sixteen table rows at a time, transposed in registers
+/// ([`crate::simd::Simd::transpose`]).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn transpose_rows_avx512(table: &[f32], lanes: &[u32], half: usize, out: *mut f32) {
-    use std::arch::x86_64::*;
-    for c in (0..half).step_by(16) {
-        let mut r = [_mm512_setzero_ps(); 16];
+#[inline(always)]
+unsafe fn transpose_rows<V: crate::simd::Simd>(table: &[f32], lanes: &[u32], half: usize, out: *mut f32) {
+    use crate::simd::L;
+    for c in (0..half).step_by(L) {
+        let mut r = [V::splat(0.0); L];
         for (l, &row) in lanes.iter().enumerate() {
-            r[l] = _mm512_loadu_ps(table.as_ptr().add(row as usize * half + c));
+            r[l] = V::load(table.as_ptr().add(row as usize * half + c));
         }
-        transpose16(&mut r);
+        V::transpose(&mut r);
         for (i, v) in r.iter().enumerate() {
-            _mm512_storeu_ps(out.add((c + i) * 16), *v);
+            v.store(out.add((c + i) * L));
         }
     }
 }
 
-/// Transposes a 16x16 matrix of f32 held as sixteen rows: 32-bit, then 64-bit interleaves, then two rounds of
-/// 128-bit lane shuffles.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose16(r: &mut [std::arch::x86_64::__m512; 16]) {
-    use std::arch::x86_64::*;
-    let mut t = [_mm512_setzero_ps(); 16];
-    for k in 0..8 {
-        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
-        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
-    }
-    let (lo, hi) = (
-        |a: __m512, b: __m512| _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))),
-        |a: __m512, b: __m512| _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))),
-    );
-    for k in 0..4 {
-        let q = 4 * k;
-        r[q] = lo(t[q], t[q + 2]);
-        r[q + 1] = hi(t[q], t[q + 2]);
-        r[q + 2] = lo(t[q + 1], t[q + 3]);
-        r[q + 3] = hi(t[q + 1], t[q + 3]);
-    }
-    for h in 0..2 {
-        let q = 8 * h;
-        for j in 0..4 {
-            t[q + j] = _mm512_shuffle_f32x4::<0x88>(r[q + j], r[q + j + 4]);
-            t[q + j + 4] = _mm512_shuffle_f32x4::<0xdd>(r[q + j], r[q + j + 4]);
-        }
-    }
-    for j in 0..8 {
-        r[j] = _mm512_shuffle_f32x4::<0x88>(t[j], t[j + 8]);
-        r[j + 8] = _mm512_shuffle_f32x4::<0xdd>(t[j], t[j + 8]);
-    }
+unsafe fn transpose_rows_avx512(table: &[f32], lanes: &[u32], half: usize, out: *mut f32) {
+    transpose_rows::<crate::simd::Avx512>(table, lanes, half, out)
 }
 
 #[cfg(test)]

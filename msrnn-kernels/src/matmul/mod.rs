@@ -1,4 +1,6 @@
-//! The tile kernels, one module per instruction-set variant, all on one repacked layout.
+//! The quantized matrix product: [`qmatrix::QMatrix`] (repacking at load, the call that splits work over
+//! threads), this file's tile layout, and the tile kernels (`kernel.rs`), written once over [`crate::simd::Dot`] and
+//! instantiated per instruction set by the thin `#[target_feature]` entry points below.
 //!
 //! A tile holds 16 consecutive output rows of the weight matrix (one SIMD lane per output; the last tile of a matrix
 //! is padded with zero rows). Its bytes: first the scales of every format block ("unit": 32 weights, 256 for the
@@ -30,16 +32,12 @@
 use crate::act::QActs;
 use crate::format::{Decoded, Format, BLOCK};
 use crate::isa::Isa;
+use crate::simd::{Dot, Lanes};
 
-// Kernels index registers and lanes by position; iterator chains would hide the layout.
-#[cfg(target_arch = "x86_64")]
+// The kernels index registers and lanes by position; iterator chains would hide the layout.
 #[allow(clippy::needless_range_loop)]
-mod avx2;
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::needless_range_loop)]
-mod avx512;
-#[allow(clippy::needless_range_loop)]
-mod scalar;
+mod kernel;
+pub mod qmatrix;
 
 /// Output rows per tile (lanes of a 512-bit vector of f32).
 pub(crate) const TILE: usize = 16;
@@ -174,17 +172,15 @@ pub(crate) struct Tile {
 /// alone leave a decode step well short of the memory bandwidth (docs/performance.md has the measurements).
 pub(crate) const PREFETCH: usize = 1024;
 
-/// Prefetches the bytes `dist` ahead of block `b`'s place in the tile's linear order (the matrix is one contiguous
-/// run of tiles, so this runs on into the next tile).
-#[cfg(target_arch = "x86_64")]
+/// Prefetches the bytes [`PREFETCH`] ahead of block `b`'s place in the tile's linear order (the matrix is one
+/// contiguous run of tiles, so this runs on into the next tile).
 #[inline(always)]
-pub(crate) unsafe fn prefetch_block(tile: Tile, format: Format, b: usize) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+unsafe fn prefetch_block<V: Dot>(tile: Tile, format: Format, b: usize) {
     let per_block = scale_bytes(format) + code_bytes(format);
     let p = tile.scales.wrapping_add(b * per_block + PREFETCH);
     let mut off = 0;
     while off < per_block {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);
+        V::prefetch(p.wrapping_add(off));
         off += 64;
     }
 }
@@ -199,9 +195,29 @@ pub(crate) unsafe fn tile_rows(isa: Isa, format: Format, tile: Tile, acts: &QAct
     debug_assert!(r0 + out.len() <= acts.rows);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => avx512::tile_rows(format, tile, acts, r0, out),
+        Isa::Avx512 => tile_rows_avx512(format, tile, acts, r0, out),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::tile_rows(format, tile, acts, r0, out),
-        _ => scalar::tile_rows(format, tile, acts, r0, out),
+        Isa::Avx2 => tile_rows_avx2(format, tile, acts, r0, out),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => tile_rows_neon(format, tile, acts, r0, out),
+        _ => kernel::tile_rows::<Lanes>(format, tile, acts, r0, out),
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_rows_avx2(format: Format, tile: Tile, acts: &QActs, r0: usize, out: &mut [[f32; TILE]]) {
+    kernel::tile_rows::<crate::simd::Avx2>(format, tile, acts, r0, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile_rows_avx512(format: Format, tile: Tile, acts: &QActs, r0: usize, out: &mut [[f32; TILE]]) {
+    kernel::tile_rows::<crate::simd::Avx512>(format, tile, acts, r0, out)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn tile_rows_neon(format: Format, tile: Tile, acts: &QActs, r0: usize, out: &mut [[f32; TILE]]) {
+    kernel::tile_rows::<crate::simd::Neon>(format, tile, acts, r0, out)
 }

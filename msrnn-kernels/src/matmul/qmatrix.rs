@@ -1,10 +1,10 @@
 //! A quantized weight matrix, repacked into 16-output tiles for the kernels.
 
+use super::{code_bytes, scale_bytes, Tile, TILE};
 use crate::act::QActs;
 use crate::error::{KernelError, Result};
 use crate::format::{self, Format};
 use crate::isa::{self, Isa};
-use crate::kernels::{self, code_bytes, scale_bytes, Tile, TILE};
 use crate::pool;
 use std::cell::RefCell;
 
@@ -12,7 +12,7 @@ use std::cell::RefCell;
 const ROW_BLOCK: usize = 64;
 
 /// An `out_dim x in_dim` weight matrix in a GGUF block format, repacked into tiles of 16 outputs (see the layout in
-/// `kernels/mod.rs`); it can give back the GGUF bytes it was built from, bit for bit.
+/// `matmul/mod.rs`); it can give back the GGUF bytes it was built from, bit for bit.
 pub struct QMatrix {
     format: Format,
     out_dim: usize,
@@ -61,7 +61,7 @@ impl QMatrix {
             let (scales, codes) = tile.split_at_mut(scales_len);
             for b in 0..nb {
                 let x = format::decode_block(format, &bytes[(o * nb + b) * bb..][..bb]);
-                kernels::put(format, scales, codes, b, l, &x);
+                super::put(format, scales, codes, b, l, &x);
             }
         }
         Ok(Self { format, out_dim, in_dim, nb, n_tiles, scales_len, tile_bytes, data })
@@ -102,7 +102,7 @@ impl QMatrix {
         assert_eq!(out.len(), self.in_dim, "dequantize_row: output length");
         let (scales, codes) = self.tile_bytes_of(r / TILE);
         for (b, o) in out.chunks_exact_mut(self.format.block_weights()).enumerate() {
-            let x = kernels::get(self.format, scales, codes, b, r % TILE);
+            let x = super::get(self.format, scales, codes, b, r % TILE);
             o.iter_mut().enumerate().for_each(|(i, v)| *v = x.value(self.format, i));
         }
     }
@@ -122,7 +122,7 @@ impl QMatrix {
         let (scales, codes) = self.tile_bytes_of(r / TILE);
         let mut out = vec![0u8; self.nb * bb];
         for (b, dst) in out.chunks_exact_mut(bb).enumerate() {
-            format::encode_block(self.format, &kernels::get(self.format, scales, codes, b, r % TILE), dst);
+            format::encode_block(self.format, &super::get(self.format, scales, codes, b, r % TILE), dst);
         }
         out
     }
@@ -154,7 +154,7 @@ impl QMatrix {
     ///
     /// Activations are quantized in blocks of 32 (see [`crate::act`]); output `o` of row `r` is
     /// `Σ_b fma(isum_b, dw_b * dx_b, ·)` over the activation blocks in order (each format's exact sequence, min terms
-    /// and sub-block scales included, is in `kernels/mod.rs`), which does not depend on `rows`, on the row's place or
+    /// and sub-block scales included, is in `matmul/mod.rs`), which does not depend on `rows`, on the row's place or
     /// on the thread count.
     ///
     /// # Panics
@@ -218,7 +218,7 @@ impl QMatrix {
             for ti in tg * tiles_per_task..((tg + 1) * tiles_per_task).min(self.n_tiles) {
                 let out = &mut out[..r1 - r0];
                 // SAFETY: the tile is in bounds, rows r0..r1 exist in `acts`, `isa` is supported.
-                unsafe { kernels::tile_rows(isa, self.format, self.tile(ti), acts, r0, out) };
+                unsafe { super::tile_rows(isa, self.format, self.tile(ti), acts, r0, out) };
                 let (c0, c1) = (ti * TILE, ((ti + 1) * TILE).min(self.out_dim));
                 for (i, o) in out.iter().enumerate() {
                     // SAFETY: each task writes its own rows x outputs, disjoint from every other task's.
