@@ -21,6 +21,7 @@ pub mod format;
 pub mod isa;
 pub mod kv;
 mod matmul;
+pub mod mlp;
 pub mod pool;
 pub mod rope;
 mod simd;
