@@ -9,7 +9,7 @@ use crate::isa::Isa;
 use crate::simd::{Lanes, Simd, L};
 
 /// `sqrt(2 / pi)`, GELU's tanh-approximation constant, times -2 (the exponent's factor).
-const MINUS_TWO_SQRT_2_OVER_PI: f32 = -1.595_769_1;
+const MINUS_TWO_SQRT_2_OVER_PI: f32 = -1.595_769;
 const CUBIC: f32 = 0.044_715;
 /// Inputs below this are raised to it: `gelu(-10)` is -1.2e-37, and below it `e^(-2u)` passes `exp`'s largest
 /// input, which would clamp it and leave `x / e^88` (-2 for `f32::MIN`) instead of about 0.

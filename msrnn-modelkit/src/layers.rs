@@ -176,7 +176,7 @@ impl GatedMlp {
 }
 
 /// `act(g) * u`. GELU's tanh form on the CPU goes through msrnn-kernels (one vector exp per 16 values, where candle
-/// calls libm's `tanhf` per value: a quarter of Gemma's prefill); everything else stays candle's.
+/// calls libm's `tanhf` per value: a fifth of Gemma's prefill); everything else stays candle's.
 fn gate(act: &Activation, g: &Tensor, u: &Tensor) -> candle_core::Result<Tensor> {
     let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
     if !matches!(act, Activation::GeluPytorchTanh) || !f32_cpu(g) || !f32_cpu(u) || g.dims() != u.dims() {
