@@ -3,11 +3,13 @@
 //! each KV format and with keys rotated in registers; activation quantization (`act::QActs`) of 1 and 64 rows of
 //! 1,536; the block angles of 1,024 slots (`rope::block_angles`, head size 64).
 //!
+//! `decode-batch/...`: a batched decode step's attention over 256 sequences' own caches, the memory roofline.
+//!
 //! `cargo bench -p msrnn-kernels --bench kernels [-- FILTER]`.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use msrnn_kernels::act::QActs;
-use msrnn_kernels::attention::{attention_with, KeyAngles, Sink, Step};
+use msrnn_kernels::attention::{self as attn, attention_with, KeyAngles, Sink, Step, KEY_BLOCK};
 use msrnn_kernels::rope::{block_angles, RopeStyle};
 use msrnn_kernels::{Isa, KvBuf, KvFormat};
 use msrnn_tests::Rng;
@@ -117,5 +119,67 @@ fn angles(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, attention, activations, angles);
+/// A batched decode step's attention: one query row for each of 256 sequences, each over its own 513 slots (TOVA with
+/// C = 512 after the new token), per KV format, with the active variant. 256 caches (200 MB in f32) do not fit the
+/// cache, so criterion's throughput (key and value bytes read per call) is the memory roofline of batched decoding.
+fn decode_batch(c: &mut Criterion) {
+    const SEQS: usize = 256;
+    let hi: usize = 513;
+    let slots = hi.next_multiple_of(KEY_BLOCK);
+    let mut g = config(c, "decode-batch");
+    for format in KvFormat::ALL {
+        let mut rng = Rng::new(11);
+        let mut row = vec![0f32; D];
+        let caches: Vec<(KvBuf, KvBuf)> = (0..SEQS)
+            .map(|_| {
+                let mut k = KvBuf::zeros(format, KV, slots, D).expect("keys");
+                let mut v = KvBuf::zeros(format, KV, slots, D).expect("values");
+                for h in 0..KV {
+                    for s in 0..hi {
+                        row.iter_mut().for_each(|x| *x = rng.uniform(-1.0, 1.0));
+                        k.write_key(slots, h, s, &row);
+                        row.iter_mut().for_each(|x| *x = rng.uniform(-1.0, 1.0));
+                        v.write_value(slots, h, s, &row);
+                    }
+                }
+                (k, v)
+            })
+            .collect();
+        let q: Vec<f32> = (0..HEADS * D).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let slot_pos: Vec<u64> = (0..slots as u64).collect();
+        let live: Vec<bool> = (0..slots).map(|s| s < hi).collect();
+        let q_pos = [hi as u64 - 1];
+        let bytes: usize = caches.iter().map(|(k, v)| (k.bytes() + v.bytes()) * hi / slots).sum();
+        g.throughput(Throughput::Bytes(bytes as u64));
+        let (mut out, mut probs) = (vec![0f32; HEADS * D], vec![0f32; HEADS * hi]);
+        g.bench_function(BenchmarkId::new(format.to_string(), SEQS), |b| {
+            b.iter(|| {
+                for (k, v) in &caches {
+                    let step = Step {
+                        q: &q,
+                        q_stride: HEADS * D,
+                        q_pos: &q_pos,
+                        k: k.view(),
+                        v: v.view(),
+                        slots,
+                        hi,
+                        slot_pos: &slot_pos,
+                        live: &live,
+                        window: None,
+                        num_heads: HEADS,
+                        num_kv_heads: KV,
+                        head_dim: D,
+                        scale: 0.125,
+                        key_angles: None,
+                    };
+                    let sink = Sink { out: &mut out, out_stride: HEADS * D, probs: &mut probs, prob_rows: 1 };
+                    attn::attention(&step, sink).expect("a valid step");
+                }
+                black_box(&out);
+            })
+        });
+    }
+}
+
+criterion_group!(benches, attention, activations, angles, decode_batch);
 criterion_main!(benches);
