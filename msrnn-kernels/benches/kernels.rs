@@ -27,6 +27,50 @@ fn config<'a>(c: &'a mut Criterion, name: &str) -> criterion::BenchmarkGroup<'a,
     g
 }
 
+/// Keys and values of `slots` slots per KV head, the first `filled` of them random.
+fn random_cache(rng: &mut Rng, format: KvFormat, slots: usize, filled: usize) -> (KvBuf, KvBuf) {
+    let mut k = KvBuf::zeros(format, KV, slots, D).expect("keys");
+    let mut v = KvBuf::zeros(format, KV, slots, D).expect("values");
+    for h in 0..KV {
+        for s in 0..filled {
+            k.write_key(slots, h, s, &rng.vec(D, -2.0, 2.0));
+            v.write_value(slots, h, s, &rng.vec(D, -2.0, 2.0));
+        }
+    }
+    (k, v)
+}
+
+/// One SmolLM2-135M layer's step (9 query heads over 3 KV heads of 64, no model window) over slots `[0, hi)`.
+#[allow(clippy::too_many_arguments)]
+fn smollm_step<'a>(
+    q: &'a [f32],
+    q_pos: &'a [u64],
+    (k, v): &'a (KvBuf, KvBuf),
+    slots: usize,
+    hi: usize,
+    slot_pos: &'a [u64],
+    live: &'a [bool],
+    key_angles: Option<KeyAngles<'a>>,
+) -> Step<'a> {
+    Step {
+        q,
+        q_stride: HEADS * D,
+        q_pos,
+        k: k.view(),
+        v: v.view(),
+        slots,
+        hi,
+        slot_pos,
+        live,
+        window: None,
+        num_heads: HEADS,
+        num_kv_heads: KV,
+        head_dim: D,
+        scale: 0.125,
+        key_angles,
+    }
+}
+
 fn attention(c: &mut Criterion) {
     let mut rng = Rng::new(7);
     let slot_pos: Vec<u64> = (0..SLOTS as u64).collect();
@@ -38,14 +82,7 @@ fn attention(c: &mut Criterion) {
     block_angles(Isa::Scalar, &rows, SLOTS, D / 2, &cos, &sin, &mut ct, &mut st);
     let mut g = config(c, "attention");
     for format in KvFormat::ALL {
-        let mut k = KvBuf::zeros(format, KV, SLOTS, D).expect("keys");
-        let mut v = KvBuf::zeros(format, KV, SLOTS, D).expect("values");
-        for h in 0..KV {
-            for s in 0..SLOTS {
-                k.write_key(SLOTS, h, s, &rng.vec(D, -2.0, 2.0));
-                v.write_value(SLOTS, h, s, &rng.vec(D, -2.0, 2.0));
-            }
-        }
+        let cache = random_cache(&mut rng, format, SLOTS, SLOTS);
         for t in [1, 64] {
             let q = rng.vec(t * HEADS * D, -1.0, 1.0);
             let q_pos: Vec<u64> = (SLOTS as u64 - t as u64..SLOTS as u64).collect();
@@ -55,23 +92,8 @@ fn attention(c: &mut Criterion) {
                 if rotate && format != KvFormat::F32 {
                     continue;
                 }
-                let step = Step {
-                    q: &q,
-                    q_stride: HEADS * D,
-                    q_pos: &q_pos,
-                    k: k.view(),
-                    v: v.view(),
-                    slots: SLOTS,
-                    hi: SLOTS,
-                    slot_pos: &slot_pos,
-                    live: &live,
-                    window: None,
-                    num_heads: HEADS,
-                    num_kv_heads: KV,
-                    head_dim: D,
-                    scale: 0.125,
-                    key_angles: rotate.then_some(KeyAngles { cos: &ct, sin: &st, style: RopeStyle::HalfSplit }),
-                };
+                let angles = rotate.then_some(KeyAngles { cos: &ct, sin: &st, style: RopeStyle::HalfSplit });
+                let step = smollm_step(&q, &q_pos, &cache, SLOTS, SLOTS, &slot_pos, &live, angles);
                 for isa in Isa::supported() {
                     let name = format!("{}{}/{isa}", format.name(), if rotate { "-rot" } else { "" });
                     g.bench_function(BenchmarkId::new(name, t), |b| {
@@ -129,23 +151,8 @@ fn decode_batch(c: &mut Criterion) {
     let mut g = config(c, "decode-batch");
     for format in KvFormat::ALL {
         let mut rng = Rng::new(11);
-        let mut row = vec![0f32; D];
-        let caches: Vec<(KvBuf, KvBuf)> = (0..SEQS)
-            .map(|_| {
-                let mut k = KvBuf::zeros(format, KV, slots, D).expect("keys");
-                let mut v = KvBuf::zeros(format, KV, slots, D).expect("values");
-                for h in 0..KV {
-                    for s in 0..hi {
-                        row.iter_mut().for_each(|x| *x = rng.uniform(-1.0, 1.0));
-                        k.write_key(slots, h, s, &row);
-                        row.iter_mut().for_each(|x| *x = rng.uniform(-1.0, 1.0));
-                        v.write_value(slots, h, s, &row);
-                    }
-                }
-                (k, v)
-            })
-            .collect();
-        let q: Vec<f32> = (0..HEADS * D).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let caches: Vec<(KvBuf, KvBuf)> = (0..SEQS).map(|_| random_cache(&mut rng, format, slots, hi)).collect();
+        let q = rng.vec(HEADS * D, -1.0, 1.0);
         let slot_pos: Vec<u64> = (0..slots as u64).collect();
         let live: Vec<bool> = (0..slots).map(|s| s < hi).collect();
         let q_pos = [hi as u64 - 1];
@@ -154,24 +161,8 @@ fn decode_batch(c: &mut Criterion) {
         let (mut out, mut probs) = (vec![0f32; HEADS * D], vec![0f32; HEADS * hi]);
         g.bench_function(BenchmarkId::new(format.to_string(), SEQS), |b| {
             b.iter(|| {
-                for (k, v) in &caches {
-                    let step = Step {
-                        q: &q,
-                        q_stride: HEADS * D,
-                        q_pos: &q_pos,
-                        k: k.view(),
-                        v: v.view(),
-                        slots,
-                        hi,
-                        slot_pos: &slot_pos,
-                        live: &live,
-                        window: None,
-                        num_heads: HEADS,
-                        num_kv_heads: KV,
-                        head_dim: D,
-                        scale: 0.125,
-                        key_angles: None,
-                    };
+                for cache in &caches {
+                    let step = smollm_step(&q, &q_pos, cache, slots, hi, &slot_pos, &live, None);
                     let sink = Sink { out: &mut out, out_stride: HEADS * D, probs: &mut probs, prob_rows: 1 };
                     attn::attention(&step, sink).expect("a valid step");
                 }
