@@ -85,6 +85,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 3, requires = "llama_bench")]
     pub llama_reps: usize,
 
+    /// The key/value cache type llama-bench runs with (its -ctk and -ctv). Unset, llama.cpp's
+    /// default (f16): the tools side by side as people run them; set to msrnn's --kv, both hold
+    /// the same bytes of state.
+    #[arg(long, value_name = "FORMAT", value_parser = ["f32", "f16", "q8_0"], requires = "llama_bench")]
+    pub llama_kv: Option<String>,
+
     /// Write every row and the settings as JSON.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,

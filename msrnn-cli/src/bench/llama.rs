@@ -44,12 +44,15 @@ pub struct Settings {
     pub depths: Vec<usize>,
     /// Repetitions of each test (`-r`).
     pub reps: usize,
+    /// Its key/value cache type (`-ctk`, `-ctv`); `None`: its default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv: Option<String>,
 }
 
 impl Settings {
     pub fn args(&self) -> Vec<String> {
         let depths: Vec<String> = self.depths.iter().map(|d| d.to_string()).collect();
-        vec![
+        let mut args: Vec<String> = vec![
             "-m".into(),
             self.model.display().to_string(),
             "-t".into(),
@@ -64,7 +67,11 @@ impl Settings {
             self.reps.to_string(),
             "-o".into(),
             "json".into(),
-        ]
+        ];
+        if let Some(kv) = &self.kv {
+            args.extend(["-ctk".into(), kv.clone(), "-ctv".into(), kv.clone()]);
+        }
+        args
     }
 
     /// The command line, for notes and result files.
@@ -172,6 +179,7 @@ pub fn settings(binary: &Path, m: &LoadedModel, ctx: &Ctx, contexts: &[usize], a
         gen: a.decode_steps,
         depths: contexts.to_vec(),
         reps: a.llama_reps,
+        kv: a.llama_kv.clone(),
     })
 }
 
@@ -208,7 +216,12 @@ mod tests {
             gen: 16,
             depths: vec![256, 1024],
             reps: 3,
+            kv: None,
         };
         assert_eq!(s.command(), "/x/llama-bench -m m.gguf -t 1 -p 256 -n 16 -d 256,1024 -r 3 -o json");
+        let f16 = Settings { kv: Some("f16".into()), ..s.clone() };
+        assert!(f16.command().ends_with("-o json -ctk f16 -ctv f16"), "{}", f16.command());
+        let q8 = Settings { kv: Some("q8_0".into()), ..s };
+        assert!(q8.command().ends_with("-ctk q8_0 -ctv q8_0"), "{}", q8.command());
     }
 }
