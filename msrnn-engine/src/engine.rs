@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use msrnn_core::batch::check_batch;
 use msrnn_core::{Logits, MsrnnState, PolicyRegistry, Sampler, Sampling, SeqStep, StateRecipe};
-use msrnn_modelkit::Detokenizer;
+use msrnn_modelkit::{Detokenizer, Model};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -249,7 +249,7 @@ impl Seq {
 /// are `Send`, plugin instances included), so a server runs it on a thread of its own and talks to
 /// it over channels.
 pub struct Engine {
-    model: Arc<LoadedModel>,
+    model: Arc<dyn Model>,
     registry: Arc<PolicyRegistry>,
     opts: EngineOptions,
     seqs: Vec<Seq>,
@@ -270,10 +270,16 @@ fn dropped_entries(state: &MsrnnState) -> u64 {
 
 impl Engine {
     pub fn new(model: Arc<LoadedModel>, registry: Arc<PolicyRegistry>, opts: EngineOptions) -> Self {
+        Self::with_model(model.lm.clone(), registry, opts)
+    }
+
+    /// An engine over a model without a file behind it (what the evaluations hold): the engine
+    /// needs the adapter and its tokenizer only.
+    pub fn with_model(model: Arc<dyn Model>, registry: Arc<PolicyRegistry>, opts: EngineOptions) -> Self {
         Self { model, registry, opts, seqs: Vec::new(), next_id: 0, rr: 0, evicted: 0 }
     }
 
-    pub fn model(&self) -> &Arc<LoadedModel> {
+    pub fn model(&self) -> &Arc<dyn Model> {
         &self.model
     }
 
@@ -287,7 +293,7 @@ impl Engine {
 
     /// A fresh state for this engine's model ([`PolicyRegistry::build_state`]).
     pub fn new_state(&self, recipe: &StateRecipe) -> Result<MsrnnState> {
-        Ok(self.registry.build_state(self.model.model(), recipe)?)
+        Ok(self.registry.build_state(&*self.model, recipe)?)
     }
 
     /// Adds a sequence; it joins at the next step. The prompt is fed after whatever `state` already
@@ -451,7 +457,7 @@ impl Engine {
                     rest = tail;
                     base = i + 1;
                 }
-                self.model.model().forward_batch(&mut batch)
+                self.model.forward_batch(&mut batch)
             };
             match logits {
                 Ok(l) => {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use msrnn_core::{perplexity_batch_with, EvalMode, PolicyRegistry};
-use msrnn_modelkit::Tokenizer;
+use msrnn_modelkit::{Model, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::doc::{nullable_f64, BatchTime, CellResult, Document, ModelSettings, Run};
@@ -174,7 +174,7 @@ struct Seg {
 
 /// Runs the grid (or its shard) over `text`.
 pub fn run(
-    model: &EvalModel<'_>,
+    model: &EvalModel,
     registry: &PolicyRegistry,
     text: &Text,
     cfg: &PplConfig,
@@ -194,7 +194,7 @@ pub fn run(
         ));
     }
     let tokens = &text.tokens[..cfg.tokens];
-    let lm = model.lm;
+    let lm: &dyn Model = &*model.lm;
     let mode = match cfg.grid.feed {
         Feed::Decode => EvalMode::Decode,
         Feed::Chunked(n) => EvalMode::Chunked(n),
