@@ -558,7 +558,7 @@ pub fn answer(
                             engine.cancel(id);
                         }
                     }
-                    msrnn_engine::Event::Finished(_) => {}
+                    msrnn_engine::Event::Finished(_) | msrnn_engine::Event::Scored { .. } => {}
                     msrnn_engine::Event::Failed { error, .. } => {
                         return Err(Error::Core { context: generating(), cause: error.into() })
                     }
