@@ -21,7 +21,7 @@ pub const DEFAULT_CAPACITIES: [usize; 4] = [64, 128, 256, 512];
 /// The model an evaluation runs, with what its results record about it.
 #[derive(Clone)]
 pub struct EvalModel {
-    /// Shared: the prompt tasks hand it to an [`Engine`].
+    /// Shared: every task runs its sequences through an [`Engine`] over it.
     pub lm: Arc<dyn Model>,
     /// Identifies the weights (file name, size, digest, weight format), as state files do.
     pub id: String,
