@@ -313,6 +313,7 @@ pub fn run(ctx: &Ctx, a: GenerateArgs) -> Result<()> {
                         }
                     }
                 }
+                Event::Scored { .. } => {}
                 Event::Finished(f) => {
                     let i = index(f.id);
                     done[i] = Some(f);

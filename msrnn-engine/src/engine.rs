@@ -1,13 +1,16 @@
 //! The scheduler: live sequences, each with its own state, sampler and pending tokens, advanced
 //! together by one batched forward per [`Engine::step`] (continuous batching). Sequences join and
-//! leave between steps; prefill chunks and decode tokens share each pass over the weights.
+//! leave between steps; prefill chunks and decode tokens share each pass over the weights. A
+//! sequence may also score a known text instead of generating ([`Engine::score`]): teacher-forced,
+//! every row's logits, each next token's NLL reported as it goes (what perplexity is made of).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use msrnn_core::batch::check_batch;
+use msrnn_core::eval::nll;
 use msrnn_core::{Logits, MsrnnState, PolicyRegistry, Sampler, Sampling, SeqStep, StateRecipe};
-use msrnn_modelkit::Detokenizer;
+use msrnn_modelkit::{Detokenizer, Model};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -88,6 +91,15 @@ pub enum Event {
         id: SeqId,
         token: u32,
         text: String,
+    },
+    /// A scoring sequence's ([`Engine::score`]) chunk: `nll[i]` is `-ln p(tokens[from + i])` given
+    /// the tokens before it (in f64, [`msrnn_core::eval::nll`]).
+    Scored {
+        id: SeqId,
+        from: usize,
+        nll: Vec<f64>,
+        /// The most entries any layer of the state holds after this step.
+        max_live: usize,
     },
     Finished(Finished),
     /// The sequence's step failed; it is gone (its state dropped), the others go on.
@@ -208,6 +220,8 @@ struct Seq {
     fed: usize,
     /// Sampled, not yet fed.
     next: Option<u32>,
+    /// A scoring sequence ([`Engine::score`]): the token after the prompt, the last one scored.
+    score: Option<u32>,
     out: Vec<u32>,
     detok: Detokenizer,
     text: StopText,
@@ -249,7 +263,7 @@ impl Seq {
 /// are `Send`, plugin instances included), so a server runs it on a thread of its own and talks to
 /// it over channels.
 pub struct Engine {
-    model: Arc<LoadedModel>,
+    model: Arc<dyn Model>,
     registry: Arc<PolicyRegistry>,
     opts: EngineOptions,
     seqs: Vec<Seq>,
@@ -270,10 +284,16 @@ fn dropped_entries(state: &MsrnnState) -> u64 {
 
 impl Engine {
     pub fn new(model: Arc<LoadedModel>, registry: Arc<PolicyRegistry>, opts: EngineOptions) -> Self {
+        Self::with_model(model.lm.clone(), registry, opts)
+    }
+
+    /// An engine over a model without a file behind it (what the evaluations hold): the engine
+    /// needs the adapter and its tokenizer only.
+    pub fn with_model(model: Arc<dyn Model>, registry: Arc<PolicyRegistry>, opts: EngineOptions) -> Self {
         Self { model, registry, opts, seqs: Vec::new(), next_id: 0, rr: 0, evicted: 0 }
     }
 
-    pub fn model(&self) -> &Arc<LoadedModel> {
+    pub fn model(&self) -> &Arc<dyn Model> {
         &self.model
     }
 
@@ -287,7 +307,7 @@ impl Engine {
 
     /// A fresh state for this engine's model ([`PolicyRegistry::build_state`]).
     pub fn new_state(&self, recipe: &StateRecipe) -> Result<MsrnnState> {
-        Ok(self.registry.build_state(self.model.model(), recipe)?)
+        Ok(self.registry.build_state(&*self.model, recipe)?)
     }
 
     /// Adds a sequence; it joins at the next step. The prompt is fed after whatever `state` already
@@ -318,6 +338,7 @@ impl Engine {
             prompt,
             fed: 0,
             next: None,
+            score: None,
             out: Vec::new(),
             detok: Detokenizer::new(),
             text: StopText::default(),
@@ -326,6 +347,27 @@ impl Engine {
             decode_start: None,
         });
         tracing::debug!(%id, live = self.seqs.len(), "sequence added");
+        Ok(id)
+    }
+
+    /// Adds a sequence that scores `tokens` instead of generating: every token but the last is fed,
+    /// in chunks of `chunk` (the policy runs after each, as in generation), each row's logits are
+    /// kept, and every step reports the NLL of the tokens its rows predict ([`Event::Scored`],
+    /// tokens 1 to the last). It finishes after the last chunk ([`StopReason::MaxTokens`], nothing
+    /// generated; `prompt_tokens` counts the tokens fed). Refused as [`Engine::add`] refuses, and
+    /// with fewer than 2 tokens.
+    pub fn score(&mut self, state: MsrnnState, mut tokens: Vec<u32>, chunk: usize) -> Result<SeqId> {
+        if tokens.len() < 2 {
+            return Err(Error::Request(format!("scoring needs at least 2 tokens, got {}", tokens.len())));
+        }
+        let last = tokens.pop().expect("at least 2 tokens");
+        let vocab = self.model.info().vocab_size;
+        if last as usize >= vocab {
+            return Err(Error::Request(format!("token id {last} is outside the vocabulary ({vocab})")));
+        }
+        let cfg = GenConfig { max_tokens: 0, prefill_chunk: chunk, ..GenConfig::default() };
+        let id = self.add(state, tokens, cfg)?;
+        self.seqs.last_mut().expect("just added").score = Some(last);
         Ok(id)
     }
 
@@ -436,7 +478,9 @@ impl Engine {
         let plan: Vec<(usize, usize, usize)> =
             plan.into_iter().filter(|(i, ..)| !failed.iter().any(|(f, _)| f == i)).collect();
 
-        let mut results: Vec<(usize, usize, std::result::Result<Vec<f32>, String>)> = Vec::new();
+        // (index, chunk start, tokens fed, the NLLs a scoring sequence's rows give and its last row)
+        type Output = std::result::Result<(Option<Vec<f64>>, Vec<f32>), String>;
+        let mut results: Vec<(usize, usize, usize, Output)> = Vec::new();
         if !plan.is_empty() {
             let inputs: Vec<Vec<u32>> =
                 plan.iter().map(|&(i, start, n)| self.seqs[i].input(start, n).to_vec()).collect();
@@ -447,17 +491,27 @@ impl Engine {
                 for (&(i, ..), toks) in plan.iter().zip(&inputs) {
                     let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - base);
                     let (seq, tail) = tail.split_first_mut().expect("index in range");
-                    batch.push(SeqStep::new(toks, &mut seq.state, Logits::Last));
+                    let logits = if seq.score.is_some() { Logits::All } else { Logits::Last };
+                    batch.push(SeqStep::new(toks, &mut seq.state, logits));
                     rest = tail;
                     base = i + 1;
                 }
-                self.model.model().forward_batch(&mut batch)
+                self.model.forward_batch(&mut batch)
             };
             match logits {
                 Ok(l) => {
-                    for (&(i, _, n), l) in plan.iter().zip(l) {
-                        let row = l.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string());
-                        results.push((i, n, row));
+                    for (&(i, start, n), l) in plan.iter().zip(l) {
+                        let out = match self.seqs[i].score {
+                            Some(last) => l.to_vec2::<f32>().map(|mut rows| {
+                                let prompt = &self.seqs[i].prompt;
+                                let target = |k: usize| prompt.get(k).copied().unwrap_or(last);
+                                let nll = rows.iter().enumerate().map(|(r, row)| nll(row, target(start + r + 1)));
+                                let nll = nll.collect();
+                                (Some(nll), rows.pop().unwrap_or_default())
+                            }),
+                            None => l.flatten_all().and_then(|t| t.to_vec1::<f32>()).map(|row| (None, row)),
+                        };
+                        results.push((i, start, n, out.map_err(|e| e.to_string())));
                     }
                 }
                 Err(e) => {
@@ -471,10 +525,15 @@ impl Engine {
 
         let tok = self.model.tokenizer();
         let mut done: Vec<(usize, StopReason)> = Vec::new();
-        for (i, n, row) in results {
+        for (i, start, n, out) in results {
             let s = &mut self.seqs[i];
-            let row = match row {
-                Ok(r) => r,
+            let row = match out {
+                Ok((scored, r)) => {
+                    if let Some(nll) = scored {
+                        events.push(Event::Scored { id: s.id, from: start + 1, nll, max_live: s.state.max_live() });
+                    }
+                    r
+                }
                 Err(e) => {
                     failed.push((i, e));
                     continue;

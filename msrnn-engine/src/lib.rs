@@ -6,7 +6,8 @@
 //!
 //! The path of one request: policy and capacity -> [`StateRecipe`] -> [`Engine::new_state`] ->
 //! [`Engine::add`] (prompt tokens, [`GenConfig`]) -> [`Engine::step`] until [`Event::Finished`]
-//! hands the state back.
+//! hands the state back. [`Engine::score`] adds a sequence that scores a known text instead
+//! (teacher-forced, [`Event::Scored`] NLLs): the evaluations' perplexity.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 use msrnn_core::{
-    generate_batch, Capacity, Entry, GenItem, GenerateOptions, MsrnnState, PolicyRegistry, PolicySpec, Sampling,
-    Source, StateRecipe,
+    generate_batch, perplexity_batch_with, Capacity, Entry, EvalMode, GenItem, GenerateOptions, MsrnnState,
+    PolicyRegistry, PolicySpec, Sampling, Source, StateRecipe,
 };
 use msrnn_engine::{Engine, EngineOptions, Event, Finished, GenConfig, LoadedModel, SeqId, StopReason};
 use msrnn_llama as _;
@@ -89,7 +89,7 @@ fn finished(events: Vec<Event>) -> Vec<Finished> {
         .filter_map(|e| match e {
             Event::Finished(f) => Some(f),
             Event::Failed { id, error } => panic!("{id} failed: {error}"),
-            Event::Token { .. } => None,
+            Event::Token { .. } | Event::Scored { .. } => None,
         })
         .collect()
 }
@@ -116,6 +116,7 @@ fn every_sequence_gets_what_it_gets_alone_greedy_and_sampled() {
                         Event::Token { id, token, .. } => streamed[id.0 as usize].push(token),
                         Event::Finished(f) => done.push(f),
                         Event::Failed { id, error } => panic!("{id}: {error}"),
+                        Event::Scored { .. } => unreachable!("nothing scores here"),
                     }
                 }
             }
@@ -260,6 +261,7 @@ fn a_stop_string_ends_the_text_before_it() {
                 Event::Token { text, .. } => streamed.push_str(&text),
                 Event::Finished(f) => done.push(f),
                 Event::Failed { error, .. } => panic!("{error}"),
+                Event::Scored { .. } => unreachable!("nothing scores here"),
             }
         }
     }
@@ -492,4 +494,81 @@ fn kv_formats_from_the_recipe_score_close_to_f32_and_generate_as_alone() {
         assert_eq!(f.state.kv_format(), *kv);
         assert_eq!(&f.tokens, want, "{kv}: the engine's tokens differ from generate_batch's");
     }
+}
+
+/// Scoring through the engine is perplexity's teacher forcing: each target's NLL and the largest live
+/// count are `perplexity_batch_with`'s, in decode and chunked feeds, while a generating sequence and
+/// a small prefill budget change who shares each step (Q8_0 matrices: a row's result does not depend
+/// on its batch).
+#[test]
+fn scoring_gives_perplexitys_nlls_whatever_shares_the_steps() {
+    let q8 = Arc::new(msrnn_engine::load(&model().path, WeightFormat::Q8_0, &Device::Cpu).unwrap());
+    let r = registry();
+    let tokens = prompt(41, 7);
+    let cells = [("full", Capacity::Unbounded), ("tova", Capacity::Bounded(8)), ("window", Capacity::Bounded(6))];
+    for chunk in [1, 5] {
+        let mode = if chunk == 1 { EvalMode::Decode } else { EvalMode::Chunked(chunk) };
+        let mut want = vec![vec![f64::NAN; tokens.len()]; cells.len()];
+        let mut states: Vec<MsrnnState> =
+            cells.iter().map(|&(p, c)| r.build_state(q8.model(), &recipe(p, c)).unwrap()).collect();
+        let mut refs: Vec<&mut MsrnnState> = states.iter_mut().collect();
+        let ps = perplexity_batch_with(
+            q8.model(),
+            &mut refs,
+            &tokens,
+            mode,
+            &mut |_| std::ops::ControlFlow::Continue(()),
+            &mut |s, t, x| want[s][t] = x,
+        )
+        .unwrap();
+
+        let mut e = Engine::new(q8.clone(), r.clone(), EngineOptions { prefill_budget: 7 });
+        let gen = GenConfig { max_tokens: 12, prefill_chunk: 8, ..GenConfig::default() };
+        e.add(e.new_state(&recipe("h2o", Capacity::Bounded(10))).unwrap(), prompt(30, 2), gen).unwrap();
+        let ids: Vec<SeqId> = cells
+            .iter()
+            .map(|&(p, c)| e.score(e.new_state(&recipe(p, c)).unwrap(), tokens.clone(), chunk).unwrap())
+            .collect();
+        let mut got = vec![vec![f64::NAN; tokens.len()]; cells.len()];
+        let mut max_live = vec![0; cells.len()];
+        let mut finished = 0;
+        while e.active() > 0 {
+            for ev in e.step().unwrap() {
+                match ev {
+                    Event::Scored { id, from, nll, max_live: m } => {
+                        let s = ids.iter().position(|&x| x == id).unwrap();
+                        assert!(nll.len() <= chunk);
+                        for (k, x) in nll.into_iter().enumerate() {
+                            assert!(got[s][from + k].is_nan(), "token {} scored twice", from + k);
+                            got[s][from + k] = x;
+                        }
+                        max_live[s] = max_live[s].max(m);
+                    }
+                    Event::Finished(f) if ids.contains(&f.id) => {
+                        assert_eq!((f.reason, f.tokens.len(), f.prompt_tokens), (StopReason::MaxTokens, 0, 40));
+                        assert_eq!(f.state.tokens_seen(), 40, "the last token is only a target");
+                        finished += 1;
+                    }
+                    Event::Failed { error, .. } => panic!("{error}"),
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(finished, cells.len());
+        for (s, p) in ps.iter().enumerate() {
+            assert!(got[s][0].is_nan(), "the first token is never scored");
+            assert_eq!(got[s][1..], want[s][1..], "{} chunk {chunk}", cells[s].0);
+            assert_eq!(got[s][1..].iter().sum::<f64>(), p.nll_sum);
+            assert_eq!(max_live[s], p.max_live, "{} chunk {chunk}", cells[s].0);
+        }
+    }
+    let mut e = Engine::new(q8.clone(), r, EngineOptions::default());
+    let st = |e: &Engine| e.new_state(&recipe("tova", Capacity::Bounded(8))).unwrap();
+    let err = e.score(st(&e), vec![5], 4).unwrap_err().to_string();
+    assert!(err.contains("at least 2 tokens"), "{err}");
+    let err = e.score(st(&e), vec![5, 1 << 20], 4).unwrap_err().to_string();
+    assert!(err.contains("outside the vocabulary"), "{err}");
+    let err = e.score(st(&e), vec![5, 6], 0).unwrap_err().to_string();
+    assert!(err.contains("prefill chunk"), "{err}");
+    assert_eq!(e.active(), 0, "refused sequences never join");
 }

@@ -10,7 +10,8 @@
 //!   shards, batches.
 //!
 //! A task's `run(model, registry, config, observer)` validates its config before anything runs,
-//! runs the chosen cells as batches (each weight read once per step for every sequence), reports
+//! runs the chosen cells as batches through msrnn-engine's `Engine` (each weight read once per step
+//! for every sequence; ppl's cells score the text, the prompt tasks' generate answers), reports
 //! progress to the [`Observer`] and checks its cancellation flag between steps. Nothing here prints.
 
 pub mod doc;

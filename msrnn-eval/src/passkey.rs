@@ -24,7 +24,7 @@ use std::time::Instant;
 use msrnn_core::generate::SplitMix64;
 use msrnn_core::util::{fnv64, FNV_OFFSET};
 use msrnn_core::PolicyRegistry;
-use msrnn_modelkit::Tokenizer;
+use msrnn_modelkit::{Model, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::doc::{CellResult, Document, ModelSettings, Run};
@@ -445,14 +445,14 @@ fn pieces(tok: &Tokenizer, src: &Source, key: u32) -> Result<(Vec<u32>, Vec<u32>
 
 /// Runs the grid (or its shard).
 pub fn run(
-    model: &EvalModel<'_>,
+    model: &EvalModel,
     registry: &PolicyRegistry,
     cfg: &PasskeyConfig,
     obs: &mut dyn Observer,
 ) -> Result<PasskeyDocument> {
     let Axes { grid: g, lengths, depths } = cfg.validate(registry)?;
     let src = Source::new(&cfg.haystack)?;
-    let lm = model.lm;
+    let lm: &dyn Model = &*model.lm;
     let tok = lm.tokenizer();
     let max_ctx = lm.info().max_context;
     let longest = *lengths.last().expect("not empty");
@@ -537,7 +537,7 @@ pub fn run(
         .collect();
     // An answer is final once its first number is complete.
     let settled = |_: usize, text: &str| first_number(text).is_some_and(|(_, done)| done);
-    let texts = grid::answer(lm, registry, &recipe, &jobs, batch, obs, &settled)?;
+    let texts = grid::answer(&model.lm, registry, &recipe, &jobs, batch, obs, &settled)?;
     let answers: HashMap<(usize, usize), String> = seqs.iter().map(|s| (s.cell, s.trial)).zip(texts).collect();
     let total = t_all.elapsed().as_secs_f64();
 

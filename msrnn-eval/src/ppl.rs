@@ -1,17 +1,19 @@
 //! Perplexity of a text for every policy x capacity, the full cache as reference; the cells run as
-//! batches (each weight read once per step for every cell), each cell getting what it gets alone.
+//! batches (each weight read once per step for every cell), each cell getting what it gets alone:
+//! every cell is a scoring sequence of msrnn-engine's `Engine` (teacher-forced, each target's NLL).
 //! A segment length adds perplexity per segment of the stream, to show quality over position.
 
-use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
-use msrnn_core::{perplexity_batch_with, EvalMode, PolicyRegistry};
-use msrnn_modelkit::Tokenizer;
+use msrnn_core::{EvalMode, PolicyRegistry};
+use msrnn_engine::{Engine, EngineOptions};
+use msrnn_modelkit::{Model, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::doc::{nullable_f64, BatchTime, CellResult, Document, ModelSettings, Run};
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::grid::{self, kv_note, EvalModel, GridConfig, GridSettings, PolicyFields, PolicyGrid};
 use crate::{Event, Feed, Observer};
 
@@ -172,9 +174,19 @@ struct Seg {
     scored: usize,
 }
 
+/// One cell's sums over the text.
+#[derive(Debug, Clone, Default)]
+struct Scored {
+    nll_sum: f64,
+    scored: usize,
+    ppl: f64,
+    /// The most entries any layer held after a step.
+    max_live: usize,
+}
+
 /// Runs the grid (or its shard) over `text`.
 pub fn run(
-    model: &EvalModel<'_>,
+    model: &EvalModel,
     registry: &PolicyRegistry,
     text: &Text,
     cfg: &PplConfig,
@@ -194,7 +206,7 @@ pub fn run(
         ));
     }
     let tokens = &text.tokens[..cfg.tokens];
-    let lm = model.lm;
+    let lm: &dyn Model = &*model.lm;
     let mode = match cfg.grid.feed {
         Feed::Decode => EvalMode::Decode,
         Feed::Chunked(n) => EvalMode::Chunked(n),
@@ -240,6 +252,10 @@ pub fn run(
         batch,
     });
     let t_all = Instant::now();
+    // No prefill budget: every cell feeds the same chunk at every step, as one batch.
+    let opts = EngineOptions { prefill_budget: usize::MAX };
+    let mut engine = Engine::with_model(model.lm.clone(), Arc::new(registry.clone()), opts);
+    let chunk = cfg.grid.feed.chunk();
     let mut results = Vec::new();
     let mut timing = Vec::new();
     let mut done = 0u64;
@@ -247,45 +263,57 @@ pub fn run(
         if obs.cancelled() {
             return Err(Error::Cancelled);
         }
-        let mut states = group.iter().map(|&k| g.cells[k].state(lm, registry, &recipe)).collect::<Result<Vec<_>>>()?;
+        let states = group.iter().map(|&k| g.cells[k].state(lm, registry, &recipe)).collect::<Result<Vec<_>>>()?;
         let cells: Vec<String> = group.iter().map(|&k| ids[k].clone()).collect();
         obs.event(Event::Batch(if cells.len() == 1 { cells[0].clone() } else { format!("{} cells", cells.len()) }));
         let seg_len = cfg.segment.unwrap_or(usize::MAX);
         let mut segs: Vec<Vec<Seg>> = vec![Vec::new(); group.len()];
         let t0 = Instant::now();
         let n = group.len() as u64;
-        let ps = {
-            let mut refs: Vec<&mut _> = states.iter_mut().collect();
-            perplexity_batch_with(
-                lm,
-                &mut refs,
-                tokens,
-                mode,
-                &mut |fed| {
-                    obs.event(Event::Progress(done + fed as u64 * n));
-                    if obs.cancelled() {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                },
-                &mut |s, target, nll| {
-                    if cfg.segment.is_some() {
-                        let k = target / seg_len;
-                        let v = &mut segs[s];
-                        if v.len() <= k {
-                            v.resize(k + 1, Seg::default());
+        let context = || format!("perplexity with {}", cells.join(", "));
+        let mut seqs = Vec::with_capacity(group.len());
+        for state in states {
+            seqs.push(engine.score(state, tokens.to_vec(), chunk).context(context)?);
+        }
+        let mut ps = vec![Scored::default(); group.len()];
+        while engine.active() > 0 {
+            let mut fed = None;
+            for event in engine.step().context(context)? {
+                match event {
+                    msrnn_engine::Event::Scored { id, from, nll, max_live } => {
+                        let s = seqs.iter().position(|&x| x == id).expect("a cell of this batch");
+                        fed = Some(from - 1 + nll.len());
+                        for (target, x) in (from..).zip(nll) {
+                            if cfg.segment.is_some() {
+                                let k = target / seg_len;
+                                let v = &mut segs[s];
+                                if v.len() <= k {
+                                    v.resize(k + 1, Seg::default());
+                                }
+                                v[k].nll_sum += x;
+                                v[k].scored += 1;
+                            }
+                            ps[s].nll_sum += x;
+                            ps[s].scored += 1;
                         }
-                        v[k].nll_sum += nll;
-                        v[k].scored += 1;
+                        ps[s].max_live = ps[s].max_live.max(max_live);
                     }
-                },
-            )
-            .map_err(|e| match e {
-                msrnn_core::Error::Cancelled => Error::Cancelled,
-                e => Error::core(format!("perplexity with {}", cells.join(", ")), e),
-            })?
-        };
+                    msrnn_engine::Event::Failed { error, .. } => {
+                        return Err(Error::Core { context: context(), cause: error.into() });
+                    }
+                    msrnn_engine::Event::Token { .. } | msrnn_engine::Event::Finished(_) => {}
+                }
+            }
+            if let Some(fed) = fed {
+                obs.event(Event::Progress(done + fed as u64 * n));
+            }
+            if obs.cancelled() {
+                return Err(Error::Cancelled);
+            }
+        }
+        for p in &mut ps {
+            p.ppl = (p.nll_sum / p.scored as f64).exp();
+        }
         let seconds = t0.elapsed().as_secs_f64();
         done += per_run * n;
         for ((&k, p), seg) in group.iter().zip(&ps).zip(&segs) {

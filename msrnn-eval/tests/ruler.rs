@@ -63,7 +63,7 @@ fn prompts_are_deterministic_exact_and_hold_their_needles() {
 fn the_full_cache_finds_the_needle_and_a_short_window_cannot() {
     let Some((lm, prose)) = smollm2() else { return };
     let r = msrnn_policies::registry();
-    let model = EvalModel { lm: &*lm, id: "smollm2 [test]".into(), name: "SmolLM2".into() };
+    let model = EvalModel { lm: lm.into(), id: "smollm2 [test]".into(), name: "SmolLM2".into() };
     let policies: Vec<PolicySpec> = ["full", "window"].iter().map(|s| s.parse().unwrap()).collect();
     let mut cfg = RulerConfig {
         tasks: vec!["niah_single_1".into(), "niah_multikey_2".into()],

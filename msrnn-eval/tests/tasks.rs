@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::GgmlDType;
 use msrnn_core::{KvFormat, PolicyRegistry, PolicySpec, Positions};
@@ -17,7 +18,7 @@ use msrnn_tests::tiny_llama::{tiny_config, TinyLlama};
 
 /// A tiny random model with a 512-token context (Q8_0 on the CPU kernels: a sequence's logits do
 /// not depend on its batch), and a text for it.
-fn tiny(dir: &Path) -> (Box<dyn Model>, PathBuf) {
+fn tiny(dir: &Path) -> (Arc<dyn Model>, PathBuf) {
     let mut cfg = tiny_config();
     cfg.max_context = 512;
     let path = dir.join("tiny.gguf");
@@ -26,15 +27,15 @@ fn tiny(dir: &Path) -> (Box<dyn Model>, PathBuf) {
         msrnn_modelkit::load_model(&path, &LoadOptions { weights: WeightFormat::Q8_0, ..Default::default() }).unwrap();
     let text = dir.join("text.txt");
     std::fs::write(&text, "hello the world, hello.\nthe world says hello; the 2020 world.\n".repeat(8)).unwrap();
-    (lm, text)
+    (lm.into(), text)
 }
 
 fn specs(list: &str) -> Vec<PolicySpec> {
     list.split(',').map(|s| s.parse().unwrap()).collect()
 }
 
-fn model(lm: &dyn Model) -> EvalModel<'_> {
-    EvalModel { lm, id: "tiny.gguf [test]".into(), name: "tiny".into() }
+fn model(lm: &Arc<dyn Model>) -> EvalModel {
+    EvalModel { lm: lm.clone(), id: "tiny.gguf [test]".into(), name: "tiny".into() }
 }
 
 fn ppl_config() -> PplConfig {
@@ -66,7 +67,7 @@ fn a_ppl_grid_in_batches_and_shards_equals_one_cell_at_a_time() {
     let d = scratch("eval-ppl");
     let (lm, path) = tiny(&d);
     let r = msrnn_policies::registry();
-    let m = model(&*lm);
+    let m = model(&lm);
     let text = Text::read(lm.tokenizer(), &[path], 120).unwrap();
     let mut events = Vec::new();
     let all = msrnn_eval::ppl::run(&m, &r, &text, &ppl_config(), &mut OnEvent(|e| events.push(e))).unwrap();
@@ -130,7 +131,7 @@ fn a_passkey_grid_is_deterministic_and_its_shards_merge() {
     let d = scratch("eval-passkey");
     let (lm, _) = tiny(&d);
     let r = msrnn_policies::registry();
-    let m = model(&*lm);
+    let m = model(&lm);
     let whole = msrnn_eval::passkey::run(&m, &r, &passkey_config(), &mut ()).unwrap();
     assert_eq!(whole.cells.len(), 5 * 2 * 3);
     assert_eq!(whole.settings.lengths, [300, 340]);
@@ -188,7 +189,7 @@ fn a_cancelled_run_stops_between_steps() {
     let d = scratch("eval-cancel");
     let (lm, path) = tiny(&d);
     let r = msrnn_policies::registry();
-    let m = model(&*lm);
+    let m = model(&lm);
     let text = Text::read(lm.tokenizer(), &[path], 120).unwrap();
     let mut stop = StopAfter { seen: Cell::new(0), after: 1 };
     let cfg = ppl_with(|c| c.grid.batch = Some(2));
@@ -202,7 +203,7 @@ fn bad_settings_are_refused_by_name() {
     let d = scratch("eval-errors");
     let (lm, path) = tiny(&d);
     let r: PolicyRegistry = msrnn_policies::registry();
-    let m = model(&*lm);
+    let m = model(&lm);
     let err = |cfg: PasskeyConfig| msrnn_eval::passkey::run(&m, &r, &cfg, &mut ()).unwrap_err().to_string();
     let e = err(passkey_with(|c| c.prompts.lengths = vec![600]));
     assert!(e.starts_with("lengths 600") && e.contains("context of 512 tokens") && e.contains("drop `full`"), "{e}");
@@ -243,5 +244,55 @@ fn every_cell_state_is_the_grid_template_with_the_cells_policy_and_capacity() {
         let st = cell.state(&*lm, &r, &recipe).unwrap();
         assert_eq!((st.policy_name(), st.capacity()), (cell.spec.name.as_str(), cell.capacity));
         assert_eq!((st.kv_format(), st.positions_mode()), (KvFormat::F16, Positions::Cache));
+    }
+}
+
+#[test]
+fn answers_through_the_engine_are_what_generate_batch_gives_each_job_alone() {
+    use msrnn_core::{generate_batch, Capacity, GenItem, GenerateOptions, Sampling};
+    use msrnn_eval::grid::{answer, Job};
+    use msrnn_eval::PolicyCell;
+    let d = scratch("eval-answer");
+    let (lm, _) = tiny(&d);
+    let r = msrnn_policies::registry();
+    let tok = lm.tokenizer();
+    let recipe = GridConfig::new("full", Feed::Chunked(4)).recipe();
+    let cell = |p: &str, c: Capacity| PolicyCell { spec: p.parse().unwrap(), capacity: c, ratio: None };
+    let cells =
+        [cell("full", Capacity::Unbounded), cell("window", Capacity::Bounded(8)), cell("tova", Capacity::Bounded(16))];
+    let prompts: Vec<Vec<u32>> =
+        (0..6).map(|i| tok.encode(&"the world says hello; ".repeat(2 + 3 * i), false).unwrap()).collect();
+    let jobs: Vec<Job<'_>> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Job { prompt: p, cell: cells[i % 3].clone(), max_tokens: 4 + 3 * (i % 2) })
+        .collect();
+    // Odd jobs settle once their answer has 2 characters.
+    let settled = |job: usize, text: &str| job % 2 == 1 && text.chars().count() >= 2;
+    let alone: Vec<String> = jobs
+        .iter()
+        .enumerate()
+        .map(|(k, j)| {
+            let mut state = j.cell.state(&*lm, &r, &recipe).unwrap();
+            let opts = GenerateOptions {
+                max_tokens: j.max_tokens,
+                sampling: Sampling::Greedy,
+                stop_tokens: tok.eos_tokens().to_vec(),
+                prefill_chunk: recipe.max_chunk,
+            };
+            let mut out = Vec::new();
+            let mut items = [GenItem { state: &mut state, prompt: j.prompt }];
+            generate_batch(&*lm, &mut items, &opts, &mut |_, t| {
+                out.push(t);
+                !settled(k, &tok.decode(&out).unwrap())
+            })
+            .unwrap();
+            tok.decode(&out).unwrap()
+        })
+        .collect();
+    assert!(alone.iter().any(|a| a.chars().count() > 2), "some answers run past the settled length: {alone:?}");
+    for batch in [1, 4, 6] {
+        let got = answer(&lm, &r, &recipe, &jobs, batch, &mut (), &settled).unwrap();
+        assert_eq!(got, alone, "batch {batch}");
     }
 }

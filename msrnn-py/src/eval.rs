@@ -97,8 +97,8 @@ fn run<'py, S: Send, R: Serialize + Send>(
     Ok(out)
 }
 
-fn model(m: &Shared) -> EvalModel<'_> {
-    EvalModel { lm: &*m.lm, id: m.id.clone(), name: m.short_name() }
+fn model(m: &Shared) -> EvalModel {
+    EvalModel { lm: m.lm.clone(), id: m.id.clone(), name: m.short_name() }
 }
 
 /// `decode`, or `chunked` with `chunk` tokens per step.

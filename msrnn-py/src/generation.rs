@@ -97,7 +97,7 @@ impl Gen {
                         self.emitted += text.len();
                         self.pieces.push_back(text);
                     }
-                    Event::Token { .. } => {}
+                    Event::Token { .. } | Event::Scored { .. } => {}
                     Event::Finished(f) => self.finish(f),
                     Event::Failed { error, .. } => {
                         self.done = true;

@@ -354,6 +354,8 @@ impl Worker {
                         self.metrics.cancelled.fetch_add(1, Relaxed);
                     }
                 }
+                // The server adds no scoring sequences.
+                Event::Scored { .. } => {}
                 Event::Finished(f) => {
                     if let Some(a) = self.release(f.id) {
                         let _ = a.out.send(Out::Finished(Box::new(f)));

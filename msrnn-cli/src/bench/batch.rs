@@ -3,7 +3,10 @@
 //!
 //! Each policy prefills ONE state through the contexts (as the context grid does); at each context
 //! the state is forked B times (`MsrnnState::clone_with`: buffers and policy bookkeeping) and the
-//! B copies decode together, one batched forward per step. The steps are timed in rounds that
+//! B copies decode together through an [`Engine`], one batched forward per step: each copy is fed
+//! the text's next tokens, one per step (a prompt in chunks of one token, nothing generated), so
+//! every step is one forward over B single-token rows and each copy's logits copied to the host, as
+//! a generator's decode step is. The steps are timed in rounds that
 //! visit every (policy, context, batch) cell in turn, so a slow spell of a shared machine hits
 //! every row alike; each round forks afresh from the prefilled state (only one cell's copies are
 //! alive at a time) and runs one untimed step first (warm caches, and the full cache's buffer
@@ -17,10 +20,12 @@
 //! chunk of headroom) are reported with the batch they would allow.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use msrnn_core::{Capacity, Logits, MsrnnState, PolicyRegistry, PolicySpec, SeqStep};
+use msrnn_core::{Capacity, PolicyRegistry, PolicySpec};
+use msrnn_engine::{Engine, EngineOptions, Event, GenConfig};
 use serde::Serialize;
 use serde_json::json;
 
@@ -323,6 +328,11 @@ fn plan(snaps: &[Snap<'_>], budget: Option<u64>, sizes: &[usize], a: &BenchArgs)
 /// step before the round's steps.
 fn decode_rounds(s: &Setup<'_>, snaps: &[Snap<'_>], cells: &mut [Cell], a: &BenchArgs) -> Result<()> {
     let (m, registry, tokens, rounds) = (&s.m, s.registry, &s.tokens, s.rounds);
+    // No prefill budget: every copy feeds its token at every step.
+    let mut engine =
+        Engine::with_model(m.lm.clone(), Arc::new(registry.clone()), EngineOptions { prefill_budget: usize::MAX });
+    // The text's tokens as each copy's prompt, one per step; nothing is generated.
+    let feed = GenConfig { max_tokens: 0, prefill_chunk: 1, ..GenConfig::default() };
     let total: u64 = cells.iter().map(|c| (c.batch * (a.decode_steps + rounds)) as u64).sum();
     let pb = report::progress(total);
     let rss_ok = report::reset_peak_rss();
@@ -337,18 +347,22 @@ fn decode_rounds(s: &Setup<'_>, snaps: &[Snap<'_>], cells: &mut [Cell], a: &Benc
                 cell.batch,
                 round + 1
             ));
-            let mut forks = (0..cell.batch)
+            let forks = (0..cell.batch)
                 .map(|_| policy::fork(m.model(), registry, snap.run.spec, &snap.run.state))
                 .collect::<Result<Vec<_>>>()
                 .with_context(|| format!("{} @ {}: cannot make {} copies", snap.run.spec, snap.context, cell.batch))?;
-            let _ = report::reset_peak_rss();
             let steps = &tokens[snap.context..snap.context + 1 + n];
-            step(m, &mut forks, steps[0])?;
+            for fork in forks {
+                engine.add(fork, steps.to_vec(), feed.clone()).context("adding a copy to the engine")?;
+            }
+            let _ = report::reset_peak_rss();
+            step(&mut engine)?;
             pb.inc(cell.batch as u64);
-            for &tok in &steps[1..] {
-                cell.seconds += step(m, &mut forks, tok)?;
+            for _ in 1..steps.len() {
+                cell.seconds += step(&mut engine)?;
                 pb.inc(cell.batch as u64);
             }
+            debug_assert_eq!(engine.active(), 0, "every copy has fed its tokens");
             cell.steps += n;
             if rss_ok {
                 cell.rss = cell.rss.max(report::peak_rss());
@@ -480,17 +494,19 @@ fn probe(run: &OursRun<'_>, tokens: &[u32]) -> Result<(u64, u64)> {
     Ok((live as u64, alloc as u64))
 }
 
-/// One batched decode step: every sequence gets `token`; the seconds it took, the copy of each
-/// sequence's logits to the host included (as a generator would use them).
-fn step(m: &LoadedModel, states: &mut [MsrnnState], token: u32) -> Result<f64> {
-    let toks = [token];
-    let mut batch: Vec<SeqStep<'_>> = states.iter_mut().map(|s| SeqStep::new(&toks, s, Logits::Last)).collect();
+/// One engine step: one batched forward in which every copy feeds its next token; the seconds it
+/// took, the copy of each sequence's logits to the host included (as a generator would use them).
+/// The copies leave at their last token; their states are dropped after the timing.
+fn step(engine: &mut Engine) -> Result<f64> {
     let t0 = Instant::now();
-    let logits = m.model().forward_batch(&mut batch).context("batched decode step")?;
-    for l in logits {
-        std::hint::black_box(l.flatten_all()?.to_vec1::<f32>()?);
+    let events = engine.step().context("batched decode step")?;
+    let seconds = t0.elapsed().as_secs_f64();
+    for e in events {
+        if let Event::Failed { id, error } = e {
+            bail!("batched decode step: copy {id}: {error}");
+        }
     }
-    Ok(t0.elapsed().as_secs_f64())
+    Ok(seconds)
 }
 
 /// --batch: each row over the same policy and context at batch 1 (when measured). --kv-budget:

@@ -113,7 +113,7 @@ pub fn run_task<S, R>(
     grid: &grid::GridArgs,
     pictures: &Pictures,
     header: impl Fn(&Event) -> String,
-    task: impl FnOnce(&EvalModel<'_>, &mut dyn Observer) -> msrnn_eval::Result<Document<S, R>>,
+    task: impl FnOnce(&EvalModel, &mut dyn Observer) -> msrnn_eval::Result<Document<S, R>>,
     wrap: fn(Document<S, R>) -> AnyDocument,
 ) -> Result<()> {
     let model = eval_model(m);
@@ -146,8 +146,8 @@ pub fn prompt_header<'a>(
 }
 
 /// The model as the library sees it.
-pub fn eval_model(m: &LoadedModel) -> EvalModel<'_> {
-    EvalModel { lm: &*m.lm, id: m.id.clone(), name: m.short_name() }
+pub fn eval_model(m: &LoadedModel) -> EvalModel {
+    EvalModel { lm: m.lm.clone(), id: m.id.clone(), name: m.short_name() }
 }
 
 /// The `run` fields only the CLI knows: command line, model path, threads.

@@ -110,7 +110,7 @@ pub fn run(ctx: &Ctx, a: PasskeyArgs) -> Result<()> {
 
     let m = crate::model::load(&ctx.global)?;
     let header = super::prompt_header(ctx, &m, &a.grid, "passkey", format!("{} keys", a.prompts.trials));
-    let task = |model: &EvalModel<'_>, obs: &mut dyn Observer| msrnn_eval::passkey::run(model, &registry, &cfg, obs);
+    let task = |model: &EvalModel, obs: &mut dyn Observer| msrnn_eval::passkey::run(model, &registry, &cfg, obs);
     super::run_task(ctx, &m, &a.grid, &pictures, header, task, AnyDocument::Passkey)
 }
 

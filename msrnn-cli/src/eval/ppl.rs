@@ -67,7 +67,7 @@ pub fn run(ctx: &Ctx, a: PplArgs) -> Result<()> {
             ctx.threads
         )
     };
-    let task = |model: &EvalModel<'_>, obs: &mut dyn Observer| msrnn_eval::ppl::run(model, &registry, &text, &cfg, obs);
+    let task = |model: &EvalModel, obs: &mut dyn Observer| msrnn_eval::ppl::run(model, &registry, &text, &cfg, obs);
     super::run_task(ctx, &m, &a.grid, &pictures, header, task, AnyDocument::Ppl)
 }
 

