@@ -369,8 +369,11 @@ def test_feed_gives_the_logits_of_every_token_or_the_last(model):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_interrupts_a_long_grid():
+    # Python's own Ctrl-C handler, whatever the launching shell left (a background job of a non-interactive shell
+    # inherits SIGINT ignored, and Python then installs no handler).
     script = f"""
-import msrnn, sys, time
+import msrnn, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 m = msrnn.Model.load({str(MODEL)!r})
 text = open({str(HAMLET)!r}, encoding="utf-8").read()
 print("start", flush=True)
