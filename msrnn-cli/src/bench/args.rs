@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use msrnn_core::KvFormat;
 use msrnn_modelkit::WeightFormat;
 
 #[derive(Args, Debug)]
@@ -85,11 +86,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 3, requires = "llama_bench")]
     pub llama_reps: usize,
 
-    /// The key/value cache type llama-bench runs with (its -ctk and -ctv). Unset, llama.cpp's
-    /// default (f16): the tools side by side as people run them; set to msrnn's --kv, both hold
-    /// the same bytes of state.
-    #[arg(long, value_name = "FORMAT", value_parser = ["f32", "f16", "q8_0"], requires = "llama_bench")]
-    pub llama_kv: Option<String>,
+    /// The key/value cache type llama-bench runs with (its -ctk and -ctv): f32, f16 or q8_0, as
+    /// --kv. Unset, llama.cpp's default (f16): the tools side by side as people run them; set to
+    /// msrnn's --kv, both hold the same bytes of state.
+    #[arg(long, value_name = "FORMAT", value_parser = crate::context::parse_kv, requires = "llama_bench")]
+    pub llama_kv: Option<KvFormat>,
 
     /// Write every row and the settings as JSON.
     #[arg(long, value_name = "FILE")]

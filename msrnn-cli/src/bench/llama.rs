@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use msrnn_core::KvFormat;
 use serde::Serialize;
 
 use super::args::BenchArgs;
@@ -46,7 +47,7 @@ pub struct Settings {
     pub reps: usize,
     /// Its key/value cache type (`-ctk`, `-ctv`); `None`: its default.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kv: Option<String>,
+    pub kv: Option<KvFormat>,
 }
 
 impl Settings {
@@ -69,7 +70,7 @@ impl Settings {
             "json".into(),
         ];
         if let Some(kv) = &self.kv {
-            args.extend(["-ctk".into(), kv.clone(), "-ctv".into(), kv.clone()]);
+            args.extend(["-ctk".into(), kv.name().into(), "-ctv".into(), kv.name().into()]);
         }
         args
     }
@@ -179,7 +180,7 @@ pub fn settings(binary: &Path, m: &LoadedModel, ctx: &Ctx, contexts: &[usize], a
         gen: a.decode_steps,
         depths: contexts.to_vec(),
         reps: a.llama_reps,
-        kv: a.llama_kv.clone(),
+        kv: a.llama_kv,
     })
 }
 
@@ -219,9 +220,9 @@ mod tests {
             kv: None,
         };
         assert_eq!(s.command(), "/x/llama-bench -m m.gguf -t 1 -p 256 -n 16 -d 256,1024 -r 3 -o json");
-        let f16 = Settings { kv: Some("f16".into()), ..s.clone() };
+        let f16 = Settings { kv: Some(KvFormat::F16), ..s.clone() };
         assert!(f16.command().ends_with("-o json -ctk f16 -ctv f16"), "{}", f16.command());
-        let q8 = Settings { kv: Some("q8_0".into()), ..s };
+        let q8 = Settings { kv: Some(KvFormat::Q8_0), ..s };
         assert!(q8.command().ends_with("-ctk q8_0 -ctv q8_0"), "{}", q8.command());
     }
 }
