@@ -140,6 +140,24 @@ pub(super) unsafe fn rows_kv_head<V: Simd, E: Elem>(task: &Task<'_, E>) {
     }
 }
 
+/// How far ahead of the keys and values being read the kernel asks for their cache lines. A decode
+/// step streams each sequence's keys and values once from memory in short runs (one KV head's keys,
+/// then its values); the hardware prefetchers alone left the batched step at about 70% of one core's
+/// read bandwidth (docs/performance.md). Two key blocks of f32.
+const AHEAD: usize = 8192;
+
+/// Prefetches the cache lines of `bytes` bytes at `p`, [`AHEAD`] bytes on (a hint: past the end of a
+/// buffer it costs a wasted fetch, never a fault).
+#[inline(always)]
+unsafe fn prefetch_ahead<V: Simd>(p: *const u8, bytes: usize) {
+    let p = p.wrapping_add(AHEAD);
+    let mut off = 0;
+    while off < bytes {
+        V::prefetch(p.wrapping_add(off));
+        off += 64;
+    }
+}
+
 /// Scores of the `nq` queries of KV head `g` from row `first_row` on (query `x` is row
 /// `first_row + x / group`, head `g * group + x % group`) against `nblk` key blocks at `keys`, into
 /// score rows of `width` starting at `scores`. A function, not a closure: a closure would not
@@ -189,6 +207,7 @@ unsafe fn rotate_block<V: Simd, E: Elem>(
     d: usize,
     style: RopeStyle,
 ) {
+    prefetch_ahead::<V>(src as *const u8, d * L * size_of::<E>());
     for i in 0..d / 2 {
         let (a, b) = pair(style, d, i);
         let (xa, xb) = (key_row::<V, E>(src, scales, a), key_row::<V, E>(src, scales, b));
@@ -231,6 +250,7 @@ unsafe fn qk<V: Simd, E: Elem, const N: usize>(
             let sb = keys.d.add(b * nb * L);
             for j in 0..nb {
                 let ks = V::load_f16(sb.add(j * L));
+                prefetch_ahead::<V>(kb.add(j * QBLOCK * L) as *const u8, QBLOCK * L * size_of::<E>());
                 for i in j * QBLOCK..((j + 1) * QBLOCK).min(d) {
                     let kv = E::load::<V>(kb.add(i * L)).mul(ks);
                     for x in 0..N {
@@ -240,6 +260,9 @@ unsafe fn qk<V: Simd, E: Elem, const N: usize>(
             }
         } else {
             for i in 0..d {
+                if (i * L * size_of::<E>()).is_multiple_of(64) {
+                    prefetch_ahead::<V>(kb.add(i * L) as *const u8, 64);
+                }
                 let kv = E::load::<V>(kb.add(i * L));
                 for x in 0..N {
                     acc[x] = V::splat(*q[x].add(i)).fma(kv, acc[x]);
@@ -303,6 +326,7 @@ unsafe fn pv4<V: Simd, E: Elem, const N: usize>(
             if w.iter().all(|&w| w == 0.0) {
                 continue;
             }
+            prefetch_ahead::<V>(vals.add(slot * d + c) as *const u8, 4 * L * size_of::<E>());
             let row: [V; 4] = std::array::from_fn(|v| val_row::<V, E>(vals, vs, d, slot, c + v * L, L));
             for x in 0..N {
                 if w[x] != 0.0 {

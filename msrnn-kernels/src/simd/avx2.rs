@@ -111,6 +111,10 @@ impl Simd for Avx2 {
         Avx2(exp8(self.0), exp8(self.1))
     }
     #[inline(always)]
+    unsafe fn prefetch(p: *const u8) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+    }
+    #[inline(always)]
     unsafe fn abs(self) -> Self {
         let m = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
         Avx2(_mm256_and_ps(self.0, m), _mm256_and_ps(self.1, m))

@@ -96,6 +96,10 @@ impl Simd for Avx512 {
         Avx512(_mm512_maskz_mul_ps(!below, e, pow))
     }
     #[inline(always)]
+    unsafe fn prefetch(p: *const u8) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+    }
+    #[inline(always)]
     unsafe fn abs(self) -> Self {
         Avx512(_mm512_abs_ps(self.0))
     }

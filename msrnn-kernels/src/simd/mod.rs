@@ -56,6 +56,9 @@ pub(crate) trait Simd: Copy {
     unsafe fn exp(self) -> Self;
     /// `|x|` per lane (the sign bit cleared).
     unsafe fn abs(self) -> Self;
+    /// A hint to fetch the cache line at `p` (never faults; the portable code has none).
+    #[inline(always)]
+    unsafe fn prefetch(_p: *const u8) {}
     /// Each lane rounded to the nearest integer, ties to even (the default rounding mode), a NaN lane to 0, stored
     /// as sixteen signed bytes at `p`; returns their sum. Lanes must lie in `[-128.5, 127.5)` or be NaN.
     unsafe fn store_i8(self, p: *mut i8) -> i32;
