@@ -168,16 +168,16 @@ pub(crate) struct Tile {
     pub nb: usize,
 }
 
-/// How far ahead of the block being computed the SIMD kernels prefetch weights, in bytes. The hardware prefetchers
-/// alone leave a decode step well short of the memory bandwidth (docs/performance.md has the measurements).
-pub(crate) const PREFETCH: usize = 1024;
-
-/// Prefetches the bytes [`PREFETCH`] ahead of block `b`'s place in the tile's linear order (the matrix is one
-/// contiguous run of tiles, so this runs on into the next tile).
+/// Prefetches block `b`'s bytes in the next tile: one whole tile ahead (the matrix is one contiguous run of tiles).
+/// A tile is read once per group of activation rows; with a short fixed distance (1 KiB before) the first pass over
+/// each tile waited on memory and the later passes, running from cache, had nothing in flight. A tile ahead keeps
+/// the next tile coming during all of them, and is a longer, better distance for a single row's stream too
+/// (docs/performance.md has the measurements).
 #[inline(always)]
 unsafe fn prefetch_block<V: Dot>(tile: Tile, format: Format, b: usize) {
     let per_block = scale_bytes(format) + code_bytes(format);
-    let p = tile.scales.wrapping_add(b * per_block + PREFETCH);
+    let tile_bytes = tile.codes as usize - tile.scales as usize + tile.nb * code_bytes(format);
+    let p = tile.scales.wrapping_add(b * per_block + tile_bytes);
     let mut off = 0;
     while off < per_block {
         V::prefetch(p.wrapping_add(off));
