@@ -1,9 +1,14 @@
-//! The gated MLP's elementwise step, `act(gate) * up`, where a tensor library spends one libm call per value.
+//! The gated MLP's elementwise step, `act(gate) * up`, where a tensor library makes two passes and two tensors, and
+//! spends one libm call per value.
 //!
 //! GELU's tanh form (Gemma's `gelu_pytorch_tanh`) is `0.5 x (1 + tanh(u))` with `u = sqrt(2/pi) (x + 0.044715 x^3)`.
 //! Since `1 + tanh(u) = 2 / (1 + e^(-2u))`, it equals `x / (1 + e^(-2u))`: one [`Simd::exp`] and one division per
 //! value, and no cancellation for negative `x` (where `1 + tanh(u)` loses digits). Every variant computes the same
 //! bits (no fused multiply-adds: the portable fallback would round them twice).
+//!
+//! SiLU (LLaMA's SwiGLU) keeps candle's own expression, `x / (1 + e^-x)` with libm's `expf`, so its results are the
+//! bits candle's `silu(g) * u` gives: the models' outputs do not move; what changes is one pass instead of two, and
+//! large inputs spread over the thread pool.
 
 use crate::isa::Isa;
 use crate::simd::{Lanes, Simd, L};
@@ -22,7 +27,10 @@ pub fn gelu_tanh_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 /// [`gelu_tanh_mul`] with a chosen variant (the tests compare them). Panics when the lengths differ.
 pub fn gelu_tanh_mul_with(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
-    assert!(gate.len() == up.len() && up.len() == out.len(), "gelu_tanh_mul: lengths differ");
+    chunked(gate, up, out, &|g, u, o| gelu_piece(isa, g, u, o))
+}
+
+fn gelu_piece(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
     match isa {
         // SAFETY: each variant runs only where the CPU supports it; the lengths are checked above.
         #[cfg(target_arch = "x86_64")]
@@ -34,6 +42,36 @@ pub fn gelu_tanh_mul_with(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
         // SAFETY: the portable code runs anywhere.
         _ => unsafe { gelu_body::<Lanes>(gate, up, out) },
     }
+}
+
+/// Values per pool task: large steps (a prefill chunk, a batch) are split across the threads, a single decode row
+/// (a few thousand values) stays on the calling thread.
+const CHUNK: usize = 2048;
+
+/// One piece of a gated step: `(gate, up, out)`.
+type Piece<'a> = &'a (dyn Fn(&[f32], &[f32], &mut [f32]) + Sync);
+
+/// `f(gate, up, out)` over the three slices, in [`CHUNK`]-value pieces on the pool when there are several.
+fn chunked(gate: &[f32], up: &[f32], out: &mut [f32], f: Piece<'_>) {
+    assert!(gate.len() == up.len() && up.len() == out.len(), "gated MLP step: lengths differ");
+    let n = out.len();
+    if n <= CHUNK {
+        return f(gate, up, out);
+    }
+    let mut pieces: Vec<&mut [f32]> = out.chunks_mut(CHUNK).collect();
+    crate::pool::for_each_mut(&mut pieces, &|i, o| {
+        let at = i * CHUNK;
+        f(&gate[at..at + o.len()], &up[at..at + o.len()], o)
+    });
+}
+
+/// `out[i] = silu(gate[i]) * up[i]`, with `silu(x) = x / (1 + e^-x)` as candle computes it (the same bits).
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    chunked(gate, up, out, &|g, u, o| {
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    })
 }
 
 /// The rule on one vector: `x / (1 + e^(-2u))`.
@@ -115,10 +153,35 @@ mod tests {
     }
 
     #[test]
+    fn silu_mul_is_candles_expression_at_every_length() {
+        let x = inputs();
+        let up: Vec<f32> = (0..x.len()).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+        // By hand: silu(1) = 1 / (1 + e^-1) = 0.7310586, silu(-1) = silu(1) - 1 = -0.2689414, silu(0) = 0.
+        let mut out = [0f32; 3];
+        silu_mul(&[1.0, -1.0, 0.0], &[1.0, 2.0, 5.0], &mut out);
+        assert!((out[0] - 0.731_058_6).abs() < 1e-6 && (out[1] + 2.0 * 0.268_941_4).abs() < 1e-6, "{out:?}");
+        assert_eq!(out[2], 0.0);
+        // Lengths around the pool's pieces: every value is computed as the one-value expression.
+        let long: Vec<f32> = (0..3 * CHUNK + 5).map(|i| x[i % x.len()]).collect();
+        let long_up: Vec<f32> = (0..long.len()).map(|i| up[i % up.len()]).collect();
+        for n in [0, 1, 17, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 3, long.len()] {
+            let mut got = vec![1f32; n];
+            silu_mul(&long[..n], &long_up[..n], &mut got);
+            for i in 0..n {
+                let (g, u) = (long[i], long_up[i]);
+                let want = g / (1.0 + (-g).exp()) * u;
+                assert_eq!(got[i].to_bits(), want.to_bits(), "silu({g}) * {u} at {i} of {n}");
+            }
+        }
+    }
+
+    #[test]
     fn every_variant_gives_the_same_bits_at_every_length() {
         let x = inputs();
         let up: Vec<f32> = (0..x.len()).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
-        for n in [0, 1, 15, 16, 17, 33, 640, 2048, x.len()] {
+        let x: Vec<f32> = (0..2 * CHUNK + 40).map(|i| x[i % x.len()]).collect();
+        let up: Vec<f32> = (0..x.len()).map(|i| up[i % up.len()]).collect();
+        for n in [0, 1, 15, 16, 17, 33, 640, 2048, CHUNK + 1, x.len()] {
             let mut want = vec![0f32; n];
             gelu_tanh_mul_with(Isa::Scalar, &x[..n], &up[..n], &mut want);
             for isa in Isa::supported() {
