@@ -202,7 +202,7 @@ mod tests {
     /// The kernels' SiLU step gives candle's bits (the models' outputs must not move), over several pool pieces.
     #[test]
     fn silu_gate_gives_candles_bits() -> candle_core::Result<()> {
-        let n = 3 * 9000;
+        let n: usize = 3 * 9000;
         let gv: Vec<f32> = (0..n).map(|i| ((i * 7919) % 2001) as f32 * 0.01 - 10.0).collect();
         let uv: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 997) as f32 * 0.003 - 1.5).collect();
         let (g, u) = (Tensor::from_vec(gv, (3, 9000), &Device::Cpu)?, Tensor::from_vec(uv, (3, 9000), &Device::Cpu)?);
