@@ -30,9 +30,10 @@ pub fn gelu_tanh_mul_with(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
     chunked(gate, up, out, &|g, u, o| gelu_piece(isa, g, u, o))
 }
 
+/// One piece of [`gelu_tanh_mul_with`]: the lengths are equal.
 fn gelu_piece(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
     match isa {
-        // SAFETY: each variant runs only where the CPU supports it; the lengths are checked above.
+        // SAFETY: each variant runs only where the CPU supports it; `chunked` checked the lengths.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if isa.is_supported() => unsafe { gelu_avx512(gate, up, out) },
         #[cfg(target_arch = "x86_64")]

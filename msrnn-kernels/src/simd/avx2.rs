@@ -300,8 +300,4 @@ impl Dot for Avx2 {
     unsafe fn fstore(a: __m256, p: *mut f32) {
         _mm256_storeu_ps(p, a)
     }
-    #[inline(always)]
-    unsafe fn prefetch(p: *const u8) {
-        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
-    }
 }

@@ -268,8 +268,4 @@ impl Dot for Avx512 {
     unsafe fn fstore(a: __m512, p: *mut f32) {
         _mm512_storeu_ps(p, a)
     }
-    #[inline(always)]
-    unsafe fn prefetch(p: *const u8) {
-        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
-    }
 }

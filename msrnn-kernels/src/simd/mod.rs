@@ -112,7 +112,7 @@ pub(crate) const EXP_P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3
 /// every implementation returns the same sums however it forms them (`vpdpbusd`, `vpmaddubsw` pairs, plain loops);
 /// the float methods are single IEEE operations. Associated functions, not methods: the implementing type is only a
 /// marker for the instruction set.
-pub(crate) trait Dot {
+pub(crate) trait Dot: Simd {
     /// Output lanes per vector.
     const W: usize;
     type I: Copy;
@@ -163,9 +163,6 @@ pub(crate) trait Dot {
     /// Rounded to nearest (exact below 2^24).
     unsafe fn to_f32(a: Self::I) -> Self::F;
     unsafe fn fstore(a: Self::F, p: *mut f32);
-    /// A hint to fetch the cache line at `p`; the portable code has none.
-    #[inline(always)]
-    unsafe fn prefetch(_p: *const u8) {}
 }
 
 #[cfg(test)]
